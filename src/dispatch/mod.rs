@@ -1,0 +1,6 @@
+//! Dispatch: the outbox worker. Claims due deliveries, signs them per the Standard
+//! Webhooks spec, sends them, and records each attempt: delivered, retry at a time, or
+//! dead.
+
+pub mod send;
+pub mod signing;

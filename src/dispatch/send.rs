@@ -1,0 +1,1 @@
+//! Sending one delivery over HTTP and classifying the answer.

@@ -1,0 +1,1 @@
+//! grant stage.

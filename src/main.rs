@@ -1,0 +1,2 @@
+//! The `couponsd` command line.
+fn main() {}
