@@ -158,7 +158,8 @@ impl Money {
     /// Parses `"10"`, `"10.5"` or `"10.00"`; refuses negatives, more than two decimals
     /// and anything that is not a plain decimal number.
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
-        let bad = || InvalidValue::new("amount", format!("{raw:?} is not an amount like \"10.00\""));
+        let bad =
+            || InvalidValue::new("amount", format!("{raw:?} is not an amount like \"10.00\""));
         let (whole, frac) = raw.trim().split_once('.').unwrap_or((raw.trim(), ""));
         let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
         if !digits(whole) || (!frac.is_empty() && !digits(frac)) || frac.len() > 2 {

@@ -4,14 +4,14 @@
 //!
 //! The modules below are declared in the order data flows through the pipeline.
 
-pub mod intake;
 pub mod classify;
-pub mod select;
-pub mod grant;
 pub mod dispatch;
+pub mod grant;
+pub mod intake;
 pub mod schedule;
+pub mod select;
 
-pub mod store;
-pub mod rules;
 pub mod config;
 pub mod domain;
+pub mod rules;
+pub mod store;

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::RuleLimits;
-use crate::domain::{CampaignView, CouponId, CouponView, History, RulesVersion, TriggerRequest, UserType};
+use crate::domain::{
+    CampaignView, CouponId, CouponView, History, RulesVersion, TriggerRequest, UserType,
+};
 
 /// A rule failed to load or to evaluate; the message names the file and line.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -39,7 +41,11 @@ impl Rules {
     }
 
     /// Runs `user_type.rhai`.
-    pub fn user_type(&self, _request: &TriggerRequest, _history: &History) -> Result<UserType, RuleError> {
+    pub fn user_type(
+        &self,
+        _request: &TriggerRequest,
+        _history: &History,
+    ) -> Result<UserType, RuleError> {
         todo!("rules")
     }
 

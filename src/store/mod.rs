@@ -1,1 +1,298 @@
-//! Store: all SQL.
+//! Store: every SQL statement couponsd runs, one file per table.
+//!
+//! Two backends share one schema: MySQL/MariaDB (production; claims with
+//! `FOR UPDATE SKIP LOCKED`, READ COMMITTED sessions) and SQLite (the embedded default;
+//! a single writer, so one pooled connection and no row locks). Each table's file
+//! declares a trait with its operations and implements it for both connection types;
+//! the differences between the backends stay inside those implementations.
+
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use diesel::result::Error as DieselError;
+use diesel::{ConnectionError, SqliteConnection};
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use futures_util::FutureExt;
+
+pub mod catalog;
+pub mod coupons;
+pub mod deliveries;
+pub mod grants;
+pub mod requests;
+pub mod schema;
+
+pub use diesel::result::QueryResult;
+
+/// The MySQL/MariaDB connection type.
+pub type MysqlConn = AsyncMysqlConnection;
+/// The SQLite connection type: diesel's sync connection run on a blocking thread.
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+
+const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A statement failed.
+    #[error("database error: {0}")]
+    Query(#[from] DieselError),
+    /// No connection could be had.
+    #[error("database connection failed: {0}")]
+    Connect(String),
+    /// The schema could not be migrated.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// The database URL is not one couponsd knows.
+    #[error("database.url: {0}")]
+    Url(String),
+}
+
+impl StoreError {
+    /// True for errors that a fresh attempt of the same transaction may not meet again:
+    /// MariaDB deadlocks (1213) and lock-wait timeouts (1205), SQLite's busy database,
+    /// and lost connections.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Query(e) => is_retryable(e),
+            StoreError::Connect(_) => true,
+            StoreError::Migration(_) | StoreError::Url(_) => false,
+        }
+    }
+}
+
+/// True when `error` is a deadlock, a lock-wait timeout or a busy SQLite database.
+///
+/// diesel-async maps MariaDB's 1213 and 1205 to `DatabaseErrorKind::Unknown`, so the
+/// server's message is what tells them apart ("… try restarting transaction").
+pub fn is_retryable(error: &DieselError) -> bool {
+    match error {
+        DieselError::DatabaseError(_, info) => {
+            let message = info.message();
+            message.contains("try restarting transaction")
+                || message.contains("database is locked")
+                || message.contains("Lock wait timeout")
+        }
+        DieselError::BrokenTransactionManager => true,
+        _ => false,
+    }
+}
+
+/// A pool of connections to one of the two backends.
+#[derive(Clone)]
+pub enum Db {
+    /// MySQL or MariaDB.
+    Mysql(Pool<MysqlConn>),
+    /// SQLite.
+    Sqlite(Pool<SqliteConn>),
+}
+
+/// A pooled connection, whichever the backend.
+pub enum Conn {
+    /// MySQL or MariaDB.
+    Mysql(Object<MysqlConn>),
+    /// SQLite.
+    Sqlite(Object<SqliteConn>),
+}
+
+/// Runs `$body` with `$conn` bound to a `&mut` pooled connection of the right type.
+/// `$body` is compiled once per backend, so it may call the store's traits generically.
+#[macro_export]
+macro_rules! with_conn {
+    ($db:expr, |$conn:ident| $body:expr) => {
+        match $db.get().await? {
+            $crate::store::Conn::Mysql(mut pooled) => {
+                let $conn: &mut $crate::store::MysqlConn = &mut *pooled;
+                $body
+            }
+            $crate::store::Conn::Sqlite(mut pooled) => {
+                let $conn: &mut $crate::store::SqliteConn = &mut *pooled;
+                $body
+            }
+        }
+    };
+}
+
+impl Db {
+    /// Opens a pool for `url` (`mysql://…` or `sqlite://PATH`); SQLite gets one
+    /// connection because it has one writer.
+    pub fn connect(url: &str, max_connections: usize) -> Result<Db, StoreError> {
+        if url.starts_with("mysql://") {
+            let mut config = ManagerConfig::<MysqlConn>::default();
+            config.custom_setup = Box::new(|url| setup_mysql(url.to_owned()).boxed());
+            let manager = AsyncDieselConnectionManager::new_with_config(url, config);
+            let pool = Pool::builder(manager)
+                .max_size(max_connections.max(1))
+                .wait_timeout(Some(Duration::from_secs(30)))
+                .runtime(deadpool::Runtime::Tokio1)
+                .build()
+                .map_err(|e| StoreError::Connect(e.to_string()))?;
+            Ok(Db::Mysql(pool))
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            let mut config = ManagerConfig::<SqliteConn>::default();
+            config.custom_setup = Box::new(|path| setup_sqlite(path.to_owned()).boxed());
+            let manager = AsyncDieselConnectionManager::new_with_config(path, config);
+            let pool = Pool::builder(manager)
+                .max_size(1)
+                .build()
+                .map_err(|e| StoreError::Connect(e.to_string()))?;
+            Ok(Db::Sqlite(pool))
+        } else {
+            Err(StoreError::Url(
+                "must start with mysql:// or sqlite://".to_owned(),
+            ))
+        }
+    }
+
+    /// True for MySQL/MariaDB.
+    pub fn is_mysql(&self) -> bool {
+        matches!(self, Db::Mysql(_))
+    }
+
+    /// Takes a connection from the pool.
+    pub async fn get(&self) -> Result<Conn, StoreError> {
+        let describe = |e: &dyn std::fmt::Display| StoreError::Connect(e.to_string());
+        Ok(match self {
+            Db::Mysql(pool) => Conn::Mysql(pool.get().await.map_err(|e| describe(&e))?),
+            Db::Sqlite(pool) => Conn::Sqlite(pool.get().await.map_err(|e| describe(&e))?),
+        })
+    }
+
+    /// Creates or upgrades the schema; returns the names of the migrations applied.
+    pub async fn migrate(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.get().await?;
+        // The harness drives the async connection with `block_on`: keep it off the
+        // runtime's worker threads.
+        tokio::task::spawn_blocking(move || {
+            let applied = match conn {
+                Conn::Mysql(c) => run_migrations(c, MYSQL_MIGRATIONS),
+                Conn::Sqlite(c) => run_migrations(c, SQLITE_MIGRATIONS),
+            }?;
+            Ok(applied)
+        })
+        .await
+        .map_err(|e| StoreError::Migration(e.to_string()))?
+    }
+
+    /// True when every migration this build knows has been applied.
+    pub async fn is_migrated(&self) -> Result<bool, StoreError> {
+        let conn = self.get().await?;
+        tokio::task::spawn_blocking(move || match conn {
+            Conn::Mysql(c) => pending_migrations(c, MYSQL_MIGRATIONS),
+            Conn::Sqlite(c) => pending_migrations(c, SQLITE_MIGRATIONS),
+        })
+        .await
+        .map_err(|e| StoreError::Migration(e.to_string()))?
+        .map(|pending| pending == 0)
+    }
+
+    /// One round trip, to prove the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        with_conn!(self, |conn| conn.batch_execute("SELECT 1").await?);
+        Ok(())
+    }
+}
+
+fn run_migrations<C>(conn: C, migrations: EmbeddedMigrations) -> Result<Vec<String>, StoreError>
+where
+    C: AsyncConnection + 'static,
+    diesel_async::AsyncMigrationHarness<C>: MigrationHarness<C::Backend>,
+{
+    let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
+    harness
+        .run_pending_migrations(migrations)
+        .map(|applied| applied.iter().map(ToString::to_string).collect())
+        .map_err(|e| StoreError::Migration(e.to_string()))
+}
+
+fn pending_migrations<C>(conn: C, migrations: EmbeddedMigrations) -> Result<usize, StoreError>
+where
+    C: AsyncConnection + 'static,
+    diesel_async::AsyncMigrationHarness<C>: MigrationHarness<C::Backend>,
+{
+    let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
+    harness
+        .pending_migrations(migrations)
+        .map(|pending| pending.len())
+        .map_err(|e| StoreError::Migration(e.to_string()))
+}
+
+async fn setup_mysql(url: String) -> Result<MysqlConn, ConnectionError> {
+    let mut conn = MysqlConn::establish(&url).await?;
+    // READ COMMITTED: locking reads take record locks only, no gap locks, so claims and
+    // stock updates of different daemons do not block each other's inserts.
+    conn.batch_execute(
+        "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; \
+         SET SESSION innodb_lock_wait_timeout = 10",
+    )
+    .await
+    .map_err(ConnectionError::CouldntSetupConfiguration)?;
+    Ok(conn)
+}
+
+async fn setup_sqlite(path: String) -> Result<SqliteConn, ConnectionError> {
+    let mut conn = SqliteConn::establish(&path).await?;
+    conn.batch_execute(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+         PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+    )
+    .await
+    .map_err(ConnectionError::CouldntSetupConfiguration)?;
+    Ok(conn)
+}
+
+/// The current time as stored in the database (UTC, no zone).
+pub fn now() -> NaiveDateTime {
+    chrono::Utc::now().naive_utc()
+}
+
+/// Every store operation, on one connection of either backend.
+pub trait Store:
+    AsyncConnection
+    + requests::Requests
+    + grants::Grants
+    + coupons::Coupons
+    + deliveries::Deliveries
+    + catalog::Catalog
+    + Send
+{
+}
+
+impl Store for MysqlConn {}
+impl Store for SqliteConn {}
+
+/// Picks the MySQL or the SQLite variant of a piece of code inside a store impl macro.
+macro_rules! backend {
+    (mysql, mysql => $m:block, sqlite => $s:block) => {
+        $m
+    };
+    (sqlite, mysql => $m:block, sqlite => $s:block) => {
+        $s
+    };
+}
+pub(crate) use backend;
+
+/// Inserts many rows in one statement. diesel-async cannot send SQLite's multi-row
+/// insert, so on SQLite the statement runs on the wrapped sync connection (inside the
+/// same transaction).
+macro_rules! insert_all {
+    (mysql, $conn:expr, $table:expr, $rows:expr) => {
+        diesel::insert_into($table)
+            .values($rows)
+            .execute($conn)
+            .await
+    };
+    (sqlite, $conn:expr, $table:expr, $rows:expr) => {{
+        let rows = $rows.to_vec();
+        $conn
+            .spawn_blocking(move |sync| {
+                diesel::RunQueryDsl::execute(diesel::insert_into($table).values(&rows), sync)
+            })
+            .await
+    }};
+}
+pub(crate) use insert_all;

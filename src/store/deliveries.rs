@@ -1,0 +1,259 @@
+//! `deliveries` (the outbox), `delivery_attempts` and `channel_states`.
+
+use std::future::Future;
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+
+use super::schema::channel_states::dsl as cs;
+use super::schema::deliveries::dsl as d;
+use super::schema::{channel_states, deliveries, delivery_attempts};
+use super::{backend, insert_all, MysqlConn, QueryResult, SqliteConn};
+
+/// Waiting to be sent (again).
+pub const PENDING: &str = "pending";
+/// A partner answered 2xx.
+pub const DELIVERED: &str = "delivered";
+/// Given up: permanent failure or out of attempts. Kept, visible and replayable.
+pub const DEAD: &str = "dead";
+
+/// An outbox row to insert.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = deliveries, treat_none_as_default_value = false)]
+pub struct NewDelivery {
+    /// The `webhook-id`, the same on every attempt.
+    pub webhook_id: String,
+    /// The channel.
+    pub channel: String,
+    /// `coupon.granted`, `coupon.rotated`, …
+    pub event_type: String,
+    /// The grant, for `coupon.granted`.
+    pub grant_id: Option<i64>,
+    /// The body, fixed at creation.
+    pub payload: String,
+    /// When it is first due.
+    pub next_attempt_at: NaiveDateTime,
+    /// When it was created.
+    pub created_at: NaiveDateTime,
+}
+
+/// A delivery claimed for sending.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = deliveries)]
+pub struct DueDelivery {
+    /// Row id.
+    pub id: i64,
+    /// The `webhook-id`.
+    pub webhook_id: String,
+    /// The channel.
+    pub channel: String,
+    /// The event type.
+    pub event_type: String,
+    /// The body.
+    pub payload: String,
+    /// Attempts made before this one.
+    pub attempts: i32,
+}
+
+/// The result of one attempt, to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    /// The delivery.
+    pub delivery_id: i64,
+    /// This attempt's number (1 for the first).
+    pub attempt: i32,
+    /// `delivered`, `pending` (retry at `next_attempt_at`) or `dead`.
+    pub status: &'static str,
+    /// For a retry: when.
+    pub next_attempt_at: Option<NaiveDateTime>,
+    /// The partner's HTTP status, if it answered.
+    pub status_code: Option<i32>,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+    /// When the attempt was made.
+    pub attempted_at: NaiveDateTime,
+    /// How long it took.
+    pub duration_ms: i64,
+}
+
+#[derive(Clone, Insertable)]
+#[diesel(table_name = delivery_attempts, treat_none_as_default_value = false)]
+struct AttemptRow {
+    delivery_id: i64,
+    attempt: i32,
+    attempted_at: NaiveDateTime,
+    status_code: Option<i32>,
+    error: Option<String>,
+    duration_ms: i64,
+}
+
+/// Operations on the outbox.
+pub trait Deliveries {
+    /// Inserts outbox rows in one statement.
+    fn record_deliveries(
+        &mut self,
+        rows: &[NewDelivery],
+    ) -> impl Future<Output = QueryResult<usize>> + Send;
+
+    /// Claims up to `limit` due deliveries in a transaction of its own, pushing their
+    /// due time to `lease_until` so that no other dispatcher sends them meanwhile.
+    fn claim_due(
+        &mut self,
+        limit: i64,
+        now: NaiveDateTime,
+        lease_until: NaiveDateTime,
+    ) -> impl Future<Output = QueryResult<Vec<DueDelivery>>> + Send;
+
+    /// Records attempts: the deliveries' new state and one `delivery_attempts` row each.
+    fn record_attempts(
+        &mut self,
+        records: &[AttemptRecord],
+    ) -> impl Future<Output = QueryResult<()>> + Send;
+
+    /// Marks a channel disabled (its partner answered 410 Gone).
+    fn disable_channel(
+        &mut self,
+        channel: &str,
+        reason: &str,
+        now: NaiveDateTime,
+    ) -> impl Future<Output = QueryResult<()>> + Send;
+
+    /// The channels that are disabled.
+    fn disabled_channels(&mut self) -> impl Future<Output = QueryResult<Vec<String>>> + Send;
+
+    /// Deliveries counted by status.
+    fn count_deliveries(&mut self) -> impl Future<Output = QueryResult<Vec<(String, i64)>>> + Send;
+}
+
+macro_rules! impl_deliveries {
+    ($conn:ty, $backend:ident) => {
+        impl Deliveries for $conn {
+            async fn record_deliveries(&mut self, rows: &[NewDelivery]) -> QueryResult<usize> {
+                if rows.is_empty() {
+                    return Ok(0);
+                }
+                insert_all!($backend, self, deliveries::table, rows)
+            }
+
+            async fn claim_due(
+                &mut self,
+                limit: i64,
+                now: NaiveDateTime,
+                lease_until: NaiveDateTime,
+            ) -> QueryResult<Vec<DueDelivery>> {
+                self.transaction(async |conn| {
+                        let query = deliveries::table
+                            .filter(d::status.eq(PENDING))
+                            .filter(d::next_attempt_at.le(now))
+                            .order(d::next_attempt_at.asc())
+                            .limit(limit)
+                            .select(DueDelivery::as_select());
+                        let due: Vec<DueDelivery> = backend!($backend,
+                            mysql => { query.for_update().skip_locked().load(conn).await? },
+                            sqlite => { query.load(conn).await? });
+                        if !due.is_empty() {
+                            let ids: Vec<i64> = due.iter().map(|r| r.id).collect();
+                            diesel::update(deliveries::table.filter(d::id.eq_any(&ids)))
+                                .set(d::next_attempt_at.eq(lease_until))
+                                .execute(conn)
+                                .await?;
+                        }
+                        Ok(due)
+                })
+                .await
+            }
+
+            async fn record_attempts(&mut self, records: &[AttemptRecord]) -> QueryResult<()> {
+                if records.is_empty() {
+                    return Ok(());
+                }
+                self.transaction(async |conn| {
+                        let delivered: Vec<i64> = records
+                            .iter()
+                            .filter(|r| r.status == DELIVERED)
+                            .map(|r| r.delivery_id)
+                            .collect();
+                        if let Some(first) = records.iter().find(|r| r.status == DELIVERED) {
+                            diesel::update(deliveries::table.filter(d::id.eq_any(&delivered)))
+                                .set((
+                                    d::status.eq(DELIVERED),
+                                    d::attempts.eq(d::attempts + 1),
+                                    d::last_status.eq(first.status_code),
+                                    d::last_error.eq(None::<String>),
+                                    d::delivered_at.eq(first.attempted_at),
+                                ))
+                                .execute(conn)
+                                .await?;
+                        }
+                        for r in records.iter().filter(|r| r.status != DELIVERED) {
+                            let update = diesel::update(deliveries::table.find(r.delivery_id));
+                            match r.next_attempt_at {
+                                Some(at) => update
+                                    .set((
+                                        d::status.eq(r.status),
+                                        d::attempts.eq(r.attempt),
+                                        d::last_status.eq(r.status_code),
+                                        d::last_error.eq(r.error.as_deref()),
+                                        d::next_attempt_at.eq(at),
+                                    ))
+                                    .execute(conn)
+                                    .await?,
+                                None => update
+                                    .set((
+                                        d::status.eq(r.status),
+                                        d::attempts.eq(r.attempt),
+                                        d::last_status.eq(r.status_code),
+                                        d::last_error.eq(r.error.as_deref()),
+                                    ))
+                                    .execute(conn)
+                                    .await?,
+                            };
+                        }
+                        let rows: Vec<AttemptRow> = records
+                            .iter()
+                            .map(|r| AttemptRow {
+                                delivery_id: r.delivery_id,
+                                attempt: r.attempt,
+                                attempted_at: r.attempted_at,
+                                status_code: r.status_code,
+                                error: r.error.clone(),
+                                duration_ms: r.duration_ms,
+                            })
+                            .collect();
+                        insert_all!($backend, conn, delivery_attempts::table, &rows)?;
+                        Ok(())
+                })
+                .await
+            }
+
+            async fn disable_channel(&mut self, channel: &str, reason: &str, now: NaiveDateTime) -> QueryResult<()> {
+                diesel::delete(channel_states::table.find(channel)).execute(self).await?;
+                diesel::insert_into(channel_states::table)
+                    .values((cs::channel.eq(channel), cs::disabled_at.eq(now), cs::reason.eq(reason)))
+                    .execute(self)
+                    .await?;
+                Ok(())
+            }
+
+            async fn disabled_channels(&mut self) -> QueryResult<Vec<String>> {
+                channel_states::table
+                    .filter(cs::disabled_at.is_not_null())
+                    .select(cs::channel)
+                    .load(self)
+                    .await
+            }
+
+            async fn count_deliveries(&mut self) -> QueryResult<Vec<(String, i64)>> {
+                deliveries::table
+                    .group_by(d::status)
+                    .select((d::status, diesel::dsl::count_star()))
+                    .load(self)
+                    .await
+            }
+        }
+    };
+}
+
+impl_deliveries!(MysqlConn, mysql);
+impl_deliveries!(SqliteConn, sqlite);

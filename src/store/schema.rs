@@ -1,0 +1,130 @@
+// @generated-style Diesel schema, kept in step with `migrations/{mysql,sqlite}` by
+// `tests/it/schema.rs`, which loads every column of every table on both backends.
+// Both backends share it: types are chosen to read and write the same on each.
+#![allow(missing_docs)]
+
+diesel::table! {
+    trigger_requests (id) {
+        id -> BigInt,
+        request_key -> Text,
+        user_id -> Text,
+        event -> Text,
+        attributes -> Nullable<Text>,
+        status -> Text,
+        outcome -> Nullable<Text>,
+        error -> Nullable<Text>,
+        detail -> Nullable<Text>,
+        user_type -> Nullable<Text>,
+        campaign_id -> Nullable<Text>,
+        rules_version -> Nullable<Text>,
+        attempts -> Integer,
+        claim_token -> Nullable<BigInt>,
+        created_at -> Timestamp,
+        claimed_at -> Nullable<Timestamp>,
+        processed_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    campaigns (id) {
+        id -> Text,
+        event -> Text,
+        audience -> Text,
+        per_user_limit -> BigInt,
+        position -> Integer,
+        starts_at -> Nullable<Timestamp>,
+        ends_at -> Nullable<Timestamp>,
+        budget_cents -> Nullable<BigInt>,
+        granted_cents -> BigInt,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    coupons (id) {
+        id -> Text,
+        campaign_id -> Text,
+        position -> Integer,
+        face_value_cents -> BigInt,
+        channel -> Text,
+        config_stock -> BigInt,
+        stock -> BigInt,
+        granted -> BigInt,
+        remaining -> BigInt,
+        low_stock -> BigInt,
+        state -> Text,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    participations (user_id, event) {
+        user_id -> Text,
+        event -> Text,
+        requests -> BigInt,
+    }
+}
+
+diesel::table! {
+    grants (id) {
+        id -> BigInt,
+        request_id -> BigInt,
+        user_id -> Text,
+        event -> Text,
+        campaign_id -> Text,
+        coupon_id -> Text,
+        face_value_cents -> BigInt,
+        user_type -> Text,
+        rules_version -> Text,
+        granted_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    deliveries (id) {
+        id -> BigInt,
+        webhook_id -> Text,
+        channel -> Text,
+        event_type -> Text,
+        grant_id -> Nullable<BigInt>,
+        payload -> Text,
+        status -> Text,
+        attempts -> Integer,
+        next_attempt_at -> Timestamp,
+        last_status -> Nullable<Integer>,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamp,
+        delivered_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    delivery_attempts (id) {
+        id -> BigInt,
+        delivery_id -> BigInt,
+        attempt -> Integer,
+        attempted_at -> Timestamp,
+        status_code -> Nullable<Integer>,
+        error -> Nullable<Text>,
+        duration_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    channel_states (channel) {
+        channel -> Text,
+        disabled_at -> Nullable<Timestamp>,
+        reason -> Nullable<Text>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    trigger_requests,
+    campaigns,
+    coupons,
+    participations,
+    grants,
+    deliveries,
+    delivery_attempts,
+    channel_states,
+);
