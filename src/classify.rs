@@ -1,1 +1,69 @@
-//! classify stage.
+//! Classify: decides the user type for a request with `rules/user_type.rhai`, from the
+//! request and the user's participation history.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{CampaignId, Event, History, TriggerRequest, UserId, UserType};
+use crate::rules::{RuleError, Rules};
+use crate::store::grants::HistoryRow;
+
+/// The participation history of the users of one batch, by (user, event), kept up to
+/// date as the batch grants so that a user's second request in a batch sees the first.
+#[derive(Debug, Default)]
+pub struct Histories(HashMap<(UserId, Event), History>);
+
+impl Histories {
+    /// Builds histories from the ledger's rows; rows that no longer parse (a value
+    /// the client could not have inserted) are skipped.
+    pub fn from_rows(rows: Vec<HistoryRow>) -> Self {
+        let mut map: HashMap<(UserId, Event), History> = HashMap::new();
+        for row in rows {
+            let (Ok(user), Ok(event), Ok(campaign)) = (
+                UserId::parse(&row.user_id),
+                Event::parse(&row.event),
+                CampaignId::parse(&row.campaign_id),
+            ) else {
+                continue;
+            };
+            let history = map.entry((user, event)).or_default();
+            history.grants_for_event += row.grants;
+            let last = row.last_grant_at.map(|t| t.and_utc());
+            history.last_grant_at = history.last_grant_at.max(last);
+            *history.grants_by_campaign.entry(campaign).or_default() += row.grants;
+        }
+        Histories(map)
+    }
+
+    /// The history of `request`'s user for its event (empty for a newcomer).
+    pub fn of(&self, request: &TriggerRequest) -> History {
+        self.0
+            .get(&(request.user_id.clone(), request.event.clone()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Records a grant made in this batch.
+    pub fn record(&mut self, request: &TriggerRequest, campaign: &CampaignId, at: DateTime<Utc>) {
+        let history = self
+            .0
+            .entry((request.user_id.clone(), request.event.clone()))
+            .or_default();
+        history.grants_for_event += 1;
+        history.last_grant_at = Some(at);
+        *history
+            .grants_by_campaign
+            .entry(campaign.clone())
+            .or_default() += 1;
+    }
+}
+
+/// Runs the user-type rule for one request.
+pub fn user_type(
+    rules: &Rules,
+    request: &TriggerRequest,
+    history: &History,
+) -> Result<UserType, RuleError> {
+    rules.user_type(request, history)
+}

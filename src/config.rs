@@ -140,6 +140,8 @@ pub struct WorkerConfig {
     pub poll_interval: Duration,
     /// `worker.lease` [60s]: a claim older than this is recovered.
     pub lease: Duration,
+    /// `worker.concurrency` [4]: grant workers per daemon on MySQL (SQLite has one).
+    pub concurrency: usize,
     /// `worker.max_attempts` [5]: claims of one request before it is `failed`.
     pub max_attempts: u32,
     /// `worker.shutdown_grace` [10s]
@@ -284,4 +286,16 @@ impl Config {
     pub fn channel(&self, name: &ChannelName) -> Option<&ChannelConfig> {
         self.channels.get(name)
     }
+}
+
+/// Decodes a `whsec_`-prefixed base64 secret.
+pub fn decode_secret(secret: &str) -> Result<SigningKey, String> {
+    use base64::Engine as _;
+    let encoded = secret
+        .strip_prefix("whsec_")
+        .ok_or_else(|| "must start with whsec_".to_owned())?;
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map(SigningKey)
+        .map_err(|e| format!("not base64 after whsec_: {e}"))
 }

@@ -1,1 +1,483 @@
-//! grant stage.
+//! Grant: the unit of work. Claims a batch, then in one transaction locks the claimed
+//! requests (the fence), the users' lock rows and the campaigns' chains, decides every
+//! request with the rules, takes stock with one statement per coupon, and writes the
+//! grants, their outbox rows and the requests' final statuses. A crash at any point
+//! loses nothing and grants nothing twice: either all of it commits or none of it does.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use tracing::{instrument, warn};
+
+use crate::classify::{self, Histories};
+use crate::config::{CampaignConfig, Config};
+use crate::daemon::Context;
+use crate::dispatch::events;
+use crate::domain::{CampaignId, Outcome, TriggerRequest, UserType};
+use crate::intake::{self, Rejected};
+use crate::rules::Rules;
+use crate::select::{self, Chain, ChainCoupon};
+use crate::store::catalog::Budget;
+use crate::store::deliveries::NewDelivery;
+use crate::store::grants::NewGrant;
+use crate::store::prelude::*;
+use crate::store::requests::Finished;
+use crate::store::{self, StoreError};
+use crate::with_conn;
+
+/// How many times a batch transaction is tried again after a deadlock or lock-wait
+/// timeout before the batch is left to lease recovery.
+const MAX_TX_RETRIES: u32 = 20;
+
+/// What one call of [`process_batch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// This many requests were claimed and finished.
+    Processed(BatchSummary),
+    /// The queue was empty.
+    Empty,
+}
+
+/// Counts of one batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchSummary {
+    /// Requests claimed.
+    pub claimed: usize,
+    /// Coupons granted.
+    pub granted: usize,
+    /// Requests rejected as malformed.
+    pub rejected: usize,
+    /// Requests failed by a rule.
+    pub failed: usize,
+    /// Transactions retried after a deadlock or lock-wait timeout.
+    pub retries: u32,
+}
+
+/// A batch that could not be finished; its claims are recovered after the lease.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Rule evaluation panicked (a bug in couponsd, not in a rule).
+    #[error("rule evaluation stopped unexpectedly: {0}")]
+    Evaluation(String),
+}
+
+impl From<diesel::result::Error> for BatchError {
+    fn from(e: diesel::result::Error) -> Self {
+        BatchError::Store(e.into())
+    }
+}
+
+/// The decision about one request.
+#[derive(Debug, Clone)]
+enum Verdict {
+    Granted {
+        campaign: CampaignId,
+        coupon: ChainCoupon,
+        fallback: Option<String>,
+    },
+    Done {
+        outcome: Outcome,
+        campaign: Option<CampaignId>,
+        detail: String,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Decision {
+    request: TriggerRequest,
+    user_type: Option<UserType>,
+    verdict: Verdict,
+}
+
+/// Claims one batch and processes it to the end.
+#[instrument(skip_all, fields(batch_size = ctx.config.worker.batch_size))]
+pub async fn process_batch(ctx: &Context) -> Result<BatchOutcome, BatchError> {
+    let token = (rand::random::<u64>() >> 1) as i64;
+    let limit = ctx.config.worker.batch_size as i64;
+    let rows = with_conn!(ctx.db, |conn| store::requests::Requests::claim_batch(
+        conn,
+        limit,
+        token,
+        store::now()
+    )
+    .await
+    .map_err(StoreError::from)?);
+    if rows.is_empty() {
+        return Ok(BatchOutcome::Empty);
+    }
+    let claimed = rows.len();
+    let (valid, rejected) = intake::validate_batch(rows);
+    let rules = ctx.rules.current();
+    let mut retries = 0;
+    loop {
+        let result = with_conn!(ctx.db, |conn| {
+            let (config, rules) = (ctx.config.clone(), rules.clone());
+            grant_batch(conn, config, rules, valid.clone(), rejected.clone(), token).await
+        });
+        match result {
+            Ok(mut summary) => {
+                summary.claimed = claimed;
+                summary.retries = retries;
+                ctx.outbox_ready.notify_one();
+                return Ok(BatchOutcome::Processed(summary));
+            }
+            Err(BatchError::Store(e)) if e.is_retryable() && retries < MAX_TX_RETRIES => {
+                retries += 1;
+                warn!(error = %e, retries, "batch transaction will be tried again");
+                let jitter = rand::random::<u64>() % 20;
+                tokio::time::sleep(Duration::from_millis(5 * u64::from(retries) + jitter)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The batch's transaction. Its inputs are owned: a transaction future must be `Send`
+/// for every lifetime of the connection it borrows.
+/// Boxed with an explicit `Send`: without it rustc cannot prove the transaction's
+/// higher-ranked future `Send` where the worker task is spawned (rust-lang/rust#100013).
+fn grant_batch<'c, C: Store>(
+    conn: &'c mut C,
+    config: Arc<Config>,
+    rules: Arc<Rules>,
+    valid: Vec<TriggerRequest>,
+    rejected: Vec<Rejected>,
+    token: i64,
+) -> BoxFuture<'c, Result<BatchSummary, BatchError>> {
+    conn.transaction(async move |conn| {
+        let ids: Vec<i64> = valid
+            .iter()
+            .map(|r| r.id.0)
+            .chain(rejected.iter().map(|r| r.id.0))
+            .collect();
+        let owned: HashSet<i64> = conn.lock_claimed(&ids, token).await?.into_iter().collect();
+        let requests: Vec<TriggerRequest> = valid
+            .iter()
+            .filter(|r| owned.contains(&r.id.0))
+            .cloned()
+            .collect();
+        let participants: Vec<(String, String)> = requests
+            .iter()
+            .map(|r| (r.user_id.to_string(), r.event.to_string()))
+            .collect();
+        conn.lock_participants(&participants).await?;
+        let mut users: Vec<String> = participants.into_iter().map(|(u, _)| u).collect();
+        users.sort();
+        users.dedup();
+        let histories = Histories::from_rows(conn.history_for(&users).await?);
+        let campaign_ids = campaigns_for_events(&config.campaigns, &requests);
+        let chains = chains_by_campaign(conn.lock_chains(&campaign_ids).await?);
+        let budgets = conn.lock_budgets(&campaign_ids).await?;
+        let now = Utc::now();
+        let decisions = decide_off_runtime(
+            rules.clone(),
+            config.clone(),
+            requests,
+            histories,
+            chains,
+            budgets,
+            now,
+        )
+        .await?;
+        let summary = write_batch(conn, &rules, &decisions, &rejected, &owned, token, now).await?;
+        Ok(summary)
+    })
+    .boxed()
+}
+
+fn campaigns_for_events(campaigns: &[CampaignConfig], requests: &[TriggerRequest]) -> Vec<String> {
+    let events: HashSet<&str> = requests.iter().map(|r| r.event.as_str()).collect();
+    campaigns
+        .iter()
+        .filter(|c| events.contains(c.event.as_str()))
+        .map(|c| c.id.to_string())
+        .collect()
+}
+
+fn chains_by_campaign(rows: Vec<store::coupons::CouponStock>) -> HashMap<String, Chain> {
+    let mut grouped: HashMap<String, Vec<store::coupons::CouponStock>> = HashMap::new();
+    for row in rows {
+        grouped
+            .entry(row.campaign_id.clone())
+            .or_default()
+            .push(row);
+    }
+    grouped
+        .into_iter()
+        .map(|(campaign, rows)| (campaign, Chain::from_stock(rows)))
+        .collect()
+}
+
+/// Rule evaluation is CPU work with a wall-clock limit per evaluation: run it on a
+/// blocking thread so that it never stalls the runtime's workers.
+async fn decide_off_runtime(
+    rules: Arc<Rules>,
+    config: Arc<Config>,
+    requests: Vec<TriggerRequest>,
+    mut histories: Histories,
+    mut chains: HashMap<String, Chain>,
+    budgets: Vec<Budget>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Decision>, BatchError> {
+    tokio::task::spawn_blocking(move || {
+        let mut budgets: HashMap<String, Budget> = budgets
+            .into_iter()
+            .map(|b| (b.campaign_id.clone(), b))
+            .collect();
+        requests
+            .into_iter()
+            .map(|request| {
+                let mut state = BatchState {
+                    histories: &mut histories,
+                    chains: &mut chains,
+                    budgets: &mut budgets,
+                };
+                decide(&rules, &config.campaigns, &mut state, request, now)
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| BatchError::Evaluation(e.to_string()))
+}
+
+struct BatchState<'a> {
+    histories: &'a mut Histories,
+    chains: &'a mut HashMap<String, Chain>,
+    budgets: &'a mut HashMap<String, Budget>,
+}
+
+fn done(
+    request: TriggerRequest,
+    user_type: Option<UserType>,
+    outcome: Outcome,
+    campaign: Option<&CampaignId>,
+    detail: String,
+) -> Decision {
+    Decision {
+        request,
+        user_type,
+        verdict: Verdict::Done {
+            outcome,
+            campaign: campaign.cloned(),
+            detail,
+        },
+    }
+}
+
+fn decide(
+    rules: &Rules,
+    campaigns: &[CampaignConfig],
+    state: &mut BatchState<'_>,
+    request: TriggerRequest,
+    now: DateTime<Utc>,
+) -> Decision {
+    let history = state.histories.of(&request);
+    let user_type = match classify::user_type(rules, &request, &history) {
+        Ok(t) => t,
+        Err(e) => {
+            return Decision {
+                request,
+                user_type: None,
+                verdict: Verdict::Failed {
+                    error: e.to_string(),
+                },
+            }
+        }
+    };
+    let Some(campaign) = select::campaign_for(campaigns, &request, &user_type) else {
+        let detail = format!(
+            "no campaign answers event {} for user type {user_type}",
+            request.event
+        );
+        return done(request, Some(user_type), Outcome::NoCampaign, None, detail);
+    };
+    let ut = Some(user_type.clone());
+    if let Some(why) = select::window_refusal(campaign, now) {
+        return done(request, ut, Outcome::NotEligible, Some(&campaign.id), why);
+    }
+    let granted_before = history
+        .grants_by_campaign
+        .get(&campaign.id)
+        .copied()
+        .unwrap_or(0);
+    if granted_before >= campaign.per_user_limit {
+        let detail = format!(
+            "user has {granted_before} grant(s) in campaign {}, the limit is {}",
+            campaign.id, campaign.per_user_limit
+        );
+        return done(
+            request,
+            ut,
+            Outcome::LimitReached,
+            Some(&campaign.id),
+            detail,
+        );
+    }
+    let chain = state.chains.entry(campaign.id.to_string()).or_default();
+    let chosen = match select::coupon_for(rules, &request, &user_type, campaign, chain) {
+        Ok(Some(coupon)) => coupon,
+        Ok(None) => {
+            let detail = "select_coupon.rhai returned () (not eligible)".to_owned();
+            return done(
+                request,
+                ut,
+                Outcome::NotEligible,
+                Some(&campaign.id),
+                detail,
+            );
+        }
+        Err(e) => {
+            return Decision {
+                request,
+                user_type: ut,
+                verdict: Verdict::Failed {
+                    error: e.to_string(),
+                },
+            }
+        }
+    };
+    let Some(allocation) = chain.allocate(&chosen) else {
+        let detail = format!("every coupon of campaign {} is out of stock", campaign.id);
+        return done(request, ut, Outcome::OutOfStock, Some(&campaign.id), detail);
+    };
+    let coupon = chain.0[allocation.index].clone();
+    if let Some(budget) = state.budgets.get_mut(campaign.id.as_str()) {
+        let cap = budget.budget_cents.unwrap_or(i64::MAX);
+        if budget.granted_cents + coupon.face_value.cents() > cap {
+            chain.0[allocation.index].remaining += 1;
+            let detail = format!("campaign {} has reached its budget", campaign.id);
+            return done(
+                request,
+                ut,
+                Outcome::NotEligible,
+                Some(&campaign.id),
+                detail,
+            );
+        }
+        budget.granted_cents += coupon.face_value.cents();
+    }
+    state.histories.record(&request, &campaign.id, now);
+    Decision {
+        request,
+        user_type: ut,
+        verdict: Verdict::Granted {
+            campaign: campaign.id.clone(),
+            coupon,
+            fallback: allocation.fallback,
+        },
+    }
+}
+
+async fn write_batch<C: Store>(
+    conn: &mut C,
+    rules: &Rules,
+    decisions: &[Decision],
+    rejected: &[Rejected],
+    owned: &HashSet<i64>,
+    token: i64,
+    now: DateTime<Utc>,
+) -> Result<BatchSummary, StoreError> {
+    let version = rules.version().to_string();
+    let at = now.naive_utc();
+    let mut taken: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut value: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut grants = Vec::new();
+    let mut deliveries = Vec::new();
+    let mut finished = Vec::with_capacity(decisions.len() + rejected.len());
+    let mut summary = BatchSummary::default();
+    for d in decisions {
+        let user_type = d.user_type.as_ref().map(|t| t.to_string());
+        let mut row = Finished {
+            id: d.request.id.0,
+            status: "done",
+            outcome: None,
+            error: None,
+            detail: None,
+            user_type: user_type.clone(),
+            campaign_id: None,
+            rules_version: Some(version.clone()),
+        };
+        match &d.verdict {
+            Verdict::Granted {
+                campaign,
+                coupon,
+                fallback,
+            } => {
+                *taken.entry(coupon.id.as_str()).or_default() += 1;
+                *value.entry(campaign.as_str()).or_default() += coupon.face_value.cents();
+                let grant = NewGrant {
+                    id: d.request.id.0,
+                    request_id: d.request.id.0,
+                    user_id: d.request.user_id.to_string(),
+                    event: d.request.event.to_string(),
+                    campaign_id: campaign.to_string(),
+                    coupon_id: coupon.id.to_string(),
+                    face_value_cents: coupon.face_value.cents(),
+                    user_type: user_type.clone().unwrap_or_default(),
+                    rules_version: version.clone(),
+                    granted_at: at,
+                };
+                deliveries.push(events::coupon_granted(&grant, &d.request, coupon, now));
+                grants.push(grant);
+                row.outcome = Some(Outcome::Granted.as_str());
+                row.campaign_id = Some(campaign.to_string());
+                row.detail = fallback.clone();
+            }
+            Verdict::Done {
+                outcome,
+                campaign,
+                detail,
+            } => {
+                row.outcome = Some(outcome.as_str());
+                row.campaign_id = campaign.as_ref().map(|c| c.to_string());
+                row.detail = Some(detail.clone());
+            }
+            Verdict::Failed { error } => {
+                summary.failed += 1;
+                row.status = "failed";
+                row.error = Some(error.clone());
+            }
+        }
+        finished.push(row);
+    }
+    for r in rejected.iter().filter(|r| owned.contains(&r.id.0)) {
+        summary.rejected += 1;
+        finished.push(Finished {
+            id: r.id.0,
+            status: "rejected",
+            outcome: None,
+            error: Some(r.reason.clone()),
+            detail: None,
+            user_type: None,
+            campaign_id: None,
+            rules_version: None,
+        });
+    }
+    for (coupon, count) in &taken {
+        if !conn.take_stock(coupon, *count).await? {
+            // Unreachable while the chain is locked; refuse to commit an oversell.
+            return Err(StoreError::Query(
+                diesel::result::Error::RollbackTransaction,
+            ));
+        }
+    }
+    for (campaign, cents) in &value {
+        conn.add_granted_value(campaign, *cents).await?;
+    }
+    summary.granted = grants.len();
+    conn.record_grants(&grants).await?;
+    conn.record_deliveries(&deliveries.into_iter().collect::<Vec<NewDelivery>>())
+        .await?;
+    conn.finish_requests(&finished, token, at).await?;
+    Ok(summary)
+}

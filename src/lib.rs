@@ -11,7 +11,11 @@ pub mod intake;
 pub mod schedule;
 pub mod select;
 
+pub mod app;
 pub mod config;
+pub mod daemon;
+pub mod demo;
 pub mod domain;
+pub mod logging;
 pub mod rules;
 pub mod store;

@@ -1,1 +1,188 @@
-//! select stage.
+//! Select: the user type picks the campaign; `rules/select_coupon.rhai` picks the
+//! coupon from the campaign's rotation chain; the chain then yields a coupon that has
+//! stock — the chosen one, or the next one after it, or a retired coupon's reserve as a
+//! last resort — so a user never receives a coupon that cannot be used.
+
+use chrono::{DateTime, Utc};
+
+use crate::config::CampaignConfig;
+use crate::domain::{
+    CampaignView, ChannelName, CouponId, CouponView, Money, TriggerRequest, UserType,
+};
+use crate::rules::{RuleError, Rules};
+use crate::store::coupons::{CouponStock, RETIRED};
+
+/// The first campaign, in config order, that answers the request's event for the
+/// user type.
+pub fn campaign_for<'a>(
+    campaigns: &'a [CampaignConfig],
+    request: &TriggerRequest,
+    user_type: &UserType,
+) -> Option<&'a CampaignConfig> {
+    campaigns
+        .iter()
+        .find(|c| c.event == request.event && &c.audience == user_type)
+}
+
+/// Why the campaign's window refuses a grant at `now`, if it does.
+pub fn window_refusal(campaign: &CampaignConfig, now: DateTime<Utc>) -> Option<String> {
+    match (campaign.starts_at, campaign.ends_at) {
+        (Some(start), _) if now < start => Some(format!(
+            "campaign {} starts at {}",
+            campaign.id,
+            start.to_rfc3339()
+        )),
+        (_, Some(end)) if now > end => Some(format!(
+            "campaign {} ended at {}",
+            campaign.id,
+            end.to_rfc3339()
+        )),
+        _ => None,
+    }
+}
+
+/// One coupon of a chain during a batch, with the stock left in this batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainCoupon {
+    /// Coupon id.
+    pub id: CouponId,
+    /// Face value.
+    pub face_value: Money,
+    /// Delivery channel.
+    pub channel: ChannelName,
+    /// Stock left.
+    pub remaining: i64,
+    /// Rotated out: hidden from the rule, granted only as a last resort.
+    pub retired: bool,
+}
+
+/// A campaign's rotation chain, in chain order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Chain(pub Vec<ChainCoupon>);
+
+/// Where a grant's coupon came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Allocation {
+    /// Index in the chain of the coupon granted.
+    pub index: usize,
+    /// Set when it is not the coupon the rule chose: says why.
+    pub fallback: Option<String>,
+}
+
+impl Chain {
+    /// Builds a chain from stored coupons of one campaign (any order).
+    pub fn from_stock(mut rows: Vec<CouponStock>) -> Chain {
+        rows.sort_by_key(|r| r.position);
+        Chain(
+            rows.into_iter()
+                .filter_map(|r| {
+                    Some(ChainCoupon {
+                        id: CouponId::parse(&r.id).ok()?,
+                        face_value: Money::from_cents(r.face_value_cents),
+                        channel: ChannelName::parse(&r.channel).ok()?,
+                        remaining: r.remaining,
+                        retired: r.state == RETIRED,
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// The active coupons as the selection rule sees them.
+    pub fn views(&self) -> Vec<CouponView> {
+        self.0
+            .iter()
+            .filter(|c| !c.retired)
+            .map(|c| CouponView {
+                id: c.id.clone(),
+                face_value: c.face_value,
+                remaining: c.remaining,
+                channel: c.channel.clone(),
+            })
+            .collect()
+    }
+
+    /// Finds a coupon with stock for the rule's choice: the chosen one, else the next
+    /// active coupon after it, else any retired coupon's reserve. Takes one from it.
+    pub fn allocate(&mut self, chosen: &CouponId) -> Option<Allocation> {
+        let start = self.0.iter().position(|c| &c.id == chosen)?;
+        let next_active = (start..self.0.len())
+            .find(|&i| self.0[i].remaining > 0 && (i == start || !self.0[i].retired));
+        let index = next_active.or_else(|| {
+            (0..self.0.len()).find(|&i| self.0[i].retired && self.0[i].remaining > 0)
+        })?;
+        self.0[index].remaining -= 1;
+        let fallback = (index != start).then(|| {
+            format!(
+                "{chosen} is out of stock; granted {} instead",
+                self.0[index].id
+            )
+        });
+        Some(Allocation { index, fallback })
+    }
+}
+
+/// The campaign as the selection rule sees it.
+pub fn campaign_view(campaign: &CampaignConfig) -> CampaignView {
+    CampaignView {
+        id: campaign.id.clone(),
+        event: campaign.event.clone(),
+        audience: campaign.audience.clone(),
+        per_user_limit: campaign.per_user_limit,
+    }
+}
+
+/// Runs the coupon-selection rule for one request.
+pub fn coupon_for(
+    rules: &Rules,
+    request: &TriggerRequest,
+    user_type: &UserType,
+    campaign: &CampaignConfig,
+    chain: &Chain,
+) -> Result<Option<CouponId>, RuleError> {
+    rules.select_coupon(request, user_type, &campaign_view(campaign), &chain.views())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coupon(id: &str, remaining: i64, retired: bool) -> ChainCoupon {
+        ChainCoupon {
+            id: CouponId::parse(id).unwrap(),
+            face_value: Money::from_cents(1000),
+            channel: ChannelName::parse("wallet").unwrap(),
+            remaining,
+            retired,
+        }
+    }
+
+    #[test]
+    fn the_chosen_coupon_is_granted_while_it_has_stock() {
+        let mut chain = Chain(vec![coupon("A", 2, false), coupon("B", 5, false)]);
+        let a = CouponId::parse("A").unwrap();
+        assert_eq!(chain.allocate(&a).unwrap().index, 0);
+        assert_eq!(chain.allocate(&a).unwrap().index, 0);
+        let fallback = chain.allocate(&a).unwrap();
+        assert_eq!(fallback.index, 1);
+        assert_eq!(
+            fallback.fallback.as_deref(),
+            Some("A is out of stock; granted B instead")
+        );
+        assert_eq!(chain.0[1].remaining, 4);
+    }
+
+    #[test]
+    fn a_retired_reserve_is_the_last_resort_and_an_empty_chain_yields_nothing() {
+        let mut chain = Chain(vec![coupon("OLD", 1, true), coupon("NEW", 1, false)]);
+        let new = CouponId::parse("NEW").unwrap();
+        assert_eq!(chain.allocate(&new).unwrap().index, 1);
+        assert_eq!(chain.allocate(&new).unwrap().index, 0);
+        assert_eq!(chain.allocate(&new), None);
+        assert_eq!(
+            chain.views().len(),
+            1,
+            "retired coupons are hidden from the rule"
+        );
+    }
+}

@@ -27,6 +27,16 @@ pub mod schema;
 
 pub use diesel::result::QueryResult;
 
+/// The store's traits, for calling their operations on a connection.
+pub mod prelude {
+    pub use super::catalog::Catalog;
+    pub use super::coupons::Coupons;
+    pub use super::deliveries::Deliveries;
+    pub use super::grants::Grants;
+    pub use super::requests::Requests;
+    pub use super::Store;
+}
+
 /// The MySQL/MariaDB connection type.
 pub type MysqlConn = AsyncMysqlConnection;
 /// The SQLite connection type: diesel's sync connection run on a blocking thread.
@@ -106,10 +116,14 @@ macro_rules! with_conn {
     ($db:expr, |$conn:ident| $body:expr) => {
         match $db.get().await? {
             $crate::store::Conn::Mysql(mut pooled) => {
+                #[allow(unused_imports)]
+                use $crate::store::prelude::*;
                 let $conn: &mut $crate::store::MysqlConn = &mut *pooled;
                 $body
             }
             $crate::store::Conn::Sqlite(mut pooled) => {
+                #[allow(unused_imports)]
+                use $crate::store::prelude::*;
                 let $conn: &mut $crate::store::SqliteConn = &mut *pooled;
                 $body
             }

@@ -1,0 +1,247 @@
+//! The daemon: the context every stage shares, start-up (connect, check migrations,
+//! apply the catalog, compile rules) and the loops that run the stages until shutdown
+//! or, with `--drain`, until nothing is left to do.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{ChannelConfig, Config};
+use crate::dispatch::send::Sender;
+use crate::dispatch::worker::{dispatch_due, DispatchOutcome};
+use crate::grant::{process_batch, BatchOutcome};
+use crate::rules::Rules;
+use crate::store::catalog::CatalogChanges;
+use crate::store::{Db, StoreError};
+use crate::with_conn;
+
+/// The compiled rules in force; swapped whole between batches on reload.
+#[derive(Clone)]
+pub struct RulesHandle(Arc<RwLock<Arc<Rules>>>);
+
+impl RulesHandle {
+    /// Wraps a compiled rule set.
+    pub fn new(rules: Rules) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(rules))))
+    }
+
+    /// The rules in force now.
+    pub fn current(&self) -> Arc<Rules> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `rules` in force for every batch that starts from now on.
+    pub fn swap(&self, rules: Rules) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
+    }
+}
+
+/// Everything the stages share. Built once; cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    /// The database.
+    pub db: Db,
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// The rules in force.
+    pub rules: RulesHandle,
+    /// The webhook client.
+    pub sender: Sender,
+    /// Signalled when a batch committed new outbox rows.
+    pub outbox_ready: Arc<Notify>,
+}
+
+impl Context {
+    /// Builds a context from its parts.
+    pub fn new(db: Db, config: Arc<Config>, rules: Rules, sender: Sender) -> Self {
+        Self {
+            db,
+            config,
+            rules: RulesHandle::new(rules),
+            sender,
+            outbox_ready: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The channel named `name` in the config.
+    pub fn channel(&self, name: &str) -> Option<&ChannelConfig> {
+        self.config
+            .channels
+            .iter()
+            .find(|(k, _)| k.as_str() == name)
+            .map(|(_, v)| v)
+    }
+
+    /// How long a claimed delivery is held before another dispatcher may send it: the
+    /// longest channel timeout plus a margin.
+    pub fn delivery_lease(&self) -> TimeDelta {
+        let longest = self
+            .config
+            .channels
+            .values()
+            .map(|c| c.timeout)
+            .max()
+            .unwrap_or(Duration::ZERO);
+        TimeDelta::from_std(longest + Duration::from_secs(30)).unwrap_or(TimeDelta::MAX)
+    }
+
+    /// Grant workers to run: one for SQLite (one writer), else enough to keep the
+    /// pool busy while leaving connections for the dispatcher and the scheduler.
+    pub fn grant_workers(&self) -> usize {
+        match self.db {
+            Db::Sqlite(_) => 1,
+            Db::Mysql(_) => self.config.worker.concurrency.max(1),
+        }
+    }
+}
+
+/// Applies the config's catalog and logs what changed.
+pub async fn apply_catalog(db: &Db, config: &Config) -> Result<CatalogChanges, StoreError> {
+    let mut tries = 0;
+    loop {
+        let result = with_conn!(db, |conn| {
+            conn.apply_catalog(&config.campaigns, crate::store::now())
+                .await
+        });
+        match result {
+            Ok(changes) => {
+                info!(
+                    campaigns_added = ?changes.campaigns_added,
+                    coupons_added = ?changes.coupons_added,
+                    restocked = ?changes.restocked,
+                    removed = ?changes.removed,
+                    "catalog applied"
+                );
+                return Ok(changes);
+            }
+            // Two daemons starting together may both insert a new coupon: one loses
+            // the race, and its second try sees the row.
+            Err(e) if tries < 3 => {
+                tries += 1;
+                warn!(error = %e, "applying the catalog will be tried again");
+                tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// How the loops end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Until the shutdown token is cancelled.
+    Serve,
+    /// Until the queue is empty and every delivery is delivered or dead.
+    Drain,
+}
+
+/// Runs the grant workers and the dispatcher until shutdown (or drained).
+pub async fn run_loops(ctx: Context, mode: Mode, shutdown: CancellationToken) {
+    let grants_done = CancellationToken::new();
+    let mut workers = JoinSet::new();
+    for worker in 0..ctx.grant_workers() {
+        workers.spawn(grant_loop(ctx.clone(), mode, shutdown.clone(), worker));
+    }
+    let dispatcher = tokio::spawn(dispatch_loop(
+        ctx.clone(),
+        mode,
+        shutdown.clone(),
+        grants_done.clone(),
+    ));
+    while workers.join_next().await.is_some() {}
+    grants_done.cancel();
+    if let Err(e) = dispatcher.await {
+        error!(error = %e, "dispatcher stopped unexpectedly");
+    }
+}
+
+async fn grant_loop(ctx: Context, mode: Mode, shutdown: CancellationToken, worker: usize) {
+    let mut failures = 0u32;
+    while !shutdown.is_cancelled() {
+        match process_batch(&ctx).await {
+            Ok(BatchOutcome::Processed(summary)) => {
+                failures = 0;
+                tracing::debug!(worker, ?summary, "batch done");
+            }
+            Ok(BatchOutcome::Empty) if mode == Mode::Drain => return,
+            Ok(BatchOutcome::Empty) => idle(&shutdown, ctx.config.worker.poll_interval).await,
+            Err(e) => {
+                failures += 1;
+                error!(worker, error = %e, "batch failed; its claims are recovered after the lease");
+                idle(&shutdown, backoff(failures)).await;
+            }
+        }
+    }
+}
+
+async fn dispatch_loop(
+    ctx: Context,
+    mode: Mode,
+    shutdown: CancellationToken,
+    grants_done: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        // Stop once the grant workers stopped and nothing more is due.
+        let finishing = grants_done.is_cancelled();
+        match dispatch_due(&ctx).await {
+            Ok(DispatchOutcome::Attempted(summary)) => {
+                failures = 0;
+                tracing::debug!(?summary, "deliveries attempted");
+            }
+            Ok(DispatchOutcome::Empty) => {
+                if finishing && (mode == Mode::Serve || !pending_deliveries(&ctx).await) {
+                    return;
+                }
+                tokio::select! {
+                    _ = ctx.outbox_ready.notified() => {}
+                    _ = tokio::time::sleep(ctx.config.worker.poll_interval) => {}
+                    _ = grants_done.cancelled(), if !finishing => {}
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                error!(error = %e, "dispatch round failed");
+                if finishing && mode == Mode::Serve {
+                    return;
+                }
+                tokio::time::sleep(backoff(failures)).await;
+            }
+        }
+        if shutdown.is_cancelled() && mode == Mode::Serve && finishing {
+            return;
+        }
+    }
+}
+
+async fn pending_deliveries(ctx: &Context) -> bool {
+    let counts =
+        async { Ok::<_, StoreError>(with_conn!(ctx.db, |conn| conn.count_deliveries().await?)) };
+    match counts.await {
+        Ok(counts) => counts
+            .iter()
+            .any(|(status, n)| status == "pending" && *n > 0),
+        Err(_) => true,
+    }
+}
+
+async fn idle(shutdown: &CancellationToken, wait: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(wait) => {}
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(200 * 2u64.saturating_pow(failures.min(6)))
+}
+
+/// Requests counted by status and outcome.
+pub async fn count_requests(db: &Db) -> Result<Vec<(String, Option<String>, i64)>, StoreError> {
+    Ok(with_conn!(db, |conn| conn.count_by_outcome().await?))
+}

@@ -1,0 +1,261 @@
+//! `couponsd demo`: the whole pipeline on the embedded default, with nothing
+//! configured. An SQLite database in a temp folder, the shipped rules, a webhook
+//! receiver on loopback that verifies every signature, and a few thousand synthetic
+//! triggers — new and returning users, and a hot coupon that runs out so the fallback
+//! shows. Prints what happened.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{self, AppError};
+use crate::config::{Config, SigningKey};
+use crate::daemon::{self, Mode};
+use crate::dispatch::signing::sign;
+use crate::store::requests::NewRequest;
+use crate::store::StoreError;
+use crate::with_conn;
+
+/// The shipped rules, built into the binary so that the demo runs from anywhere.
+pub const SHIPPED_USER_TYPE: &str = include_str!("../rules/user_type.rhai");
+/// See [`SHIPPED_USER_TYPE`].
+pub const SHIPPED_SELECT_COUPON: &str = include_str!("../rules/select_coupon.rhai");
+
+/// The demo's secret; a demo, so it may be printed.
+const SECRET: &str = "whsec_ZGVtby1zZWNyZXQtZm9yLWNvdXBvbnNkLWRlbW8=";
+
+/// What the demo's receiver saw.
+#[derive(Default)]
+pub struct Received {
+    /// Requests whose signature verified.
+    pub verified: AtomicUsize,
+    /// Requests whose signature did not.
+    pub rejected: AtomicUsize,
+    /// Verified events by type.
+    pub by_type: Mutex<BTreeMap<String, usize>>,
+}
+
+/// Runs the demo with `users` new users (half of whom come back).
+pub async fn run(users: usize) -> Result<(), AppError> {
+    let dir = demo_dir();
+    std::fs::create_dir_all(dir.join("rules")).map_err(|e| io(&dir, e))?;
+    std::fs::write(dir.join("rules/user_type.rhai"), SHIPPED_USER_TYPE).map_err(|e| io(&dir, e))?;
+    std::fs::write(dir.join("rules/select_coupon.rhai"), SHIPPED_SELECT_COUPON)
+        .map_err(|e| io(&dir, e))?;
+    let received = Arc::new(Received::default());
+    let port = start_receiver(received.clone()).await?;
+    let yaml = demo_config(&dir, port, users);
+    let config_path = dir.join("couponsd.yaml");
+    std::fs::write(&config_path, &yaml).map_err(|e| io(&dir, e))?;
+    let config = Arc::new(Config::load(&config_path)?);
+    println!("couponsd demo");
+    println!("  workspace  {}", dir.display());
+    println!("  receiver   http://127.0.0.1:{port}/webhooks/{{wallet,ops}} (verifies signatures)");
+    app::migrate(&config).await?;
+    let ctx = app::start(config).await?;
+    let triggers = synthetic_triggers(users);
+    let total = triggers.len();
+    println!(
+        "  queued     {total} trigger requests ({users} new users, {} come back, 3 malformed)",
+        users / 2
+    );
+    with_conn!(ctx.db, |conn| {
+        for chunk in triggers.chunks(1000) {
+            conn.enqueue(chunk).await.map_err(StoreError::from)?;
+        }
+    });
+    let started = Instant::now();
+    daemon::run_loops(ctx.clone(), Mode::Drain, CancellationToken::new()).await;
+    let elapsed = started.elapsed();
+    report(&ctx, &received, total, elapsed).await
+}
+
+async fn report(
+    ctx: &daemon::Context,
+    received: &Received,
+    total: usize,
+    elapsed: std::time::Duration,
+) -> Result<(), AppError> {
+    let (outcomes, per_coupon, deliveries) = with_conn!(ctx.db, |conn| {
+        (
+            conn.count_by_outcome().await.map_err(StoreError::from)?,
+            conn.grants_per_coupon().await.map_err(StoreError::from)?,
+            conn.count_deliveries().await.map_err(StoreError::from)?,
+        )
+    });
+    println!("\nrequests by outcome");
+    for (status, outcome, n) in outcomes {
+        println!(
+            "  {:<10} {:<14} {n:>6}",
+            status,
+            outcome.unwrap_or_default()
+        );
+    }
+    println!("\ngrants per coupon");
+    for (campaign, coupon, n) in per_coupon {
+        println!("  {campaign:<10} {coupon:<8} {n:>6}");
+    }
+    println!("\ndeliveries");
+    for (status, n) in deliveries {
+        println!("  {status:<10} {n:>6}");
+    }
+    println!(
+        "  receiver verified {} signatures, rejected {}",
+        received.verified.load(Ordering::Relaxed),
+        received.rejected.load(Ordering::Relaxed)
+    );
+    for (kind, n) in received
+        .by_type
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        println!("    {kind:<18} {n:>6}");
+    }
+    println!(
+        "\nthroughput  {total} requests claimed, decided, granted and delivered in {:.2} s ({:.0} requests/s)",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn demo_dir() -> PathBuf {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    std::env::temp_dir().join(format!("couponsd-demo-{}-{stamp}", std::process::id()))
+}
+
+fn io(dir: &Path, e: std::io::Error) -> AppError {
+    AppError::Other(format!("{}: {e}", dir.display()))
+}
+
+/// The demo's config: the hot coupon NEW10 has stock for a tenth of the newcomers.
+fn demo_config(dir: &Path, port: u16, users: usize) -> String {
+    let hot = (users / 10).max(1);
+    format!(
+        r#"database:
+  url: "sqlite://{db}"
+rules:
+  dir: rules
+worker:
+  batch_size: 200
+  poll_interval: 50ms
+dispatch:
+  retry_base: 100ms
+channels:
+  wallet:
+    url: "http://127.0.0.1:{port}/webhooks/wallet"
+    secret: "{SECRET}"
+  ops:
+    url: "http://127.0.0.1:{port}/webhooks/ops"
+    secret: "{SECRET}"
+alerts:
+  channel: ops
+campaigns:
+  - id: newcomer
+    event: app_open
+    audience: first_time
+    coupons:
+      - {{ id: NEW10, face_value: "10.00", stock: {hot}, low_stock: {low}, channel: wallet }}
+      - {{ id: NEW8, face_value: "8.00", stock: {users}, channel: wallet }}
+  - id: loyalty
+    event: app_open
+    audience: returning
+    per_user_limit: 1
+    coupons:
+      - {{ id: BACK5, face_value: "5.00", stock: {users}, channel: wallet }}
+"#,
+        db = dir.join("couponsd.db").display(),
+        low = hot / 10,
+    )
+}
+
+fn synthetic_triggers(users: usize) -> Vec<NewRequest> {
+    let new = (0..users).map(|u| (format!("first-{u}"), format!("user-{u}")));
+    let back = (0..users / 2).map(|u| (format!("again-{u}"), format!("user-{u}")));
+    let mut rows: Vec<NewRequest> = new
+        .chain(back)
+        .map(|(key, user)| NewRequest {
+            request_key: key,
+            user_id: user,
+            event: "app_open".into(),
+            attributes: Some(r#"{"platform":"ios"}"#.into()),
+        })
+        .collect();
+    for (key, user, attributes) in [
+        ("bad-empty-user", "", None),
+        ("bad-attributes", "user-x", Some("[1,2,3]")),
+        ("bad-json", "user-y", Some("{not json")),
+    ] {
+        rows.push(NewRequest {
+            request_key: key.into(),
+            user_id: user.into(),
+            event: "app_open".into(),
+            attributes: attributes.map(str::to_owned),
+        });
+    }
+    rows
+}
+
+async fn start_receiver(received: Arc<Received>) -> Result<u16, AppError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| AppError::Other(format!("demo receiver: {e}")))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| AppError::Other(format!("demo receiver: {e}")))?
+        .port();
+    let app = Router::new()
+        .route("/webhooks/{channel}", post(receive))
+        .with_state(received);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(port)
+}
+
+async fn receive(
+    State(received): State<Arc<Received>>,
+    UrlPath(_channel): UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let key = crate::config::decode_secret(SECRET).unwrap_or(SigningKey(Vec::new()));
+    let timestamp: i64 = header("webhook-timestamp").parse().unwrap_or(0);
+    let expected = sign(&key, header("webhook-id"), timestamp, &body);
+    if header("webhook-signature")
+        .split(' ')
+        .any(|s| s == expected)
+    {
+        received.verified.fetch_add(1, Ordering::Relaxed);
+        let kind = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["type"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        *received
+            .by_type
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind)
+            .or_default() += 1;
+        StatusCode::NO_CONTENT
+    } else {
+        received.rejected.fetch_add(1, Ordering::Relaxed);
+        StatusCode::UNAUTHORIZED
+    }
+}

@@ -1,0 +1,85 @@
+//! The webhook bodies couponsd sends. This is a pinned contract: partners parse it.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::domain::TriggerRequest;
+use crate::select::ChainCoupon;
+use crate::store::deliveries::NewDelivery;
+use crate::store::grants::NewGrant;
+
+/// `coupon.granted`
+pub const COUPON_GRANTED: &str = "coupon.granted";
+
+#[derive(Serialize)]
+struct Envelope<'a, T: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    timestamp: String,
+    data: T,
+}
+
+#[derive(Serialize)]
+struct Granted<'a> {
+    grant_id: i64,
+    request_key: &'a str,
+    user_id: &'a str,
+    campaign: &'a str,
+    coupon: &'a str,
+    face_value: String,
+    user_type: &'a str,
+}
+
+/// Serialises an event body: `{"type":…,"timestamp":…,"data":…}`.
+pub fn body<T: Serialize>(kind: &str, at: DateTime<Utc>, data: T) -> String {
+    let envelope = Envelope {
+        kind,
+        timestamp: at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        data,
+    };
+    serde_json::to_string(&envelope).expect("event bodies always serialise")
+}
+
+/// The outbox row for a grant.
+pub fn coupon_granted(
+    grant: &NewGrant,
+    request: &TriggerRequest,
+    coupon: &ChainCoupon,
+    at: DateTime<Utc>,
+) -> NewDelivery {
+    let data = Granted {
+        grant_id: grant.id,
+        request_key: request.key.as_str(),
+        user_id: &grant.user_id,
+        campaign: &grant.campaign_id,
+        coupon: &grant.coupon_id,
+        face_value: coupon.face_value.to_string(),
+        user_type: &grant.user_type,
+    };
+    outbox_row(
+        coupon.channel.as_str(),
+        COUPON_GRANTED,
+        Some(grant.id),
+        body(COUPON_GRANTED, at, data),
+        at,
+    )
+}
+
+/// An outbox row for any event, due now.
+pub fn outbox_row(
+    channel: &str,
+    kind: &str,
+    grant_id: Option<i64>,
+    payload: String,
+    at: DateTime<Utc>,
+) -> NewDelivery {
+    NewDelivery {
+        webhook_id: super::signing::new_webhook_id(),
+        channel: channel.to_owned(),
+        event_type: kind.to_owned(),
+        grant_id,
+        payload,
+        next_attempt_at: at.naive_utc(),
+        created_at: at.naive_utc(),
+    }
+}

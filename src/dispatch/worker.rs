@@ -1,0 +1,207 @@
+//! The outbox worker: claims due deliveries (skipping rows another daemon holds), sends
+//! them concurrently, and records every attempt. A delivery moves
+//! `pending → delivered | pending (retry at a time) | dead`, one function per
+//! transition.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use futures_util::StreamExt;
+use tracing::{error, instrument, warn};
+
+use super::backoff::retry_delay;
+use super::send::{Attempt, Verdict};
+use crate::daemon::Context;
+use crate::store::deliveries::{AttemptRecord, DueDelivery, DEAD, DELIVERED, PENDING};
+use crate::store::prelude::*;
+use crate::store::{self, StoreError};
+use crate::with_conn;
+
+/// What one call of [`dispatch_due`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DispatchOutcome {
+    /// This many deliveries were attempted.
+    Attempted(DispatchSummary),
+    /// Nothing was due.
+    Empty,
+}
+
+/// Counts of one dispatch round.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DispatchSummary {
+    /// Attempts made.
+    pub attempted: usize,
+    /// Delivered.
+    pub delivered: usize,
+    /// Scheduled for another attempt.
+    pub retrying: usize,
+    /// Given up.
+    pub dead: usize,
+}
+
+/// Claims the due deliveries, sends them, records the results.
+#[instrument(skip_all)]
+pub async fn dispatch_due(ctx: &Context) -> Result<DispatchOutcome, StoreError> {
+    let now = store::now();
+    let lease = ctx.delivery_lease();
+    let limit = ctx.config.dispatch.batch_size as i64;
+    let (due, disabled) = with_conn!(ctx.db, |conn| {
+        let due = conn.claim_due(limit, now, now + lease).await?;
+        let disabled = if due.is_empty() {
+            Vec::new()
+        } else {
+            conn.disabled_channels().await?
+        };
+        (due, disabled)
+    });
+    if due.is_empty() {
+        return Ok(DispatchOutcome::Empty);
+    }
+    let disabled: HashSet<String> = disabled.into_iter().collect();
+    let results: Vec<(AttemptRecord, Option<String>)> = futures_util::stream::iter(due)
+        .map(|delivery| attempt(ctx, delivery, &disabled))
+        .buffer_unordered(ctx.config.dispatch.concurrency.max(1))
+        .collect()
+        .await;
+    let mut summary = DispatchSummary {
+        attempted: results.len(),
+        ..DispatchSummary::default()
+    };
+    let records: Vec<AttemptRecord> = results.iter().map(|(r, _)| r.clone()).collect();
+    for r in &records {
+        match r.status {
+            DELIVERED => summary.delivered += 1,
+            PENDING => summary.retrying += 1,
+            _ => summary.dead += 1,
+        }
+    }
+    let gone: Vec<(String, String)> = results
+        .into_iter()
+        .filter_map(|(r, channel)| Some((channel?, r.error?)))
+        .collect();
+    with_conn!(ctx.db, |conn| record(conn, &records, &gone).await?);
+    Ok(DispatchOutcome::Attempted(summary))
+}
+
+async fn record<C: Store>(
+    conn: &mut C,
+    records: &[AttemptRecord],
+    gone: &[(String, String)],
+) -> Result<(), StoreError> {
+    conn.record_attempts(records).await?;
+    for (channel, reason) in gone {
+        error!(channel = %channel, reason = %reason, "partner answered 410 Gone: channel DISABLED; its deliveries are kept as dead until replayed");
+        conn.disable_channel(channel, reason, store::now()).await?;
+    }
+    Ok(())
+}
+
+/// Sends one delivery; returns the record and, for a 410, the channel to disable.
+async fn attempt(
+    ctx: &Context,
+    delivery: DueDelivery,
+    disabled: &HashSet<String>,
+) -> (AttemptRecord, Option<String>) {
+    let number = delivery.attempts + 1;
+    let Some(channel) = ctx.channel(&delivery.channel) else {
+        let reason = format!("channel {} is not configured", delivery.channel);
+        return (dead(&delivery, number, None, reason, Duration::ZERO), None);
+    };
+    if disabled.contains(&delivery.channel) {
+        let reason = format!(
+            "channel {} is disabled (its partner answered 410 Gone)",
+            delivery.channel
+        );
+        return (dead(&delivery, number, None, reason, Duration::ZERO), None);
+    }
+    let Attempt {
+        status_code,
+        duration,
+        verdict,
+    } = ctx
+        .sender
+        .send(
+            channel,
+            &delivery.webhook_id,
+            &delivery.payload,
+            ctx.config.dispatch.retry_max,
+        )
+        .await;
+    match verdict {
+        Verdict::Delivered => (delivered(&delivery, number, status_code, duration), None),
+        Verdict::Retryable { after, reason } if (number as u32) < channel.max_attempts => {
+            let delay = retry_delay(
+                number as u32,
+                ctx.config.dispatch.retry_base,
+                ctx.config.dispatch.retry_max,
+                after,
+            );
+            (
+                retry(&delivery, number, status_code, reason, duration, delay),
+                None,
+            )
+        }
+        Verdict::Retryable { reason, .. } => {
+            warn!(webhook_id = %delivery.webhook_id, attempts = number, "delivery is dead: out of attempts");
+            let reason = format!("{reason} (gave up after {number} attempts)");
+            (dead(&delivery, number, status_code, reason, duration), None)
+        }
+        Verdict::Permanent { reason } => {
+            (dead(&delivery, number, status_code, reason, duration), None)
+        }
+        Verdict::Gone { reason } => {
+            let record = dead(&delivery, number, status_code, reason, duration);
+            (record, Some(delivery.channel.clone()))
+        }
+    }
+}
+
+fn base_record(
+    delivery: &DueDelivery,
+    attempt: i32,
+    status: &'static str,
+    status_code: Option<u16>,
+    error: Option<String>,
+    duration: Duration,
+) -> AttemptRecord {
+    AttemptRecord {
+        delivery_id: delivery.id,
+        attempt,
+        status,
+        next_attempt_at: None,
+        status_code: status_code.map(i32::from),
+        error,
+        attempted_at: store::now(),
+        duration_ms: duration.as_millis() as i64,
+    }
+}
+
+fn delivered(d: &DueDelivery, attempt: i32, code: Option<u16>, took: Duration) -> AttemptRecord {
+    base_record(d, attempt, DELIVERED, code, None, took)
+}
+
+fn retry(
+    d: &DueDelivery,
+    attempt: i32,
+    code: Option<u16>,
+    reason: String,
+    took: Duration,
+    delay: Duration,
+) -> AttemptRecord {
+    let at: NaiveDateTime = store::now() + delay;
+    AttemptRecord {
+        next_attempt_at: Some(at),
+        ..base_record(d, attempt, PENDING, code, Some(reason), took)
+    }
+}
+
+fn dead(
+    d: &DueDelivery,
+    attempt: i32,
+    code: Option<u16>,
+    reason: String,
+    took: Duration,
+) -> AttemptRecord {
+    base_record(d, attempt, DEAD, code, Some(reason), took)
+}
