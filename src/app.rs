@@ -98,8 +98,19 @@ pub async fn run(config: Arc<Config>, config_path: &Path, drain: bool) -> Result
     let shutdown = CancellationToken::new();
     spawn_signal_handlers(ctx.clone(), config_path.to_owned(), shutdown.clone());
     let mode = if drain { Mode::Drain } else { Mode::Serve };
+    let scheduler = match mode {
+        Mode::Serve => Some(
+            crate::schedule::start(ctx.clone())
+                .await
+                .map_err(|e| AppError::Other(format!("scheduler: {e}")))?,
+        ),
+        Mode::Drain => None,
+    };
     info!(?mode, "couponsd running");
     daemon::run_loops(ctx, mode, shutdown).await;
+    if let Some(mut scheduler) = scheduler {
+        let _ = scheduler.shutdown().await;
+    }
     info!("couponsd stopped");
     Ok(())
 }

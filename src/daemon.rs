@@ -54,6 +54,8 @@ pub struct Context {
     pub sender: Sender,
     /// Signalled when a batch committed new outbox rows.
     pub outbox_ready: Arc<Notify>,
+    /// This daemon's name in leases: host, process and a random part.
+    pub instance: Arc<String>,
 }
 
 impl Context {
@@ -65,6 +67,7 @@ impl Context {
             rules: RulesHandle::new(rules),
             sender,
             outbox_ready: Arc::new(Notify::new()),
+            instance: Arc::new(instance_name()),
         }
     }
 
@@ -98,6 +101,17 @@ impl Context {
             Db::Mysql(_) => self.config.worker.concurrency.max(1),
         }
     }
+}
+
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
 }
 
 /// Applies the config's catalog and logs what changed.

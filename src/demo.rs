@@ -235,7 +235,7 @@ async fn receive(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     };
-    let key = crate::config::decode_secret(SECRET).unwrap_or(SigningKey(Vec::new()));
+    let key = crate::config::signing_key(SECRET).unwrap_or(SigningKey(Vec::new()));
     let timestamp: i64 = header("webhook-timestamp").parse().unwrap_or(0);
     let expected = sign(&key, header("webhook-id"), timestamp, &body);
     if header("webhook-signature")

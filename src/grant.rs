@@ -26,12 +26,15 @@ use crate::store::deliveries::NewDelivery;
 use crate::store::grants::NewGrant;
 use crate::store::prelude::*;
 use crate::store::requests::Finished;
+use crate::store::schedule::AlertMark;
 use crate::store::{self, StoreError};
 use crate::with_conn;
 
 /// How many times a batch transaction is tried again after a deadlock or lock-wait
 /// timeout before the batch is left to lease recovery.
 const MAX_TX_RETRIES: u32 = 20;
+
+const BUDGET_REACHED: &str = "has reached its budget";
 
 /// What one call of [`process_batch`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +192,17 @@ fn grant_batch<'c, C: Store>(
             now,
         )
         .await?;
-        let summary = write_batch(conn, &rules, &decisions, &rejected, &owned, token, now).await?;
+        let summary = write_batch(
+            conn,
+            &rules,
+            &decisions.decisions,
+            &rejected,
+            &owned,
+            token,
+            now,
+        )
+        .await?;
+        alert_budgets(conn, &config, &decisions.budget_reached, now).await?;
         Ok(summary)
     })
     .boxed()
@@ -228,13 +241,13 @@ async fn decide_off_runtime(
     mut chains: HashMap<String, Chain>,
     budgets: Vec<Budget>,
     now: DateTime<Utc>,
-) -> Result<Vec<Decision>, BatchError> {
+) -> Result<Decided, BatchError> {
     tokio::task::spawn_blocking(move || {
         let mut budgets: HashMap<String, Budget> = budgets
             .into_iter()
             .map(|b| (b.campaign_id.clone(), b))
             .collect();
-        requests
+        let decisions: Vec<Decision> = requests
             .into_iter()
             .map(|request| {
                 let mut state = BatchState {
@@ -244,7 +257,18 @@ async fn decide_off_runtime(
                 };
                 decide(&rules, &config.campaigns, &mut state, request, now)
             })
-            .collect()
+            .collect();
+        let mut budget_reached: Vec<String> = decisions
+            .iter()
+            .filter(|d| matches!(&d.verdict, Verdict::Done { detail, .. } if detail.ends_with(BUDGET_REACHED)))
+            .filter_map(|d| match &d.verdict {
+                Verdict::Done { campaign, .. } => campaign.as_ref().map(|c| c.to_string()),
+                _ => None,
+            })
+            .collect();
+        budget_reached.sort();
+        budget_reached.dedup();
+        Decided { decisions, budget_reached }
     })
     .await
     .map_err(|e| BatchError::Evaluation(e.to_string()))
@@ -254,6 +278,12 @@ struct BatchState<'a> {
     histories: &'a mut Histories,
     chains: &'a mut HashMap<String, Chain>,
     budgets: &'a mut HashMap<String, Budget>,
+}
+
+/// The decisions of a batch and the campaigns whose budget stopped a grant.
+struct Decided {
+    decisions: Vec<Decision>,
+    budget_reached: Vec<String>,
 }
 
 fn done(
@@ -355,7 +385,7 @@ fn decide(
         let cap = budget.budget_cents.unwrap_or(i64::MAX);
         if budget.granted_cents + coupon.face_value.cents() > cap {
             chain.0[allocation.index].remaining += 1;
-            let detail = format!("campaign {} has reached its budget", campaign.id);
+            let detail = format!("campaign {} {BUDGET_REACHED}", campaign.id);
             return done(
                 request,
                 ut,
@@ -376,6 +406,44 @@ fn decide(
             fallback: allocation.fallback,
         },
     }
+}
+
+/// Announces `campaign.budget_reached` once per campaign, in the grant transaction.
+async fn alert_budgets<C: Store>(
+    conn: &mut C,
+    config: &Config,
+    campaigns: &[String],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    #[derive(serde::Serialize)]
+    struct BudgetReached<'a> {
+        campaign: &'a str,
+        budget: String,
+    }
+    for id in campaigns {
+        if !conn
+            .mark_alerted(id, AlertMark::BudgetReached, now.naive_utc())
+            .await?
+        {
+            continue;
+        }
+        warn!(campaign = %id, "campaign reached its budget: it grants nothing more");
+        let budget = config
+            .campaigns
+            .iter()
+            .find(|c| c.id.as_str() == id)
+            .and_then(|c| c.budget)
+            .map(|b| b.to_string())
+            .unwrap_or_default();
+        let event = BudgetReached {
+            campaign: id,
+            budget,
+        };
+        let alert = events::alert(config, events::CAMPAIGN_BUDGET_REACHED, event, now);
+        conn.record_deliveries(&alert.into_iter().collect::<Vec<_>>())
+            .await?;
+    }
+    Ok(())
 }
 
 async fn write_batch<C: Store>(

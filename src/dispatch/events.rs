@@ -8,8 +8,16 @@ use crate::select::ChainCoupon;
 use crate::store::deliveries::NewDelivery;
 use crate::store::grants::NewGrant;
 
-/// `coupon.granted`
+/// `coupon.granted`, to the coupon's channel.
 pub const COUPON_GRANTED: &str = "coupon.granted";
+/// `coupon.rotated`, to the alerts channel.
+pub const COUPON_ROTATED: &str = "coupon.rotated";
+/// `campaign.exhausted`, to the alerts channel, once per exhaustion.
+pub const CAMPAIGN_EXHAUSTED: &str = "campaign.exhausted";
+/// `campaign.budget_reached`, to the alerts channel, once.
+pub const CAMPAIGN_BUDGET_REACHED: &str = "campaign.budget_reached";
+/// `inventory.drift`, to the alerts channel, when reconciliation finds a difference.
+pub const INVENTORY_DRIFT: &str = "inventory.drift";
 
 #[derive(Serialize)]
 struct Envelope<'a, T: Serialize> {
@@ -82,4 +90,22 @@ pub fn outbox_row(
         next_attempt_at: at.naive_utc(),
         created_at: at.naive_utc(),
     }
+}
+
+/// An ops event for the alerts channel, or `None` when `alerts.channel` is not set (the
+/// event is then only logged by the caller).
+pub fn alert<T: Serialize>(
+    config: &crate::config::Config,
+    kind: &str,
+    data: T,
+    at: DateTime<Utc>,
+) -> Option<NewDelivery> {
+    let channel = config.alerts.channel.as_ref()?;
+    Some(outbox_row(
+        channel.as_str(),
+        kind,
+        None,
+        body(kind, at, data),
+        at,
+    ))
 }

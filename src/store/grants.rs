@@ -89,11 +89,11 @@ pub trait Grants {
         &mut self,
     ) -> impl Future<Output = QueryResult<Vec<(String, String, i64)>>> + Send;
 
-    /// Grants of `coupon_ids` since `since`, by coupon (the grant rate).
+    /// Grants since `since` by coupon, with the first of them (the grant rate).
     fn grants_since(
         &mut self,
         since: NaiveDateTime,
-    ) -> impl Future<Output = QueryResult<Vec<(String, i64)>>> + Send;
+    ) -> impl Future<Output = QueryResult<Vec<(String, i64, Option<NaiveDateTime>)>>> + Send;
 }
 
 macro_rules! impl_grants {
@@ -155,11 +155,14 @@ macro_rules! impl_grants {
                     .await
             }
 
-            async fn grants_since(&mut self, since: NaiveDateTime) -> QueryResult<Vec<(String, i64)>> {
+            async fn grants_since(
+                &mut self,
+                since: NaiveDateTime,
+            ) -> QueryResult<Vec<(String, i64, Option<NaiveDateTime>)>> {
                 grants::table
                     .filter(g::granted_at.ge(since))
                     .group_by(g::coupon_id)
-                    .select((g::coupon_id, diesel::dsl::count_star()))
+                    .select((g::coupon_id, diesel::dsl::count_star(), diesel::dsl::min(g::granted_at)))
                     .load(self)
                     .await
             }

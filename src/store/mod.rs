@@ -23,6 +23,7 @@ pub mod coupons;
 pub mod deliveries;
 pub mod grants;
 pub mod requests;
+pub mod schedule;
 pub mod schema;
 
 pub use diesel::result::QueryResult;
@@ -34,6 +35,7 @@ pub mod prelude {
     pub use super::deliveries::Deliveries;
     pub use super::grants::Grants;
     pub use super::requests::Requests;
+    pub use super::schedule::Schedule;
     pub use super::Store;
 }
 
@@ -272,6 +274,7 @@ pub trait Store:
     + coupons::Coupons
     + deliveries::Deliveries
     + catalog::Catalog
+    + schedule::Schedule
     + Send
 {
 }

@@ -37,6 +37,8 @@ diesel::table! {
         budget_cents -> Nullable<BigInt>,
         granted_cents -> BigInt,
         updated_at -> Timestamp,
+        exhausted_alerted_at -> Nullable<Timestamp>,
+        budget_alerted_at -> Nullable<Timestamp>,
     }
 }
 
@@ -118,7 +120,31 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    coupon_rotations (id) {
+        id -> BigInt,
+        campaign_id -> Text,
+        from_coupon -> Text,
+        to_coupon -> Nullable<Text>,
+        reason -> Text,
+        remaining -> BigInt,
+        rotated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    job_leases (job) {
+        job -> Text,
+        holder -> Nullable<Text>,
+        held_until -> Nullable<Timestamp>,
+        last_tick -> Nullable<Timestamp>,
+        last_finished_at -> Nullable<Timestamp>,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
+    coupon_rotations,
+    job_leases,
     trigger_requests,
     campaigns,
     coupons,

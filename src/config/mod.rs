@@ -12,6 +12,16 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{CampaignId, ChannelName, CouponId, Event, Money, UserType};
 
+mod campaigns;
+mod channels;
+pub use channels::signing_key;
+mod raw;
+mod validate;
+
+/// The variable that overrides `database.url`, so that a password need not sit in the
+/// config file.
+pub const DATABASE_URL_ENV: &str = "COUPONSD_DATABASE_URL";
+
 /// A config error; the message names the key path (`campaigns[0].coupons[1].stock`).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -266,8 +276,8 @@ pub enum LogFormat {
 }
 
 impl Config {
-    /// Reads and validates the config file at `path`; `COUPONSD_DATABASE_URL` in `env`
-    /// overrides `database.url`.
+    /// Reads and validates the config file at `path`; `COUPONSD_DATABASE_URL` in the
+    /// process environment overrides `database.url`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -277,9 +287,28 @@ impl Config {
     }
 
     /// Parses and validates config text; `path` names the file in errors and anchors
-    /// the relative `rules.dir`.
-    pub fn from_yaml(_text: &str, _path: &Path) -> Result<Config, ConfigError> {
-        todo!("config parsing")
+    /// the relative `rules.dir`. Variables (`COUPONSD_DATABASE_URL`, `secret_env`) are
+    /// read from the process environment.
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Self::from_yaml_with_env(text, path, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::from_yaml`] with the environment passed in as `env` (a variable's
+    /// value, or `None` when unset), so that tests need not touch the process
+    /// environment.
+    pub fn from_yaml_with_env(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let raw = raw::parse(text, &file)?;
+        let ctx = validate::Ctx {
+            file: &file,
+            dir: path.parent().unwrap_or(Path::new("")),
+            env,
+        };
+        Self::from_raw(raw, &ctx)
     }
 
     /// The channel a coupon names.
@@ -288,14 +317,5 @@ impl Config {
     }
 }
 
-/// Decodes a `whsec_`-prefixed base64 secret.
-pub fn decode_secret(secret: &str) -> Result<SigningKey, String> {
-    use base64::Engine as _;
-    let encoded = secret
-        .strip_prefix("whsec_")
-        .ok_or_else(|| "must start with whsec_".to_owned())?;
-    base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .map(SigningKey)
-        .map_err(|e| format!("not base64 after whsec_: {e}"))
-}
+#[cfg(test)]
+mod tests;

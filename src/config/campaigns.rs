@@ -1,0 +1,149 @@
+//! `campaigns:`: who gets what for which event, and each campaign's rotation chain of
+//! coupons. Ids are checked for uniqueness here (coupon ids across all campaigns, as
+//! stock is kept per coupon id), and every coupon's channel must exist.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::channels::{self, Channels};
+use super::raw::{RawCampaign, RawCoupon, RawMoney};
+use super::validate::Ctx;
+use super::{CampaignConfig, ConfigError, CouponConfig};
+use crate::domain::{CampaignId, CouponId, Event, Money, UserType};
+
+/// Where each id was first seen, to name both places when one is used twice.
+#[derive(Default)]
+struct Seen {
+    campaigns: HashMap<CampaignId, String>,
+    coupons: HashMap<CouponId, String>,
+}
+
+/// Validates every campaign, keeping config order.
+pub(super) fn campaigns(
+    raw: Vec<RawCampaign>,
+    channels: &Channels,
+    ctx: &Ctx<'_>,
+) -> Result<Vec<CampaignConfig>, ConfigError> {
+    let mut seen = Seen::default();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, campaign)| {
+            self::campaign(
+                &format!("campaigns[{i}]"),
+                campaign,
+                channels,
+                &mut seen,
+                ctx,
+            )
+        })
+        .collect()
+}
+
+fn campaign(
+    base: &str,
+    raw: RawCampaign,
+    channels: &Channels,
+    seen: &mut Seen,
+    ctx: &Ctx<'_>,
+) -> Result<CampaignConfig, ConfigError> {
+    let id_key = format!("{base}.id");
+    let id = ctx.domain(&id_key, &raw.id, CampaignId::parse)?;
+    if let Some(first) = seen.campaigns.get(&id) {
+        return Err(ctx.invalid(
+            &id_key,
+            format!("campaign id {:?} is already used at {first}", raw.id),
+        ));
+    }
+    seen.campaigns.insert(id.clone(), id_key);
+    let event = ctx.domain(&format!("{base}.event"), &raw.event, Event::parse)?;
+    let audience = ctx.domain(&format!("{base}.audience"), &raw.audience, UserType::parse)?;
+    let per_user_limit =
+        ctx.at_least(&format!("{base}.per_user_limit"), raw.per_user_limit, 1, 1)?;
+    let starts_at = time(ctx, &format!("{base}.starts_at"), raw.starts_at.as_deref())?;
+    let ends_at = time(ctx, &format!("{base}.ends_at"), raw.ends_at.as_deref())?;
+    if let (Some(start), Some(end)) = (starts_at, ends_at) {
+        if start >= end {
+            return Err(ctx.invalid(
+                format!("{base}.starts_at"),
+                format!(
+                    "{} must be before ends_at {}",
+                    start.to_rfc3339(),
+                    end.to_rfc3339()
+                ),
+            ));
+        }
+    }
+    let budget = match &raw.budget {
+        Some(money) => Some(self::money(ctx, &format!("{base}.budget"), money)?),
+        None => None,
+    };
+    if raw.coupons.is_empty() {
+        return Err(ctx.invalid(
+            format!("{base}.coupons"),
+            "is empty; a campaign needs at least one coupon",
+        ));
+    }
+    let coupons = raw
+        .coupons
+        .into_iter()
+        .enumerate()
+        .map(|(j, coupon)| {
+            self::coupon(&format!("{base}.coupons[{j}]"), coupon, channels, seen, ctx)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(CampaignConfig {
+        id,
+        event,
+        audience,
+        per_user_limit,
+        starts_at,
+        ends_at,
+        budget,
+        coupons,
+    })
+}
+
+fn coupon(
+    base: &str,
+    raw: RawCoupon,
+    channels: &Channels,
+    seen: &mut Seen,
+    ctx: &Ctx<'_>,
+) -> Result<CouponConfig, ConfigError> {
+    let id_key = format!("{base}.id");
+    let id = ctx.domain(&id_key, &raw.id, CouponId::parse)?;
+    if let Some(first) = seen.coupons.get(&id) {
+        return Err(ctx.invalid(
+            &id_key,
+            format!("coupon id {:?} is already used at {first}", raw.id),
+        ));
+    }
+    seen.coupons.insert(id.clone(), id_key);
+    Ok(CouponConfig {
+        id,
+        face_value: money(ctx, &format!("{base}.face_value"), &raw.face_value)?,
+        stock: ctx.at_least(&format!("{base}.stock"), Some(raw.stock), 0, 0)?,
+        low_stock: ctx.at_least(&format!("{base}.low_stock"), raw.low_stock, 0, 0)?,
+        channel: channels::reference(ctx, &format!("{base}.channel"), &raw.channel, channels)?,
+    })
+}
+
+fn money(ctx: &Ctx<'_>, key: &str, raw: &RawMoney) -> Result<Money, ConfigError> {
+    ctx.domain(key, &raw.0, Money::parse)
+}
+
+/// An optional RFC 3339 time, kept in UTC.
+fn time(ctx: &Ctx<'_>, key: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, ConfigError> {
+    let Some(text) = raw else {
+        return Ok(None);
+    };
+    DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| Some(t.with_timezone(&Utc)))
+        .map_err(|e| {
+            ctx.invalid(
+                key,
+                format!("{text:?} is not an RFC 3339 time like 2026-12-01T00:00:00Z: {e}"),
+            )
+        })
+}

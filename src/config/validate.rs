@@ -1,0 +1,326 @@
+//! `Config::from_raw`: turns what the file says into the validated [`Config`], section
+//! by section, with defaults filled in. Every refusal names the key path it is about.
+//! Channels and campaigns, which reference each other, have their own files.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use croner::parser::{CronParser, Seconds};
+
+use super::raw::{
+    RawAlerts, RawConfig, RawDatabase, RawDispatch, RawHttp, RawLogFormat, RawLogging,
+    RawRuleLimits, RawRules, RawSchedule, RawWorker,
+};
+use super::{
+    campaigns, channels, AlertsConfig, Config, ConfigError, DatabaseConfig, DispatchConfig,
+    HttpConfig, LogFormat, LoggingConfig, RuleLimits, RulesConfig, ScheduleConfig, Secret,
+    WorkerConfig, DATABASE_URL_ENV,
+};
+use crate::domain::InvalidValue;
+
+/// What validation needs besides the file's contents.
+pub(super) struct Ctx<'a> {
+    /// The config path as given, for error messages.
+    pub file: &'a str,
+    /// The config file's folder, which a relative `rules.dir` is resolved against.
+    pub dir: &'a Path,
+    /// Reads an environment variable.
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Ctx<'_> {
+    /// A [`ConfigError::Invalid`] for `key`.
+    pub fn invalid(&self, key: impl Into<String>, message: impl fmt::Display) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            key: key.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Parses a domain value, reporting its refusal under `key`.
+    pub fn domain<T>(
+        &self,
+        key: &str,
+        raw: &str,
+        parse: fn(&str) -> Result<T, InvalidValue>,
+    ) -> Result<T, ConfigError> {
+        parse(raw).map_err(|e| self.invalid(key, e.reason))
+    }
+
+    /// A count that must be at least `min`.
+    pub fn at_least<T>(
+        &self,
+        key: &str,
+        raw: Option<T>,
+        default: T,
+        min: T,
+    ) -> Result<T, ConfigError>
+    where
+        T: PartialOrd + fmt::Display + Copy,
+    {
+        let value = raw.unwrap_or(default);
+        if value < min {
+            return Err(self.invalid(key, format!("must be at least {min}, got {value}")));
+        }
+        Ok(value)
+    }
+
+    /// A duration that must not be zero.
+    pub fn positive(
+        &self,
+        key: &str,
+        raw: Option<Duration>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let value = raw.unwrap_or(default);
+        if value.is_zero() {
+            return Err(self.invalid(key, "must be longer than 0s"));
+        }
+        Ok(value)
+    }
+}
+
+impl Config {
+    /// Validates a [`RawConfig`], filling in defaults.
+    pub(super) fn from_raw(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
+        let channels = channels::channels(raw.channels, ctx)?;
+        let campaigns = campaigns::campaigns(raw.campaigns.unwrap_or_default(), &channels, ctx)?;
+        let alerts = alerts(raw.alerts.unwrap_or_default(), &channels, ctx)?;
+        Ok(Config {
+            database: database(raw.database.unwrap_or_default(), ctx)?,
+            rules: rules(raw.rules.unwrap_or_default(), ctx)?,
+            worker: worker(raw.worker.unwrap_or_default(), ctx)?,
+            dispatch: dispatch(raw.dispatch.unwrap_or_default(), ctx)?,
+            channels,
+            campaigns,
+            schedule: schedule(raw.schedule.unwrap_or_default(), ctx)?,
+            alerts,
+            http: http(raw.http.unwrap_or_default(), ctx)?,
+            logging: logging(raw.logging.unwrap_or_default()),
+        })
+    }
+}
+
+fn database(raw: RawDatabase, ctx: &Ctx<'_>) -> Result<DatabaseConfig, ConfigError> {
+    const KEY: &str = "database.url";
+    // An empty variable is treated as unset, as shells and unit files often leave them.
+    let (url, source) = match (ctx.env)(DATABASE_URL_ENV).filter(|v| !v.is_empty()) {
+        Some(url) => (url, format!(" (from {DATABASE_URL_ENV})")),
+        None => (
+            raw.url.unwrap_or_else(|| "sqlite://couponsd.db".to_owned()),
+            String::new(),
+        ),
+    };
+    // The URL may hold a password: messages name its scheme at most, never the value.
+    if let Some(rest) = url.strip_prefix("sqlite://") {
+        if rest.is_empty() {
+            return Err(ctx.invalid(KEY, format!("sqlite:// needs a file name{source}")));
+        }
+    } else if url.starts_with("mysql://") {
+        let parsed = reqwest::Url::parse(&url)
+            .map_err(|e| ctx.invalid(KEY, format!("is not a valid mysql:// URL{source}: {e}")))?;
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(ctx.invalid(KEY, format!("mysql:// URL has no host{source}")));
+        }
+    } else {
+        return Err(ctx.invalid(
+            KEY,
+            format!("must start with mysql:// or sqlite://{source}"),
+        ));
+    }
+    Ok(DatabaseConfig {
+        url: Secret::new(url),
+        max_connections: ctx.at_least("database.max_connections", raw.max_connections, 8, 1)?,
+    })
+}
+
+fn rules(raw: RawRules, ctx: &Ctx<'_>) -> Result<RulesConfig, ConfigError> {
+    let dir = raw.dir.unwrap_or_else(|| PathBuf::from("rules"));
+    if dir.as_os_str().is_empty() {
+        return Err(ctx.invalid("rules.dir", "is empty"));
+    }
+    Ok(RulesConfig {
+        dir: if dir.is_absolute() {
+            dir
+        } else {
+            ctx.dir.join(dir)
+        },
+        limits: rule_limits(raw.limits.unwrap_or_default(), ctx)?,
+    })
+}
+
+/// Rhai reads 0 as "no limit" for most of these, and limits are always on, so 0 is
+/// refused rather than passed through.
+fn rule_limits(raw: RawRuleLimits, ctx: &Ctx<'_>) -> Result<RuleLimits, ConfigError> {
+    let d = RuleLimits::default();
+    let key = |name: &str| format!("rules.limits.{name}");
+    Ok(RuleLimits {
+        max_operations: ctx.at_least(
+            &key("max_operations"),
+            raw.max_operations,
+            d.max_operations,
+            1,
+        )?,
+        max_call_depth: ctx.at_least(
+            &key("max_call_depth"),
+            raw.max_call_depth,
+            d.max_call_depth,
+            1,
+        )?,
+        max_string_size: ctx.at_least(
+            &key("max_string_size"),
+            raw.max_string_size,
+            d.max_string_size,
+            1,
+        )?,
+        max_array_size: ctx.at_least(
+            &key("max_array_size"),
+            raw.max_array_size,
+            d.max_array_size,
+            1,
+        )?,
+        max_map_size: ctx.at_least(&key("max_map_size"), raw.max_map_size, d.max_map_size, 1)?,
+        max_time: ctx.positive(&key("max_time"), raw.max_time, d.max_time)?,
+    })
+}
+
+fn worker(raw: RawWorker, ctx: &Ctx<'_>) -> Result<WorkerConfig, ConfigError> {
+    let batch_size = raw.batch_size.unwrap_or(200);
+    if !(1..=5000).contains(&batch_size) {
+        return Err(ctx.invalid(
+            "worker.batch_size",
+            format!("must be between 1 and 5000, got {batch_size}"),
+        ));
+    }
+    Ok(WorkerConfig {
+        batch_size,
+        poll_interval: ctx.positive(
+            "worker.poll_interval",
+            raw.poll_interval,
+            Duration::from_millis(200),
+        )?,
+        lease: ctx.positive("worker.lease", raw.lease, Duration::from_secs(60))?,
+        concurrency: ctx.at_least("worker.concurrency", raw.concurrency, 4, 1)?,
+        max_attempts: ctx.at_least("worker.max_attempts", raw.max_attempts, 5, 1)?,
+        shutdown_grace: raw.shutdown_grace.unwrap_or(Duration::from_secs(10)),
+    })
+}
+
+fn dispatch(raw: RawDispatch, ctx: &Ctx<'_>) -> Result<DispatchConfig, ConfigError> {
+    let retry_base = ctx.positive(
+        "dispatch.retry_base",
+        raw.retry_base,
+        Duration::from_secs(5),
+    )?;
+    let retry_max = ctx.positive(
+        "dispatch.retry_max",
+        raw.retry_max,
+        Duration::from_secs(3600),
+    )?;
+    if retry_max < retry_base {
+        return Err(ctx.invalid(
+            "dispatch.retry_max",
+            format!(
+                "{} is shorter than dispatch.retry_base {}",
+                humantime::format_duration(retry_max),
+                humantime::format_duration(retry_base)
+            ),
+        ));
+    }
+    Ok(DispatchConfig {
+        concurrency: ctx.at_least("dispatch.concurrency", raw.concurrency, 64, 1)?,
+        batch_size: ctx.at_least("dispatch.batch_size", raw.batch_size, 500, 1)?,
+        retry_base,
+        retry_max,
+    })
+}
+
+fn schedule(raw: RawSchedule, ctx: &Ctx<'_>) -> Result<ScheduleConfig, ConfigError> {
+    Ok(ScheduleConfig {
+        inventory_check: cron(
+            ctx,
+            "schedule.inventory_check",
+            raw.inventory_check,
+            "*/10 * * * * *",
+        )?,
+        reclaim_leases: cron(
+            ctx,
+            "schedule.reclaim_leases",
+            raw.reclaim_leases,
+            "*/15 * * * * *",
+        )?,
+        reconcile: cron(ctx, "schedule.reconcile", raw.reconcile, "0 0 3 * * *")?,
+    })
+}
+
+/// Normalizes a cron expression to 6 fields (a 5-field one runs at second 0) and checks
+/// it with the parser settings tokio-cron-scheduler 0.15 uses for `Job::new_async`
+/// (seconds required; `dom_and_dow` changes when a job fires, not what parses).
+fn cron(
+    ctx: &Ctx<'_>,
+    key: &str,
+    raw: Option<String>,
+    default: &str,
+) -> Result<String, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(default.to_owned());
+    };
+    let fields: Vec<&str> = raw.split_whitespace().collect();
+    let normalized = match fields.len() {
+        6 => fields.join(" "),
+        5 => format!("0 {}", fields.join(" ")),
+        n => {
+            return Err(ctx.invalid(
+                key,
+                format!(
+                    "{raw:?} has {n} field(s); expected 6 (second minute hour day-of-month \
+                     month day-of-week) or 5 (the same without seconds)"
+                ),
+            ))
+        }
+    };
+    CronParser::builder()
+        .seconds(Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(&normalized)
+        .map_err(|e| ctx.invalid(key, format!("{raw:?} is not a valid cron expression: {e}")))?;
+    Ok(normalized)
+}
+
+fn alerts(
+    raw: RawAlerts,
+    channels: &channels::Channels,
+    ctx: &Ctx<'_>,
+) -> Result<AlertsConfig, ConfigError> {
+    let channel = match raw.channel {
+        Some(name) => Some(channels::reference(ctx, "alerts.channel", &name, channels)?),
+        None => None,
+    };
+    Ok(AlertsConfig { channel })
+}
+
+fn http(raw: RawHttp, ctx: &Ctx<'_>) -> Result<HttpConfig, ConfigError> {
+    let listen = match raw.listen {
+        Some(text) => Some(text.trim().parse::<SocketAddr>().map_err(|_| {
+            ctx.invalid(
+                "http.listen",
+                format!("{text:?} is not an IP address and port like 127.0.0.1:9464"),
+            )
+        })?),
+        None => None,
+    };
+    Ok(HttpConfig { listen })
+}
+
+fn logging(raw: RawLogging) -> LoggingConfig {
+    LoggingConfig {
+        format: match raw.format {
+            Some(RawLogFormat::Json) => LogFormat::Json,
+            Some(RawLogFormat::Human) | None => LogFormat::Human,
+        },
+    }
+}

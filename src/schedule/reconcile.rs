@@ -1,0 +1,100 @@
+//! Reconciliation: checks that every coupon's stock, granted and remaining agree with
+//! each other and with the grants ledger, and reports any drift as an alert.
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use serde::Serialize;
+use tracing::{error, info};
+
+use crate::daemon::Context;
+use crate::dispatch::events;
+use crate::store::coupons::CouponStock;
+use crate::store::StoreError;
+use crate::with_conn;
+
+/// A coupon whose counters disagree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Drift {
+    /// The coupon.
+    pub coupon: String,
+    /// Everything made available.
+    pub stock: i64,
+    /// Its granted counter.
+    pub granted: i64,
+    /// Its remaining counter.
+    pub remaining: i64,
+    /// Grants in the ledger.
+    pub ledger_granted: i64,
+}
+
+/// Finds the coupons whose counters disagree.
+pub fn find_drift(coupons: &[CouponStock], ledger: &HashMap<String, i64>) -> Vec<Drift> {
+    coupons
+        .iter()
+        .filter_map(|c| {
+            let ledger_granted = ledger.get(&c.id).copied().unwrap_or(0);
+            let agrees = c.granted == ledger_granted && c.stock == c.granted + c.remaining;
+            (!agrees).then(|| Drift {
+                coupon: c.id.clone(),
+                stock: c.stock,
+                granted: c.granted,
+                remaining: c.remaining,
+                ledger_granted,
+            })
+        })
+        .collect()
+}
+
+/// Runs the reconciliation and alerts on every drift found.
+pub async fn run(ctx: &Context) -> Result<Vec<Drift>, StoreError> {
+    let now = Utc::now();
+    let (coupons, per_coupon) = with_conn!(ctx.db, |conn| {
+        (conn.coupon_stock().await?, conn.grants_per_coupon().await?)
+    });
+    let mut ledger: HashMap<String, i64> = HashMap::new();
+    for (_, coupon, n) in per_coupon {
+        *ledger.entry(coupon).or_default() += n;
+    }
+    let drift = find_drift(&coupons, &ledger);
+    if drift.is_empty() {
+        info!(
+            coupons = coupons.len(),
+            "reconciliation: stock agrees with the ledger"
+        );
+        return Ok(drift);
+    }
+    let alerts: Vec<_> = drift
+        .iter()
+        .inspect(|d| error!(?d, "reconciliation: stock disagrees with the ledger"))
+        .filter_map(|d| events::alert(&ctx.config, events::INVENTORY_DRIFT, d, now))
+        .collect();
+    with_conn!(ctx.db, |conn| conn.record_deliveries(&alerts).await?);
+    ctx.outbox_ready.notify_one();
+    Ok(drift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_that_disagree_with_the_ledger_are_drift() {
+        let coupon = |granted, remaining| CouponStock {
+            id: "A".into(),
+            campaign_id: "c".into(),
+            position: 0,
+            face_value_cents: 100,
+            channel: "wallet".into(),
+            stock: 10,
+            granted,
+            remaining,
+            low_stock: 0,
+            state: "active".into(),
+        };
+        let ledger = HashMap::from([("A".to_owned(), 4)]);
+        assert!(find_drift(&[coupon(4, 6)], &ledger).is_empty());
+        assert_eq!(find_drift(&[coupon(5, 5)], &ledger)[0].ledger_granted, 4);
+        assert_eq!(find_drift(&[coupon(4, 5)], &ledger).len(), 1);
+    }
+}

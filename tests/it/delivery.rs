@@ -1,0 +1,215 @@
+//! Webhook delivery: Standard Webhooks signatures, retries with a stable webhook-id,
+//! permanent failures, 410 Gone, and the grant/outbox pairing.
+
+use axum::http::StatusCode;
+
+use crate::on_both_backends;
+use crate::support::*;
+
+async fn every_grant_is_delivered_signed_and_verifies_with_the_reference_crate(db: TestDb) {
+    let receiver = Receiver::ok().await;
+    let ctx = context(config(
+        &db,
+        &receiver,
+        &shipped_rules(),
+        &standard_campaigns(3),
+        "",
+    ))
+    .await;
+    for i in 0..10 {
+        insert(&ctx, &format!("k{i}"), &format!("u{i}"), "app_open", None)
+            .await
+            .unwrap();
+    }
+    drain(&ctx).await;
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 10);
+    assert!(
+        seen.iter().all(|s| s.verified),
+        "every signature verifies with standardwebhooks"
+    );
+    assert!(seen.iter().all(|s| s.path == "/webhooks/wallet"));
+    let body: serde_json::Value = serde_json::from_str(&seen[0].body).unwrap();
+    assert_eq!(body["type"], "coupon.granted");
+    assert!(chrono::DateTime::parse_from_rfc3339(body["timestamp"].as_str().unwrap()).is_ok());
+    let data = &body["data"];
+    for field in [
+        "grant_id",
+        "request_key",
+        "user_id",
+        "campaign",
+        "coupon",
+        "face_value",
+        "user_type",
+    ] {
+        assert!(!data[field].is_null(), "data.{field} is present: {body}");
+    }
+    assert!(data["face_value"] == "10.00" || data["face_value"] == "8.00");
+    let ts: i64 = seen[0].headers["webhook-timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (chrono::Utc::now().timestamp() - ts).abs() < 60,
+        "whole Unix seconds, now"
+    );
+    // The grant, its outbox row and the request's status committed together.
+    let deliveries = counts(&ctx, "status", "deliveries").await;
+    assert_eq!(deliveries["delivered"], 10);
+    let paired = counts(
+        &ctx,
+        "'paired'",
+        "grants g JOIN deliveries d ON d.grant_id = g.id",
+    )
+    .await;
+    assert_eq!(paired["paired"], 10);
+}
+on_both_backends!(
+    every_grant_is_delivered_signed_and_verifies_with_the_reference_crate,
+    every_grant_is_delivered_signed_and_verifies_with_the_reference_crate
+);
+
+async fn a_receiver_failing_twice_sees_the_same_webhook_id_three_times(db: TestDb) {
+    let receiver = Receiver::start(|n, _| {
+        if n < 2 {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::OK
+        }
+    })
+    .await;
+    let ctx = context(config(
+        &db,
+        &receiver,
+        &shipped_rules(),
+        &standard_campaigns(3),
+        "",
+    ))
+    .await;
+    insert(&ctx, "once", "u1", "app_open", None).await.unwrap();
+    drain(&ctx).await;
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 3, "two failures, then delivered");
+    let ids: Vec<&str> = seen
+        .iter()
+        .map(|s| s.headers["webhook-id"].to_str().unwrap())
+        .collect();
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "same webhook-id on every retry: {ids:?}"
+    );
+    assert!(seen.iter().all(|s| s.verified));
+    let attempts = counts(&ctx, "CAST(attempts AS CHAR)", "deliveries").await;
+    assert_eq!(attempts.get("3"), Some(&1));
+    let delivered = counts(&ctx, "status", "deliveries").await;
+    assert_eq!(delivered.get("delivered"), Some(&1));
+    let logged = counts(
+        &ctx,
+        "CAST(COALESCE(status_code, 0) AS CHAR)",
+        "delivery_attempts",
+    )
+    .await;
+    assert_eq!((logged.get("500"), logged.get("200")), (Some(&2), Some(&1)));
+}
+on_both_backends!(
+    a_receiver_failing_twice_sees_the_same_webhook_id_three_times,
+    a_receiver_failing_twice_sees_the_same_webhook_id_three_times
+);
+
+async fn a_delivery_out_of_attempts_is_dead_and_kept(db: TestDb) {
+    let receiver = Receiver::start(|_, _| StatusCode::SERVICE_UNAVAILABLE).await;
+    let ctx = context(config(
+        &db,
+        &receiver,
+        &shipped_rules(),
+        &standard_campaigns(3),
+        "",
+    ))
+    .await;
+    insert(&ctx, "doomed", "u1", "app_open", None)
+        .await
+        .unwrap();
+    drain(&ctx).await;
+    assert_eq!(receiver.seen().len(), 5, "max_attempts: 5");
+    let status = counts(&ctx, "status", "deliveries").await;
+    assert_eq!(status.get("dead"), Some(&1));
+    let error = counts(&ctx, "last_error", "deliveries").await;
+    let text = error.keys().next().unwrap();
+    assert!(
+        text.contains("503") && text.contains("gave up after 5 attempts"),
+        "{text}"
+    );
+}
+on_both_backends!(
+    a_delivery_out_of_attempts_is_dead_and_kept,
+    a_delivery_out_of_attempts_is_dead_and_kept
+);
+
+async fn a_client_error_is_permanent_and_410_disables_the_channel(db: TestDb) {
+    let receiver = Receiver::start(|_, seen| {
+        if seen.body.contains("\"u-gone\"") {
+            StatusCode::GONE
+        } else {
+            StatusCode::BAD_REQUEST
+        }
+    })
+    .await;
+    let ctx = context(config(
+        &db,
+        &receiver,
+        &shipped_rules(),
+        &standard_campaigns(3),
+        "",
+    ))
+    .await;
+    insert(&ctx, "bad", "u-bad", "app_open", None)
+        .await
+        .unwrap();
+    couponsd::grant::process_batch(&ctx).await.unwrap();
+    couponsd::dispatch::worker::dispatch_due(&ctx)
+        .await
+        .unwrap();
+    assert_eq!(receiver.seen().len(), 1, "a 400 is not retried");
+    insert(&ctx, "gone", "u-gone", "app_open", None)
+        .await
+        .unwrap();
+    insert(&ctx, "after", "u-after", "app_open", None)
+        .await
+        .unwrap();
+    couponsd::grant::process_batch(&ctx).await.unwrap();
+    couponsd::dispatch::worker::dispatch_due(&ctx)
+        .await
+        .unwrap();
+    insert(&ctx, "later", "u-later", "app_open", None)
+        .await
+        .unwrap();
+    drain(&ctx).await;
+    let disabled = counts(
+        &ctx,
+        "channel",
+        "channel_states WHERE disabled_at IS NOT NULL",
+    )
+    .await;
+    assert_eq!(disabled.get("wallet"), Some(&1), "410 disables the channel");
+    let dead = counts(&ctx, "status", "deliveries").await;
+    assert_eq!(
+        dead.get("dead"),
+        Some(&4),
+        "{dead:?}: all kept, none delivered"
+    );
+    let later = counts(
+        &ctx,
+        "last_error",
+        "deliveries WHERE grant_id = (SELECT id FROM trigger_requests WHERE request_key = 'later')",
+    )
+    .await;
+    assert!(
+        later.keys().next().unwrap().contains("disabled"),
+        "{later:?}"
+    );
+}
+on_both_backends!(
+    a_client_error_is_permanent_and_410_disables_the_channel,
+    a_client_error_is_permanent_and_410_disables_the_channel
+);

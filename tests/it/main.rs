@@ -1,0 +1,8 @@
+//! Integration tests: real MariaDB (a fresh database per test), real SQLite, real HTTP
+//! receivers on 127.0.0.1:0.
+
+mod support;
+
+mod cli;
+mod delivery;
+mod pipeline;
