@@ -160,13 +160,18 @@ impl Money {
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         let bad =
             || InvalidValue::new("amount", format!("{raw:?} is not an amount like \"10.00\""));
-        let (whole, frac) = raw.trim().split_once('.').unwrap_or((raw.trim(), ""));
+        let (whole, frac) = match raw.trim().split_once('.') {
+            Some((whole, frac)) => (whole, Some(frac)),
+            None => (raw.trim(), None),
+        };
         let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        if !digits(whole) || (!frac.is_empty() && !digits(frac)) || frac.len() > 2 {
+        if !digits(whole) || frac.is_some_and(|f| !digits(f) || f.len() > 2) {
             return Err(bad());
         }
         let whole: i64 = whole.parse().map_err(|_| bad())?;
-        let frac: i64 = format!("{frac:0<2}").parse().map_err(|_| bad())?;
+        let frac: i64 = format!("{:0<2}", frac.unwrap_or(""))
+            .parse()
+            .map_err(|_| bad())?;
         whole
             .checked_mul(100)
             .and_then(|c| c.checked_add(frac))

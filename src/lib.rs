@@ -17,5 +17,6 @@ pub mod daemon;
 pub mod demo;
 pub mod domain;
 pub mod logging;
+pub mod ops;
 pub mod rules;
 pub mod store;

@@ -35,12 +35,27 @@ enum Command {
         #[arg(long)]
         drain: bool,
     },
+    /// Inventory: show stock, add stock, bring a retired coupon back.
+    Stock {
+        #[command(subcommand)]
+        action: StockAction,
+    },
     /// Show the whole pipeline on a throwaway SQLite database; needs no config.
     Demo {
         /// New users to simulate (half of them come back).
         #[arg(long, default_value_t = 2000)]
         users: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum StockAction {
+    /// A table of every coupon: state, stock, granted, remaining, rate, run-out.
+    Show,
+    /// Add N to a coupon's stock (a retired coupon stays retired).
+    Add { coupon: String, count: i64 },
+    /// Bring a retired coupon back into selection.
+    Activate { coupon: String },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +73,20 @@ fn main() -> ExitCode {
                 match command {
                     Command::Migrate => app::migrate(&config).await,
                     Command::Run { drain } => app::run(config, &cli.config, drain).await,
+                    Command::Stock { action } => {
+                        let ctx = app::start(config).await?;
+                        let out = match action {
+                            StockAction::Show => couponsd::ops::stock::show(&ctx).await,
+                            StockAction::Add { coupon, count } => {
+                                couponsd::ops::stock::add(&ctx, &coupon, count).await
+                            }
+                            StockAction::Activate { coupon } => {
+                                couponsd::ops::stock::activate(&ctx, &coupon).await
+                            }
+                        }?;
+                        print!("{out}");
+                        Ok(())
+                    }
                     Command::Demo { .. } => unreachable!("handled above"),
                 }
             }

@@ -133,9 +133,10 @@ where
         Err(e) => error!(job = name, error = %e, "scheduled job failed"),
     }
     let released = async {
-        Ok::<_, StoreError>(with_conn!(ctx.db, |conn| {
-            conn.release_job(name, holder, store::now()).await?
-        }))
+        with_conn!(ctx.db, |conn| {
+            conn.release_job(name, holder, store::now()).await?;
+        });
+        Ok::<_, StoreError>(())
     };
     if let Err(e) = released.await {
         error!(job = name, error = %e, "cannot release the job lease; it expires by itself");

@@ -1,0 +1,3 @@
+//! Commands for operators that inspect or change a running installation: stock.
+
+pub mod stock;
