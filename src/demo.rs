@@ -20,6 +20,7 @@ use crate::app::{self, AppError};
 use crate::config::{Config, SigningKey};
 use crate::daemon::{self, Mode};
 use crate::dispatch::signing::sign;
+use crate::schedule::inventory;
 use crate::store::requests::NewRequest;
 use crate::store::StoreError;
 use crate::with_conn;
@@ -61,20 +62,35 @@ pub async fn run(users: usize) -> Result<(), AppError> {
     println!("  receiver   http://127.0.0.1:{port}/webhooks/{{wallet,ops}} (verifies signatures)");
     app::migrate(&config).await?;
     let ctx = app::start(config).await?;
-    let triggers = synthetic_triggers(users);
-    let total = triggers.len();
+    let (wave1, wave2) = synthetic_triggers(users);
+    let total = wave1.len() + wave2.len();
     println!(
-        "  queued     {total} trigger requests ({users} new users, {} come back, 3 malformed)",
+        "  queued     {} trigger requests in two waves ({users} new users, {} come back, 3 malformed)",
+        total,
         users / 2
     );
-    with_conn!(ctx.db, |conn| {
-        for chunk in triggers.chunks(1000) {
-            conn.enqueue(chunk).await.map_err(StoreError::from)?;
-        }
-    });
     let started = Instant::now();
+    enqueue(&ctx, &wave1).await?;
+    daemon::run_loops(ctx.clone(), Mode::Drain, CancellationToken::new()).await;
+    // Between the waves the scheduled inventory check runs, as it would every 10 s: the
+    // hot newcomer coupon is at its watermark and rotates before it runs out.
+    let first_check = inventory::check(&ctx).await?;
+    enqueue(&ctx, &wave2).await?;
+    daemon::run_loops(ctx.clone(), Mode::Drain, CancellationToken::new()).await;
+    let second_check = inventory::check(&ctx).await?;
     daemon::run_loops(ctx.clone(), Mode::Drain, CancellationToken::new()).await;
     let elapsed = started.elapsed();
+    println!("\nrotations by the inventory check");
+    for r in first_check.rotations.iter().chain(&second_check.rotations) {
+        println!(
+            "  {:<10} {} -> {} ({}, {} left as reserve)",
+            r.campaign_id,
+            r.from_coupon,
+            r.to_coupon.as_deref().unwrap_or("-"),
+            r.reason,
+            r.remaining
+        );
+    }
     report(&ctx, &received, total, elapsed).await
 }
 
@@ -140,9 +156,12 @@ fn io(dir: &Path, e: std::io::Error) -> AppError {
     AppError::Other(format!("{}: {e}", dir.display()))
 }
 
-/// The demo's config: the hot coupon NEW10 has stock for a tenth of the newcomers.
+/// The demo's config: NEW10 has stock for a fifth of the newcomers and a watermark the
+/// first wave reaches; BACK5 runs out in the middle of the returning users, so the
+/// grant step falls back to BACK3.
 fn demo_config(dir: &Path, port: u16, users: usize) -> String {
-    let hot = (users / 10).max(1);
+    let hot = (users / 5).max(2);
+    let back = (users / 8).max(1);
     format!(
         r#"database:
   url: "sqlite://{db}"
@@ -168,30 +187,41 @@ campaigns:
     audience: first_time
     coupons:
       - {{ id: NEW10, face_value: "10.00", stock: {hot}, low_stock: {low}, channel: wallet }}
-      - {{ id: NEW8, face_value: "8.00", stock: {users}, channel: wallet }}
+      - {{ id: NEW8, face_value: "8.00", stock: {users}, low_stock: 10, channel: wallet }}
   - id: loyalty
     event: app_open
     audience: returning
     per_user_limit: 1
     coupons:
-      - {{ id: BACK5, face_value: "5.00", stock: {users}, channel: wallet }}
+      - {{ id: BACK5, face_value: "5.00", stock: {back}, channel: wallet }}
+      - {{ id: BACK3, face_value: "3.00", stock: {users}, low_stock: 10, channel: wallet }}
 "#,
         db = dir.join("couponsd.db").display(),
-        low = hot / 10,
+        low = hot / 4,
     )
 }
 
-fn synthetic_triggers(users: usize) -> Vec<NewRequest> {
-    let new = (0..users).map(|u| (format!("first-{u}"), format!("user-{u}")));
+async fn enqueue(ctx: &daemon::Context, rows: &[NewRequest]) -> Result<(), AppError> {
+    with_conn!(ctx.db, |conn| {
+        for chunk in rows.chunks(1000) {
+            conn.enqueue(chunk).await.map_err(StoreError::from)?;
+        }
+    });
+    Ok(())
+}
+
+/// Wave one: the first 15% of the new users. Wave two: the other new users, then half
+/// of all users coming back, and three malformed requests.
+fn synthetic_triggers(users: usize) -> (Vec<NewRequest>, Vec<NewRequest>) {
+    let split = users * 15 / 100;
+    let wave1: Vec<NewRequest> = (0..split)
+        .map(|u| request(format!("first-{u}"), format!("user-{u}")))
+        .collect();
+    let new = (split..users).map(|u| (format!("first-{u}"), format!("user-{u}")));
     let back = (0..users / 2).map(|u| (format!("again-{u}"), format!("user-{u}")));
     let mut rows: Vec<NewRequest> = new
         .chain(back)
-        .map(|(key, user)| NewRequest {
-            request_key: key,
-            user_id: user,
-            event: "app_open".into(),
-            attributes: Some(r#"{"platform":"ios"}"#.into()),
-        })
+        .map(|(key, user)| request(key, user))
         .collect();
     for (key, user, attributes) in [
         ("bad-empty-user", "", None),
@@ -205,7 +235,16 @@ fn synthetic_triggers(users: usize) -> Vec<NewRequest> {
             attributes: attributes.map(str::to_owned),
         });
     }
-    rows
+    (wave1, rows)
+}
+
+fn request(key: String, user: String) -> NewRequest {
+    NewRequest {
+        request_key: key,
+        user_id: user,
+        event: "app_open".into(),
+        attributes: Some(r#"{"platform":"ios"}"#.into()),
+    }
 }
 
 async fn start_receiver(received: Arc<Received>) -> Result<u16, AppError> {
