@@ -356,7 +356,9 @@ fn decide(
     let chain = state.chains.entry(campaign.id.to_string()).or_default();
     let chosen = match select::coupon_for(rules, &request, &user_type, campaign, chain) {
         Ok(Some(coupon)) => coupon,
-        Ok(None) => {
+        // With no active coupon in stock the rule had nothing to pick: `()` then means
+        // "none left", and the chain's retired reserve (if any) is the last resort.
+        Ok(None) if chain.has_active_stock() => {
             let detail = "select_coupon.rhai returned () (not eligible)".to_owned();
             return done(
                 request,
@@ -366,6 +368,13 @@ fn decide(
                 detail,
             );
         }
+        Ok(None) => match chain.0.first() {
+            Some(first) => first.id.clone(),
+            None => {
+                let detail = format!("campaign {} has no coupons", campaign.id);
+                return done(request, ut, Outcome::OutOfStock, Some(&campaign.id), detail);
+            }
+        },
         Err(e) => {
             return Decision {
                 request,

@@ -102,6 +102,11 @@ impl Chain {
             .collect()
     }
 
+    /// True when an active (not retired) coupon has stock.
+    pub fn has_active_stock(&self) -> bool {
+        self.0.iter().any(|c| !c.retired && c.remaining > 0)
+    }
+
     /// Finds a coupon with stock for the rule's choice: the chosen one, else the next
     /// active coupon after it, else any retired coupon's reserve. Takes one from it.
     pub fn allocate(&mut self, chosen: &CouponId) -> Option<Allocation> {
