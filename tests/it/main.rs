@@ -7,3 +7,4 @@ mod cli;
 mod delivery;
 mod inventory;
 mod pipeline;
+mod schema;
