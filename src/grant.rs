@@ -19,7 +19,7 @@ use crate::daemon::Context;
 use crate::dispatch::events;
 use crate::domain::{CampaignId, Outcome, TriggerRequest, UserType};
 use crate::intake::{self, Rejected};
-use crate::rules::Rules;
+use crate::rules::{RuleError, Rules};
 use crate::select::{self, Chain, ChainCoupon};
 use crate::store::catalog::Budget;
 use crate::store::deliveries::NewDelivery;
@@ -304,6 +304,16 @@ fn done(
     }
 }
 
+fn failed(request: TriggerRequest, user_type: Option<UserType>, error: &RuleError) -> Decision {
+    Decision {
+        request,
+        user_type,
+        verdict: Verdict::Failed {
+            error: error.to_string(),
+        },
+    }
+}
+
 fn decide(
     rules: &Rules,
     campaigns: &[CampaignConfig],
@@ -314,15 +324,7 @@ fn decide(
     let history = state.histories.of(&request);
     let user_type = match classify::user_type(rules, &request, &history) {
         Ok(t) => t,
-        Err(e) => {
-            return Decision {
-                request,
-                user_type: None,
-                verdict: Verdict::Failed {
-                    error: e.to_string(),
-                },
-            }
-        }
+        Err(e) => return failed(request, None, &e),
     };
     let Some(campaign) = select::campaign_for(campaigns, &request, &user_type) else {
         let detail = format!(
@@ -375,15 +377,7 @@ fn decide(
                 return done(request, ut, Outcome::OutOfStock, Some(&campaign.id), detail);
             }
         },
-        Err(e) => {
-            return Decision {
-                request,
-                user_type: ut,
-                verdict: Verdict::Failed {
-                    error: e.to_string(),
-                },
-            }
-        }
+        Err(e) => return failed(request, ut, &e),
     };
     let Some(allocation) = chain.allocate(&chosen) else {
         let detail = format!("every coupon of campaign {} is out of stock", campaign.id);
