@@ -501,3 +501,38 @@ async fn stock_show_add_and_activate(db: TestDb) {
     );
 }
 on_both_backends!(stock_show_add_and_activate, stock_show_add_and_activate);
+
+async fn reconciliation_reports_drift_between_stock_and_the_ledger(db: TestDb) {
+    let receiver = Receiver::ok().await;
+    let ctx = context(config(
+        &db,
+        &receiver,
+        &shipped_rules(),
+        &chain(100, 0),
+        ALERTS,
+    ))
+    .await;
+    wave(&ctx, "r", 5).await;
+    assert!(
+        couponsd::schedule::reconcile::run(&ctx)
+            .await
+            .unwrap()
+            .is_empty(),
+        "agrees after normal work"
+    );
+    // Someone edits the counters by hand: the daily job notices.
+    let tamper = diesel::sql_query("UPDATE coupons SET granted = granted + 2 WHERE id = 'NEW10'");
+    store!(ctx, |c| diesel_async::RunQueryDsl::execute(tamper, c)
+        .await?);
+    let drift = couponsd::schedule::reconcile::run(&ctx).await.unwrap();
+    assert_eq!(drift.len(), 1);
+    assert_eq!((drift[0].granted, drift[0].ledger_granted), (7, 5));
+    drain(&ctx).await;
+    let alerts = alerts_of(&receiver, "inventory.drift");
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0]["data"]["coupon"], "NEW10");
+}
+on_both_backends!(
+    reconciliation_reports_drift_between_stock_and_the_ledger,
+    reconciliation_reports_drift_between_stock_and_the_ledger
+);
