@@ -49,7 +49,11 @@ impl Heartbeat {
     fn age(&self, now: Instant) -> Option<Duration> {
         match self.last.load(Ordering::Relaxed) {
             IDLE => None,
-            ms => Some(now.duration_since(self.epoch) - Duration::from_millis(ms)),
+            // A beat may land after `now` was read: saturate rather than underflow.
+            ms => Some(
+                now.saturating_duration_since(self.epoch)
+                    .saturating_sub(Duration::from_millis(ms)),
+            ),
         }
     }
 }

@@ -1040,3 +1040,66 @@ async fn the_daemon_rides_out_a_database_restart() {
     );
     assert!(errors > 0, "the outage was seen and logged");
 }
+
+async fn a_replay_resends_dead_deliveries_with_their_webhook_id_once_the_channel_is_enabled(
+    db: TestDb,
+) {
+    use couponsd::ops::deliveries::{enable, list, replay};
+    use couponsd::store::deliveries::Replay;
+    // 410 for the first two webhooks, 200 after: both die and disable the channel.
+    let receiver = Receiver::start(|n, _| {
+        if n < 2 {
+            StatusCode::GONE
+        } else {
+            StatusCode::OK
+        }
+    })
+    .await;
+    let ctx = context(config(
+        &db,
+        &receiver,
+        &shipped_rules(),
+        &standard_campaigns(3),
+        "",
+    ))
+    .await;
+    insert(&ctx, "a", "u-a", "app_open", None).await.unwrap();
+    insert(&ctx, "b", "u-b", "app_open", None).await.unwrap();
+    drain(&ctx).await;
+    assert_eq!(count(&ctx, "deliveries WHERE status = 'dead'").await, 2);
+    let table = list(&ctx, true, 10).await.unwrap();
+    assert_eq!(table.lines().count(), 3, "a header and two rows:\n{table}");
+    assert!(
+        table.contains("coupon.granted") && table.contains("410"),
+        "{table}"
+    );
+
+    let refused = replay(&ctx, Replay::AllDead).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("couponsd channels enable wallet"),
+        "{refused}"
+    );
+    assert!(enable(&ctx, "wallet").await.unwrap().contains("is enabled"));
+    assert!(
+        replay(&ctx, Replay::One(999_999)).await.is_err(),
+        "not a dead delivery"
+    );
+    let done = replay(&ctx, Replay::Channel("wallet")).await.unwrap();
+    assert!(done.starts_with("replayed 2 "), "{done}");
+    drain(&ctx).await;
+    assert_eq!(
+        count(&ctx, "deliveries WHERE status = 'delivered'").await,
+        2
+    );
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 4);
+    let id = |i: usize| seen[i].headers["webhook-id"].to_str().unwrap().to_owned();
+    let first: HashSet<String> = [id(0), id(1)].into();
+    let again: HashSet<String> = [id(2), id(3)].into();
+    assert_eq!(first, again, "the replay keeps each webhook-id");
+    assert!(seen.iter().all(|s| s.verified));
+}
+crate::on_both_backends!(
+    a_replay_resends_dead_deliveries_with_their_webhook_id_once_the_channel_is_enabled,
+    a_replay_resends_dead_deliveries_with_their_webhook_id_once_the_channel_is_enabled
+);
