@@ -3,13 +3,16 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
 use crate::daemon::{self, Context, Mode};
 use crate::dispatch::send::Sender;
+use crate::notify;
 use crate::rules::{RuleError, Rules};
 use crate::store::{Db, StoreError};
 
@@ -92,7 +95,9 @@ pub async fn start(config: Arc<Config>) -> Result<Context, AppError> {
     Ok(Context::new(db, config, rules, sender))
 }
 
-/// `couponsd run [--drain]`.
+/// `couponsd run [--drain]`: start-up, then `READY=1` once the loops run; at a stop
+/// signal, stop claiming, finish the batch in hand, flush what is due within
+/// `worker.shutdown_grace`, put back claims not started, exit.
 pub async fn run(config: Arc<Config>, config_path: &Path, drain: bool) -> Result<(), AppError> {
     let ctx = start(config).await?;
     let shutdown = CancellationToken::new();
@@ -106,17 +111,79 @@ pub async fn run(config: Arc<Config>, config_path: &Path, drain: bool) -> Result
         ),
         Mode::Drain => None,
     };
-    info!(?mode, "couponsd running");
-    daemon::run_loops(ctx, mode, shutdown).await;
-    if let Some(mut scheduler) = scheduler {
-        let _ = scheduler.shutdown().await;
+    if let Some(address) = ctx.config.http.listen {
+        let listener = crate::http::bind(address).await.map_err(|e| {
+            AppError::Other(format!("http.listen: cannot listen on {address}: {e}"))
+        })?;
+        crate::http::serve(ctx.clone(), listener, shutdown.clone());
     }
-    info!("couponsd stopped");
+    let loops = tokio::spawn(daemon::run_loops(ctx.clone(), mode, shutdown.clone()));
+    notify::ready();
+    tokio::spawn(notify::report_status(ctx.clone(), shutdown.clone()));
+    tokio::spawn(notify::watchdog(ctx.clone(), shutdown.clone()));
+    info!(?mode, instance = %ctx.instance, "couponsd running");
+    let finished = stop_within_grace(loops, &shutdown, ctx.config.worker.shutdown_grace).await;
+    if !shutdown.is_cancelled() {
+        // Drained: no stop signal said it yet.
+        notify::stopping();
+    }
+    release_claims_left(&ctx).await;
+    if let Some(mut scheduler) = scheduler {
+        let _ = tokio::time::timeout(Duration::from_secs(2), scheduler.shutdown()).await;
+    }
+    info!(granted = ctx.metrics.granted(), "couponsd stopped");
+    if !finished {
+        // Work is still in flight: leave now rather than wait for it while the runtime
+        // winds down. The server rolls back any open transaction of this process.
+        std::process::exit(0);
+    }
     Ok(())
 }
 
+/// Waits for the loops; once `shutdown` is cancelled, for `grace` at most. Never
+/// cancels the loops themselves (a transaction future must not be dropped midway):
+/// they see the cancellation between rounds. Returns false when the grace ran out.
+async fn stop_within_grace(
+    mut loops: JoinHandle<()>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> bool {
+    tokio::select! {
+        _ = &mut loops => return true,
+        _ = shutdown.cancelled() => {}
+    }
+    if tokio::time::timeout(grace, &mut loops).await.is_ok() {
+        return true;
+    }
+    warn!(
+        grace = %humantime::format_duration(grace),
+        "worker.shutdown_grace ran out with work in flight: claims and deliveries in hand are taken up again after their leases"
+    );
+    false
+}
+
+/// Puts back in the queue the claims of batches not finished, within 2 s.
+async fn release_claims_left(ctx: &Context) {
+    let ctx = ctx.clone();
+    let release = tokio::spawn(async move { daemon::release_claims(&ctx).await });
+    match tokio::time::timeout(Duration::from_secs(2), release).await {
+        Ok(Ok(Ok(0))) => {}
+        Ok(Ok(Ok(n))) => info!(
+            requests = n,
+            "claimed requests not started are queued again"
+        ),
+        Ok(Ok(Err(e))) => {
+            warn!(error = %e, "cannot release claims: they are recovered after worker.lease")
+        }
+        Ok(Err(_)) | Err(_) => {
+            warn!("releasing claims took too long: they are recovered after worker.lease")
+        }
+    }
+}
+
 /// SIGTERM/SIGINT: stop claiming, finish the batch in hand, then exit; a second one
-/// exits at once. SIGHUP: recompile the rules and swap them in if they compile.
+/// exits at once. SIGHUP: recompile the rules and swap them in if they compile, and
+/// re-apply the catalog.
 fn spawn_signal_handlers(
     ctx: Context,
     config_path: std::path::PathBuf,
@@ -137,7 +204,10 @@ fn spawn_signal_handlers(
                 _ = term.recv() => {}
                 _ = int.recv() => {}
                 _ = hup.recv() => {
+                    notify::reloading();
                     reload(&ctx, &config_path);
+                    reload_catalog(&ctx, &config_path).await;
+                    notify::ready();
                     continue;
                 }
             }
@@ -146,6 +216,7 @@ fn spawn_signal_handlers(
                 std::process::exit(1);
             }
             info!("stop signal: finishing the batch in hand");
+            notify::stopping();
             shutdown.cancel();
         }
     });
@@ -167,5 +238,32 @@ fn reload(ctx: &Context, config_path: &Path) {
             errors = %join_rule_errors(&errors),
             "rules not reloaded: the running rules stay in force"
         ),
+    }
+}
+
+/// SIGHUP, the catalog: re-reads the config, applies its campaigns to the database and
+/// puts them in force for the batches that start from then on. Only the campaigns (and
+/// the rules, see [`reload`]) change; other settings need a restart. A config that does
+/// not load, or whose coupons name a channel the daemon does not run, changes nothing.
+async fn reload_catalog(ctx: &Context, config_path: &Path) {
+    let fresh = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(e) => {
+            error!(error = %e, "catalog not reloaded: the config does not load");
+            return;
+        }
+    };
+    let mut coupons = fresh.campaigns.iter().flat_map(|k| &k.coupons);
+    if let Some(c) = coupons.find(|c| ctx.channel(c.channel.as_str()).is_none()) {
+        error!(coupon = %c.id, channel = %c.channel, "catalog not reloaded: the coupon's channel is new, and channels change only at a restart");
+        return;
+    }
+    let next = Config {
+        campaigns: fresh.campaigns,
+        ..(*ctx.config).clone()
+    };
+    match daemon::apply_catalog(&ctx.db, &next).await {
+        Ok(_) => ctx.catalog.swap(Arc::new(next)),
+        Err(e) => error!(error = %e, "catalog not reloaded: the running catalog stays in force"),
     }
 }

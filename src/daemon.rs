@@ -2,7 +2,8 @@
 //! apply the catalog, compile rules) and the loops that run the stages until shutdown
 //! or, with `--drain`, until nothing is left to do.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::TimeDelta;
@@ -15,6 +16,8 @@ use crate::config::{ChannelConfig, Config};
 use crate::dispatch::send::Sender;
 use crate::dispatch::worker::{dispatch_due, DispatchOutcome};
 use crate::grant::{process_batch, BatchOutcome};
+use crate::metrics::Metrics;
+use crate::notify::Liveness;
 use crate::rules::Rules;
 use crate::store::catalog::CatalogChanges;
 use crate::store::{Db, StoreError};
@@ -41,13 +44,66 @@ impl RulesHandle {
     }
 }
 
+/// The running config with the catalog (`campaigns`) of the last reload: the
+/// start-up config with its campaigns replaced, swapped whole between batches.
+#[derive(Clone)]
+pub struct CatalogHandle(Arc<RwLock<Arc<Config>>>);
+
+impl CatalogHandle {
+    /// Wraps the start-up config.
+    pub fn new(config: Arc<Config>) -> Self {
+        Self(Arc::new(RwLock::new(config)))
+    }
+
+    /// The config whose campaigns are in force now.
+    pub fn current(&self) -> Arc<Config> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `config`'s campaigns in force for every batch that starts from now on.
+    pub fn swap(&self, config: Arc<Config>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+}
+
+/// The claim tokens of batches this daemon claimed and has not finished: released at
+/// shutdown so that the next daemon need not wait for their lease to run out.
+#[derive(Debug, Default)]
+pub struct ClaimsInHand(Mutex<HashSet<i64>>);
+
+impl ClaimsInHand {
+    /// A batch was claimed under `token`.
+    pub fn hold(&self, token: i64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token);
+    }
+
+    /// The batch of `token` committed: nothing of it is left claimed.
+    pub fn finished(&self, token: i64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&token);
+    }
+
+    /// The tokens of batches claimed and not finished (failed, or still running).
+    pub fn tokens(&self) -> Vec<i64> {
+        let held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        held.iter().copied().collect()
+    }
+}
+
 /// Everything the stages share. Built once; cheap to clone.
 #[derive(Clone)]
 pub struct Context {
     /// The database.
     pub db: Db,
-    /// The validated config.
+    /// The validated config, as at start-up.
     pub config: Arc<Config>,
+    /// The config whose campaigns are in force (changed by a reload).
+    pub catalog: CatalogHandle,
     /// The rules in force.
     pub rules: RulesHandle,
     /// The webhook client.
@@ -56,6 +112,12 @@ pub struct Context {
     pub outbox_ready: Arc<Notify>,
     /// This daemon's name in leases: host, process and a random part.
     pub instance: Arc<String>,
+    /// What `/metrics` exports.
+    pub metrics: Arc<Metrics>,
+    /// The worker loops' heartbeats, for the systemd watchdog.
+    pub liveness: Arc<Liveness>,
+    /// Batches claimed and not finished.
+    pub claims: Arc<ClaimsInHand>,
 }
 
 impl Context {
@@ -63,11 +125,15 @@ impl Context {
     pub fn new(db: Db, config: Arc<Config>, rules: Rules, sender: Sender) -> Self {
         Self {
             db,
+            catalog: CatalogHandle::new(config.clone()),
             config,
             rules: RulesHandle::new(rules),
             sender,
             outbox_ready: Arc::new(Notify::new()),
             instance: Arc::new(instance_name()),
+            metrics: Arc::new(Metrics::new()),
+            liveness: Arc::new(Liveness::default()),
+            claims: Arc::new(ClaimsInHand::default()),
         }
     }
 
@@ -81,7 +147,8 @@ impl Context {
     }
 
     /// How long a claimed delivery is held before another dispatcher may send it: the
-    /// longest channel timeout plus a margin.
+    /// longest channel timeout plus a margin of `worker.lease`, at most 30 s (so that a
+    /// short claim lease also brings back quickly the deliveries of a crashed daemon).
     pub fn delivery_lease(&self) -> TimeDelta {
         let longest = self
             .config
@@ -90,7 +157,8 @@ impl Context {
             .map(|c| c.timeout)
             .max()
             .unwrap_or(Duration::ZERO);
-        TimeDelta::from_std(longest + Duration::from_secs(30)).unwrap_or(TimeDelta::MAX)
+        let margin = self.config.worker.lease.min(Duration::from_secs(30));
+        TimeDelta::from_std(longest + margin).unwrap_or(TimeDelta::MAX)
     }
 
     /// Grant workers to run: one for SQLite (one writer), else enough to keep the
@@ -154,19 +222,16 @@ pub enum Mode {
     Drain,
 }
 
-/// Runs the grant workers and the dispatcher until shutdown (or drained).
+/// Runs the grant workers and the dispatcher until shutdown (or drained). At shutdown
+/// the grant workers finish the batch in hand and stop claiming; then the dispatcher
+/// sends what is due and stops. The caller bounds that with `worker.shutdown_grace`.
 pub async fn run_loops(ctx: Context, mode: Mode, shutdown: CancellationToken) {
     let grants_done = CancellationToken::new();
     let mut workers = JoinSet::new();
     for worker in 0..ctx.grant_workers() {
         workers.spawn(grant_loop(ctx.clone(), mode, shutdown.clone(), worker));
     }
-    let dispatcher = tokio::spawn(dispatch_loop(
-        ctx.clone(),
-        mode,
-        shutdown.clone(),
-        grants_done.clone(),
-    ));
+    let dispatcher = tokio::spawn(dispatch_loop(ctx.clone(), mode, grants_done.clone()));
     while workers.join_next().await.is_some() {}
     grants_done.cancel();
     if let Err(e) = dispatcher.await {
@@ -175,14 +240,16 @@ pub async fn run_loops(ctx: Context, mode: Mode, shutdown: CancellationToken) {
 }
 
 async fn grant_loop(ctx: Context, mode: Mode, shutdown: CancellationToken, worker: usize) {
+    let heartbeat = ctx.liveness.grant_worker();
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
+        heartbeat.beat();
         match process_batch(&ctx).await {
             Ok(BatchOutcome::Processed(summary)) => {
                 failures = 0;
                 tracing::debug!(worker, ?summary, "batch done");
             }
-            Ok(BatchOutcome::Empty) if mode == Mode::Drain => return,
+            Ok(BatchOutcome::Empty) if mode == Mode::Drain => break,
             Ok(BatchOutcome::Empty) => idle(&shutdown, ctx.config.worker.poll_interval).await,
             Err(e) => {
                 failures += 1;
@@ -191,17 +258,15 @@ async fn grant_loop(ctx: Context, mode: Mode, shutdown: CancellationToken, worke
             }
         }
     }
+    heartbeat.stop();
 }
 
-async fn dispatch_loop(
-    ctx: Context,
-    mode: Mode,
-    shutdown: CancellationToken,
-    grants_done: CancellationToken,
-) {
+async fn dispatch_loop(ctx: Context, mode: Mode, grants_done: CancellationToken) {
     let mut failures = 0u32;
     loop {
-        // Stop once the grant workers stopped and nothing more is due.
+        ctx.liveness.dispatcher.beat();
+        // Once the grant workers stopped: serving, send what is due now and stop;
+        // draining, go on until nothing is pending.
         let finishing = grants_done.is_cancelled();
         match dispatch_due(&ctx).await {
             Ok(DispatchOutcome::Attempted(summary)) => {
@@ -210,7 +275,7 @@ async fn dispatch_loop(
             }
             Ok(DispatchOutcome::Empty) => {
                 if finishing && (mode == Mode::Serve || !pending_deliveries(&ctx).await) {
-                    return;
+                    break;
                 }
                 tokio::select! {
                     _ = ctx.outbox_ready.notified() => {}
@@ -222,15 +287,25 @@ async fn dispatch_loop(
                 failures += 1;
                 error!(error = %e, "dispatch round failed");
                 if finishing && mode == Mode::Serve {
-                    return;
+                    break;
                 }
                 tokio::time::sleep(backoff(failures)).await;
             }
         }
-        if shutdown.is_cancelled() && mode == Mode::Serve && finishing {
-            return;
-        }
     }
+    ctx.liveness.dispatcher.stop();
+}
+
+/// Puts back in the queue the requests of every batch this daemon claimed and did not
+/// finish (a batch that failed, or one cut short at shutdown). A batch still inside
+/// its transaction is safe: its fence finds the requests no longer held by its token.
+pub async fn release_claims(ctx: &Context) -> Result<usize, StoreError> {
+    let mut released = 0;
+    for token in ctx.claims.tokens() {
+        released += with_conn!(ctx.db, |conn| conn.release_claims(token).await?);
+        ctx.claims.finished(token);
+    }
+    Ok(released)
 }
 
 async fn pending_deliveries(ctx: &Context) -> bool {

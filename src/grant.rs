@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
@@ -19,6 +19,7 @@ use crate::daemon::Context;
 use crate::dispatch::events;
 use crate::domain::{CampaignId, Outcome, TriggerRequest, UserType};
 use crate::intake::{self, Rejected};
+use crate::metrics::BatchTally;
 use crate::rules::{RuleError, Rules};
 use crate::select::{self, Chain, ChainCoupon};
 use crate::store::catalog::Budget;
@@ -105,6 +106,7 @@ struct Decision {
 /// Claims one batch and processes it to the end.
 #[instrument(skip_all, fields(batch_size = ctx.config.worker.batch_size))]
 pub async fn process_batch(ctx: &Context) -> Result<BatchOutcome, BatchError> {
+    let started = Instant::now();
     let token = (rand::random::<u64>() >> 1) as i64;
     let limit = ctx.config.worker.batch_size as i64;
     let rows = with_conn!(ctx.db, |conn| store::requests::Requests::claim_batch(
@@ -119,18 +121,21 @@ pub async fn process_batch(ctx: &Context) -> Result<BatchOutcome, BatchError> {
         return Ok(BatchOutcome::Empty);
     }
     let claimed = rows.len();
+    ctx.claims.hold(token);
     let (valid, rejected) = intake::validate_batch(rows);
     let rules = ctx.rules.current();
     let mut retries = 0;
     loop {
         let result = with_conn!(ctx.db, |conn| {
-            let (config, rules) = (ctx.config.clone(), rules.clone());
+            let (config, rules) = (ctx.catalog.current(), rules.clone());
             grant_batch(conn, config, rules, valid.clone(), rejected.clone(), token).await
         });
         match result {
-            Ok(mut summary) => {
+            Ok((mut summary, tally)) => {
                 summary.claimed = claimed;
                 summary.retries = retries;
+                ctx.claims.finished(token);
+                ctx.metrics.record_batch(&tally, started.elapsed());
                 ctx.outbox_ready.notify_one();
                 return Ok(BatchOutcome::Processed(summary));
             }
@@ -156,7 +161,7 @@ fn grant_batch<'c, C: Store>(
     valid: Vec<TriggerRequest>,
     rejected: Vec<Rejected>,
     token: i64,
-) -> BoxFuture<'c, Result<BatchSummary, BatchError>> {
+) -> BoxFuture<'c, Result<(BatchSummary, BatchTally), BatchError>> {
     conn.transaction(async move |conn| {
         let ids: Vec<i64> = valid
             .iter()
@@ -192,7 +197,7 @@ fn grant_batch<'c, C: Store>(
             now,
         )
         .await?;
-        let summary = write_batch(
+        let (summary, mut tally) = write_batch(
             conn,
             &rules,
             &decisions.decisions,
@@ -203,7 +208,8 @@ fn grant_batch<'c, C: Store>(
         )
         .await?;
         alert_budgets(conn, &config, &decisions.budget_reached, now).await?;
-        Ok(summary)
+        tally.rule_evaluation = decisions.evaluation;
+        Ok((summary, tally))
     })
     .boxed()
 }
@@ -243,6 +249,7 @@ async fn decide_off_runtime(
     now: DateTime<Utc>,
 ) -> Result<Decided, BatchError> {
     tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
         let mut budgets: HashMap<String, Budget> = budgets
             .into_iter()
             .map(|b| (b.campaign_id.clone(), b))
@@ -268,7 +275,8 @@ async fn decide_off_runtime(
             .collect();
         budget_reached.sort();
         budget_reached.dedup();
-        Decided { decisions, budget_reached }
+        let evaluation = started.elapsed();
+        Decided { decisions, budget_reached, evaluation }
     })
     .await
     .map_err(|e| BatchError::Evaluation(e.to_string()))
@@ -284,6 +292,8 @@ struct BatchState<'a> {
 struct Decided {
     decisions: Vec<Decision>,
     budget_reached: Vec<String>,
+    /// Time spent evaluating the rules.
+    evaluation: Duration,
 }
 
 fn done(
@@ -457,7 +467,7 @@ async fn write_batch<C: Store>(
     owned: &HashSet<i64>,
     token: i64,
     now: DateTime<Utc>,
-) -> Result<BatchSummary, StoreError> {
+) -> Result<(BatchSummary, BatchTally), StoreError> {
     let version = rules.version().to_string();
     let at = now.naive_utc();
     let mut taken: BTreeMap<&str, i64> = BTreeMap::new();
@@ -550,5 +560,5 @@ async fn write_batch<C: Store>(
     conn.record_deliveries(&deliveries.into_iter().collect::<Vec<NewDelivery>>())
         .await?;
     conn.finish_requests(&finished, token, at).await?;
-    Ok(summary)
+    Ok((summary, BatchTally::of(&finished, &grants)))
 }

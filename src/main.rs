@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use couponsd::app::{self, AppError};
 use couponsd::config::Config;
+use couponsd::ops::deliveries::{self, ChannelsAction, DeliveriesAction};
 
 /// Coupon-dispatch daemon: trigger requests in, signed coupon webhooks out.
 #[derive(Parser)]
@@ -39,6 +40,16 @@ enum Command {
     Stock {
         #[command(subcommand)]
         action: StockAction,
+    },
+    /// The outbox: list deliveries, replay dead ones with their original webhook-id.
+    Deliveries {
+        #[command(subcommand)]
+        action: DeliveriesAction,
+    },
+    /// Partner channels: list them, enable one a 410 Gone disabled.
+    Channels {
+        #[command(subcommand)]
+        action: ChannelsAction,
     },
     /// Show the whole pipeline on a throwaway SQLite database; needs no config.
     Demo {
@@ -85,6 +96,16 @@ fn main() -> ExitCode {
                             }
                         }?;
                         print!("{out}");
+                        Ok(())
+                    }
+                    Command::Deliveries { action } => {
+                        let ctx = app::start(config).await?;
+                        print!("{}", deliveries::deliveries(&ctx, action).await?);
+                        Ok(())
+                    }
+                    Command::Channels { action } => {
+                        let ctx = app::start(config).await?;
+                        print!("{}", deliveries::channels(&ctx, action).await?);
                         Ok(())
                     }
                     Command::Demo { .. } => unreachable!("handled above"),

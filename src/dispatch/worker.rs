@@ -60,7 +60,13 @@ pub async fn dispatch_due(ctx: &Context) -> Result<DispatchOutcome, StoreError> 
     }
     let disabled: HashSet<String> = disabled.into_iter().collect();
     let results: Vec<(AttemptRecord, Option<String>)> = futures_util::stream::iter(due)
-        .map(|delivery| attempt(ctx, delivery, &disabled))
+        .map(|delivery| async {
+            let channel = delivery.channel.clone();
+            let result = attempt(ctx, delivery, &disabled).await;
+            ctx.metrics.record_delivery(&channel, result.0.status);
+            ctx.liveness.dispatcher.beat();
+            result
+        })
         .buffer_unordered(ctx.config.dispatch.concurrency.max(1))
         .collect()
         .await;
@@ -128,6 +134,7 @@ async fn attempt(
             ctx.config.dispatch.retry_max,
         )
         .await;
+    ctx.metrics.observe_attempt(&delivery.channel, duration);
     match verdict {
         Verdict::Delivered => (delivered(&delivery, number, status_code, duration), None),
         Verdict::Retryable { after, reason } if (number as u32) < channel.max_attempts => {

@@ -125,8 +125,10 @@ pub async fn check(ctx: &Context) -> Result<InventoryReport, StoreError> {
     let horizon = super::tick_interval(&ctx.config.schedule.inventory_check);
     let rates = grant_rates(ctx, now).await?;
     let mut report = InventoryReport::default();
-    for campaign in &ctx.config.campaigns {
-        let (config, rates, id) = (ctx.config.clone(), rates.clone(), campaign.id.to_string());
+    // The campaigns of the last reload, like the grant step.
+    let catalog = ctx.catalog.current();
+    for campaign in &catalog.campaigns {
+        let (config, rates, id) = (catalog.clone(), rates.clone(), campaign.id.to_string());
         let (rotations, exhausted) = with_conn!(ctx.db, |conn| {
             check_campaign(conn, config, id, rates, horizon, now).await?
         });

@@ -39,9 +39,11 @@ pub async fn start(ctx: Context) -> Result<JobScheduler, JobSchedulerError> {
         INVENTORY_CHECK,
         &schedule.inventory_check,
         |ctx| async move {
-            inventory::check(&ctx)
-                .await
-                .map(|report| report.rotations.len())
+            let rotated = inventory::check(&ctx).await.map(|r| r.rotations.len());
+            if let Ok(n) = rotated {
+                ctx.metrics.record_rotations(n);
+            }
+            rotated
         },
     )
     .await?;

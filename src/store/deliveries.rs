@@ -77,6 +77,52 @@ pub struct AttemptRecord {
     pub duration_ms: i64,
 }
 
+/// A delivery as operators see it (`couponsd deliveries list`).
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = deliveries)]
+pub struct DeliveryRow {
+    /// Row id.
+    pub id: i64,
+    /// The `webhook-id`.
+    pub webhook_id: String,
+    /// The channel.
+    pub channel: String,
+    /// The event type.
+    pub event_type: String,
+    /// `pending`, `delivered` or `dead`.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// The partner's last HTTP status.
+    pub last_status: Option<i32>,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// When it was created.
+    pub created_at: NaiveDateTime,
+}
+
+/// Which dead deliveries to replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay<'a> {
+    /// The delivery with this id.
+    One(i64),
+    /// Every dead delivery.
+    AllDead,
+    /// Every dead delivery of this channel.
+    Channel(&'a str),
+}
+
+/// A disabled channel: when and why.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct DisabledChannel {
+    /// The channel.
+    pub channel: String,
+    /// When it was disabled.
+    pub disabled_at: Option<NaiveDateTime>,
+    /// The partner's answer.
+    pub reason: Option<String>,
+}
+
 #[derive(Clone, Insertable)]
 #[diesel(table_name = delivery_attempts, treat_none_as_default_value = false)]
 struct AttemptRow {
@@ -124,6 +170,36 @@ pub trait Deliveries {
 
     /// Deliveries counted by status.
     fn count_deliveries(&mut self) -> impl Future<Output = QueryResult<Vec<(String, i64)>>> + Send;
+
+    /// The newest `limit` deliveries (only the dead ones with `dead_only`), newest first.
+    fn list_deliveries(
+        &mut self,
+        dead_only: bool,
+        limit: i64,
+    ) -> impl Future<Output = QueryResult<Vec<DeliveryRow>>> + Send;
+
+    /// The dead deliveries `which` selects.
+    fn dead_deliveries(
+        &mut self,
+        which: Replay<'_>,
+    ) -> impl Future<Output = QueryResult<Vec<DeliveryRow>>> + Send;
+
+    /// Sends dead deliveries again: back to `pending`, due `now`, with a fresh count of
+    /// attempts. The `webhook-id` and the body stay as they were, so a partner that got
+    /// one before recognises it. Returns the number of deliveries replayed.
+    fn replay_dead(
+        &mut self,
+        which: Replay<'_>,
+        now: NaiveDateTime,
+    ) -> impl Future<Output = QueryResult<usize>> + Send;
+
+    /// The disabled channels, with when and why.
+    fn disabled_channel_states(
+        &mut self,
+    ) -> impl Future<Output = QueryResult<Vec<DisabledChannel>>> + Send;
+
+    /// Enables a channel disabled by a 410; returns false when it was not disabled.
+    fn enable_channel(&mut self, channel: &str) -> impl Future<Output = QueryResult<bool>> + Send;
 }
 
 macro_rules! impl_deliveries {
@@ -250,6 +326,56 @@ macro_rules! impl_deliveries {
                     .select((d::status, diesel::dsl::count_star()))
                     .load(self)
                     .await
+            }
+
+            async fn list_deliveries(&mut self, dead_only: bool, limit: i64) -> QueryResult<Vec<DeliveryRow>> {
+                let query = deliveries::table
+                    .order(d::id.desc())
+                    .limit(limit)
+                    .select(DeliveryRow::as_select());
+                if dead_only {
+                    query.filter(d::status.eq(DEAD)).load(self).await
+                } else {
+                    query.load(self).await
+                }
+            }
+
+            async fn dead_deliveries(&mut self, which: Replay<'_>) -> QueryResult<Vec<DeliveryRow>> {
+                let dead = deliveries::table
+                    .filter(d::status.eq(DEAD))
+                    .order(d::id.asc())
+                    .select(DeliveryRow::as_select());
+                match which {
+                    Replay::One(id) => dead.filter(d::id.eq(id)).load(self).await,
+                    Replay::AllDead => dead.load(self).await,
+                    Replay::Channel(channel) => dead.filter(d::channel.eq(channel)).load(self).await,
+                }
+            }
+
+            async fn replay_dead(&mut self, which: Replay<'_>, now: NaiveDateTime) -> QueryResult<usize> {
+                let dead = deliveries::table.filter(d::status.eq(DEAD));
+                let again = (d::status.eq(PENDING), d::attempts.eq(0), d::next_attempt_at.eq(now));
+                match which {
+                    Replay::One(id) => diesel::update(dead.filter(d::id.eq(id))).set(again).execute(self).await,
+                    Replay::AllDead => diesel::update(dead).set(again).execute(self).await,
+                    Replay::Channel(channel) => {
+                        diesel::update(dead.filter(d::channel.eq(channel))).set(again).execute(self).await
+                    }
+                }
+            }
+
+            async fn disabled_channel_states(&mut self) -> QueryResult<Vec<DisabledChannel>> {
+                channel_states::table
+                    .filter(cs::disabled_at.is_not_null())
+                    .order(cs::channel)
+                    .select((cs::channel, cs::disabled_at, cs::reason))
+                    .load(self)
+                    .await
+            }
+
+            async fn enable_channel(&mut self, channel: &str) -> QueryResult<bool> {
+                let removed = diesel::delete(channel_states::table.find(channel)).execute(self).await?;
+                Ok(removed > 0)
             }
         }
     };

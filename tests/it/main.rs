@@ -6,5 +6,6 @@ mod support;
 mod cli;
 mod delivery;
 mod inventory;
+mod operations;
 mod pipeline;
 mod schema;

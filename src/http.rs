@@ -1,0 +1,95 @@
+//! The health and metrics listener (`http.listen`; off when unset): `/healthz` (the
+//! process answers), `/readyz` (the database answers within a short timeout, rules are
+//! loaded, not stopping) and `/metrics` (Prometheus text, see [`crate::metrics`]).
+//!
+//! Answers never carry an error's text: a database error may name a host or a user,
+//! and this port may be reachable from further than the logs.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::daemon::Context;
+
+/// How long `/readyz` waits for the database.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone)]
+struct Http {
+    ctx: Context,
+    stopping: CancellationToken,
+}
+
+/// Binds the listener for `addr` (`http.listen`).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves the endpoints on `listener` until the process exits; `/readyz` says 503
+/// once `stopping` is cancelled.
+pub fn serve(ctx: Context, listener: TcpListener, stopping: CancellationToken) -> JoinHandle<()> {
+    if let Ok(address) = listener.local_addr() {
+        info!(%address, "health and metrics listening");
+    }
+    let app = router(ctx, stopping);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!(error = %e, "the health and metrics listener stopped");
+        }
+    })
+}
+
+fn router(ctx: Context, stopping: CancellationToken) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(Http { ctx, stopping })
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(http): State<Http>) -> (StatusCode, String) {
+    if http.stopping.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "stopping\n".into());
+    }
+    // The ping runs in a task of its own: a timed-out ping is left to finish rather than
+    // dropped mid-query, which could hand a half-used connection back to the pool.
+    let db = http.ctx.db.clone();
+    let ping = tokio::spawn(async move { db.ping().await });
+    match tokio::time::timeout(READY_TIMEOUT, ping).await {
+        Ok(Ok(Ok(()))) => {
+            let version = http.ctx.rules.current().version().to_string();
+            (StatusCode::OK, format!("ready: rules {version}\n"))
+        }
+        Ok(Ok(Err(e))) => {
+            tracing::debug!(error = %e, "readyz: the database does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database unreachable\n".into(),
+            )
+        }
+        Ok(Err(_)) | Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database did not answer within {READY_TIMEOUT:?}\n"),
+        ),
+    }
+}
+
+async fn metrics(State(http): State<Http>) -> impl IntoResponse {
+    ([(CONTENT_TYPE, OPENMETRICS)], http.ctx.metrics.encode())
+}

@@ -1,0 +1,258 @@
+//! systemd integration (`Type=notify`, `WatchdogSec=`) through the `sd-notify` crate:
+//! `READY=1` once start-up is done and the loops run, `STATUS=` lines with the queue
+//! and the grant rate, `RELOADING=1`/`READY=1` around a reload, `STOPPING=1` on
+//! shutdown, and `WATCHDOG=1` pings sent only while every worker loop still comes
+//! round. Without `NOTIFY_SOCKET` (not started by systemd) every call is a no-op.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sd_notify::NotifyState;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::daemon::Context;
+use crate::metrics::{self, Snapshot};
+
+/// A heartbeat that has not been started, or was stopped on purpose.
+const IDLE: u64 = u64::MAX;
+
+/// When one loop last came round.
+#[derive(Debug)]
+pub struct Heartbeat {
+    epoch: Instant,
+    /// Milliseconds since `epoch` at the last beat, or [`IDLE`].
+    last: AtomicU64,
+}
+
+impl Heartbeat {
+    fn new(epoch: Instant) -> Self {
+        Self {
+            epoch,
+            last: AtomicU64::new(IDLE),
+        }
+    }
+
+    /// The loop made progress.
+    pub fn beat(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last.store(ms.min(IDLE - 1), Ordering::Relaxed);
+    }
+
+    /// The loop ended on purpose (shutdown or drain): it no longer counts.
+    pub fn stop(&self) {
+        self.last.store(IDLE, Ordering::Relaxed);
+    }
+
+    /// How long ago the last beat was; `None` for a loop not running.
+    fn age(&self, now: Instant) -> Option<Duration> {
+        match self.last.load(Ordering::Relaxed) {
+            IDLE => None,
+            // A beat may land after `now` was read: saturate rather than underflow.
+            ms => Some(
+                now.saturating_duration_since(self.epoch)
+                    .saturating_sub(Duration::from_millis(ms)),
+            ),
+        }
+    }
+}
+
+/// The heartbeats of the grant workers and the dispatcher, read by the watchdog.
+#[derive(Debug)]
+pub struct Liveness {
+    epoch: Instant,
+    /// The dispatcher's heartbeat; the outbox worker beats it after every attempt, so
+    /// that a long round of slow partners does not look like a stuck loop.
+    pub dispatcher: Heartbeat,
+    grant_workers: Mutex<Vec<Arc<Heartbeat>>>,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        let epoch = Instant::now();
+        Self {
+            epoch,
+            dispatcher: Heartbeat::new(epoch),
+            grant_workers: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Liveness {
+    /// A new grant worker's heartbeat, beaten once.
+    pub fn grant_worker(&self) -> Arc<Heartbeat> {
+        let heartbeat = Arc::new(Heartbeat::new(self.epoch));
+        heartbeat.beat();
+        let mut workers = self.grant_workers.lock().unwrap_or_else(|p| p.into_inner());
+        workers.push(heartbeat.clone());
+        heartbeat
+    }
+
+    /// The loops that have not come round within `stale_after`, by name; empty when
+    /// all are alive. Before the loops start, or with no grant worker, nothing is alive.
+    pub fn stale(&self, stale_after: Duration, grant_workers: usize) -> Vec<String> {
+        let now = Instant::now();
+        let workers = self.grant_workers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stale = Vec::new();
+        if workers.len() < grant_workers {
+            stale.push(format!(
+                "grant workers: {} of {grant_workers} started",
+                workers.len()
+            ));
+        }
+        for (i, worker) in workers.iter().enumerate() {
+            if worker.age(now).is_some_and(|age| age > stale_after) {
+                stale.push(format!("grant worker {i}"));
+            }
+        }
+        match self.dispatcher.age(now) {
+            Some(age) if age <= stale_after => {}
+            _ => stale.push("dispatcher".to_owned()),
+        }
+        stale
+    }
+}
+
+fn send(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        debug!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// `READY=1`: start-up is done and the loops run.
+pub fn ready() {
+    send(&[NotifyState::Ready]);
+}
+
+/// `RELOADING=1` with the monotonic time systemd ≥ 253 asks for.
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now]),
+        Err(_) => send(&[NotifyState::Reloading]),
+    }
+}
+
+/// `STOPPING=1`.
+pub fn stopping() {
+    send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+}
+
+/// The watchdog interval systemd asks for (`WATCHDOG_USEC`), if any.
+pub fn watchdog_interval() -> Option<Duration> {
+    let mut usec = 0;
+    sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec))
+}
+
+/// The status line: queue depth, the oldest request's age, the grant rate.
+pub fn status_line(snapshot: &Snapshot, grants_per_sec: f64) -> String {
+    if snapshot.refreshed && !snapshot.database_up {
+        return format!("database unreachable; {grants_per_sec:.1} grants/s");
+    }
+    format!(
+        "queue {} (oldest {:.0}s), {grants_per_sec:.1} grants/s, {} deliveries pending, {} dead",
+        snapshot.queue_depth, snapshot.oldest_age, snapshot.pending, snapshot.dead
+    )
+}
+
+/// Every [`metrics::REFRESH_INTERVAL`]: refreshes the database gauges and sends the
+/// status line, until `shutdown`.
+pub async fn report_status(ctx: Context, shutdown: CancellationToken) {
+    let mut granted = ctx.metrics.granted();
+    let mut since = Instant::now();
+    loop {
+        if let Err(e) = metrics::refresh(&ctx).await {
+            warn!(error = %e, "cannot refresh the database gauges");
+        }
+        let now = Instant::now();
+        let total = ctx.metrics.granted();
+        let rate = (total - granted) as f64 / now.duration_since(since).as_secs_f64().max(0.001);
+        (granted, since) = (total, now);
+        let line = status_line(&ctx.metrics.snapshot(), rate);
+        send(&[NotifyState::Status(&line)]);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(metrics::REFRESH_INTERVAL) => {}
+        }
+    }
+}
+
+/// Pings the watchdog at a third of its interval while every loop is alive. A loop
+/// is stale when it has not come round for longer than its work may legitimately
+/// take: the watchdog interval, the claim lease, or the delivery lease, whichever is
+/// longest. Returns at once when systemd set no watchdog.
+pub async fn watchdog(ctx: Context, shutdown: CancellationToken) {
+    let Some(interval) = watchdog_interval() else {
+        return;
+    };
+    let lease = ctx.delivery_lease().to_std().unwrap_or(Duration::MAX);
+    let stale_after = interval.max(ctx.config.worker.lease).max(lease);
+    let mut complained = false;
+    loop {
+        let stale = ctx.liveness.stale(stale_after, ctx.grant_workers());
+        if stale.is_empty() {
+            send(&[NotifyState::Watchdog]);
+            complained = false;
+        } else if !complained {
+            warn!(stale = ?stale, "a worker loop is not coming round: watchdog pings stop, systemd will restart couponsd");
+            complained = true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval / 3) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loops_are_alive_only_when_all_have_beaten_recently() {
+        let liveness = Liveness::default();
+        assert!(
+            !liveness.stale(Duration::from_secs(1), 2).is_empty(),
+            "nothing started yet"
+        );
+        let a = liveness.grant_worker();
+        let _b = liveness.grant_worker();
+        liveness.dispatcher.beat();
+        assert!(liveness.stale(Duration::from_secs(1), 2).is_empty());
+        std::thread::sleep(Duration::from_millis(30));
+        a.beat();
+        let stale = liveness.stale(Duration::from_millis(20), 2);
+        assert_eq!(
+            stale,
+            vec!["grant worker 1".to_owned(), "dispatcher".to_owned()]
+        );
+        liveness.dispatcher.stop();
+        assert!(liveness
+            .stale(Duration::from_secs(1), 2)
+            .contains(&"dispatcher".to_owned()));
+    }
+
+    #[test]
+    fn the_status_line_says_queue_rate_and_outbox() {
+        let snapshot = Snapshot {
+            refreshed: true,
+            database_up: true,
+            queue_depth: 12,
+            oldest_age: 3.4,
+            pending: 5,
+            dead: 1,
+        };
+        assert_eq!(
+            status_line(&snapshot, 41.25),
+            "queue 12 (oldest 3s), 41.2 grants/s, 5 deliveries pending, 1 dead"
+        );
+        let down = Snapshot {
+            database_up: false,
+            ..snapshot
+        };
+        assert_eq!(
+            status_line(&down, 0.0),
+            "database unreachable; 0.0 grants/s"
+        );
+    }
+}

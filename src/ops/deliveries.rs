@@ -1,0 +1,246 @@
+//! `couponsd deliveries list|replay` and `couponsd channels list|enable`: the outbox as
+//! operators see it, and sending dead deliveries again.
+//!
+//! A replay keeps each delivery's `webhook-id` and body, so a partner that did get an
+//! earlier attempt recognises the repeat. It does not re-enable a channel that a 410
+//! Gone disabled: the partner said the endpoint is gone, so turning it back on is its
+//! own deliberate step (`channels enable NAME`), and a replay aimed at a disabled
+//! channel is refused with that advice rather than sent to die again.
+
+use std::fmt::Write as _;
+
+use clap::Subcommand;
+
+use crate::app::AppError;
+use crate::daemon::Context;
+use crate::store::deliveries::{DeliveryRow, DisabledChannel, Replay};
+use crate::store::{self, StoreError};
+use crate::with_conn;
+
+/// Characters of `last_error` shown in the table.
+const ERROR_CHARS: usize = 80;
+
+/// `couponsd deliveries …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum DeliveriesAction {
+    /// A table of the newest deliveries: id, webhook-id, channel, event type, status,
+    /// attempts, last HTTP status, created, last error.
+    List {
+        /// Only the dead ones.
+        #[arg(long)]
+        dead: bool,
+        /// How many rows.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Send dead deliveries again, with their original webhook-id: one by id, or all
+    /// dead ones (of one channel).
+    Replay {
+        /// The delivery's id, as `deliveries list` shows it.
+        #[arg(required_unless_present = "dead", conflicts_with = "dead")]
+        id: Option<i64>,
+        /// Every dead delivery.
+        #[arg(long)]
+        dead: bool,
+        /// With --dead: only this channel's.
+        #[arg(long, requires = "dead")]
+        channel: Option<String>,
+    },
+}
+
+/// `couponsd channels …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum ChannelsAction {
+    /// The configured channels and whether a 410 Gone disabled them.
+    List,
+    /// Enable a channel a 410 Gone disabled (then replay its dead deliveries).
+    Enable {
+        /// The channel's name in the config.
+        name: String,
+    },
+}
+
+/// Runs a `deliveries` command; returns what to print.
+pub async fn deliveries(ctx: &Context, action: DeliveriesAction) -> Result<String, AppError> {
+    match action {
+        DeliveriesAction::List { dead, limit } => list(ctx, dead, limit).await,
+        DeliveriesAction::Replay { id: Some(id), .. } => replay(ctx, Replay::One(id)).await,
+        DeliveriesAction::Replay {
+            channel: Some(channel),
+            ..
+        } => replay(ctx, Replay::Channel(&channel)).await,
+        DeliveriesAction::Replay { .. } => replay(ctx, Replay::AllDead).await,
+    }
+}
+
+/// Runs a `channels` command; returns what to print.
+pub async fn channels(ctx: &Context, action: ChannelsAction) -> Result<String, AppError> {
+    match action {
+        ChannelsAction::List => list_channels(ctx).await,
+        ChannelsAction::Enable { name } => enable(ctx, &name).await,
+    }
+}
+
+/// The deliveries table.
+pub async fn list(ctx: &Context, dead_only: bool, limit: i64) -> Result<String, AppError> {
+    let rows = with_conn!(ctx.db, |conn| conn
+        .list_deliveries(dead_only, limit.max(1))
+        .await
+        .map_err(StoreError::from)?);
+    let mut out = format!(
+        "{:>8}  {:<36}  {:<12}  {:<24}  {:<9}  {:>8}  {:>4}  {:<19}  LAST ERROR\n",
+        "ID", "WEBHOOK-ID", "CHANNEL", "EVENT", "STATUS", "ATTEMPTS", "LAST", "CREATED"
+    );
+    for row in &rows {
+        let _ = writeln!(out, "{}", table_row(row));
+    }
+    if rows.is_empty() {
+        out.push_str(if dead_only {
+            "(no dead deliveries)\n"
+        } else {
+            "(no deliveries)\n"
+        });
+    }
+    Ok(out)
+}
+
+fn table_row(row: &DeliveryRow) -> String {
+    let last = row
+        .last_status
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "-".into());
+    let error = row.last_error.as_deref().unwrap_or("-");
+    let error: String = if error.chars().count() > ERROR_CHARS {
+        error.chars().take(ERROR_CHARS - 1).chain(['…']).collect()
+    } else {
+        error.to_owned()
+    };
+    format!(
+        "{:>8}  {:<36}  {:<12}  {:<24}  {:<9}  {:>8}  {:>4}  {:<19}  {}",
+        row.id,
+        row.webhook_id,
+        row.channel,
+        row.event_type,
+        row.status,
+        row.attempts,
+        last,
+        row.created_at.format("%Y-%m-%d %H:%M:%S"),
+        error
+    )
+}
+
+/// Replays the dead deliveries `which` selects, after checking that each one's channel
+/// is configured and not disabled.
+pub async fn replay(ctx: &Context, which: Replay<'_>) -> Result<String, AppError> {
+    let (targets, disabled) = with_conn!(ctx.db, |conn| {
+        let targets = conn
+            .dead_deliveries(which)
+            .await
+            .map_err(StoreError::from)?;
+        let disabled = conn
+            .disabled_channel_states()
+            .await
+            .map_err(StoreError::from)?;
+        (targets, disabled)
+    });
+    if targets.is_empty() {
+        return match which {
+            Replay::One(id) => Err(AppError::Other(format!(
+                "delivery {id} is not dead (or does not exist): `couponsd deliveries list` shows it"
+            ))),
+            _ => Ok("no dead deliveries to replay\n".into()),
+        };
+    }
+    refuse_unsendable(ctx, &targets, &disabled)?;
+    let replayed = with_conn!(ctx.db, |conn| conn
+        .replay_dead(which, store::now())
+        .await
+        .map_err(StoreError::from)?);
+    tracing::info!(deliveries = replayed, "dead deliveries replayed");
+    Ok(format!(
+        "replayed {replayed} dead deliveries with their original webhook-id; a running daemon sends them now\n"
+    ))
+}
+
+fn refuse_unsendable(
+    ctx: &Context,
+    targets: &[DeliveryRow],
+    disabled: &[DisabledChannel],
+) -> Result<(), AppError> {
+    if let Some(row) = targets.iter().find(|r| ctx.channel(&r.channel).is_none()) {
+        return Err(AppError::Other(format!(
+            "delivery {} goes to channel {}, which is not in the config: add the channel first",
+            row.id, row.channel
+        )));
+    }
+    let off = targets
+        .iter()
+        .find_map(|r| disabled.iter().find(|d| d.channel == r.channel));
+    if let Some(d) = off {
+        return Err(AppError::Other(format!(
+            "channel {} is disabled (its partner answered 410 Gone{}): once the partner has fixed the endpoint, run `couponsd channels enable {}` and replay again",
+            d.channel,
+            d.disabled_at
+                .map(|t| format!(" at {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+                .unwrap_or_default(),
+            d.channel
+        )));
+    }
+    Ok(())
+}
+
+/// The channels table: configured channels and disabled state.
+pub async fn list_channels(ctx: &Context) -> Result<String, AppError> {
+    let disabled = with_conn!(ctx.db, |conn| conn
+        .disabled_channel_states()
+        .await
+        .map_err(StoreError::from)?);
+    let mut out = format!(
+        "{:<16}  {:<8}  {:<19}  REASON\n",
+        "CHANNEL", "STATE", "SINCE"
+    );
+    let mut names: Vec<String> = ctx.config.channels.keys().map(|c| c.to_string()).collect();
+    // A channel disabled while configured and since removed from the config still shows.
+    names.extend(
+        disabled
+            .iter()
+            .map(|d| d.channel.clone())
+            .filter(|c| ctx.channel(c).is_none()),
+    );
+    for name in names {
+        let line = match disabled.iter().find(|d| d.channel == name) {
+            Some(d) => format!(
+                "{:<16}  {:<8}  {:<19}  {}",
+                name,
+                "disabled",
+                d.disabled_at
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_default(),
+                d.reason.as_deref().unwrap_or("-")
+            ),
+            None => format!("{name:<16}  {:<8}  {:<19}  -", "enabled", "-"),
+        };
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    Ok(out)
+}
+
+/// Enables a channel a 410 Gone disabled.
+pub async fn enable(ctx: &Context, name: &str) -> Result<String, AppError> {
+    if ctx.channel(name).is_none() {
+        return Err(AppError::Other(format!(
+            "unknown channel {name:?}: not in the config's channels"
+        )));
+    }
+    let was_disabled = with_conn!(ctx.db, |conn| conn
+        .enable_channel(name)
+        .await
+        .map_err(StoreError::from)?);
+    if !was_disabled {
+        return Ok(format!("channel {name} is not disabled: nothing to do\n"));
+    }
+    tracing::info!(channel = %name, "channel enabled");
+    Ok(format!(
+        "channel {name} is enabled; its dead deliveries stay dead until `couponsd deliveries replay --dead --channel {name}`\n"
+    ))
+}
