@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::authoring::reload::Reloader;
 use crate::config::{Config, ConfigError};
 use crate::daemon::{self, Context, Mode};
 use crate::dispatch::send::Sender;
@@ -96,8 +97,12 @@ pub async fn start(config: Arc<Config>) -> Result<Context, AppError> {
 pub async fn run(config: Arc<Config>, config_path: &Path, drain: bool) -> Result<(), AppError> {
     let ctx = start(config).await?;
     let shutdown = CancellationToken::new();
-    spawn_signal_handlers(ctx.clone(), config_path.to_owned(), shutdown.clone());
+    let reloader = Reloader::new(ctx.clone(), config_path.to_owned());
+    spawn_signal_handlers(reloader.clone(), shutdown.clone());
     let mode = if drain { Mode::Drain } else { Mode::Serve };
+    if mode == Mode::Serve {
+        reloader.watch(shutdown.clone());
+    }
     let scheduler = match mode {
         Mode::Serve => Some(
             crate::schedule::start(ctx.clone())
@@ -116,12 +121,9 @@ pub async fn run(config: Arc<Config>, config_path: &Path, drain: bool) -> Result
 }
 
 /// SIGTERM/SIGINT: stop claiming, finish the batch in hand, then exit; a second one
-/// exits at once. SIGHUP: recompile the rules and swap them in if they compile.
-fn spawn_signal_handlers(
-    ctx: Context,
-    config_path: std::path::PathBuf,
-    shutdown: CancellationToken,
-) {
+/// exits at once. SIGHUP: recompile the rules and swap them in if they compile and
+/// their tests pass.
+fn spawn_signal_handlers(reloader: Reloader, shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     tokio::spawn(async move {
         let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
@@ -137,7 +139,7 @@ fn spawn_signal_handlers(
                 _ = term.recv() => {}
                 _ = int.recv() => {}
                 _ = hup.recv() => {
-                    reload(&ctx, &config_path);
+                    let _ = reloader.reload().await;
                     continue;
                 }
             }
@@ -149,23 +151,4 @@ fn spawn_signal_handlers(
             shutdown.cancel();
         }
     });
-}
-
-fn reload(ctx: &Context, config_path: &Path) {
-    let dir = Config::load(config_path)
-        .map(|c| (c.rules.dir, c.rules.limits))
-        .unwrap_or_else(|e| {
-            warn!(error = %e, "config does not load; reloading rules from the running config's folder");
-            (ctx.config.rules.dir.clone(), ctx.config.rules.limits.clone())
-        });
-    match Rules::load(&dir.0, &dir.1) {
-        Ok(rules) => {
-            info!(rules_version = %rules.version(), "rules reloaded");
-            ctx.rules.swap(rules);
-        }
-        Err(errors) => error!(
-            errors = %join_rule_errors(&errors),
-            "rules not reloaded: the running rules stay in force"
-        ),
-    }
 }

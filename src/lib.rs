@@ -18,5 +18,6 @@ pub mod demo;
 pub mod domain;
 pub mod logging;
 pub mod ops;
+pub mod authoring;
 pub mod rules;
 pub mod store;
