@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::authoring::reload::Reloader;
 use crate::config::{Config, ConfigError};
 use crate::daemon::{self, Context, Mode};
 use crate::dispatch::send::Sender;
@@ -101,8 +102,17 @@ pub async fn start(config: Arc<Config>) -> Result<Context, AppError> {
 pub async fn run(config: Arc<Config>, config_path: &Path, drain: bool) -> Result<(), AppError> {
     let ctx = start(config).await?;
     let shutdown = CancellationToken::new();
-    spawn_signal_handlers(ctx.clone(), config_path.to_owned(), shutdown.clone());
+    let reloader = Reloader::new(ctx.clone(), config_path.to_owned());
+    spawn_signal_handlers(
+        ctx.clone(),
+        config_path.to_owned(),
+        reloader.clone(),
+        shutdown.clone(),
+    );
     let mode = if drain { Mode::Drain } else { Mode::Serve };
+    if mode == Mode::Serve {
+        reloader.watch(shutdown.clone());
+    }
     let scheduler = match mode {
         Mode::Serve => Some(
             crate::schedule::start(ctx.clone())
@@ -182,11 +192,12 @@ async fn release_claims_left(ctx: &Context) {
 }
 
 /// SIGTERM/SIGINT: stop claiming, finish the batch in hand, then exit; a second one
-/// exits at once. SIGHUP: recompile the rules and swap them in if they compile, and
-/// re-apply the catalog.
+/// exits at once. SIGHUP: recompile the rules and swap them in if they compile and
+/// their tests pass, and re-apply the catalog.
 fn spawn_signal_handlers(
     ctx: Context,
     config_path: std::path::PathBuf,
+    reloader: Reloader,
     shutdown: CancellationToken,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -205,7 +216,7 @@ fn spawn_signal_handlers(
                 _ = int.recv() => {}
                 _ = hup.recv() => {
                     notify::reloading();
-                    reload(&ctx, &config_path);
+                    let _ = reloader.reload().await;
                     reload_catalog(&ctx, &config_path).await;
                     notify::ready();
                     continue;
@@ -222,28 +233,9 @@ fn spawn_signal_handlers(
     });
 }
 
-fn reload(ctx: &Context, config_path: &Path) {
-    let dir = Config::load(config_path)
-        .map(|c| (c.rules.dir, c.rules.limits))
-        .unwrap_or_else(|e| {
-            warn!(error = %e, "config does not load; reloading rules from the running config's folder");
-            (ctx.config.rules.dir.clone(), ctx.config.rules.limits.clone())
-        });
-    match Rules::load(&dir.0, &dir.1) {
-        Ok(rules) => {
-            info!(rules_version = %rules.version(), "rules reloaded");
-            ctx.rules.swap(rules);
-        }
-        Err(errors) => error!(
-            errors = %join_rule_errors(&errors),
-            "rules not reloaded: the running rules stay in force"
-        ),
-    }
-}
-
 /// SIGHUP, the catalog: re-reads the config, applies its campaigns to the database and
 /// puts them in force for the batches that start from then on. Only the campaigns (and
-/// the rules, see [`reload`]) change; other settings need a restart. A config that does
+/// the rules, see [`Reloader`]) change; other settings need a restart. A config that does
 /// not load, or whose coupons name a channel the daemon does not run, changes nothing.
 async fn reload_catalog(ctx: &Context, config_path: &Path) {
     let fresh = match Config::load(config_path) {

@@ -80,27 +80,41 @@ impl From<diesel::result::Error> for BatchError {
 
 /// The decision about one request.
 #[derive(Debug, Clone)]
-enum Verdict {
+pub enum Verdict {
+    /// A coupon is granted.
     Granted {
+        /// The campaign.
         campaign: CampaignId,
+        /// The coupon granted (its `remaining` is the stock left after this grant).
         coupon: ChainCoupon,
+        /// Why it is not the coupon the rule chose, when it is not.
         fallback: Option<String>,
     },
+    /// Finished without a grant.
     Done {
+        /// Why not.
         outcome: Outcome,
+        /// The campaign, when one answered.
         campaign: Option<CampaignId>,
+        /// What decided it.
         detail: String,
     },
+    /// A rule failed; the error names its file and line.
     Failed {
+        /// The rule error.
         error: String,
     },
 }
 
+/// A request and what was decided about it.
 #[derive(Debug, Clone)]
-struct Decision {
-    request: TriggerRequest,
-    user_type: Option<UserType>,
-    verdict: Verdict,
+pub struct Decision {
+    /// The request.
+    pub request: TriggerRequest,
+    /// The user type, when the user-type rule got that far.
+    pub user_type: Option<UserType>,
+    /// The verdict.
+    pub verdict: Verdict,
 }
 
 /// Claims one batch and processes it to the end.
@@ -322,6 +336,27 @@ fn failed(request: TriggerRequest, user_type: Option<UserType>, error: &RuleErro
             error: error.to_string(),
         },
     }
+}
+
+/// Decides one request in memory exactly as the batch transaction does, reading and
+/// updating only the state passed in (a grant is recorded in `histories`, its stock
+/// taken from `chains` and its value from `budgets`); writes nothing. For dry runs:
+/// `simulate`, `backtest` and rule tests.
+pub fn decide_one(
+    rules: &Rules,
+    campaigns: &[CampaignConfig],
+    histories: &mut Histories,
+    chains: &mut HashMap<String, Chain>,
+    budgets: &mut HashMap<String, Budget>,
+    request: TriggerRequest,
+    now: DateTime<Utc>,
+) -> Decision {
+    let mut state = BatchState {
+        histories,
+        chains,
+        budgets,
+    };
+    decide(rules, campaigns, &mut state, request, now)
 }
 
 fn decide(

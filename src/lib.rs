@@ -21,5 +21,6 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod ops;
+pub mod authoring;
 pub mod rules;
 pub mod store;

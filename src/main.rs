@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use couponsd::app::{self, AppError};
+use couponsd::authoring::{self, backtest, check, explain, simulate};
 use couponsd::config::Config;
 use couponsd::ops::deliveries::{self, ChannelsAction, DeliveriesAction};
 
@@ -51,12 +52,31 @@ enum Command {
         #[command(subcommand)]
         action: ChannelsAction,
     },
+    /// Load the config, compile every rule and run the rule tests; needs no database.
+    Check(check::RulesDirArgs),
+    /// Decide one request against the live database as the daemon would; writes nothing.
+    Simulate(simulate::SimulateArgs),
+    /// Rule tests: the fixtures in `rules/tests/*.yaml`.
+    Rules {
+        #[command(subcommand)]
+        action: RulesAction,
+    },
+    /// Replay recorded requests through candidate rules and count changed decisions.
+    Backtest(backtest::BacktestArgs),
+    /// What happened to one request: decision, grant, delivery and every attempt.
+    Explain(explain::ExplainArgs),
     /// Show the whole pipeline on a throwaway SQLite database; needs no config.
     Demo {
         /// New users to simulate (half of them come back).
         #[arg(long, default_value_t = 2000)]
         users: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum RulesAction {
+    /// Run every rule test; exit 2 when one fails.
+    Test(check::RulesDirArgs),
 }
 
 #[derive(Subcommand)]
@@ -108,6 +128,13 @@ fn main() -> ExitCode {
                         print!("{}", deliveries::channels(&ctx, action).await?);
                         Ok(())
                     }
+                    Command::Check(args) => print(check::run(&config, &cli.config, &args)),
+                    Command::Simulate(args) => print(simulate::run(&config, &args).await),
+                    Command::Rules {
+                        action: RulesAction::Test(args),
+                    } => print(authoring::fixtures::run(&config, &args)),
+                    Command::Backtest(args) => print(backtest::run(&config, &args).await),
+                    Command::Explain(args) => print(explain::run(&config, &args).await),
                     Command::Demo { .. } => unreachable!("handled above"),
                 }
             }
@@ -119,8 +146,20 @@ fn main() -> ExitCode {
     }
 }
 
+fn print(out: Result<String, AppError>) -> Result<(), AppError> {
+    print!("{}", out?);
+    Ok(())
+}
+
 fn report(error: &AppError) -> ExitCode {
-    eprintln!("couponsd: {error}");
+    match error {
+        // One problem per line, each `file:line:column: message`, for editors and CI.
+        AppError::Rules(problems) => {
+            problems.iter().for_each(|p| eprintln!("{p}"));
+            eprintln!("couponsd: {} problem(s) in the rules", problems.len());
+        }
+        _ => eprintln!("couponsd: {error}"),
+    }
     ExitCode::from(error.exit_code())
 }
 

@@ -22,6 +22,7 @@ pub mod catalog;
 pub mod coupons;
 pub mod deliveries;
 pub mod grants;
+pub mod history;
 pub mod requests;
 pub mod schedule;
 pub mod schema;
@@ -34,6 +35,7 @@ pub mod prelude {
     pub use super::coupons::Coupons;
     pub use super::deliveries::Deliveries;
     pub use super::grants::Grants;
+    pub use super::history::History;
     pub use super::requests::Requests;
     pub use super::schedule::Schedule;
     pub use super::Store;
@@ -275,6 +277,7 @@ pub trait Store:
     + deliveries::Deliveries
     + catalog::Catalog
     + schedule::Schedule
+    + history::History
     + Send
 {
 }

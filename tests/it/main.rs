@@ -3,6 +3,7 @@
 
 mod support;
 
+mod authoring;
 mod cli;
 mod delivery;
 mod inventory;

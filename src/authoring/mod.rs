@@ -1,0 +1,99 @@
+//! Rule authoring for ops: the commands people run while they edit the Rhai scripts in
+//! `rules/`, and hot reload of those scripts in a running daemon.
+//!
+//! - `check` (`check.rs`): config, rule compilation and rule tests, without a database;
+//! - `rules test` (`fixtures.rs`): the rule tests in `rules/tests/*.yaml`;
+//! - `simulate` (`simulate.rs`): one request decided against the live database, read-only;
+//! - `backtest` (`backtest.rs`): recorded requests replayed through candidate rules;
+//! - `explain` (`explain.rs`): what happened to one request, delivery included;
+//! - hot reload (`reload.rs`): SIGHUP or a change in the rules folder recompiles the
+//!   rules and runs their tests before anything is swapped in.
+//!
+//! Every decision here is made by [`crate::grant::decide_one`], the function the batch
+//! transaction uses, so a dry run cannot drift from what the daemon does. Nothing in
+//! this module writes to the database.
+
+pub mod backtest;
+pub mod check;
+pub mod explain;
+pub mod fixtures;
+pub mod reload;
+pub mod simulate;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::app::AppError;
+use crate::config::Config;
+use crate::rules::{Clock, RuleError};
+use crate::store::Db;
+
+/// A clock the caller sets: rule tests and replays evaluate the rules "as of" a time of
+/// their choosing, so `now()` and `days_since` see that time.
+#[derive(Clone)]
+pub struct SetClock(Arc<Mutex<DateTime<Utc>>>);
+
+impl SetClock {
+    /// A clock stopped at `at`.
+    pub fn new(at: DateTime<Utc>) -> Self {
+        Self(Arc::new(Mutex::new(at)))
+    }
+
+    /// Moves the clock to `at`.
+    pub fn set(&self, at: DateTime<Utc>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = at;
+    }
+
+    /// The clock to compile rules with.
+    pub fn clock(&self) -> Clock {
+        let time = self.0.clone();
+        Arc::new(move || *time.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Opens the configured database for reading only: nothing is migrated and no catalog
+/// is applied, and a SQLite file that does not exist is refused rather than created.
+pub(crate) async fn open_read_only(config: &Config) -> Result<Db, AppError> {
+    let url = config.database.url.expose();
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if !Path::new(path).exists() {
+            return Err(AppError::Other(format!(
+                "database.url: the SQLite file {path} does not exist (run `couponsd migrate` first)"
+            )));
+        }
+    }
+    let db = crate::app::open_db(config)?;
+    db.ping().await?;
+    Ok(db)
+}
+
+/// A problem located in a file of the rules folder (a rule or a rule test), reported as
+/// `file:line:column: message`; line and column are 0 when unknown.
+pub(crate) fn problem(
+    file: &Path,
+    line: usize,
+    column: usize,
+    message: impl Into<String>,
+) -> RuleError {
+    RuleError {
+        file: file.to_owned(),
+        line,
+        column,
+        message: message.into(),
+    }
+}
+
+/// A stored time (UTC without a zone) as RFC 3339, to the millisecond.
+pub(crate) fn rfc3339(at: NaiveDateTime) -> String {
+    at.and_utc().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// One JSON object on one line.
+pub(crate) fn to_json_line<T: Serialize>(value: &T) -> Result<String, AppError> {
+    serde_json::to_string(value)
+        .map(|text| text + "\n")
+        .map_err(|e| AppError::Other(format!("cannot render JSON: {e}")))
+}

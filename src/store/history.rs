@@ -1,0 +1,344 @@
+//! Read-only queries over `trigger_requests`, `grants`, `deliveries`,
+//! `delivery_attempts` and `campaigns` for the authoring commands (`simulate`,
+//! `backtest`, `explain`). None of them locks or writes: they may run against a live
+//! database while daemons work on it.
+
+use std::future::Future;
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::catalog::Budget;
+use super::schema::campaigns::dsl as k;
+use super::schema::deliveries::dsl as d;
+use super::schema::delivery_attempts::dsl as a;
+use super::schema::grants::dsl as g;
+use super::schema::trigger_requests::dsl as tr;
+use super::schema::{campaigns, deliveries, delivery_attempts, grants, trigger_requests};
+use super::{MysqlConn, QueryResult, SqliteConn};
+
+/// A request as recorded, every column an operator asks about.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = trigger_requests)]
+pub struct RequestRecord {
+    /// Row id.
+    pub id: i64,
+    /// The client's idempotency key.
+    pub request_key: String,
+    /// The user, as the client wrote it.
+    pub user_id: String,
+    /// The event, as the client wrote it.
+    pub event: String,
+    /// The attributes JSON text, as the client wrote it.
+    pub attributes: Option<String>,
+    /// `queued`, `claimed`, `done`, `rejected` or `failed`.
+    pub status: String,
+    /// For `done`: the outcome.
+    pub outcome: Option<String>,
+    /// For `rejected` and `failed`: why.
+    pub error: Option<String>,
+    /// For `done`: what decided the outcome.
+    pub detail: Option<String>,
+    /// The user type the rules decided.
+    pub user_type: Option<String>,
+    /// The campaign, when one answered.
+    pub campaign_id: Option<String>,
+    /// The rules version that decided.
+    pub rules_version: Option<String>,
+    /// Claims whose lease expired and were recovered.
+    pub attempts: i32,
+    /// When the client inserted it.
+    pub created_at: NaiveDateTime,
+    /// When it was finished.
+    pub processed_at: Option<NaiveDateTime>,
+}
+
+/// A grant as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = grants)]
+pub struct GrantRecord {
+    /// The grant id (the id of the request that earned it).
+    pub id: i64,
+    /// The request.
+    pub request_id: i64,
+    /// The user.
+    pub user_id: String,
+    /// The event.
+    pub event: String,
+    /// The campaign.
+    pub campaign_id: String,
+    /// The coupon.
+    pub coupon_id: String,
+    /// Its face value in cents.
+    pub face_value_cents: i64,
+    /// The user type the rules decided.
+    pub user_type: String,
+    /// The rules version that decided.
+    pub rules_version: String,
+    /// When.
+    pub granted_at: NaiveDateTime,
+}
+
+/// An outbox row as recorded, without its body.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = deliveries)]
+pub struct DeliveryRecord {
+    /// Row id.
+    pub id: i64,
+    /// The `webhook-id`.
+    pub webhook_id: String,
+    /// The channel.
+    pub channel: String,
+    /// The event type.
+    pub event_type: String,
+    /// `pending`, `delivered` or `dead`.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// When the next attempt is due (while pending).
+    pub next_attempt_at: NaiveDateTime,
+    /// The partner's last HTTP status.
+    pub last_status: Option<i32>,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// When it was created.
+    pub created_at: NaiveDateTime,
+    /// When a partner accepted it.
+    pub delivered_at: Option<NaiveDateTime>,
+}
+
+/// One delivery attempt as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = delivery_attempts)]
+pub struct AttemptRecord {
+    /// The delivery.
+    pub delivery_id: i64,
+    /// The attempt's number (1 for the first).
+    pub attempt: i32,
+    /// When.
+    pub attempted_at: NaiveDateTime,
+    /// The partner's HTTP status, if it answered.
+    pub status_code: Option<i32>,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+    /// How long it took.
+    pub duration_ms: i64,
+}
+
+/// Grants after a point, counted by coupon and face value.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct CouponTotal {
+    /// The campaign.
+    pub campaign_id: String,
+    /// The coupon.
+    pub coupon_id: String,
+    /// The face value of each, in cents.
+    pub face_value_cents: i64,
+    /// Grants.
+    pub grants: i64,
+}
+
+/// Read-only operations for the authoring commands.
+pub trait History {
+    /// The request with this idempotency key.
+    fn request_by_key(
+        &mut self,
+        key: &str,
+    ) -> impl Future<Output = QueryResult<Option<RequestRecord>>> + Send;
+
+    /// The grant a request earned.
+    fn grant_of_request(
+        &mut self,
+        request_id: i64,
+    ) -> impl Future<Output = QueryResult<Option<GrantRecord>>> + Send;
+
+    /// The outbox rows of a grant, oldest first.
+    fn deliveries_of_grant(
+        &mut self,
+        grant_id: i64,
+    ) -> impl Future<Output = QueryResult<Vec<DeliveryRecord>>> + Send;
+
+    /// The attempts of deliveries, by delivery and attempt number.
+    fn attempts_of_deliveries(
+        &mut self,
+        delivery_ids: &[i64],
+    ) -> impl Future<Output = QueryResult<Vec<AttemptRecord>>> + Send;
+
+    /// Every campaign's budget, without locking it.
+    fn campaign_budgets(&mut self) -> impl Future<Output = QueryResult<Vec<Budget>>> + Send;
+
+    /// A user's latest grants for an event, newest first.
+    fn recent_grants_of(
+        &mut self,
+        user_id: &str,
+        event: &str,
+        limit: i64,
+    ) -> impl Future<Output = QueryResult<Vec<GrantRecord>>> + Send;
+
+    /// Up to `limit` requests with status `done` created at or after `since`, oldest
+    /// (lowest id) first.
+    fn done_requests_since(
+        &mut self,
+        since: NaiveDateTime,
+        limit: i64,
+    ) -> impl Future<Output = QueryResult<Vec<RequestRecord>>> + Send;
+
+    /// The grants of `users` earned by requests before `before_id`.
+    fn ledger_before(
+        &mut self,
+        users: &[String],
+        before_id: i64,
+    ) -> impl Future<Output = QueryResult<Vec<GrantRecord>>> + Send;
+
+    /// The grants earned by requests with ids in `first..=last`.
+    fn grants_in_window(
+        &mut self,
+        first: i64,
+        last: i64,
+    ) -> impl Future<Output = QueryResult<Vec<GrantRecord>>> + Send;
+
+    /// The grants earned by requests after `after_id`, counted by coupon.
+    fn grants_after_request(
+        &mut self,
+        after_id: i64,
+    ) -> impl Future<Output = QueryResult<Vec<CouponTotal>>> + Send;
+}
+
+macro_rules! impl_history {
+    ($conn:ty) => {
+        impl History for $conn {
+            async fn request_by_key(&mut self, key: &str) -> QueryResult<Option<RequestRecord>> {
+                trigger_requests::table
+                    .filter(tr::request_key.eq(key))
+                    .select(RequestRecord::as_select())
+                    .first(self)
+                    .await
+                    .optional()
+            }
+
+            async fn grant_of_request(
+                &mut self,
+                request_id: i64,
+            ) -> QueryResult<Option<GrantRecord>> {
+                grants::table
+                    .filter(g::request_id.eq(request_id))
+                    .select(GrantRecord::as_select())
+                    .first(self)
+                    .await
+                    .optional()
+            }
+
+            async fn deliveries_of_grant(
+                &mut self,
+                grant_id: i64,
+            ) -> QueryResult<Vec<DeliveryRecord>> {
+                deliveries::table
+                    .filter(d::grant_id.eq(grant_id))
+                    .order(d::id)
+                    .select(DeliveryRecord::as_select())
+                    .load(self)
+                    .await
+            }
+
+            async fn attempts_of_deliveries(
+                &mut self,
+                delivery_ids: &[i64],
+            ) -> QueryResult<Vec<AttemptRecord>> {
+                delivery_attempts::table
+                    .filter(a::delivery_id.eq_any(delivery_ids))
+                    .order((a::delivery_id, a::attempt, a::id))
+                    .select(AttemptRecord::as_select())
+                    .load(self)
+                    .await
+            }
+
+            async fn campaign_budgets(&mut self) -> QueryResult<Vec<Budget>> {
+                campaigns::table
+                    .order(k::id)
+                    .select((k::id, k::budget_cents, k::granted_cents))
+                    .load(self)
+                    .await
+            }
+
+            async fn recent_grants_of(
+                &mut self,
+                user_id: &str,
+                event: &str,
+                limit: i64,
+            ) -> QueryResult<Vec<GrantRecord>> {
+                grants::table
+                    .filter(g::user_id.eq(user_id))
+                    .filter(g::event.eq(event))
+                    .order(g::id.desc())
+                    .limit(limit)
+                    .select(GrantRecord::as_select())
+                    .load(self)
+                    .await
+            }
+
+            async fn done_requests_since(
+                &mut self,
+                since: NaiveDateTime,
+                limit: i64,
+            ) -> QueryResult<Vec<RequestRecord>> {
+                trigger_requests::table
+                    .filter(tr::status.eq("done"))
+                    .filter(tr::created_at.ge(since))
+                    .order(tr::id)
+                    .limit(limit)
+                    .select(RequestRecord::as_select())
+                    .load(self)
+                    .await
+            }
+
+            async fn ledger_before(
+                &mut self,
+                users: &[String],
+                before_id: i64,
+            ) -> QueryResult<Vec<GrantRecord>> {
+                grants::table
+                    .filter(g::user_id.eq_any(users))
+                    .filter(g::request_id.lt(before_id))
+                    .order(g::request_id)
+                    .select(GrantRecord::as_select())
+                    .load(self)
+                    .await
+            }
+
+            async fn grants_in_window(
+                &mut self,
+                first: i64,
+                last: i64,
+            ) -> QueryResult<Vec<GrantRecord>> {
+                grants::table
+                    .filter(g::request_id.between(first, last))
+                    .order(g::request_id)
+                    .select(GrantRecord::as_select())
+                    .load(self)
+                    .await
+            }
+
+            async fn grants_after_request(
+                &mut self,
+                after_id: i64,
+            ) -> QueryResult<Vec<CouponTotal>> {
+                grants::table
+                    .filter(g::request_id.gt(after_id))
+                    // Counted, not summed: SUM of a BIGINT is a DECIMAL on MySQL.
+                    .group_by((g::campaign_id, g::coupon_id, g::face_value_cents))
+                    .select((
+                        g::campaign_id,
+                        g::coupon_id,
+                        g::face_value_cents,
+                        diesel::dsl::count_star(),
+                    ))
+                    .load(self)
+                    .await
+            }
+        }
+    };
+}
+
+impl_history!(MysqlConn);
+impl_history!(SqliteConn);
