@@ -10,6 +10,7 @@ use couponsd::app::{self, AppError};
 use couponsd::authoring::{self, backtest, check, explain, simulate};
 use couponsd::config::Config;
 use couponsd::ops::deliveries::{self, ChannelsAction, DeliveriesAction};
+use couponsd::ops::stock::{self, StockAction};
 
 /// Coupon-dispatch daemon: trigger requests in, signed coupon webhooks out.
 #[derive(Parser)]
@@ -79,16 +80,6 @@ enum RulesAction {
     Test(check::RulesDirArgs),
 }
 
-#[derive(Subcommand)]
-enum StockAction {
-    /// A table of every coupon: state, stock, granted, remaining, rate, run-out.
-    Show,
-    /// Add N to a coupon's stock (a retired coupon stays retired).
-    Add { coupon: String, count: i64 },
-    /// Bring a retired coupon back into selection.
-    Activate { coupon: String },
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -105,28 +96,13 @@ fn main() -> ExitCode {
                     Command::Migrate => app::migrate(&config).await,
                     Command::Run { drain } => app::run(config, &cli.config, drain).await,
                     Command::Stock { action } => {
-                        let ctx = app::start(config).await?;
-                        let out = match action {
-                            StockAction::Show => couponsd::ops::stock::show(&ctx).await,
-                            StockAction::Add { coupon, count } => {
-                                couponsd::ops::stock::add(&ctx, &coupon, count).await
-                            }
-                            StockAction::Activate { coupon } => {
-                                couponsd::ops::stock::activate(&ctx, &coupon).await
-                            }
-                        }?;
-                        print!("{out}");
-                        Ok(())
+                        print(stock::run(&app::start(config).await?, action).await)
                     }
                     Command::Deliveries { action } => {
-                        let ctx = app::start(config).await?;
-                        print!("{}", deliveries::deliveries(&ctx, action).await?);
-                        Ok(())
+                        print(deliveries::deliveries(&app::start(config).await?, action).await)
                     }
                     Command::Channels { action } => {
-                        let ctx = app::start(config).await?;
-                        print!("{}", deliveries::channels(&ctx, action).await?);
-                        Ok(())
+                        print(deliveries::channels(&app::start(config).await?, action).await)
                     }
                     Command::Check(args) => print(check::run(&config, &cli.config, &args)),
                     Command::Simulate(args) => print(simulate::run(&config, &args).await),

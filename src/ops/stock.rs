@@ -14,6 +14,34 @@ use crate::store::schedule::AlertMark;
 use crate::store::StoreError;
 use crate::with_conn;
 
+/// `couponsd stock …`
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum StockAction {
+    /// A table of every coupon: state, stock, granted, remaining, rate, run-out.
+    Show,
+    /// Add N to a coupon's stock (a retired coupon stays retired).
+    Add {
+        /// The coupon.
+        coupon: String,
+        /// How many to add.
+        count: i64,
+    },
+    /// Bring a retired coupon back into selection.
+    Activate {
+        /// The coupon.
+        coupon: String,
+    },
+}
+
+/// Runs a `stock` command and returns what to print.
+pub async fn run(ctx: &Context, action: StockAction) -> Result<String, AppError> {
+    match action {
+        StockAction::Show => show(ctx).await,
+        StockAction::Add { coupon, count } => add(ctx, &coupon, count).await,
+        StockAction::Activate { coupon } => activate(ctx, &coupon).await,
+    }
+}
+
 /// Renders the stock table.
 pub async fn show(ctx: &Context) -> Result<String, AppError> {
     let coupons = with_conn!(ctx.db, |conn| conn
