@@ -46,6 +46,8 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         users: usize,
     },
+    /// Benchmarks against MariaDB (or `--sqlite`) and a verifying loopback receiver.
+    Bench(couponsd::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
                 couponsd::logging::init(Default::default(), "warn");
                 couponsd::demo::run(users).await
             }
+            Command::Bench(args) => couponsd::bench::run(args).await,
             command => {
                 let config = Arc::new(Config::load(&cli.config)?);
                 couponsd::logging::init(config.logging.format, "info");
@@ -87,7 +90,7 @@ fn main() -> ExitCode {
                         print!("{out}");
                         Ok(())
                     }
-                    Command::Demo { .. } => unreachable!("handled above"),
+                    Command::Demo { .. } | Command::Bench(_) => unreachable!("handled above"),
                 }
             }
         }
