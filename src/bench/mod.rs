@@ -18,6 +18,8 @@
 //! SIGTERM), so that each one's CPU time and peak RSS are its own (see `process`).
 
 mod database;
+mod drain;
+mod flash;
 mod latency;
 mod process;
 mod receiver;
@@ -247,7 +249,7 @@ async fn run_scenarios(bench: &mut Bench, args: &BenchArgs) -> Result<(), BenchE
         if args.sqlite {
             mysql_only("flash");
         } else {
-            throughput::flash(bench, n, args.daemons.max(1)).await?;
+            flash::run(bench, n, args.daemons.max(1)).await?;
         }
     }
     if wants(Scenario::Latency) {

@@ -61,7 +61,18 @@ struct Session {
     prepared: HashMap<u32, String>,
     preparing: Option<String>,
     last: String,
+    /// The command in flight locks coupon rows (`SELECT coupons … FOR UPDATE`).
+    locking_coupons: bool,
+    /// Since when this connection's transaction has held coupon row locks, and how
+    /// much of that time it spent waiting on the server since.
+    holding: Option<(Instant, Duration)>,
 }
+
+/// The label of the time a grant transaction held its coupon row locks.
+pub const HELD: &str = "[coupon row locks held: lock_chains answered -> COMMIT answered]";
+/// The label of the part of [`HELD`] spent in the daemon, between round trips.
+pub const HELD_DAEMON: &str =
+    "[... of which in the daemon between round trips (rules, rows, scheduling)]";
 
 impl SqlTrace {
     /// Starts a relay on `127.0.0.1:0` to the server of `server_url`
@@ -128,8 +139,9 @@ impl SqlTrace {
 /// Prints the round trips of a run of `requests` requests that lasted `wall`, the
 /// longest total first.
 pub fn print(rows: &[(String, Stat)], requests: usize, wall: Duration) {
-    let trips: u64 = rows.iter().map(|(_, s)| s.count).sum();
-    let total: Duration = rows.iter().map(|(_, s)| s.total).sum();
+    let real = rows.iter().filter(|(label, _)| !label.starts_with('['));
+    let trips: u64 = real.clone().map(|(_, s)| s.count).sum();
+    let total: Duration = real.map(|(_, s)| s.total).sum();
     println!(
         "  SQL trace: {trips} commands ({:.2} per request), {:.2} s waiting on the server summed over connections ({:.2}x the wall time)",
         trips as f64 / requests.max(1) as f64,
@@ -244,6 +256,7 @@ fn sent(s: &mut Session, stats: &Stats, seq: u8, payload: &[u8]) {
                 .cloned()
                 .unwrap_or_else(|| format!("statement {id}"));
             s.last = short(&sql, 60);
+            s.locking_coupons = sql.starts_with("SELECT coupons.") && sql.contains("FOR UPDATE");
             format!("execute: {sql}")
         }
         COM_STMT_CLOSE => {
@@ -274,7 +287,20 @@ fn answered(s: &mut Session, stats: &Stats, seq: u8, payload: &[u8]) {
             s.prepared.insert(id, sql);
         }
     }
-    record(stats, label, at.elapsed());
+    let took = at.elapsed();
+    if let Some((since, server)) = &mut s.holding {
+        *server += took;
+        if label.starts_with("COMMIT") || label.starts_with("ROLLBACK") {
+            let held = since.elapsed();
+            record(stats, HELD.into(), held);
+            record(stats, HELD_DAEMON.into(), held.saturating_sub(*server));
+            s.holding = None;
+        }
+    }
+    if std::mem::take(&mut s.locking_coupons) {
+        s.holding = Some((Instant::now(), Duration::ZERO));
+    }
+    record(stats, label, took);
 }
 
 fn record(stats: &Stats, label: String, took: Duration) {
