@@ -12,6 +12,7 @@ pub mod schedule;
 pub mod select;
 
 pub mod app;
+pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod demo;

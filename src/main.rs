@@ -72,6 +72,8 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         users: usize,
     },
+    /// Benchmarks against MariaDB (or `--sqlite`) and a verifying loopback receiver.
+    Bench(couponsd::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
                 couponsd::logging::init(Default::default(), "warn");
                 couponsd::demo::run(users).await
             }
+            Command::Bench(args) => couponsd::bench::run(args).await,
             command => {
                 let config = Arc::new(Config::load(&cli.config)?);
                 couponsd::logging::init(config.logging.format, "info");
@@ -111,7 +114,7 @@ fn main() -> ExitCode {
                     } => print(authoring::fixtures::run(&config, &args)),
                     Command::Backtest(args) => print(backtest::run(&config, &args).await),
                     Command::Explain(args) => print(explain::run(&config, &args).await),
-                    Command::Demo { .. } => unreachable!("handled above"),
+                    Command::Demo { .. } | Command::Bench(_) => unreachable!("handled above"),
                 }
             }
         }

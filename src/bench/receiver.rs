@@ -1,0 +1,221 @@
+//! The benchmarks' partner: an axum server on `127.0.0.1:0` inside the bench process that
+//! verifies the Standard Webhooks signature of every delivery it is sent (with
+//! [`sign`] and the channel's key, the way a partner's library does) and records when
+//! each arrived and for which request key.
+//!
+//! It answers 204 at once and does as little as it can besides, so that it measures
+//! the daemon, not itself; what it costs in CPU is reported with the bench process's
+//! own CPU time.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use super::BenchError;
+use crate::config::{signing_key, SigningKey};
+use crate::dispatch::signing::sign;
+
+/// How far a `webhook-timestamp` may be from now, as Standard Webhooks libraries allow.
+const TIMESTAMP_TOLERANCE_SECS: i64 = 300;
+
+/// One verified delivery.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    /// When the receiver had read it.
+    pub at: Instant,
+    /// The same moment on the wall clock, to set beside the database's timestamps.
+    pub wall: chrono::NaiveDateTime,
+    /// The body's `data.request_key`, when it has one (grants do; alerts do not).
+    pub request_key: Option<String>,
+}
+
+/// What the receiver saw.
+#[derive(Default)]
+pub struct Received {
+    verified: AtomicU64,
+    rejected: AtomicU64,
+    duplicates: AtomicU64,
+    seen: Mutex<HashSet<String>>,
+    arrivals: Mutex<Vec<Arrival>>,
+}
+
+impl Received {
+    /// Deliveries whose signature verified.
+    pub fn verified(&self) -> u64 {
+        self.verified.load(Ordering::Relaxed)
+    }
+
+    /// Deliveries refused: a bad signature, a stale timestamp or an unknown channel.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Verified deliveries whose `webhook-id` had been received before (a retry of a
+    /// delivery the partner already had).
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Every verified arrival so far, in arrival order.
+    pub fn arrivals(&self) -> Vec<Arrival> {
+        lock(&self.arrivals).clone()
+    }
+
+    /// The first and last arrival, if any.
+    pub fn span(&self) -> Option<(Instant, Instant)> {
+        let arrivals = lock(&self.arrivals);
+        Some((arrivals.first()?.at, arrivals.last()?.at))
+    }
+
+    /// Waits until `count` deliveries verified or `limit` passed; true when they did.
+    pub async fn wait_for(&self, count: u64, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.verified() < count {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    /// Forgets everything seen, for the next scenario.
+    pub fn reset(&self) {
+        self.verified.store(0, Ordering::Relaxed);
+        self.rejected.store(0, Ordering::Relaxed);
+        self.duplicates.store(0, Ordering::Relaxed);
+        lock(&self.seen).clear();
+        lock(&self.arrivals).clear();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Shared {
+    keys: HashMap<String, SigningKey>,
+    received: Arc<Received>,
+}
+
+/// A running receiver; stops when dropped.
+pub struct Receiver {
+    /// The port it listens on.
+    pub port: u16,
+    /// What it saw.
+    pub received: Arc<Received>,
+    stop: CancellationToken,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Receiver {
+    /// Serves `POST /webhooks/{channel}` for the channels in `secrets` (name, `whsec_`
+    /// secret).
+    pub async fn start(secrets: &[(&str, &str)]) -> Result<Receiver, BenchError> {
+        let keys = secrets
+            .iter()
+            .map(|(name, secret)| {
+                let key = signing_key(secret)
+                    .map_err(|e| BenchError::Setup(format!("channel {name}: secret {e}")))?;
+                Ok(((*name).to_owned(), key))
+            })
+            .collect::<Result<HashMap<_, _>, BenchError>>()?;
+        let received = Arc::new(Received::default());
+        let shared = Arc::new(Shared {
+            keys,
+            received: received.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| BenchError::Setup(format!("receiver: bind 127.0.0.1:0: {e}")))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| BenchError::Setup(format!("receiver: {e}")))?
+            .port();
+        let app = Router::new()
+            .route("/webhooks/{channel}", post(receive))
+            .with_state(shared);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped.cancelled_owned())
+                .await
+        });
+        Ok(Receiver {
+            port,
+            received,
+            stop,
+        })
+    }
+
+    /// The URL of a channel's endpoint.
+    pub fn url(&self, channel: &str) -> String {
+        format!("http://127.0.0.1:{}/webhooks/{channel}", self.port)
+    }
+}
+
+async fn receive(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(channel): UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    let (at, wall) = (Instant::now(), chrono::Utc::now().naive_utc());
+    let received = &shared.received;
+    let Some(webhook_id) = verified_id(&shared, &channel, &headers, &body) else {
+        received.rejected.fetch_add(1, Ordering::Relaxed);
+        return StatusCode::UNAUTHORIZED;
+    };
+    if !lock(&received.seen).insert(webhook_id) {
+        received.duplicates.fetch_add(1, Ordering::Relaxed);
+    }
+    let request_key = serde_json::from_slice::<Body>(&body)
+        .ok()
+        .and_then(|b| b.data.request_key);
+    lock(&received.arrivals).push(Arrival {
+        at,
+        wall,
+        request_key,
+    });
+    received.verified.fetch_add(1, Ordering::Relaxed);
+    StatusCode::NO_CONTENT
+}
+
+/// The `webhook-id` of a delivery whose signature and timestamp verify.
+fn verified_id(shared: &Shared, channel: &str, headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    let key = shared.keys.get(channel)?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let id = header("webhook-id")?;
+    let timestamp: i64 = header("webhook-timestamp")?.parse().ok()?;
+    if (chrono::Utc::now().timestamp() - timestamp).abs() > TIMESTAMP_TOLERANCE_SECS {
+        return None;
+    }
+    let expected = sign(key, id, timestamp, body);
+    header("webhook-signature")?
+        .split(' ')
+        .any(|s| s == expected)
+        .then(|| id.to_owned())
+}
+
+#[derive(serde::Deserialize)]
+struct Body {
+    data: Data,
+}
+
+#[derive(serde::Deserialize)]
+struct Data {
+    request_key: Option<String>,
+}

@@ -1,0 +1,314 @@
+//! What the benchmarks feed the daemon: its config file (the catalog of each scenario
+//! and the knobs under test), the synthetic trigger requests, the bulk load that
+//! queues them before a timed drain, and the steady client of the latency scenario.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::receiver::Receiver;
+use super::BenchError;
+use crate::demo::{SHIPPED_SELECT_COUPON, SHIPPED_USER_TYPE};
+use crate::store::requests::NewRequest;
+use crate::store::{Db, StoreError};
+use crate::with_conn;
+
+/// The signing secret of the `wallet` channel (a benchmark's; it may be printed).
+pub const WALLET_SECRET: &str = "whsec_YmVuY2gtd2FsbGV0LWtleS1mb3ItY291cG9uc2QtYmVuY2g=";
+/// The signing secret of the `ops` channel.
+pub const OPS_SECRET: &str = "whsec_YmVuY2gtb3BzLWtleS1mb3ItY291cG9uc2QtYmVuY2g=";
+
+/// Rows per multi-row INSERT when queueing requests.
+const LOAD_CHUNK: usize = 1000;
+
+/// The config knobs a benchmark varies; the rest of the config is the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Knobs {
+    /// `worker.batch_size`
+    pub batch_size: usize,
+    /// `worker.concurrency`
+    pub workers: usize,
+    /// `database.max_connections`
+    pub max_connections: usize,
+    /// `dispatch.concurrency`
+    pub dispatch_concurrency: usize,
+    /// `dispatch.batch_size`
+    pub dispatch_batch_size: usize,
+    /// `worker.poll_interval`
+    pub poll_interval: Duration,
+}
+
+impl Default for Knobs {
+    /// The shipped defaults (see `couponsd.example.yaml`).
+    fn default() -> Self {
+        Knobs {
+            batch_size: 200,
+            workers: 4,
+            max_connections: 8,
+            dispatch_concurrency: 64,
+            dispatch_batch_size: 500,
+            poll_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+impl Knobs {
+    /// One line for the report.
+    pub fn describe(&self) -> String {
+        format!(
+            "worker.batch_size={} worker.concurrency={} database.max_connections={} \
+             dispatch.concurrency={} dispatch.batch_size={} worker.poll_interval={}",
+            self.batch_size,
+            self.workers,
+            self.max_connections,
+            self.dispatch_concurrency,
+            self.dispatch_batch_size,
+            humantime::format_duration(self.poll_interval)
+        )
+    }
+}
+
+/// The campaigns of a scenario.
+#[derive(Debug, Clone, Copy)]
+pub enum Catalog {
+    /// Three campaigns, ten coupons, stock for everyone: newcomers on `app_open`
+    /// (four coupons, the first three of which run out), returning users on `app_open`
+    /// (three coupons), newcomers on `checkout` (three coupons). A returning user on
+    /// `checkout` has no campaign.
+    Steady {
+        /// Requests the stock is sized for.
+        requests: usize,
+    },
+    /// One campaign whose first coupon has `hot` in stock and whose second has enough
+    /// for everyone else.
+    Flash {
+        /// Stock of the hot coupon.
+        hot: usize,
+        /// Requests the fallback is sized for.
+        requests: usize,
+    },
+}
+
+fn catalog_yaml(catalog: Catalog) -> String {
+    match catalog {
+        Catalog::Steady { requests: n } => {
+            let (tenth, twentieth) = (n / 10 + 1, n / 20 + 1);
+            format!(
+                r#"  - id: newcomer
+    event: app_open
+    audience: first_time
+    coupons:
+      - {{ id: NEW10, face_value: "10.00", stock: {tenth}, channel: wallet }}
+      - {{ id: NEW8, face_value: "8.00", stock: {tenth}, channel: wallet }}
+      - {{ id: NEW5, face_value: "5.00", stock: {tenth}, channel: wallet }}
+      - {{ id: NEW3, face_value: "3.00", stock: {n}, channel: wallet }}
+  - id: loyalty
+    event: app_open
+    audience: returning
+    coupons:
+      - {{ id: BACK5, face_value: "5.00", stock: {tenth}, channel: wallet }}
+      - {{ id: BACK3, face_value: "3.00", stock: {tenth}, channel: wallet }}
+      - {{ id: BACK2, face_value: "2.00", stock: {n}, channel: wallet }}
+  - id: checkout
+    event: checkout
+    audience: first_time
+    coupons:
+      - {{ id: CHK10, face_value: "10.00", stock: {twentieth}, channel: wallet }}
+      - {{ id: CHK5, face_value: "5.00", stock: {twentieth}, channel: wallet }}
+      - {{ id: CHK2, face_value: "2.00", stock: {n}, channel: wallet }}
+"#
+            )
+        }
+        Catalog::Flash { hot, requests } => format!(
+            r#"  - id: flash
+    event: app_open
+    audience: first_time
+    coupons:
+      - {{ id: HOT50, face_value: "50.00", stock: {hot}, channel: wallet }}
+      - {{ id: SORRY5, face_value: "5.00", stock: {requests}, channel: wallet }}
+"#
+        ),
+    }
+}
+
+/// Writes the shipped rules and a config for `db_url` into `dir`; returns the config
+/// file's path.
+pub fn write_config(
+    dir: &Path,
+    db_url: &str,
+    receiver: &Receiver,
+    knobs: Knobs,
+    catalog: Catalog,
+) -> Result<PathBuf, BenchError> {
+    let io = |e: std::io::Error| BenchError::Setup(format!("{}: {e}", dir.display()));
+    std::fs::create_dir_all(dir.join("rules")).map_err(io)?;
+    std::fs::write(dir.join("rules/user_type.rhai"), SHIPPED_USER_TYPE).map_err(io)?;
+    std::fs::write(dir.join("rules/select_coupon.rhai"), SHIPPED_SELECT_COUPON).map_err(io)?;
+    let yaml = format!(
+        r#"# Written by `couponsd bench`.
+database:
+  url: "{db_url}"
+  max_connections: {max_connections}
+rules:
+  dir: rules
+worker:
+  batch_size: {batch_size}
+  concurrency: {workers}
+  poll_interval: {poll}
+dispatch:
+  concurrency: {dispatch_concurrency}
+  batch_size: {dispatch_batch_size}
+  retry_base: 1s
+  retry_max: 10s
+channels:
+  wallet:
+    url: "{wallet}"
+    secret: "{WALLET_SECRET}"
+    timeout: 10s
+  ops:
+    url: "{ops}"
+    secret: "{OPS_SECRET}"
+    timeout: 10s
+alerts:
+  channel: ops
+campaigns:
+{campaigns}"#,
+        max_connections = knobs.max_connections,
+        batch_size = knobs.batch_size,
+        workers = knobs.workers,
+        poll = humantime::format_duration(knobs.poll_interval),
+        dispatch_concurrency = knobs.dispatch_concurrency,
+        dispatch_batch_size = knobs.dispatch_batch_size,
+        wallet = receiver.url("wallet"),
+        ops = receiver.url("ops"),
+        campaigns = catalog_yaml(catalog),
+    );
+    let path = dir.join("couponsd.yaml");
+    std::fs::write(&path, yaml).map_err(io)?;
+    Ok(path)
+}
+
+fn request(key: String, user: String, event: &str, seq: usize) -> NewRequest {
+    let platform = if seq % 3 == 0 { "android" } else { "ios" };
+    NewRequest {
+        request_key: key,
+        user_id: user,
+        event: event.to_owned(),
+        attributes: Some(format!(
+            r#"{{"platform":"{platform}","app_version":"4.2.{}"}}"#,
+            seq % 10
+        )),
+    }
+}
+
+/// `n` requests of `n / 2` users: each user's first visit, then (in the second half)
+/// each one's return. One user in five comes through `checkout`, the others through
+/// `app_open`.
+pub fn steady_triggers(prefix: &str, n: usize) -> Vec<NewRequest> {
+    let half = n.div_ceil(2);
+    (0..n)
+        .map(|i| {
+            let user = if i < half { i } else { i - half };
+            let event = if user % 5 == 4 {
+                "checkout"
+            } else {
+                "app_open"
+            };
+            request(
+                format!("{prefix}-{i}"),
+                format!("{prefix}-user-{user}"),
+                event,
+                i,
+            )
+        })
+        .collect()
+}
+
+/// `n` requests, each from a new user, on `app_open`.
+pub fn flash_triggers(prefix: &str, n: usize) -> Vec<NewRequest> {
+    (0..n)
+        .map(|i| {
+            request(
+                format!("{prefix}-{i}"),
+                format!("{prefix}-user-{i}"),
+                "app_open",
+                i,
+            )
+        })
+        .collect()
+}
+
+/// Queues `rows` with multi-row INSERTs of 1,000 through [`Requests::enqueue`], two
+/// at a time; returns how long it took.
+///
+/// [`Requests::enqueue`]: crate::store::requests::Requests::enqueue
+pub async fn bulk_load(db: &Db, rows: Vec<NewRequest>) -> Result<Duration, BenchError> {
+    let started = Instant::now();
+    let chunks: Vec<Vec<NewRequest>> = rows.chunks(LOAD_CHUNK).map(<[_]>::to_vec).collect();
+    let lanes = if db.is_mysql() { 2 } else { 1 };
+    let mut tasks = tokio::task::JoinSet::new();
+    for lane in 0..lanes {
+        let db = db.clone();
+        let mine: Vec<Vec<NewRequest>> = chunks.iter().skip(lane).step_by(lanes).cloned().collect();
+        tasks.spawn(async move {
+            for chunk in mine {
+                enqueue(&db, &chunk).await?;
+            }
+            Ok::<_, BenchError>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| BenchError::Setup(format!("bulk load: {e}")))??;
+    }
+    Ok(started.elapsed())
+}
+
+async fn enqueue(db: &Db, rows: &[NewRequest]) -> Result<usize, BenchError> {
+    Ok(with_conn!(db, |conn| conn
+        .enqueue(rows)
+        .await
+        .map_err(StoreError::from)?))
+}
+
+/// What the steady client did.
+pub struct Inserted {
+    /// For request `l-<seq>`, when the INSERT that carried it was sent.
+    pub sent_at: Vec<Instant>,
+    /// From the first insert to the last.
+    pub span: Duration,
+}
+
+/// Inserts `total` requests at `rate` per second, one multi-row INSERT every `tick`,
+/// for as long as that takes (and at most twice as long, if the database falls
+/// behind). Request `seq` is `l-<seq>` from a new user.
+pub async fn steady_client(
+    db: &Db,
+    rate: usize,
+    total: usize,
+    tick: Duration,
+) -> Result<Inserted, BenchError> {
+    let planned = Duration::from_secs_f64(total as f64 / rate.max(1) as f64);
+    let started = Instant::now();
+    let mut sent_at: Vec<Instant> = Vec::with_capacity(total);
+    let mut ticks = tokio::time::interval(tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while sent_at.len() < total && started.elapsed() < planned * 2 {
+        ticks.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * rate as f64) as usize).min(total);
+        if due <= sent_at.len() {
+            continue;
+        }
+        let rows: Vec<NewRequest> = (sent_at.len()..due)
+            .map(|seq| {
+                let event = if seq % 5 == 4 { "checkout" } else { "app_open" };
+                request(format!("l-{seq}"), format!("l-user-{seq}"), event, seq)
+            })
+            .collect();
+        let at = Instant::now();
+        enqueue(db, &rows).await?;
+        sent_at.extend(std::iter::repeat_n(at, rows.len()));
+    }
+    Ok(Inserted {
+        span: started.elapsed(),
+        sent_at,
+    })
+}
