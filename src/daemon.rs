@@ -203,10 +203,11 @@ pub async fn apply_catalog(db: &Db, config: &Config) -> Result<CatalogChanges, S
             }
             // Two daemons starting together may both insert a new coupon: one loses
             // the race, and its second try sees the row.
-            Err(e) if tries < 3 => {
+            Err(e) if tries < 10 && crate::store::is_retryable(&e) || tries < 3 => {
                 tries += 1;
                 warn!(error = %e, "applying the catalog will be tried again");
-                tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+                let jitter = rand::random::<u64>() % 100;
+                tokio::time::sleep(Duration::from_millis(50 * tries + jitter)).await;
             }
             Err(e) => return Err(e.into()),
         }

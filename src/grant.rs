@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use tracing::{instrument, warn};
+use tracing::{debug, instrument, warn};
 
 use crate::classify::{self, Histories};
 use crate::config::{CampaignConfig, Config};
@@ -70,6 +70,11 @@ pub enum BatchError {
     /// Rule evaluation panicked (a bug in couponsd, not in a rule).
     #[error("rule evaluation stopped unexpectedly: {0}")]
     Evaluation(String),
+    /// Another daemon took the stock (or budget) the batch's decisions counted on
+    /// between the unlocked read and the guarded update; the batch is rolled back and
+    /// decided again with the chains locked.
+    #[error("stock or budget changed under the batch")]
+    StaleStock,
 }
 
 impl From<diesel::result::Error> for BatchError {
@@ -139,10 +144,12 @@ pub async fn process_batch(ctx: &Context) -> Result<BatchOutcome, BatchError> {
     let (valid, rejected) = intake::validate_batch(rows);
     let rules = ctx.rules.current();
     let mut retries = 0;
+    let mut locked = false;
     loop {
         let result = with_conn!(ctx.db, |conn| {
             let (config, rules) = (ctx.catalog.current(), rules.clone());
-            grant_batch(conn, config, rules, valid.clone(), rejected.clone(), token).await
+            let input = (valid.clone(), rejected.clone());
+            grant_batch(conn, config, rules, input, token, locked).await
         });
         match result {
             Ok((mut summary, tally)) => {
@@ -159,6 +166,10 @@ pub async fn process_batch(ctx: &Context) -> Result<BatchOutcome, BatchError> {
                 let jitter = rand::random::<u64>() % 20;
                 tokio::time::sleep(Duration::from_millis(5 * u64::from(retries) + jitter)).await;
             }
+            Err(BatchError::StaleStock) if !locked => {
+                debug!("stock moved under the batch: deciding it again with the chains locked");
+                locked = true;
+            }
             Err(e) => return Err(e),
         }
     }
@@ -166,15 +177,22 @@ pub async fn process_batch(ctx: &Context) -> Result<BatchOutcome, BatchError> {
 
 /// The batch's transaction. Its inputs are owned: a transaction future must be `Send`
 /// for every lifetime of the connection it borrows.
+///
+/// Coupon and budget rows are the hot rows every daemon contends for, so by default
+/// (`locked == false`) they are read without locks, the batch is decided and written,
+/// and only then is stock taken with guarded updates (`remaining >= n`, budget not
+/// passed) just before the commit: the hot rows are held for those few statements
+/// only. If a guard fails, the transaction rolls back and the batch is decided again
+/// with the chains locked first (`locked == true`), which cannot fail.
 /// Boxed with an explicit `Send`: without it rustc cannot prove the transaction's
 /// higher-ranked future `Send` where the worker task is spawned (rust-lang/rust#100013).
 fn grant_batch<'c, C: Store>(
     conn: &'c mut C,
     config: Arc<Config>,
     rules: Arc<Rules>,
-    valid: Vec<TriggerRequest>,
-    rejected: Vec<Rejected>,
+    (valid, rejected): (Vec<TriggerRequest>, Vec<Rejected>),
     token: i64,
+    locked: bool,
 ) -> BoxFuture<'c, Result<(BatchSummary, BatchTally), BatchError>> {
     conn.transaction(async move |conn| {
         let ids: Vec<i64> = valid
@@ -198,8 +216,18 @@ fn grant_batch<'c, C: Store>(
         users.dedup();
         let histories = Histories::from_rows(conn.history_for(&users).await?);
         let campaign_ids = campaigns_for_events(&config.campaigns, &requests);
-        let chains = chains_by_campaign(conn.lock_chains(&campaign_ids).await?);
-        let budgets = conn.lock_budgets(&campaign_ids).await?;
+        let (chains, budgets) = if locked {
+            (
+                conn.lock_chains(&campaign_ids).await?,
+                conn.lock_budgets(&campaign_ids).await?,
+            )
+        } else {
+            (
+                conn.read_chains(&campaign_ids).await?,
+                conn.read_budgets(&campaign_ids).await?,
+            )
+        };
+        let chains = chains_by_campaign(chains);
         let now = Utc::now();
         let decisions = decide_off_runtime(
             rules.clone(),
@@ -221,6 +249,7 @@ fn grant_batch<'c, C: Store>(
             now,
         )
         .await?;
+        take_stock(conn, &decisions.decisions).await?;
         alert_budgets(conn, &config, &decisions.budget_reached, now).await?;
         tally.rule_evaluation = decisions.evaluation;
         Ok((summary, tally))
@@ -494,6 +523,34 @@ async fn alert_budgets<C: Store>(
     Ok(())
 }
 
+/// Takes the batch's stock, one guarded statement per coupon in id order, then adds the
+/// granted value to each campaign, in id order (the order every transaction locks
+/// these rows in). A guard that fails means the unlocked read was stale.
+async fn take_stock<C: Store>(conn: &mut C, decisions: &[Decision]) -> Result<(), BatchError> {
+    let mut taken: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut value: BTreeMap<&str, i64> = BTreeMap::new();
+    for d in decisions {
+        if let Verdict::Granted {
+            campaign, coupon, ..
+        } = &d.verdict
+        {
+            *taken.entry(coupon.id.as_str()).or_default() += 1;
+            *value.entry(campaign.as_str()).or_default() += coupon.face_value.cents();
+        }
+    }
+    for (coupon, count) in &taken {
+        if !conn.take_stock(coupon, *count).await? {
+            return Err(BatchError::StaleStock);
+        }
+    }
+    for (campaign, cents) in &value {
+        if !conn.add_granted_value(campaign, *cents).await? {
+            return Err(BatchError::StaleStock);
+        }
+    }
+    Ok(())
+}
+
 async fn write_batch<C: Store>(
     conn: &mut C,
     rules: &Rules,
@@ -505,8 +562,6 @@ async fn write_batch<C: Store>(
 ) -> Result<(BatchSummary, BatchTally), StoreError> {
     let version = rules.version().to_string();
     let at = now.naive_utc();
-    let mut taken: BTreeMap<&str, i64> = BTreeMap::new();
-    let mut value: BTreeMap<&str, i64> = BTreeMap::new();
     let mut grants = Vec::new();
     let mut deliveries = Vec::new();
     let mut finished = Vec::with_capacity(decisions.len() + rejected.len());
@@ -529,8 +584,6 @@ async fn write_batch<C: Store>(
                 coupon,
                 fallback,
             } => {
-                *taken.entry(coupon.id.as_str()).or_default() += 1;
-                *value.entry(campaign.as_str()).or_default() += coupon.face_value.cents();
                 let grant = NewGrant {
                     id: d.request.id.0,
                     request_id: d.request.id.0,
@@ -578,17 +631,6 @@ async fn write_batch<C: Store>(
             campaign_id: None,
             rules_version: None,
         });
-    }
-    for (coupon, count) in &taken {
-        if !conn.take_stock(coupon, *count).await? {
-            // Unreachable while the chain is locked; refuse to commit an oversell.
-            return Err(StoreError::Query(
-                diesel::result::Error::RollbackTransaction,
-            ));
-        }
-    }
-    for (campaign, cents) in &value {
-        conn.add_granted_value(campaign, *cents).await?;
     }
     summary.granted = grants.len();
     conn.record_grants(&grants).await?;

@@ -101,12 +101,19 @@ pub trait Catalog {
         campaign_ids: &[String],
     ) -> impl Future<Output = QueryResult<Vec<Budget>>> + Send;
 
-    /// Adds granted face value to a campaign.
+    /// The budgets of those `campaign_ids` that have one, without locks.
+    fn read_budgets(
+        &mut self,
+        campaign_ids: &[String],
+    ) -> impl Future<Output = QueryResult<Vec<Budget>>> + Send;
+
+    /// Adds granted face value to a campaign unless that passes its budget; returns
+    /// false (and changes nothing) when it would.
     fn add_granted_value(
         &mut self,
         campaign_id: &str,
         cents: i64,
-    ) -> impl Future<Output = QueryResult<()>> + Send;
+    ) -> impl Future<Output = QueryResult<bool>> + Send;
 }
 
 macro_rules! impl_catalog {
@@ -118,6 +125,12 @@ macro_rules! impl_catalog {
                 now: NaiveDateTime,
             ) -> QueryResult<CatalogChanges> {
                 self.transaction(async |conn| {
+                        // Coupons first, then campaigns: the order the grant step
+                        // takes them in, so a start during traffic cannot deadlock.
+                        let query = coupons::table.select((c::id, c::config_stock, c::remaining, c::state));
+                        let existing: Vec<(String, i64, i64, String)> = backend!($backend,
+                            mysql => { query.for_update().load(conn).await? },
+                            sqlite => { query.load(conn).await? });
                         let mut changes = CatalogChanges::default();
                         let known: Vec<String> = campaigns::table.select(k::id).load(conn).await?;
                         for (position, campaign) in wanted.iter().enumerate() {
@@ -132,10 +145,6 @@ macro_rules! impl_catalog {
                                 changes.campaigns_added.push(row.id.to_owned());
                             }
                         }
-                        let query = coupons::table.select((c::id, c::config_stock, c::remaining, c::state));
-                        let existing: Vec<(String, i64, i64, String)> = backend!($backend,
-                            mysql => { query.for_update().load(conn).await? },
-                            sqlite => { query.load(conn).await? });
                         let existing: HashMap<String, (i64, i64, String)> = existing
                             .into_iter()
                             .map(|(id, config_stock, remaining, state)| (id, (config_stock, remaining, state)))
@@ -217,12 +226,23 @@ macro_rules! impl_catalog {
                     sqlite => { query.load(self).await })
             }
 
-            async fn add_granted_value(&mut self, campaign_id: &str, cents: i64) -> QueryResult<()> {
-                diesel::update(campaigns::table.find(campaign_id))
+            async fn read_budgets(&mut self, campaign_ids: &[String]) -> QueryResult<Vec<Budget>> {
+                campaigns::table
+                    .filter(k::id.eq_any(campaign_ids))
+                    .filter(k::budget_cents.is_not_null())
+                    .order(k::id)
+                    .select((k::id, k::budget_cents, k::granted_cents))
+                    .load(self)
+                    .await
+            }
+
+            async fn add_granted_value(&mut self, campaign_id: &str, cents: i64) -> QueryResult<bool> {
+                let within = k::budget_cents.is_null().or(k::granted_cents.le(k::budget_cents.assume_not_null() - cents));
+                let changed = diesel::update(campaigns::table.find(campaign_id).filter(within))
                     .set(k::granted_cents.eq(k::granted_cents + cents))
                     .execute(self)
                     .await?;
-                Ok(())
+                Ok(changed == 1)
             }
         }
     };

@@ -58,6 +58,13 @@ pub trait Coupons {
         campaign_ids: &[String],
     ) -> impl Future<Output = QueryResult<Vec<CouponStock>>> + Send;
 
+    /// The coupons of `campaign_ids` without locks (a snapshot; the grant step takes
+    /// stock with guarded updates).
+    fn read_chains(
+        &mut self,
+        campaign_ids: &[String],
+    ) -> impl Future<Output = QueryResult<Vec<CouponStock>>> + Send;
+
     /// Takes `count` from a coupon's stock; returns false (and changes nothing) when
     /// fewer are left.
     fn take_stock(
@@ -101,6 +108,16 @@ macro_rules! impl_coupons {
                 backend!($backend,
                     mysql => { query.for_update().load(self).await },
                     sqlite => { query.load(self).await })
+            }
+
+            async fn read_chains(&mut self, campaign_ids: &[String]) -> QueryResult<Vec<CouponStock>> {
+                table
+                    .filter(c::campaign_id.eq_any(campaign_ids))
+                    .filter(c::state.ne(REMOVED))
+                    .order(c::id)
+                    .select(CouponStock::as_select())
+                    .load(self)
+                    .await
             }
 
             async fn take_stock(&mut self, id: &str, count: i64) -> QueryResult<bool> {
