@@ -98,7 +98,11 @@ impl ScratchDb {
 async fn admin(server: &str) -> Result<AsyncMysqlConnection, BenchError> {
     AsyncMysqlConnection::establish(&format!("{server}/mysql"))
         .await
-        .map_err(|e| BenchError::Setup(format!("cannot connect to MariaDB at {server}: {e}")))
+        .map_err(|e| {
+            BenchError::Setup(format!(
+                "cannot connect to MariaDB at {server}: {e} (--mysql-url names another server; --sqlite needs none)"
+            ))
+        })
 }
 
 #[derive(QueryableByName)]

@@ -105,16 +105,7 @@ async fn drain_in(
     daemons: usize,
 ) -> Result<Drained, BenchError> {
     let dir = bench.dir.join(tag);
-    let path = workload::write_config(
-        &dir,
-        &bench.daemon_url(&scratch.url),
-        &bench.receiver,
-        knobs,
-        catalog,
-    )?;
-    let config = Arc::new(Config::load(&path).map_err(crate::app::AppError::from)?);
-    crate::app::migrate(&config).await?;
-    let db = crate::app::open_db(&config)?;
+    let (path, db) = prepare(bench, scratch, &dir, catalog, knobs).await?;
     let requests = triggers.len();
     let load = workload::bulk_load(&db, triggers).await?;
     println!(
@@ -154,6 +145,55 @@ async fn drain_in(
         }
         _ => None,
     };
+    let ledger = read_ledger(&db).await?;
+    Ok(Drained {
+        requests,
+        restarts,
+        load,
+        wall,
+        exits,
+        outcomes: ledger.outcomes,
+        per_coupon: ledger.per_coupon,
+        stock: ledger.stock,
+        delivered: ledger.delivered,
+        verified: received.verified(),
+        rejected: received.rejected(),
+        duplicates: received.duplicates(),
+        receive_span: received.span().map(|(a, b)| b - a),
+        grant_span: ledger.grant_span,
+        server,
+        db_cpu,
+        bench_cpu,
+    })
+}
+
+/// Writes the config into `dir`, migrates the scratch database and applies the
+/// catalog; returns the config file and a pool for the bench's own statements.
+async fn prepare(
+    bench: &Bench,
+    scratch: &ScratchDb,
+    dir: &std::path::Path,
+    catalog: Catalog,
+    knobs: Knobs,
+) -> Result<(std::path::PathBuf, crate::store::Db), BenchError> {
+    let url = bench.daemon_url(&scratch.url);
+    let path = workload::write_config(dir, &url, &bench.receiver, knobs, catalog)?;
+    let config = Arc::new(Config::load(&path).map_err(crate::app::AppError::from)?);
+    crate::app::migrate(&config).await?;
+    let db = crate::app::open_db(&config)?;
+    Ok((path, db))
+}
+
+/// What the database says was done.
+struct Ledger {
+    outcomes: Vec<(String, Option<String>, i64)>,
+    per_coupon: Vec<(String, String, i64)>,
+    stock: Vec<CouponStock>,
+    delivered: i64,
+    grant_span: Option<Duration>,
+}
+
+async fn read_ledger(db: &crate::store::Db) -> Result<Ledger, BenchError> {
     let (outcomes, per_coupon, deliveries, stock) = with_conn!(db, |conn| {
         let e = StoreError::from;
         (
@@ -163,31 +203,20 @@ async fn drain_in(
             conn.coupon_stock().await.map_err(e)?,
         )
     });
-    let grant_span = database::grant_span(&db)
+    let grant_span = database::grant_span(db)
         .await?
         .and_then(|(a, b)| (b - a).to_std().ok());
-    Ok(Drained {
-        requests,
-        restarts,
-        load,
-        wall,
-        exits,
+    let delivered = deliveries
+        .iter()
+        .filter(|(s, _)| s == "delivered")
+        .map(|(_, n)| n)
+        .sum();
+    Ok(Ledger {
         outcomes,
         per_coupon,
         stock,
-        delivered: deliveries
-            .iter()
-            .filter(|(s, _)| s == "delivered")
-            .map(|(_, n)| n)
-            .sum(),
-        verified: received.verified(),
-        rejected: received.rejected(),
-        duplicates: received.duplicates(),
-        receive_span: received.span().map(|(a, b)| b - a),
+        delivered,
         grant_span,
-        server,
-        db_cpu,
-        bench_cpu,
     })
 }
 

@@ -312,3 +312,33 @@ pub async fn steady_client(
         sent_at,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steady_triggers_bring_every_user_back_once() {
+        let rows = steady_triggers("s", 10);
+        let users: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
+        assert_eq!(
+            users[..5],
+            users[5..],
+            "the second half are the first half's returns"
+        );
+        let mut keys: Vec<&str> = rows.iter().map(|r| r.request_key.as_str()).collect();
+        keys.dedup();
+        assert_eq!(keys.len(), 10, "every request key is its own");
+        assert_eq!(rows[4].event, "checkout");
+        assert_eq!(rows[3].event, "app_open");
+    }
+
+    #[test]
+    fn flash_triggers_are_all_new_users() {
+        let rows = flash_triggers("f", 100);
+        let mut users: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
+        users.sort();
+        users.dedup();
+        assert_eq!(users.len(), 100);
+    }
+}
