@@ -228,6 +228,7 @@ fn grant_batch<'c, C: Store>(
             )
         };
         let chains = chains_by_campaign(chains);
+        let budgeted: HashSet<String> = budgets.iter().map(|b| b.campaign_id.clone()).collect();
         let now = Utc::now();
         let decisions = decide_off_runtime(
             rules.clone(),
@@ -249,7 +250,7 @@ fn grant_batch<'c, C: Store>(
             now,
         )
         .await?;
-        take_stock(conn, &decisions.decisions).await?;
+        take_stock(conn, &decisions.decisions, &budgeted).await?;
         alert_budgets(conn, &config, &decisions.budget_reached, now).await?;
         tally.rule_evaluation = decisions.evaluation;
         Ok((summary, tally))
@@ -524,9 +525,16 @@ async fn alert_budgets<C: Store>(
 }
 
 /// Takes the batch's stock, one guarded statement per coupon in id order, then adds the
-/// granted value to each campaign, in id order (the order every transaction locks
-/// these rows in). A guard that fails means the unlocked read was stale.
-async fn take_stock<C: Store>(conn: &mut C, decisions: &[Decision]) -> Result<(), BatchError> {
+/// granted value to each campaign that has a budget, in id order (the order every
+/// transaction locks these rows in). Campaigns without a budget are not touched: their
+/// rows would be a second hot spot for nothing (the catalog recounts a budget's granted
+/// value from the ledger when it is applied). A guard that fails means the unlocked
+/// read was stale.
+async fn take_stock<C: Store>(
+    conn: &mut C,
+    decisions: &[Decision],
+    budgeted: &HashSet<String>,
+) -> Result<(), BatchError> {
     let mut taken: BTreeMap<&str, i64> = BTreeMap::new();
     let mut value: BTreeMap<&str, i64> = BTreeMap::new();
     for d in decisions {
@@ -535,7 +543,9 @@ async fn take_stock<C: Store>(conn: &mut C, decisions: &[Decision]) -> Result<()
         } = &d.verdict
         {
             *taken.entry(coupon.id.as_str()).or_default() += 1;
-            *value.entry(campaign.as_str()).or_default() += coupon.face_value.cents();
+            if budgeted.contains(campaign.as_str()) {
+                *value.entry(campaign.as_str()).or_default() += coupon.face_value.cents();
+            }
         }
     }
     for (coupon, count) in &taken {

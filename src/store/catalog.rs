@@ -15,6 +15,9 @@ use super::schema::{campaigns, coupons};
 use super::{backend, MysqlConn, QueryResult, SqliteConn};
 use crate::config::CampaignConfig;
 
+const RECOUNT_GRANTED_VALUE: &str = "UPDATE campaigns SET granted_cents = \
+     (SELECT COALESCE(SUM(face_value_cents), 0) FROM grants WHERE campaign_id = ?) WHERE id = ?";
+
 /// What applying the catalog changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CatalogChanges {
@@ -143,6 +146,15 @@ macro_rules! impl_catalog {
                             } else {
                                 diesel::insert_into(campaigns::table).values(&row).execute(conn).await?;
                                 changes.campaigns_added.push(row.id.to_owned());
+                            }
+                            // Only budgeted campaigns count granted value as they grant:
+                            // recount it from the ledger, so a budget set later starts right.
+                            if campaign.budget.is_some() {
+                                diesel::sql_query(RECOUNT_GRANTED_VALUE)
+                                    .bind::<diesel::sql_types::Text, _>(campaign.id.as_str())
+                                    .bind::<diesel::sql_types::Text, _>(campaign.id.as_str())
+                                    .execute(conn)
+                                    .await?;
                             }
                         }
                         let existing: HashMap<String, (i64, i64, String)> = existing

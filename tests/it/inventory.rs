@@ -536,3 +536,40 @@ on_both_backends!(
     reconciliation_reports_drift_between_stock_and_the_ledger,
     reconciliation_reports_drift_between_stock_and_the_ledger
 );
+
+async fn a_budget_set_later_counts_what_was_granted_before(db: TestDb) {
+    let receiver = Receiver::ok().await;
+    let campaigns = |budget: &str| {
+        format!(
+            r#"  - id: newcomer
+    event: app_open
+    audience: first_time
+    {budget}
+    coupons:
+      - {{ id: NEW10, face_value: "10.00", stock: 100, channel: wallet }}"#
+        )
+    };
+    let ctx = context(config(&db, &receiver, &shipped_rules(), &campaigns(""), "")).await;
+    wave(&ctx, "before", 3).await;
+    let with_budget = config(
+        &db,
+        &receiver,
+        &shipped_rules(),
+        &campaigns("budget: \"45.00\""),
+        "",
+    );
+    couponsd::daemon::apply_catalog(&ctx.db, &with_budget)
+        .await
+        .unwrap();
+    let ctx = context(with_budget).await;
+    wave(&ctx, "after", 3).await;
+    let granted = counts(&ctx, "coupon_id", "grants").await;
+    assert_eq!(
+        granted["NEW10"], 4,
+        "30.00 granted before the budget; one more 10.00 fits in 45.00"
+    );
+}
+on_both_backends!(
+    a_budget_set_later_counts_what_was_granted_before,
+    a_budget_set_later_counts_what_was_granted_before
+);
