@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DurationRound, TimeDelta, Utc};
 use couponsd::daemon::Context;
 use couponsd::schedule::{inventory, run_once_per_tick};
 use couponsd::store::StoreError;
@@ -294,7 +294,8 @@ async fn three_daemons_run_each_scheduled_job_once_per_tick() {
             context(cfg).await,
         ];
         let runs = Arc::new(AtomicUsize::new(0));
-        let base = Utc::now();
+        // Cron ticks are whole seconds; daemons fire a few milliseconds after one.
+        let base = Utc::now().duration_trunc(TimeDelta::seconds(1)).unwrap();
         for tick in 0..3 {
             // Every daemon fires within a few milliseconds of the others.
             let fired = base + TimeDelta::seconds(tick) + TimeDelta::milliseconds(tick * 3);
