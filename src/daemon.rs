@@ -330,8 +330,3 @@ async fn idle(shutdown: &CancellationToken, wait: Duration) {
 fn backoff(failures: u32) -> Duration {
     Duration::from_millis(200 * 2u64.saturating_pow(failures.min(6)))
 }
-
-/// Requests counted by status and outcome.
-pub async fn count_requests(db: &Db) -> Result<Vec<(String, Option<String>, i64)>, StoreError> {
-    Ok(with_conn!(db, |conn| conn.count_by_outcome().await?))
-}

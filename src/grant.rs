@@ -216,17 +216,8 @@ fn grant_batch<'c, C: Store>(
         users.dedup();
         let histories = Histories::from_rows(conn.history_for(&users).await?);
         let campaign_ids = campaigns_for_events(&config.campaigns, &requests);
-        let (chains, budgets) = if locked {
-            (
-                conn.lock_chains(&campaign_ids).await?,
-                conn.lock_budgets(&campaign_ids).await?,
-            )
-        } else {
-            (
-                conn.read_chains(&campaign_ids).await?,
-                conn.read_budgets(&campaign_ids).await?,
-            )
-        };
+        let chains = conn.chains(&campaign_ids, locked).await?;
+        let budgets = conn.budgets(&campaign_ids, locked).await?;
         let chains = chains_by_campaign(chains);
         let budgeted: HashSet<String> = budgets.iter().map(|b| b.campaign_id.clone()).collect();
         let now = Utc::now();

@@ -69,7 +69,8 @@ struct Session {
 }
 
 /// The label of the time a grant transaction held its coupon row locks.
-pub const HELD: &str = "[coupon row locks held: lock_chains answered -> COMMIT answered]";
+pub const HELD: &str =
+    "[coupon row locks held: the coupon locking read answered -> COMMIT answered]";
 /// The label of the part of [`HELD`] spent in the daemon, between round trips.
 pub const HELD_DAEMON: &str =
     "[... of which in the daemon between round trips (rules, rows, scheduling)]";

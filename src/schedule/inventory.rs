@@ -188,7 +188,9 @@ fn check_campaign<C: Store>(
     now: DateTime<Utc>,
 ) -> BoxFuture<'_, Result<(Vec<Rotation>, bool), StoreError>> {
     conn.transaction(async move |conn| {
-        let mut chain = conn.lock_chains(std::slice::from_ref(&campaign_id)).await?;
+        let mut chain = conn
+            .chains(std::slice::from_ref(&campaign_id), true)
+            .await?;
         chain.sort_by_key(|c| c.position);
         let at = now.naive_utc();
         let mut rotations = Vec::new();

@@ -97,17 +97,12 @@ pub trait Catalog {
         now: NaiveDateTime,
     ) -> impl Future<Output = QueryResult<CatalogChanges>> + Send;
 
-    /// Inside the caller's transaction: locks and returns the budgets of those
-    /// `campaign_ids` that have one, in id order.
-    fn lock_budgets(
+    /// The budgets of those `campaign_ids` that have one, in id order; with `lock`,
+    /// locked in that order inside the caller's transaction.
+    fn budgets(
         &mut self,
         campaign_ids: &[String],
-    ) -> impl Future<Output = QueryResult<Vec<Budget>>> + Send;
-
-    /// The budgets of those `campaign_ids` that have one, without locks.
-    fn read_budgets(
-        &mut self,
-        campaign_ids: &[String],
+        lock: bool,
     ) -> impl Future<Output = QueryResult<Vec<Budget>>> + Send;
 
     /// Adds granted face value to a campaign unless that passes its budget; returns
@@ -227,25 +222,18 @@ macro_rules! impl_catalog {
                 .await
             }
 
-            async fn lock_budgets(&mut self, campaign_ids: &[String]) -> QueryResult<Vec<Budget>> {
+            async fn budgets(&mut self, campaign_ids: &[String], lock: bool) -> QueryResult<Vec<Budget>> {
                 let query = campaigns::table
                     .filter(k::id.eq_any(campaign_ids))
                     .filter(k::budget_cents.is_not_null())
                     .order(k::id)
                     .select((k::id, k::budget_cents, k::granted_cents));
+                if !lock {
+                    return query.load(self).await;
+                }
                 backend!($backend,
                     mysql => { query.for_update().load(self).await },
                     sqlite => { query.load(self).await })
-            }
-
-            async fn read_budgets(&mut self, campaign_ids: &[String]) -> QueryResult<Vec<Budget>> {
-                campaigns::table
-                    .filter(k::id.eq_any(campaign_ids))
-                    .filter(k::budget_cents.is_not_null())
-                    .order(k::id)
-                    .select((k::id, k::budget_cents, k::granted_cents))
-                    .load(self)
-                    .await
             }
 
             async fn add_granted_value(&mut self, campaign_id: &str, cents: i64) -> QueryResult<bool> {

@@ -50,19 +50,14 @@ pub trait Coupons {
     /// Every coupon still in the config, by campaign and chain position (no locks).
     fn coupon_stock(&mut self) -> impl Future<Output = QueryResult<Vec<CouponStock>>> + Send;
 
-    /// Inside the caller's transaction: locks the coupons of `campaign_ids` in id
-    /// order (one order for every daemon, so two batches never deadlock on them) and
-    /// returns them.
-    fn lock_chains(
+    /// The coupons of `campaign_ids`, in id order. With `lock`, inside the caller's
+    /// transaction, they are locked in that order (one order for every daemon, so two
+    /// batches never deadlock on them); without, they are a snapshot (the grant step
+    /// then takes stock with guarded updates).
+    fn chains(
         &mut self,
         campaign_ids: &[String],
-    ) -> impl Future<Output = QueryResult<Vec<CouponStock>>> + Send;
-
-    /// The coupons of `campaign_ids` without locks (a snapshot; the grant step takes
-    /// stock with guarded updates).
-    fn read_chains(
-        &mut self,
-        campaign_ids: &[String],
+        lock: bool,
     ) -> impl Future<Output = QueryResult<Vec<CouponStock>>> + Send;
 
     /// Takes `count` from a coupon's stock; returns false (and changes nothing) when
@@ -99,25 +94,18 @@ macro_rules! impl_coupons {
                     .await
             }
 
-            async fn lock_chains(&mut self, campaign_ids: &[String]) -> QueryResult<Vec<CouponStock>> {
+            async fn chains(&mut self, campaign_ids: &[String], lock: bool) -> QueryResult<Vec<CouponStock>> {
                 let query = table
                     .filter(c::campaign_id.eq_any(campaign_ids))
                     .filter(c::state.ne(REMOVED))
                     .order(c::id)
                     .select(CouponStock::as_select());
+                if !lock {
+                    return query.load(self).await;
+                }
                 backend!($backend,
                     mysql => { query.for_update().load(self).await },
                     sqlite => { query.load(self).await })
-            }
-
-            async fn read_chains(&mut self, campaign_ids: &[String]) -> QueryResult<Vec<CouponStock>> {
-                table
-                    .filter(c::campaign_id.eq_any(campaign_ids))
-                    .filter(c::state.ne(REMOVED))
-                    .order(c::id)
-                    .select(CouponStock::as_select())
-                    .load(self)
-                    .await
             }
 
             async fn take_stock(&mut self, id: &str, count: i64) -> QueryResult<bool> {

@@ -12,8 +12,8 @@ use super::schema::participations::dsl as p;
 use super::schema::{grants, participations};
 use super::{backend, insert_all, MysqlConn, QueryResult, SqliteConn};
 
-/// A grant to insert.
-#[derive(Debug, Clone, Insertable, Queryable, Selectable)]
+/// A grant row: written by the grant step, read back by `explain` and `backtest`.
+#[derive(Debug, Clone, PartialEq, Eq, Insertable, Queryable, Selectable)]
 #[diesel(table_name = grants, treat_none_as_default_value = false)]
 pub struct NewGrant {
     /// The grant id: the id of the request that earned it.

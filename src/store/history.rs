@@ -54,31 +54,8 @@ pub struct RequestRecord {
     pub processed_at: Option<NaiveDateTime>,
 }
 
-/// A grant as recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
-#[diesel(table_name = grants)]
-pub struct GrantRecord {
-    /// The grant id (the id of the request that earned it).
-    pub id: i64,
-    /// The request.
-    pub request_id: i64,
-    /// The user.
-    pub user_id: String,
-    /// The event.
-    pub event: String,
-    /// The campaign.
-    pub campaign_id: String,
-    /// The coupon.
-    pub coupon_id: String,
-    /// Its face value in cents.
-    pub face_value_cents: i64,
-    /// The user type the rules decided.
-    pub user_type: String,
-    /// The rules version that decided.
-    pub rules_version: String,
-    /// When.
-    pub granted_at: NaiveDateTime,
-}
+/// A grant as recorded: the same row the grant step writes.
+pub use super::grants::NewGrant as GrantRecord;
 
 /// An outbox row as recorded, without its body.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
