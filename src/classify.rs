@@ -11,7 +11,7 @@ use crate::store::grants::HistoryRow;
 
 /// The participation history of the users of one batch, by (user, event), kept up to
 /// date as the batch grants so that a user's second request in a batch sees the first.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Histories(HashMap<(UserId, Event), History>);
 
 impl Histories {

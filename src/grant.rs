@@ -216,19 +216,15 @@ fn grant_batch<'c, C: Store>(
         users.dedup();
         let histories = Histories::from_rows(conn.history_for(&users).await?);
         let campaign_ids = campaigns_for_events(&config.campaigns, &requests);
-        let chains = conn.chains(&campaign_ids, locked).await?;
-        let budgets = conn.budgets(&campaign_ids, locked).await?;
-        let chains = chains_by_campaign(chains);
-        let budgeted: HashSet<String> = budgets.iter().map(|b| b.campaign_id.clone()).collect();
         let now = Utc::now();
-        let decisions = decide_off_runtime(
-            rules.clone(),
-            config.clone(),
+        let (decisions, budgeted) = decide_batch(
+            conn,
+            (&config, &rules),
             requests,
-            histories,
-            chains,
-            budgets,
+            &histories,
+            &campaign_ids,
             now,
+            locked,
         )
         .await?;
         let (summary, mut tally) = write_batch(
@@ -247,6 +243,80 @@ fn grant_batch<'c, C: Store>(
         Ok((summary, tally))
     })
     .boxed()
+}
+
+/// Reads the chains and budgets (locked or not), decides every request, and returns the
+/// decisions with the campaigns that have a budget. Near the end of a coupon or a
+/// budget, concurrent batches would take the same last units and all but one would be
+/// rolled back at the guard: there it decides again with the rows locked (no other
+/// batch can then interleave), which costs one more evaluation and no rollback.
+async fn decide_batch<C: Store>(
+    conn: &mut C,
+    (config, rules): (&Arc<Config>, &Arc<Rules>),
+    mut requests: Vec<TriggerRequest>,
+    histories: &Histories,
+    campaign_ids: &[String],
+    now: DateTime<Utc>,
+    mut locked: bool,
+) -> Result<(Decided, HashSet<String>), BatchError> {
+    let margin = (config.worker.batch_size * config.worker.concurrency.max(1)) as i64;
+    loop {
+        let chains = conn.chains(campaign_ids, locked).await?;
+        let budgets = conn.budgets(campaign_ids, locked).await?;
+        let before = budgets.clone();
+        let decided = decide_off_runtime(
+            rules.clone(),
+            config.clone(),
+            requests,
+            histories.clone(),
+            chains_by_campaign(chains),
+            budgets,
+            now,
+        )
+        .await?;
+        if locked || !near_the_end(&decided, &before, margin) {
+            let budgeted = before.into_iter().map(|b| b.campaign_id).collect();
+            return Ok((decided, budgeted));
+        }
+        debug!(
+            margin,
+            "stock or budget near its end: deciding with the rows locked"
+        );
+        requests = decided.decisions.into_iter().map(|d| d.request).collect();
+        locked = true;
+    }
+}
+
+/// True when the batch's decisions leave a coupon they grant with fewer than `margin`
+/// units, or a budgeted campaign with room for fewer than `margin` grants of the
+/// largest face value granted in it, or when a budget already stopped a grant.
+fn near_the_end(decided: &Decided, budgets: &[Budget], margin: i64) -> bool {
+    if !decided.budget_reached.is_empty() {
+        return true;
+    }
+    // campaign -> (value granted in this batch, largest face value granted)
+    let mut value: HashMap<&str, (i64, i64)> = HashMap::new();
+    for d in &decided.decisions {
+        if let Verdict::Granted {
+            campaign, coupon, ..
+        } = &d.verdict
+        {
+            if coupon.remaining < margin {
+                return true;
+            }
+            let (taken, largest) = value.entry(campaign.as_str()).or_default();
+            *taken += coupon.face_value.cents();
+            *largest = (*largest).max(coupon.face_value.cents());
+        }
+    }
+    budgets.iter().any(
+        |b| match (b.budget_cents, value.get(b.campaign_id.as_str())) {
+            (Some(cap), Some((taken, largest))) => {
+                cap - b.granted_cents - taken < margin.saturating_mul(*largest)
+            }
+            _ => false,
+        },
+    )
 }
 
 fn campaigns_for_events(campaigns: &[CampaignConfig], requests: &[TriggerRequest]) -> Vec<String> {

@@ -198,8 +198,10 @@ macro_rules! impl_history {
                 &mut self,
                 request_id: i64,
             ) -> QueryResult<Option<GrantRecord>> {
+                // A grant's id is its request's id (the primary key serves it;
+                // request_id has no index of its own on MySQL).
                 grants::table
-                    .filter(g::request_id.eq(request_id))
+                    .filter(g::id.eq(request_id))
                     .select(GrantRecord::as_select())
                     .first(self)
                     .await
@@ -276,8 +278,8 @@ macro_rules! impl_history {
             ) -> QueryResult<Vec<GrantRecord>> {
                 grants::table
                     .filter(g::user_id.eq_any(users))
-                    .filter(g::request_id.lt(before_id))
-                    .order(g::request_id)
+                    .filter(g::id.lt(before_id))
+                    .order(g::id)
                     .select(GrantRecord::as_select())
                     .load(self)
                     .await
@@ -289,8 +291,8 @@ macro_rules! impl_history {
                 last: i64,
             ) -> QueryResult<Vec<GrantRecord>> {
                 grants::table
-                    .filter(g::request_id.between(first, last))
-                    .order(g::request_id)
+                    .filter(g::id.between(first, last))
+                    .order(g::id)
                     .select(GrantRecord::as_select())
                     .load(self)
                     .await
@@ -301,7 +303,7 @@ macro_rules! impl_history {
                 after_id: i64,
             ) -> QueryResult<Vec<CouponTotal>> {
                 grants::table
-                    .filter(g::request_id.gt(after_id))
+                    .filter(g::id.gt(after_id))
                     // Counted, not summed: SUM of a BIGINT is a DECIMAL on MySQL.
                     .group_by((g::campaign_id, g::coupon_id, g::face_value_cents))
                     .select((

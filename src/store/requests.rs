@@ -238,7 +238,8 @@ macro_rules! impl_requests {
                         let query = table
                             .filter(tr::status.eq("claimed"))
                             .filter(tr::claimed_at.lt(claimed_before))
-                            .order(tr::claimed_at.asc())
+                            // Served by (status, id): only claims in flight are 'claimed'.
+                            .order(tr::id.asc())
                             .limit(1000)
                             .select((tr::id, tr::attempts));
                         // SKIP LOCKED: a claim whose daemon is inside its grant
