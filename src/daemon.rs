@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{ChannelConfig, Config};
+use crate::dispatch::handoff::Handoff;
 use crate::dispatch::send::Sender;
 use crate::dispatch::worker::{dispatch_due, DispatchOutcome};
 use crate::grant::{process_batch, BatchOutcome};
@@ -22,6 +23,10 @@ use crate::rules::Rules;
 use crate::store::catalog::CatalogChanges;
 use crate::store::{Db, StoreError};
 use crate::with_conn;
+
+/// The hand-off holds at most this many dispatch rounds (`dispatch.batch_size` each);
+/// beyond it grants leave their deliveries to the outbox.
+const HANDOFF_BATCHES: usize = 4;
 
 /// The compiled rules in force; swapped whole between batches on reload.
 #[derive(Clone)]
@@ -118,12 +123,17 @@ pub struct Context {
     pub liveness: Arc<Liveness>,
     /// Batches claimed and not finished.
     pub claims: Arc<ClaimsInHand>,
+    /// Deliveries handed from committed grants to this daemon's dispatcher.
+    pub handoff: Arc<Handoff>,
 }
 
 impl Context {
     /// Builds a context from its parts.
     pub fn new(db: Db, config: Arc<Config>, rules: Rules, sender: Sender) -> Self {
         Self {
+            handoff: Arc::new(Handoff::new(
+                HANDOFF_BATCHES * config.dispatch.batch_size.max(1),
+            )),
             db,
             catalog: CatalogHandle::new(config.clone()),
             config,

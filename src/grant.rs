@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tracing::{debug, instrument, warn};
@@ -17,6 +17,7 @@ use crate::classify::{self, Histories};
 use crate::config::{CampaignConfig, Config};
 use crate::daemon::Context;
 use crate::dispatch::events;
+use crate::dispatch::handoff::Outgoing;
 use crate::domain::{CampaignId, Outcome, TriggerRequest, UserType};
 use crate::intake::{self, Rejected};
 use crate::metrics::BatchTally;
@@ -146,17 +147,28 @@ pub async fn process_batch(ctx: &Context) -> Result<BatchOutcome, BatchError> {
     let mut retries = 0;
     let mut locked = false;
     loop {
+        // With room in the hand-off, the batch's coupon.granted rows are written held
+        // for this daemon's dispatcher, which gets them in memory after the commit.
+        let held_until = ctx
+            .handoff
+            .has_room()
+            .then(|| store::now() + ctx.delivery_lease());
         let result = with_conn!(ctx.db, |conn| {
             let (config, rules) = (ctx.catalog.current(), rules.clone());
             let input = (valid.clone(), rejected.clone());
-            grant_batch(conn, config, rules, input, token, locked).await
+            grant_batch(conn, config, rules, input, (token, held_until), locked).await
         });
         match result {
-            Ok((mut summary, tally)) => {
+            Ok(Written {
+                mut summary,
+                tally,
+                handed_off,
+            }) => {
                 summary.claimed = claimed;
                 summary.retries = retries;
                 ctx.claims.finished(token);
                 ctx.metrics.record_batch(&tally, started.elapsed());
+                ctx.handoff.push(handed_off.into_iter().map(Outgoing::from));
                 ctx.outbox_ready.notify_one();
                 return Ok(BatchOutcome::Processed(summary));
             }
@@ -191,9 +203,9 @@ fn grant_batch<'c, C: Store>(
     config: Arc<Config>,
     rules: Arc<Rules>,
     (valid, rejected): (Vec<TriggerRequest>, Vec<Rejected>),
-    token: i64,
+    (token, held_until): (i64, Option<NaiveDateTime>),
     locked: bool,
-) -> BoxFuture<'c, Result<(BatchSummary, BatchTally), BatchError>> {
+) -> BoxFuture<'c, Result<Written, BatchError>> {
     conn.transaction(async move |conn| {
         let ids: Vec<i64> = valid
             .iter()
@@ -227,20 +239,19 @@ fn grant_batch<'c, C: Store>(
             locked,
         )
         .await?;
-        let (summary, mut tally) = write_batch(
+        let mut written = write_batch(
             conn,
             &rules,
-            &decisions.decisions,
-            &rejected,
+            (&decisions.decisions, &rejected),
             &owned,
-            token,
+            (token, held_until),
             now,
         )
         .await?;
         take_stock(conn, &decisions.decisions, &budgeted).await?;
         alert_budgets(conn, &config, &decisions.budget_reached, now).await?;
-        tally.rule_evaluation = decisions.evaluation;
-        Ok((summary, tally))
+        written.tally.rule_evaluation = decisions.evaluation;
+        Ok(written)
     })
     .boxed()
 }
@@ -622,15 +633,26 @@ async fn take_stock<C: Store>(
     Ok(())
 }
 
+/// What a committed batch transaction returns.
+struct Written {
+    summary: BatchSummary,
+    tally: BatchTally,
+    /// The `coupon.granted` rows held for this daemon's dispatcher.
+    handed_off: Vec<NewDelivery>,
+}
+
+/// Writes the batch's grants, their outbox rows and every request's final status.
+/// With `held_until`, the `coupon.granted` rows are due then (held for this daemon's
+/// dispatcher) and returned for the hand-off; otherwise they are due now and nothing is
+/// returned.
 async fn write_batch<C: Store>(
     conn: &mut C,
     rules: &Rules,
-    decisions: &[Decision],
-    rejected: &[Rejected],
+    (decisions, rejected): (&[Decision], &[Rejected]),
     owned: &HashSet<i64>,
-    token: i64,
+    (token, held_until): (i64, Option<NaiveDateTime>),
     now: DateTime<Utc>,
-) -> Result<(BatchSummary, BatchTally), StoreError> {
+) -> Result<Written, StoreError> {
     let version = rules.version().to_string();
     let at = now.naive_utc();
     let mut grants = Vec::new();
@@ -667,7 +689,11 @@ async fn write_batch<C: Store>(
                     rules_version: version.clone(),
                     granted_at: at,
                 };
-                deliveries.push(events::coupon_granted(&grant, &d.request, coupon, now));
+                let mut delivery = events::coupon_granted(&grant, &d.request, coupon, now);
+                if let Some(at) = held_until {
+                    delivery.next_attempt_at = at;
+                }
+                deliveries.push(delivery);
                 grants.push(grant);
                 row.outcome = Some(Outcome::Granted.as_str());
                 row.campaign_id = Some(campaign.to_string());
@@ -705,8 +731,16 @@ async fn write_batch<C: Store>(
     }
     summary.granted = grants.len();
     conn.record_grants(&grants).await?;
-    conn.record_deliveries(&deliveries.into_iter().collect::<Vec<NewDelivery>>())
-        .await?;
+    conn.record_deliveries(&deliveries).await?;
     conn.finish_requests(&finished, token, at).await?;
-    Ok((summary, BatchTally::of(&finished, &grants)))
+    let handed_off = if held_until.is_some() {
+        deliveries
+    } else {
+        Vec::new()
+    };
+    Ok(Written {
+        summary,
+        tally: BatchTally::of(&finished, &grants),
+        handed_off,
+    })
 }

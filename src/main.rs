@@ -12,10 +12,6 @@ use couponsd::config::Config;
 use couponsd::ops::deliveries::{self, ChannelsAction, DeliveriesAction};
 use couponsd::ops::stock::{self, StockAction};
 
-/// glibc's malloc and free were about 30% of the daemon's CPU under load (BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Coupon-dispatch daemon: trigger requests in, signed coupon webhooks out.
 #[derive(Parser)]
 #[command(version, about)]

@@ -1,5 +1,6 @@
-//! The outbox worker: claims due deliveries (skipping rows another daemon holds), sends
-//! them concurrently, and records every attempt. A delivery moves
+//! The outbox worker: takes the deliveries handed off by this daemon's grants (see
+//! [`super::handoff`]) and claims due ones from the outbox (skipping rows another daemon
+//! holds), sends them concurrently, and records every attempt. A delivery moves
 //! `pending → delivered | pending (retry at a time) | dead`, one function per
 //! transition.
 
@@ -11,9 +12,10 @@ use futures_util::StreamExt;
 use tracing::{error, instrument, warn};
 
 use super::backoff::retry_delay;
+use super::handoff::Outgoing;
 use super::send::{Attempt, Verdict};
 use crate::daemon::Context;
-use crate::store::deliveries::{AttemptRecord, DueDelivery, DEAD, DELIVERED, PENDING};
+use crate::store::deliveries::{AttemptRecord, DEAD, DELIVERED, PENDING};
 use crate::store::prelude::*;
 use crate::store::{self, StoreError};
 use crate::with_conn;
@@ -40,25 +42,31 @@ pub struct DispatchSummary {
     pub dead: usize,
 }
 
-/// Claims the due deliveries, sends them, records the results.
+/// Takes the handed-off deliveries and claims the due ones, sends them, records the
+/// results.
 #[instrument(skip_all)]
 pub async fn dispatch_due(ctx: &Context) -> Result<DispatchOutcome, StoreError> {
-    let now = store::now();
-    let lease = ctx.delivery_lease();
-    let limit = ctx.config.dispatch.batch_size as i64;
-    let (due, disabled) = with_conn!(ctx.db, |conn| {
-        let due = conn.claim_due(limit, now, now + lease).await?;
-        let disabled = if due.is_empty() {
-            Vec::new()
-        } else {
-            conn.disabled_channels().await?
-        };
-        (due, disabled)
-    });
+    let limit = ctx.config.dispatch.batch_size;
+    let mut due = ctx.handoff.take(limit);
+    let room = limit.saturating_sub(due.len());
+    if room > 0
+        && ctx
+            .handoff
+            .outbox_due(due.len(), ctx.config.worker.poll_interval)
+    {
+        let now = store::now();
+        let lease = ctx.delivery_lease();
+        let (claimed, disabled) = with_conn!(ctx.db, |conn| {
+            let claimed = conn.claim_due(room as i64, now, now + lease).await?;
+            (claimed, conn.disabled_channels().await?)
+        });
+        ctx.handoff.polled(disabled);
+        due.extend(claimed.into_iter().map(Outgoing::from));
+    }
     if due.is_empty() {
         return Ok(DispatchOutcome::Empty);
     }
-    let disabled: HashSet<String> = disabled.into_iter().collect();
+    let disabled = ctx.handoff.disabled();
     let results: Vec<(AttemptRecord, Option<String>)> = futures_util::stream::iter(due)
         .map(|delivery| async {
             let channel = delivery.channel.clone();
@@ -74,7 +82,7 @@ pub async fn dispatch_due(ctx: &Context) -> Result<DispatchOutcome, StoreError> 
         attempted: results.len(),
         ..DispatchSummary::default()
     };
-    let records: Vec<AttemptRecord> = results.iter().map(|(r, _)| r.clone()).collect();
+    let (records, gone): (Vec<AttemptRecord>, Vec<Option<String>>) = results.into_iter().unzip();
     for r in &records {
         match r.status {
             DELIVERED => summary.delivered += 1,
@@ -82,10 +90,14 @@ pub async fn dispatch_due(ctx: &Context) -> Result<DispatchOutcome, StoreError> 
             _ => summary.dead += 1,
         }
     }
-    let gone: Vec<(String, String)> = results
-        .into_iter()
-        .filter_map(|(r, channel)| Some((channel?, r.error?)))
+    let gone: Vec<(String, String)> = records
+        .iter()
+        .zip(gone)
+        .filter_map(|(r, channel)| Some((channel?, r.error.clone()?)))
         .collect();
+    for (channel, _) in &gone {
+        ctx.handoff.disable(channel);
+    }
     with_conn!(ctx.db, |conn| record(conn, &records, &gone).await?);
     Ok(DispatchOutcome::Attempted(summary))
 }
@@ -106,7 +118,7 @@ async fn record<C: Store>(
 /// Sends one delivery; returns the record and, for a 410, the channel to disable.
 async fn attempt(
     ctx: &Context,
-    delivery: DueDelivery,
+    delivery: Outgoing,
     disabled: &HashSet<String>,
 ) -> (AttemptRecord, Option<String>) {
     let number = delivery.attempts + 1;
@@ -165,7 +177,7 @@ async fn attempt(
 }
 
 fn base_record(
-    delivery: &DueDelivery,
+    delivery: &Outgoing,
     attempt: i32,
     status: &'static str,
     status_code: Option<u16>,
@@ -174,6 +186,7 @@ fn base_record(
 ) -> AttemptRecord {
     AttemptRecord {
         delivery_id: delivery.id,
+        webhook_id: delivery.webhook_id.clone(),
         attempt,
         status,
         next_attempt_at: None,
@@ -184,12 +197,12 @@ fn base_record(
     }
 }
 
-fn delivered(d: &DueDelivery, attempt: i32, code: Option<u16>, took: Duration) -> AttemptRecord {
+fn delivered(d: &Outgoing, attempt: i32, code: Option<u16>, took: Duration) -> AttemptRecord {
     base_record(d, attempt, DELIVERED, code, None, took)
 }
 
 fn retry(
-    d: &DueDelivery,
+    d: &Outgoing,
     attempt: i32,
     code: Option<u16>,
     reason: String,
@@ -204,7 +217,7 @@ fn retry(
 }
 
 fn dead(
-    d: &DueDelivery,
+    d: &Outgoing,
     attempt: i32,
     code: Option<u16>,
     reason: String,

@@ -9,6 +9,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::coupons::{ACTIVE, REMOVED};
+use super::in_list::in_list;
 use super::schema::campaigns::dsl as k;
 use super::schema::coupons::dsl as c;
 use super::schema::{campaigns, coupons};
@@ -224,7 +225,7 @@ macro_rules! impl_catalog {
 
             async fn budgets(&mut self, campaign_ids: &[String], lock: bool) -> QueryResult<Vec<Budget>> {
                 let query = campaigns::table
-                    .filter(k::id.eq_any(campaign_ids))
+                    .filter(in_list(k::id, campaign_ids))
                     .filter(k::budget_cents.is_not_null())
                     .order(k::id)
                     .select((k::id, k::budget_cents, k::granted_cents));

@@ -7,6 +7,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
+use super::in_list::in_list;
 use super::schema::coupons::dsl as c;
 use super::schema::coupons::table;
 use super::{backend, MysqlConn, QueryResult, SqliteConn};
@@ -96,7 +97,7 @@ macro_rules! impl_coupons {
 
             async fn chains(&mut self, campaign_ids: &[String], lock: bool) -> QueryResult<Vec<CouponStock>> {
                 let query = table
-                    .filter(c::campaign_id.eq_any(campaign_ids))
+                    .filter(in_list(c::campaign_id, campaign_ids))
                     .filter(c::state.ne(REMOVED))
                     .order(c::id)
                     .select(CouponStock::as_select());

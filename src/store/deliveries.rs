@@ -1,11 +1,13 @@
 //! `deliveries` (the outbox), `delivery_attempts` and `channel_states`.
 
+use std::collections::HashMap;
 use std::future::Future;
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
+use super::in_list::in_list;
 use super::schema::channel_states::dsl as cs;
 use super::schema::deliveries::dsl as d;
 use super::schema::{channel_states, deliveries, delivery_attempts};
@@ -59,8 +61,10 @@ pub struct DueDelivery {
 /// The result of one attempt, to record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptRecord {
-    /// The delivery.
-    pub delivery_id: i64,
+    /// The delivery's row id, when known (a hand-off knows only its `webhook_id`).
+    pub delivery_id: Option<i64>,
+    /// The delivery's `webhook-id`, which finds its row.
+    pub webhook_id: String,
     /// This attempt's number (1 for the first).
     pub attempt: i32,
     /// `delivered`, `pending` (retry at `next_attempt_at`) or `dead`.
@@ -151,7 +155,9 @@ pub trait Deliveries {
         lease_until: NaiveDateTime,
     ) -> impl Future<Output = QueryResult<Vec<DueDelivery>>> + Send;
 
-    /// Records attempts: the deliveries' new state and one `delivery_attempts` row each.
+    /// Records attempts: the deliveries' new state, and a `delivery_attempts` row for
+    /// every attempt except a delivery at the first attempt, which its own row
+    /// describes whole (`attempts` = 1, `last_status`, `delivered_at`).
     fn record_attempts(
         &mut self,
         records: &[AttemptRecord],
@@ -230,7 +236,7 @@ macro_rules! impl_deliveries {
                             sqlite => { query.load(conn).await? });
                         if !due.is_empty() {
                             let ids: Vec<i64> = due.iter().map(|r| r.id).collect();
-                            diesel::update(deliveries::table.filter(d::id.eq_any(&ids)))
+                            diesel::update(deliveries::table.filter(in_list(d::id, ids)))
                                 .set(d::next_attempt_at.eq(lease_until))
                                 .execute(conn)
                                 .await?;
@@ -245,13 +251,13 @@ macro_rules! impl_deliveries {
                     return Ok(());
                 }
                 self.transaction(async |conn| {
-                        let delivered: Vec<i64> = records
+                        let delivered: Vec<&str> = records
                             .iter()
                             .filter(|r| r.status == DELIVERED)
-                            .map(|r| r.delivery_id)
+                            .map(|r| r.webhook_id.as_str())
                             .collect();
                         if let Some(first) = records.iter().find(|r| r.status == DELIVERED) {
-                            diesel::update(deliveries::table.filter(d::id.eq_any(&delivered)))
+                            diesel::update(deliveries::table.filter(in_list(d::webhook_id, delivered)))
                                 .set((
                                     d::status.eq(DELIVERED),
                                     d::attempts.eq(d::attempts + 1),
@@ -263,7 +269,7 @@ macro_rules! impl_deliveries {
                                 .await?;
                         }
                         for r in records.iter().filter(|r| r.status != DELIVERED) {
-                            let update = diesel::update(deliveries::table.find(r.delivery_id));
+                            let update = diesel::update(deliveries::table.filter(d::webhook_id.eq(&r.webhook_id)));
                             match r.next_attempt_at {
                                 Some(at) => update
                                     .set((
@@ -286,15 +292,41 @@ macro_rules! impl_deliveries {
                                     .await?,
                             };
                         }
-                        let rows: Vec<AttemptRow> = records
+                        let logged: Vec<&AttemptRecord> = records
                             .iter()
-                            .map(|r| AttemptRow {
-                                delivery_id: r.delivery_id,
-                                attempt: r.attempt,
-                                attempted_at: r.attempted_at,
-                                status_code: r.status_code,
-                                error: r.error.clone(),
-                                duration_ms: r.duration_ms,
+                            .filter(|r| r.status != DELIVERED || r.attempt > 1)
+                            .collect();
+                        if logged.is_empty() {
+                            return Ok(());
+                        }
+                        // A hand-off knows its row by webhook_id only.
+                        let unknown: Vec<&str> = logged
+                            .iter()
+                            .filter(|r| r.delivery_id.is_none())
+                            .map(|r| r.webhook_id.as_str())
+                            .collect();
+                        let ids: HashMap<String, i64> = if unknown.is_empty() {
+                            HashMap::new()
+                        } else {
+                            deliveries::table
+                                .filter(in_list(d::webhook_id, unknown))
+                                .select((d::webhook_id, d::id))
+                                .load::<(String, i64)>(conn)
+                                .await?
+                                .into_iter()
+                                .collect()
+                        };
+                        let rows: Vec<AttemptRow> = logged
+                            .iter()
+                            .filter_map(|r| {
+                                Some(AttemptRow {
+                                    delivery_id: r.delivery_id.or_else(|| ids.get(&r.webhook_id).copied())?,
+                                    attempt: r.attempt,
+                                    attempted_at: r.attempted_at,
+                                    status_code: r.status_code,
+                                    error: r.error.clone(),
+                                    duration_ms: r.duration_ms,
+                                })
                             })
                             .collect();
                         insert_all!($backend, conn, delivery_attempts::table, &rows)?;

@@ -7,6 +7,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
+use super::in_list::in_list;
 use super::schema::grants::dsl as g;
 use super::schema::participations::dsl as p;
 use super::schema::{grants, participations};
@@ -126,7 +127,7 @@ macro_rules! impl_grants {
 
             async fn history_for(&mut self, users: &[String]) -> QueryResult<Vec<HistoryRow>> {
                 grants::table
-                    .filter(g::user_id.eq_any(users))
+                    .filter(in_list(g::user_id, users))
                     .group_by((g::user_id, g::event, g::campaign_id))
                     .select((
                         g::user_id,

@@ -23,6 +23,7 @@ pub mod coupons;
 pub mod deliveries;
 pub mod grants;
 pub mod history;
+pub mod in_list;
 pub mod requests;
 pub mod schedule;
 pub mod schema;

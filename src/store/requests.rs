@@ -8,6 +8,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
+use super::in_list::in_list;
 use super::schema::trigger_requests::dsl as tr;
 use super::schema::trigger_requests::table;
 use super::{backend, insert_all, MysqlConn, QueryResult, SqliteConn};
@@ -162,7 +163,7 @@ macro_rules! impl_requests {
                             return Ok(rows);
                         }
                         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-                        diesel::update(table.filter(tr::id.eq_any(&ids)))
+                        diesel::update(table.filter(in_list(tr::id, ids)))
                             .set((
                                 tr::status.eq("claimed"),
                                 tr::claim_token.eq(token),
@@ -177,7 +178,7 @@ macro_rules! impl_requests {
 
             async fn lock_claimed(&mut self, ids: &[i64], token: i64) -> QueryResult<Vec<i64>> {
                 let query = table
-                    .filter(tr::id.eq_any(ids))
+                    .filter(in_list(tr::id, ids.iter().copied()))
                     .filter(tr::claim_token.eq(token))
                     .filter(tr::status.eq("claimed"))
                     .order(tr::id.asc())
@@ -196,7 +197,7 @@ macro_rules! impl_requests {
                 let mut changed = 0;
                 for (result, ids) in &group_finished(finished) {
                     changed += diesel::update(
-                        table.filter(tr::id.eq_any(ids)).filter(tr::claim_token.eq(token)),
+                        table.filter(in_list(tr::id, ids.iter().copied())).filter(tr::claim_token.eq(token)),
                     )
                     .set((
                         tr::status.eq(result.status),

@@ -213,3 +213,78 @@ on_both_backends!(
     a_client_error_is_permanent_and_410_disables_the_channel,
     a_client_error_is_permanent_and_410_disables_the_channel
 );
+
+async fn a_handed_off_delivery_is_held_for_its_daemon_and_sent_by_another_after_the_lease(
+    db: TestDb,
+) {
+    let receiver = Receiver::ok().await;
+    let settings = || config(&db, &receiver, &shipped_rules(), &standard_campaigns(3), "");
+    let dying = context(settings()).await;
+    let other = context(settings()).await;
+    insert(&dying, "k-1", "u1", "app_open", None).await.unwrap();
+    couponsd::grant::process_batch(&dying).await.unwrap();
+    assert_eq!(dying.handoff.len(), 1, "the grant handed its delivery off");
+    let outcome = couponsd::dispatch::worker::dispatch_due(&other)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        couponsd::dispatch::worker::DispatchOutcome::Empty,
+        "another daemon leaves a handed-off row alone while its lease runs"
+    );
+    assert!(receiver.seen().is_empty());
+    // The daemon dies with the delivery in memory; its lease runs out.
+    drop(dying);
+    let expire = diesel::sql_query("UPDATE deliveries SET next_attempt_at = '2000-01-01 00:00:00'");
+    match other.db.get().await.unwrap() {
+        couponsd::store::Conn::Mysql(mut c) => diesel_async::RunQueryDsl::execute(expire, &mut *c)
+            .await
+            .unwrap(),
+        couponsd::store::Conn::Sqlite(mut c) => diesel_async::RunQueryDsl::execute(expire, &mut *c)
+            .await
+            .unwrap(),
+    };
+    drain(&other).await;
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 1, "sent once, by the other daemon");
+    assert!(seen[0].verified);
+    assert_eq!(
+        counts(&other, "status", "deliveries")
+            .await
+            .get("delivered"),
+        Some(&1)
+    );
+}
+on_both_backends!(
+    a_handed_off_delivery_is_held_for_its_daemon_and_sent_by_another_after_the_lease,
+    a_handed_off_delivery_is_held_for_its_daemon_and_sent_by_another_after_the_lease
+);
+
+async fn a_first_attempt_delivery_is_described_by_its_row_and_logs_no_attempt(db: TestDb) {
+    let receiver = Receiver::ok().await;
+    let ctx = context(config(
+        &db,
+        &receiver,
+        &shipped_rules(),
+        &standard_campaigns(3),
+        "",
+    ))
+    .await;
+    insert(&ctx, "k-1", "u1", "app_open", None).await.unwrap();
+    drain(&ctx).await;
+    assert_eq!(receiver.seen().len(), 1);
+    let rows = counts(
+        &ctx,
+        "CONCAT(status, ' ', CAST(attempts AS CHAR), ' ', CAST(last_status AS CHAR), ' ', CASE WHEN delivered_at IS NULL THEN 'no' ELSE 'at' END)",
+        "deliveries",
+    )
+    .await;
+    assert_eq!(rows.get("delivered 1 204 at"), Some(&1), "{rows:?}");
+    assert!(counts(&ctx, "status_code", "delivery_attempts")
+        .await
+        .is_empty());
+}
+on_both_backends!(
+    a_first_attempt_delivery_is_described_by_its_row_and_logs_no_attempt,
+    a_first_attempt_delivery_is_described_by_its_row_and_logs_no_attempt
+);
