@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::coupons::{ACTIVE, REMOVED};
-use super::in_list::in_list;
+use super::prepared::in_list;
 use super::schema::campaigns::dsl as k;
 use super::schema::coupons::dsl as c;
 use super::schema::{campaigns, coupons};

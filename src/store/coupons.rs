@@ -7,7 +7,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::in_list::in_list;
+use super::prepared::{in_list, Cached};
 use super::schema::coupons::dsl as c;
 use super::schema::coupons::table;
 use super::{backend, MysqlConn, QueryResult, SqliteConn};
@@ -110,10 +110,9 @@ macro_rules! impl_coupons {
             }
 
             async fn take_stock(&mut self, id: &str, count: i64) -> QueryResult<bool> {
-                let changed = diesel::update(table.filter(c::id.eq(id)).filter(c::remaining.ge(count)))
-                    .set((c::remaining.eq(c::remaining - count), c::granted.eq(c::granted + count)))
-                    .execute(self)
-                    .await?;
+                let take = diesel::update(table.filter(c::id.eq(id)).filter(c::remaining.ge(count)))
+                    .set((c::remaining.eq(c::remaining - count), c::granted.eq(c::granted + count)));
+                let changed = Cached(take).execute(self).await?;
                 Ok(changed == 1)
             }
 

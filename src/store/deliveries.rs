@@ -7,7 +7,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::in_list::in_list;
+use super::prepared::{in_list, Cached};
 use super::schema::channel_states::dsl as cs;
 use super::schema::deliveries::dsl as d;
 use super::schema::{channel_states, deliveries, delivery_attempts};
@@ -236,10 +236,9 @@ macro_rules! impl_deliveries {
                             sqlite => { query.load(conn).await? });
                         if !due.is_empty() {
                             let ids: Vec<i64> = due.iter().map(|r| r.id).collect();
-                            diesel::update(deliveries::table.filter(in_list(d::id, ids)))
-                                .set(d::next_attempt_at.eq(lease_until))
-                                .execute(conn)
-                                .await?;
+                            let hold = diesel::update(deliveries::table.filter(in_list(d::id, ids)))
+                                .set(d::next_attempt_at.eq(lease_until));
+                            Cached(hold).execute(conn).await?;
                         }
                         Ok(due)
                 })
@@ -257,16 +256,15 @@ macro_rules! impl_deliveries {
                             .map(|r| r.webhook_id.as_str())
                             .collect();
                         if let Some(first) = records.iter().find(|r| r.status == DELIVERED) {
-                            diesel::update(deliveries::table.filter(in_list(d::webhook_id, delivered)))
+                            let done = diesel::update(deliveries::table.filter(in_list(d::webhook_id, delivered)))
                                 .set((
                                     d::status.eq(DELIVERED),
                                     d::attempts.eq(d::attempts + 1),
                                     d::last_status.eq(first.status_code),
                                     d::last_error.eq(None::<String>),
                                     d::delivered_at.eq(first.attempted_at),
-                                ))
-                                .execute(conn)
-                                .await?;
+                                ));
+                            Cached(done).execute(conn).await?;
                         }
                         for r in records.iter().filter(|r| r.status != DELIVERED) {
                             let update = diesel::update(deliveries::table.filter(d::webhook_id.eq(&r.webhook_id)));

@@ -7,7 +7,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::in_list::in_list;
+use super::prepared::{in_list, pow2_chunks, Cached};
 use super::schema::grants::dsl as g;
 use super::schema::participations::dsl as p;
 use super::schema::{grants, participations};
@@ -110,13 +110,15 @@ macro_rules! impl_grants {
                             .iter()
                             .map(|(user_id, event)| Participant { user_id, event, requests: 1 })
                             .collect();
-                        diesel::insert_into(participations::table)
-                            .values(&rows)
-                            .on_conflict(diesel::dsl::DuplicatedKeys)
-                            .do_update()
-                            .set(p::requests.eq(p::requests + 1))
-                            .execute(self)
-                            .await?;
+                        // Chunks in sorted order keep the one global lock order.
+                        for chunk in pow2_chunks(&rows) {
+                            let upsert = diesel::insert_into(participations::table)
+                                .values(chunk)
+                                .on_conflict(diesel::dsl::DuplicatedKeys)
+                                .do_update()
+                                .set(p::requests.eq(p::requests + 1));
+                            Cached(upsert).execute(&mut *self).await?;
+                        }
                         Ok(())
                     },
                     sqlite => {

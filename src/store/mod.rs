@@ -23,7 +23,7 @@ pub mod coupons;
 pub mod deliveries;
 pub mod grants;
 pub mod history;
-pub mod in_list;
+pub mod prepared;
 pub mod requests;
 pub mod schedule;
 pub mod schema;
@@ -297,16 +297,22 @@ macro_rules! backend {
 }
 pub(crate) use backend;
 
-/// Inserts many rows in one statement. diesel-async cannot send SQLite's multi-row
-/// insert, so on SQLite the statement runs on the wrapped sync connection (inside the
-/// same transaction).
+/// Inserts many rows. On MySQL in one statement per power-of-two chunk (200 rows are
+/// 128 + 64 + 8), each kept prepared by the connection: a multi-row insert prepared
+/// afresh costs a column definition per value (see `prepared`). diesel-async cannot
+/// send SQLite's multi-row insert, so on SQLite one statement runs on the wrapped sync
+/// connection (inside the same transaction), where a prepare is cheap.
 macro_rules! insert_all {
-    (mysql, $conn:expr, $table:expr, $rows:expr) => {
-        diesel::insert_into($table)
-            .values($rows)
-            .execute($conn)
-            .await
-    };
+    (mysql, $conn:expr, $table:expr, $rows:expr) => {{
+        let mut inserted = 0;
+        for chunk in $crate::store::prepared::pow2_chunks($rows) {
+            let insert = diesel::insert_into($table).values(chunk);
+            inserted += $crate::store::prepared::Cached(insert)
+                .execute(&mut *$conn)
+                .await?;
+        }
+        diesel::QueryResult::Ok(inserted)
+    }};
     (sqlite, $conn:expr, $table:expr, $rows:expr) => {{
         let rows = $rows.to_vec();
         $conn

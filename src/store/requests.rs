@@ -8,7 +8,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::in_list::in_list;
+use super::prepared::{in_list, Cached};
 use super::schema::trigger_requests::dsl as tr;
 use super::schema::trigger_requests::table;
 use super::{backend, insert_all, MysqlConn, QueryResult, SqliteConn};
@@ -163,14 +163,12 @@ macro_rules! impl_requests {
                             return Ok(rows);
                         }
                         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-                        diesel::update(table.filter(in_list(tr::id, ids)))
-                            .set((
-                                tr::status.eq("claimed"),
-                                tr::claim_token.eq(token),
-                                tr::claimed_at.eq(now),
-                            ))
-                            .execute(conn)
-                            .await?;
+                        let claim = diesel::update(table.filter(in_list(tr::id, ids))).set((
+                            tr::status.eq("claimed"),
+                            tr::claim_token.eq(token),
+                            tr::claimed_at.eq(now),
+                        ));
+                        Cached(claim).execute(conn).await?;
                         Ok(rows)
                 })
                 .await
@@ -196,7 +194,7 @@ macro_rules! impl_requests {
             ) -> QueryResult<usize> {
                 let mut changed = 0;
                 for (result, ids) in &group_finished(finished) {
-                    changed += diesel::update(
+                    changed += Cached(diesel::update(
                         table.filter(in_list(tr::id, ids.iter().copied())).filter(tr::claim_token.eq(token)),
                     )
                     .set((
@@ -208,7 +206,7 @@ macro_rules! impl_requests {
                         tr::campaign_id.eq(result.campaign_id.as_deref()),
                         tr::rules_version.eq(result.rules_version.as_deref()),
                         tr::processed_at.eq(now),
-                    ))
+                    )))
                     .execute(self)
                     .await?;
                 }

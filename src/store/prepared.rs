@@ -1,11 +1,14 @@
-//! `column IN (?, …)` that the connection's statement cache can keep prepared.
+//! Statements the connection's statement cache can keep prepared.
 //!
-//! diesel's `eq_any` renders one bind per value and marks the statement unsafe to cache,
-//! so every batch prepared, executed and closed each of its `IN` statements: a round
-//! trip and a parse on the server each time (about 9% of MariaDB's time in the steady
-//! benchmark, see BENCHMARKS.md). [`in_list`] pads the list to the next power of two by
-//! repeating its last value, which changes no result, so a statement's text takes one of
-//! a dozen shapes and each is prepared once per connection.
+//! diesel prepares, executes and closes every statement it cannot cache: any `IN` list
+//! (`eq_any` renders one bind per value) and every `UPDATE`. On MySQL a prepare is a
+//! round trip, a parse, and one column definition sent back and decoded per `?` (256
+//! for an `IN` list of a full batch): about 9% of MariaDB's time and the largest single
+//! item of the daemon's allocations in the steady benchmark (BENCHMARKS.md).
+//!
+//! [`in_list`] pads a list to the next power of two by repeating its last value, which
+//! changes no result, so a statement's text takes one of a dozen shapes; [`Cached`]
+//! lets such a statement (an `UPDATE` with an `in_list` filter) be cached by its text.
 
 use diesel::backend::Backend;
 use diesel::expression::{AppearsOnTable, Expression, ValidGrouping};
@@ -13,6 +16,33 @@ use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::result::QueryResult;
 use diesel::serialize::ToSql;
 use diesel::sql_types::{Bool, HasSqlType};
+
+/// A statement cached by its SQL text even where diesel would not cache it (an
+/// `UPDATE`). Only for statements whose text takes a bounded number of shapes: fixed
+/// columns, `in_list` filters, no optional parts.
+#[derive(Debug, Clone)]
+pub struct Cached<Q>(pub Q);
+
+impl<Q, DB> QueryFragment<DB> for Cached<Q>
+where
+    DB: Backend,
+    Q: QueryFragment<DB>,
+{
+    fn walk_ast<'b>(&'b self, pass: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        self.0.walk_ast(pass)
+    }
+
+    fn is_safe_to_cache_prepared(&self, _backend: &DB) -> QueryResult<bool> {
+        // The cache key is the SQL text (no static query id), so a cached statement
+        // is only ever reused for the same text.
+        Ok(true)
+    }
+}
+
+impl<Q> QueryId for Cached<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
 
 /// `column IN (values…)`, padded; an empty list is false.
 #[derive(Debug, Clone)]
@@ -27,6 +57,21 @@ pub fn in_list<C, T>(column: C, values: impl IntoIterator<Item = T>) -> InList<C
         column,
         values: values.into_iter().collect(),
     }
+}
+
+/// Splits `rows` into chunks whose lengths are distinct powers of two, largest first
+/// (200 rows: 128, 64, 8), so that a multi-row statement per chunk takes one of a
+/// dozen shapes.
+pub fn pow2_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if rows.is_empty() {
+            return None;
+        }
+        let size = 1 << rows.len().ilog2();
+        let (chunk, rest) = rows.split_at(size);
+        rows = rest;
+        Some(chunk)
+    })
 }
 
 /// How many binds a list of `n` values is rendered with.
@@ -124,6 +169,30 @@ mod tests {
             .filter(tr::id.eq_any([1_i64, 2]))
             .select(tr::id);
         assert!(!QueryFragment::<Mysql>::is_safe_to_cache_prepared(&eq_any, &Mysql).unwrap());
+    }
+
+    #[test]
+    fn a_cached_update_is_safe_to_cache() {
+        let update = diesel::update(tr::trigger_requests.filter(in_list(tr::id, [1_i64])))
+            .set(tr::status.eq("done"));
+        assert!(!QueryFragment::<Mysql>::is_safe_to_cache_prepared(&update, &Mysql).unwrap());
+        let cached = Cached(update);
+        assert!(QueryFragment::<Mysql>::is_safe_to_cache_prepared(&cached, &Mysql).unwrap());
+        assert!(
+            sql(&cached).starts_with("UPDATE `trigger_requests` SET `status` = ?"),
+            "{}",
+            sql(&cached)
+        );
+    }
+
+    #[test]
+    fn chunks_are_distinct_powers_of_two_largest_first() {
+        let rows: Vec<u32> = (0..200).collect();
+        let sizes: Vec<usize> = pow2_chunks(&rows).map(<[u32]>::len).collect();
+        assert_eq!(sizes, [128, 64, 8]);
+        let joined: Vec<u32> = pow2_chunks(&rows).flatten().copied().collect();
+        assert_eq!(joined, rows, "every row once, in order");
+        assert_eq!(pow2_chunks::<u32>(&[]).count(), 0);
     }
 
     #[test]
