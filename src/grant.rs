@@ -276,7 +276,13 @@ async fn decide_batch<C: Store>(
     let margin = config.worker.batch_size as i64;
     loop {
         let chains = conn.chains(campaign_ids, locked).await?;
-        let budgets = conn.budgets(campaign_ids, locked).await?;
+        // The catalog in force says which campaigns have a budget; without one there
+        // is no budget row to read (or lock).
+        let budgets = if any_budget(&config.campaigns, campaign_ids) {
+            conn.budgets(campaign_ids, locked).await?
+        } else {
+            Vec::new()
+        };
         let before = budgets.clone();
         let decided = decide_off_runtime(
             rules.clone(),
@@ -299,6 +305,12 @@ async fn decide_batch<C: Store>(
         requests = decided.decisions.into_iter().map(|d| d.request).collect();
         locked = true;
     }
+}
+
+fn any_budget(campaigns: &[CampaignConfig], ids: &[String]) -> bool {
+    campaigns
+        .iter()
+        .any(|c| c.budget.is_some() && ids.iter().any(|id| id == c.id.as_str()))
 }
 
 /// True when the batch's decisions leave a coupon they grant with fewer than `margin`

@@ -208,6 +208,26 @@ pub trait Deliveries {
     fn enable_channel(&mut self, channel: &str) -> impl Future<Output = QueryResult<bool>> + Send;
 }
 
+/// One UPDATE marking the delivered records' rows delivered (by `webhook_id`, which a
+/// hand-off also knows).
+macro_rules! mark_delivered {
+    ($conn:expr, $records:expr) => {
+        let delivered: Vec<&AttemptRecord> =
+            $records.iter().filter(|r| r.status == DELIVERED).collect();
+        if let [first, ..] = delivered.as_slice() {
+            let ids: Vec<&str> = delivered.iter().map(|r| r.webhook_id.as_str()).collect();
+            let done = diesel::update(deliveries::table.filter(in_list(d::webhook_id, ids))).set((
+                d::status.eq(DELIVERED),
+                d::attempts.eq(d::attempts + 1),
+                d::last_status.eq(first.status_code),
+                d::last_error.eq(None::<String>),
+                d::delivered_at.eq(first.attempted_at),
+            ));
+            Cached(done).execute(&mut *$conn).await?;
+        }
+    };
+}
+
 macro_rules! impl_deliveries {
     ($conn:ty, $backend:ident) => {
         impl Deliveries for $conn {
@@ -249,23 +269,14 @@ macro_rules! impl_deliveries {
                 if records.is_empty() {
                     return Ok(());
                 }
+                // The common round, every delivery through at the first attempt, is one
+                // statement: no transaction of its own to open and commit.
+                if records.iter().all(|r| r.status == DELIVERED && r.attempt == 1) {
+                    mark_delivered!(self, records);
+                    return Ok(());
+                }
                 self.transaction(async |conn| {
-                        let delivered: Vec<&str> = records
-                            .iter()
-                            .filter(|r| r.status == DELIVERED)
-                            .map(|r| r.webhook_id.as_str())
-                            .collect();
-                        if let Some(first) = records.iter().find(|r| r.status == DELIVERED) {
-                            let done = diesel::update(deliveries::table.filter(in_list(d::webhook_id, delivered)))
-                                .set((
-                                    d::status.eq(DELIVERED),
-                                    d::attempts.eq(d::attempts + 1),
-                                    d::last_status.eq(first.status_code),
-                                    d::last_error.eq(None::<String>),
-                                    d::delivered_at.eq(first.attempted_at),
-                                ));
-                            Cached(done).execute(conn).await?;
-                        }
+                        mark_delivered!(conn, records);
                         for r in records.iter().filter(|r| r.status != DELIVERED) {
                             let update = diesel::update(deliveries::table.filter(d::webhook_id.eq(&r.webhook_id)));
                             match r.next_attempt_at {
