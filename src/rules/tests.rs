@@ -165,6 +165,21 @@ fn shipped_rules_pick_the_first_coupon_with_stock() {
 }
 
 #[test]
+fn a_rule_that_changes_a_coupon_it_loops_over_does_not_change_the_chain() {
+    let script = r#"
+        for c in coupons { c.remaining = 0; c.id = "X"; }
+        if coupons[1].remaining == 5 && coupons[1].id == "B" { "B" } else { "A" }
+    "#;
+    let chain = [coupon("A", 1), coupon("B", 5)];
+    let chosen = select_with(script, &chain).unwrap();
+    assert_eq!(
+        chosen.unwrap().as_str(),
+        "B",
+        "the chain as given, whatever the loop did"
+    );
+}
+
+#[test]
 fn a_syntax_error_in_each_file_is_reported_with_its_file_and_line() {
     let dir = RulesDir::new("// first\nlet x = ;\nx", "// one\n// two\n\nif {\n");
     let errors = dir.load(&RuleLimits::default()).err().unwrap();

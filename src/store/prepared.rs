@@ -59,15 +59,20 @@ pub fn in_list<C, T>(column: C, values: impl IntoIterator<Item = T>) -> InList<C
     }
 }
 
-/// Splits `rows` into chunks whose lengths are distinct powers of two, largest first
-/// (200 rows: 128, 64, 8), so that a multi-row statement per chunk takes one of a
-/// dozen shapes.
+/// The largest chunk [`pow2_chunks`] makes. Every cached statement keeps a column
+/// definition per `?` on both ends of the connection; a cap bounds that memory (a
+/// 512-row chunk of grants alone holds 5,120 of them).
+const MAX_CHUNK: usize = 128;
+
+/// Splits `rows` into chunks whose lengths are powers of two, largest first, at most
+/// [`MAX_CHUNK`] (200 rows: 128, 64, 8), so that a multi-row statement per chunk takes
+/// one of eight shapes.
 pub fn pow2_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
         if rows.is_empty() {
             return None;
         }
-        let size = 1 << rows.len().ilog2();
+        let size = (1 << rows.len().ilog2()).min(MAX_CHUNK);
         let (chunk, rest) = rows.split_at(size);
         rows = rest;
         Some(chunk)
@@ -186,13 +191,16 @@ mod tests {
     }
 
     #[test]
-    fn chunks_are_distinct_powers_of_two_largest_first() {
+    fn chunks_are_powers_of_two_largest_first_and_capped() {
         let rows: Vec<u32> = (0..200).collect();
         let sizes: Vec<usize> = pow2_chunks(&rows).map(<[u32]>::len).collect();
         assert_eq!(sizes, [128, 64, 8]);
         let joined: Vec<u32> = pow2_chunks(&rows).flatten().copied().collect();
         assert_eq!(joined, rows, "every row once, in order");
         assert_eq!(pow2_chunks::<u32>(&[]).count(), 0);
+        let many: Vec<u32> = (0..300).collect();
+        let sizes: Vec<usize> = pow2_chunks(&many).map(<[u32]>::len).collect();
+        assert_eq!(sizes, [128, 128, 32, 8, 4], "capped at {MAX_CHUNK}");
     }
 
     #[test]
