@@ -112,12 +112,12 @@ impl Handoff {
         queue.drain(..n).collect()
     }
 
-    /// True when the outbox should be polled now: nothing was handed off, or the last
-    /// poll is older than `interval` (retries, alerts and other daemons' rows are not
-    /// starved by a steady stream of hand-offs).
-    pub fn outbox_due(&self, handed_off: usize, interval: Duration) -> bool {
+    /// True when the outbox should be polled now: nothing waits in the hand-off, or
+    /// the last poll is older than `interval` (retries, alerts and other daemons' rows
+    /// are not starved by a steady stream of hand-offs).
+    pub fn outbox_due(&self, nothing_handed_off: bool, interval: Duration) -> bool {
         let poll = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-        handed_off == 0 || poll.last.is_none_or(|at| at.elapsed() >= interval)
+        nothing_handed_off || poll.last.is_none_or(|at| at.elapsed() >= interval)
     }
 
     /// Records an outbox poll and the disabled channels it read.
@@ -175,14 +175,14 @@ mod tests {
     fn polls_the_outbox_when_nothing_was_handed_off_or_the_interval_passed() {
         let handoff = Handoff::new(10);
         let interval = Duration::from_secs(3600);
-        assert!(handoff.outbox_due(5, interval), "never polled yet");
+        assert!(handoff.outbox_due(false, interval), "never polled yet");
         handoff.polled(["gone".to_owned()]);
         assert!(
-            !handoff.outbox_due(5, interval),
+            !handoff.outbox_due(false, interval),
             "hand-offs to send, polled just now"
         );
-        assert!(handoff.outbox_due(0, interval), "nothing handed off");
-        assert!(handoff.outbox_due(5, Duration::ZERO), "interval passed");
+        assert!(handoff.outbox_due(true, interval), "nothing handed off");
+        assert!(handoff.outbox_due(false, Duration::ZERO), "interval passed");
         handoff.disable("wallet");
         let disabled = handoff.disabled();
         assert!(disabled.contains("gone") && disabled.contains("wallet"));

@@ -46,14 +46,20 @@ pub struct DispatchSummary {
 /// results.
 #[instrument(skip_all)]
 pub async fn dispatch_due(ctx: &Context) -> Result<DispatchOutcome, StoreError> {
-    let limit = ctx.config.dispatch.batch_size;
-    let mut due = ctx.handoff.take(limit);
+    let limit = ctx.config.dispatch.batch_size.max(1);
+    let poll_outbox = ctx
+        .handoff
+        .outbox_due(ctx.handoff.is_empty(), ctx.config.worker.poll_interval);
+    // A round that polls the outbox leaves it a quarter of the round at least, so that
+    // a steady stream of hand-offs never starves retries, alerts and expired holds.
+    let from_handoff = if poll_outbox {
+        limit - limit.div_ceil(4)
+    } else {
+        limit
+    };
+    let mut due = ctx.handoff.take(from_handoff);
     let room = limit.saturating_sub(due.len());
-    if room > 0
-        && ctx
-            .handoff
-            .outbox_due(due.len(), ctx.config.worker.poll_interval)
-    {
+    if poll_outbox && room > 0 {
         let now = store::now();
         let lease = ctx.delivery_lease();
         let (claimed, disabled) = with_conn!(ctx.db, |conn| {
