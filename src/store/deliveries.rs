@@ -50,8 +50,6 @@ pub struct DueDelivery {
     pub webhook_id: String,
     /// The channel.
     pub channel: String,
-    /// The event type.
-    pub event_type: String,
     /// The body.
     pub payload: String,
     /// Attempts made before this one.
