@@ -666,9 +666,12 @@ async fn a_change_in_the_rules_folder_reloads_once_it_settles() {
     let reloads = Arc::new(AtomicUsize::new(0));
     let shutdown = CancellationToken::new();
     let counter = reloads.clone();
+    // Saves less than one look apart count as one change; 250 ms leaves room for the
+    // test thread to be descheduled between its two writes on a busy CI machine
+    // (at 50 ms it was, once, and the watcher rightly reloaded twice).
     let watcher = reload::watch(
         rules.clone(),
-        Duration::from_millis(50),
+        Duration::from_millis(250),
         shutdown.clone(),
         move || {
             let counter = counter.clone();
@@ -677,11 +680,11 @@ async fn a_change_in_the_rules_folder_reloads_once_it_settles() {
             }
         },
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(reloads.load(Ordering::SeqCst), 0, "nothing changed");
     let same = std::fs::read(rules.join("select_coupon.rhai")).unwrap();
     std::fs::write(rules.join("select_coupon.rhai"), &same).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
         reloads.load(Ordering::SeqCst),
         0,
@@ -689,7 +692,7 @@ async fn a_change_in_the_rules_folder_reloads_once_it_settles() {
     );
     std::fs::write(rules.join("select_coupon.rhai"), "()\n").unwrap();
     std::fs::write(rules.join("tests/more.yaml"), "cases: []\n").unwrap();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(
         reloads.load(Ordering::SeqCst),
         1,
