@@ -16,7 +16,7 @@ use crate::config::{ChannelConfig, Config};
 use crate::dispatch::handoff::Handoff;
 use crate::dispatch::send::Sender;
 use crate::dispatch::worker::{dispatch_due, DispatchOutcome};
-use crate::grant::{process_batch, BatchOutcome};
+use crate::grant::{process_batch, process_claimed_batch, BatchOutcome};
 use crate::metrics::Metrics;
 use crate::notify::Liveness;
 use crate::rules::Rules;
@@ -255,16 +255,33 @@ async fn grant_loop(ctx: Context, mode: Mode, shutdown: CancellationToken, worke
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
         heartbeat.beat();
-        match process_batch(&ctx).await {
+        // After a failure the next batch is claimed first, so that a request that fails
+        // every batch it is in is counted by lease recovery instead of going back to
+        // the head of the queue each time.
+        let claim_first = failures > 0;
+        let outcome = if claim_first {
+            process_claimed_batch(&ctx).await
+        } else {
+            process_batch(&ctx).await
+        };
+        match outcome {
             Ok(BatchOutcome::Processed(summary)) => {
                 failures = 0;
                 tracing::debug!(worker, ?summary, "batch done");
             }
             Ok(BatchOutcome::Empty) if mode == Mode::Drain => break,
-            Ok(BatchOutcome::Empty) => idle(&shutdown, ctx.config.worker.poll_interval).await,
+            Ok(BatchOutcome::Empty) => {
+                failures = 0;
+                idle(&shutdown, ctx.config.worker.poll_interval).await;
+            }
+            Err(e) if claim_first => {
+                failures += 1;
+                error!(worker, error = %e, "claimed batch failed; its claims are recovered after worker.lease");
+                idle(&shutdown, backoff(failures)).await;
+            }
             Err(e) => {
                 failures += 1;
-                error!(worker, error = %e, "batch failed; its claims are recovered after the lease");
+                error!(worker, error = %e, "batch failed and was rolled back; its requests are back in the queue");
                 idle(&shutdown, backoff(failures)).await;
             }
         }

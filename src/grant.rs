@@ -1,5 +1,6 @@
-//! Grant: the unit of work. Claims a batch, then in one transaction locks the claimed
-//! requests (the fence), the users' lock rows and the campaigns' chains, decides every
+//! Grant: the unit of work. In one transaction it claims a batch of queued requests
+//! (or, after a failure, fences a batch claimed beforehand), locks the users' lock rows
+//! and the campaigns' chains, decides every
 //! request with the rules, takes stock with one statement per coupon, and writes the
 //! grants, their outbox rows and the requests' final statuses. A crash at any point
 //! loses nothing and grants nothing twice: either all of it commits or none of it does.
@@ -27,7 +28,7 @@ use crate::store::catalog::Budget;
 use crate::store::deliveries::NewDelivery;
 use crate::store::grants::NewGrant;
 use crate::store::prelude::*;
-use crate::store::requests::Finished;
+use crate::store::requests::{Claim, Finished};
 use crate::store::schedule::AlertMark;
 use crate::store::{self, StoreError};
 use crate::with_conn;
@@ -123,15 +124,26 @@ pub struct Decision {
     pub verdict: Verdict,
 }
 
-/// Claims one batch and processes it to the end.
+/// Takes one batch of queued requests and processes it to the end, claim and all, in
+/// one transaction: the requests are locked (`FOR UPDATE SKIP LOCKED`) by the
+/// transaction that finishes them, so a rollback, a crash or a lost connection puts
+/// them back in the queue at once and nothing waits for a lease.
 #[instrument(skip_all, fields(batch_size = ctx.config.worker.batch_size))]
 pub async fn process_batch(ctx: &Context) -> Result<BatchOutcome, BatchError> {
-    let started = Instant::now();
-    let token = (rand::random::<u64>() >> 1) as i64;
-    let limit = ctx.config.worker.batch_size as i64;
+    process(ctx, None).await
+}
+
+/// Claims one batch in a short transaction of its own (`claimed`, with a token and a
+/// lease), then processes it. The worker loop falls back to this after a batch failed:
+/// a request that fails every transaction it is in would otherwise go back to the head
+/// of the queue each time, while a claim is counted by lease recovery, which ends it
+/// `failed` after `worker.max_attempts`.
+#[instrument(skip_all, fields(batch_size = ctx.config.worker.batch_size))]
+pub async fn process_claimed_batch(ctx: &Context) -> Result<BatchOutcome, BatchError> {
+    let token = claim_token();
     let rows = with_conn!(ctx.db, |conn| store::requests::Requests::claim_batch(
         conn,
-        limit,
+        ctx.config.worker.batch_size as i64,
         token,
         store::now()
     )
@@ -140,9 +152,29 @@ pub async fn process_batch(ctx: &Context) -> Result<BatchOutcome, BatchError> {
     if rows.is_empty() {
         return Ok(BatchOutcome::Empty);
     }
-    let claimed = rows.len();
     ctx.claims.hold(token);
     let (valid, rejected) = intake::validate_batch(rows);
+    let claimed = ClaimedBatch {
+        token,
+        valid,
+        rejected,
+    };
+    let outcome = process(ctx, Some(claimed)).await;
+    if outcome.is_ok() {
+        ctx.claims.finished(token);
+    }
+    outcome
+}
+
+fn claim_token() -> i64 {
+    (rand::random::<u64>() >> 1) as i64
+}
+
+/// The batch's transaction, tried again after a deadlock, a lock-wait timeout or stock
+/// that moved; `claimed` is a batch claimed beforehand, `None` takes one in the
+/// transaction.
+async fn process(ctx: &Context, claimed: Option<ClaimedBatch>) -> Result<BatchOutcome, BatchError> {
+    let started = Instant::now();
     let rules = ctx.rules.current();
     let mut retries = 0;
     let mut locked = false;
@@ -153,20 +185,25 @@ pub async fn process_batch(ctx: &Context) -> Result<BatchOutcome, BatchError> {
             .handoff
             .has_room()
             .then(|| store::now() + ctx.delivery_lease());
+        let batch = match &claimed {
+            Some(claimed) => Batch::Claimed(claimed.clone()),
+            None => Batch::Take {
+                limit: ctx.config.worker.batch_size as i64,
+                token: claim_token(),
+            },
+        };
         let result = with_conn!(ctx.db, |conn| {
             let (config, rules) = (ctx.catalog.current(), rules.clone());
-            let input = (valid.clone(), rejected.clone());
-            grant_batch(conn, config, rules, input, (token, held_until), locked).await
+            grant_batch(conn, config, rules, batch, held_until, locked).await
         });
         match result {
+            Ok(written) if written.summary.claimed == 0 => return Ok(BatchOutcome::Empty),
             Ok(Written {
                 mut summary,
                 tally,
                 handed_off,
             }) => {
-                summary.claimed = claimed;
                 summary.retries = retries;
-                ctx.claims.finished(token);
                 ctx.metrics.record_batch(&tally, started.elapsed());
                 ctx.handoff.push(handed_off.into_iter().map(Outgoing::from));
                 ctx.outbox_ready.notify_one();
@@ -187,6 +224,72 @@ pub async fn process_batch(ctx: &Context) -> Result<BatchOutcome, BatchError> {
     }
 }
 
+/// Where a batch transaction's requests come from.
+enum Batch {
+    /// Take up to `limit` queued requests in the transaction, finished under `token`.
+    Take { limit: i64, token: i64 },
+    /// Claimed beforehand; the transaction fences them.
+    Claimed(ClaimedBatch),
+}
+
+/// A batch claimed under `token` in a transaction of its own, validated.
+#[derive(Clone)]
+struct ClaimedBatch {
+    token: i64,
+    valid: Vec<TriggerRequest>,
+    rejected: Vec<Rejected>,
+}
+
+/// The requests a batch transaction owns: locked by it, and how they were claimed.
+struct Owned {
+    valid: Vec<TriggerRequest>,
+    rejected: Vec<Rejected>,
+    claim: Claim,
+}
+
+impl Batch {
+    /// Locks the batch's requests: takes them from the queue, or fences the claimed ones
+    /// (a request whose claim was recovered meanwhile is left out).
+    async fn lock<C: Store>(self, conn: &mut C) -> Result<Owned, StoreError> {
+        match self {
+            Batch::Take { limit, token } => {
+                let rows = conn.take_queued(limit).await?;
+                let (valid, rejected) = intake::validate_batch(rows);
+                let at = store::now();
+                Ok(Owned {
+                    valid,
+                    rejected,
+                    claim: Claim::Inline { token, at },
+                })
+            }
+            Batch::Claimed(ClaimedBatch {
+                token,
+                valid,
+                rejected,
+            }) => {
+                let ids: Vec<i64> = valid
+                    .iter()
+                    .map(|r| r.id.0)
+                    .chain(rejected.iter().map(|r| r.id.0))
+                    .collect();
+                let owned: HashSet<i64> =
+                    conn.lock_claimed(&ids, token).await?.into_iter().collect();
+                Ok(Owned {
+                    valid: valid
+                        .into_iter()
+                        .filter(|r| owned.contains(&r.id.0))
+                        .collect(),
+                    rejected: rejected
+                        .into_iter()
+                        .filter(|r| owned.contains(&r.id.0))
+                        .collect(),
+                    claim: Claim::Token(token),
+                })
+            }
+        }
+    }
+}
+
 /// The batch's transaction. Its inputs are owned: a transaction future must be `Send`
 /// for every lifetime of the connection it borrows.
 ///
@@ -202,22 +305,20 @@ fn grant_batch<'c, C: Store>(
     conn: &'c mut C,
     config: Arc<Config>,
     rules: Arc<Rules>,
-    (valid, rejected): (Vec<TriggerRequest>, Vec<Rejected>),
-    (token, held_until): (i64, Option<NaiveDateTime>),
+    batch: Batch,
+    held_until: Option<NaiveDateTime>,
     locked: bool,
 ) -> BoxFuture<'c, Result<Written, BatchError>> {
     conn.transaction(async move |conn| {
-        let ids: Vec<i64> = valid
-            .iter()
-            .map(|r| r.id.0)
-            .chain(rejected.iter().map(|r| r.id.0))
-            .collect();
-        let owned: HashSet<i64> = conn.lock_claimed(&ids, token).await?.into_iter().collect();
-        let requests: Vec<TriggerRequest> = valid
-            .iter()
-            .filter(|r| owned.contains(&r.id.0))
-            .cloned()
-            .collect();
+        let Owned {
+            valid: requests,
+            rejected,
+            claim,
+        } = batch.lock(conn).await?;
+        let claimed = requests.len() + rejected.len();
+        if claimed == 0 {
+            return Ok(Written::default());
+        }
         let participants: Vec<(String, String)> = requests
             .iter()
             .map(|r| (r.user_id.to_string(), r.event.to_string()))
@@ -243,13 +344,13 @@ fn grant_batch<'c, C: Store>(
             conn,
             &rules,
             (&decisions.decisions, &rejected),
-            &owned,
-            (token, held_until),
+            (claim, held_until),
             now,
         )
         .await?;
         take_stock(conn, &decisions.decisions, &budgeted).await?;
         alert_budgets(conn, &config, &decisions.budget_reached, now).await?;
+        written.summary.claimed = claimed;
         written.tally.rule_evaluation = decisions.evaluation;
         Ok(written)
     })
@@ -649,6 +750,7 @@ async fn take_stock<C: Store>(
 }
 
 /// What a committed batch transaction returns.
+#[derive(Default)]
 struct Written {
     summary: BatchSummary,
     tally: BatchTally,
@@ -664,8 +766,7 @@ async fn write_batch<C: Store>(
     conn: &mut C,
     rules: &Rules,
     (decisions, rejected): (&[Decision], &[Rejected]),
-    owned: &HashSet<i64>,
-    (token, held_until): (i64, Option<NaiveDateTime>),
+    (claim, held_until): (Claim, Option<NaiveDateTime>),
     now: DateTime<Utc>,
 ) -> Result<Written, StoreError> {
     let version = rules.version().to_string();
@@ -731,7 +832,7 @@ async fn write_batch<C: Store>(
         }
         finished.push(row);
     }
-    for r in rejected.iter().filter(|r| owned.contains(&r.id.0)) {
+    for r in rejected {
         summary.rejected += 1;
         finished.push(Finished {
             id: r.id.0,
@@ -747,7 +848,7 @@ async fn write_batch<C: Store>(
     summary.granted = grants.len();
     conn.record_grants(&grants).await?;
     conn.record_deliveries(&deliveries).await?;
-    conn.finish_requests(&finished, token, at).await?;
+    conn.finish_requests(&finished, claim, at).await?;
     let handed_off = if held_until.is_some() {
         deliveries
     } else {

@@ -66,6 +66,22 @@ pub struct Finished {
     pub rules_version: Option<String>,
 }
 
+/// How the requests a batch finishes were claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Claimed beforehand by [`Requests::claim_batch`] under this token: only the rows
+    /// the token still holds change (a recovered claim is not finished twice).
+    Token(i64),
+    /// Taken by [`Requests::take_queued`] in the finishing transaction, which holds
+    /// their row locks: they are finished with this token and claim time.
+    Inline {
+        /// Recorded as `claim_token`.
+        token: i64,
+        /// Recorded as `claimed_at`.
+        at: NaiveDateTime,
+    },
+}
+
 /// What lease recovery did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reclaimed {
@@ -86,6 +102,15 @@ pub trait Requests {
         now: NaiveDateTime,
     ) -> impl Future<Output = QueryResult<Vec<QueuedRequest>>> + Send;
 
+    /// Inside the caller's transaction: locks up to `limit` queued requests, oldest
+    /// first, skipping rows another transaction holds. They stay `queued` until the
+    /// caller finishes them in the same transaction ([`Claim::Inline`]), so a rollback or
+    /// a crash puts them back in the queue at once.
+    fn take_queued(
+        &mut self,
+        limit: i64,
+    ) -> impl Future<Output = QueryResult<Vec<QueuedRequest>>> + Send;
+
     /// Inside the caller's transaction: locks the requests of `ids` that this claim
     /// (`token`) still holds and returns their ids. A request whose lease was recovered
     /// meanwhile is not returned: this is the fence against double processing.
@@ -95,12 +120,12 @@ pub trait Requests {
         token: i64,
     ) -> impl Future<Output = QueryResult<Vec<i64>>> + Send;
 
-    /// Writes final statuses, one statement per distinct result; only rows still held
-    /// by `token` change. Returns the number of rows changed.
+    /// Writes final statuses, one statement per distinct result; see [`Claim`] for which
+    /// rows change. Returns the number of rows changed.
     fn finish_requests(
         &mut self,
         finished: &[Finished],
-        token: i64,
+        claim: Claim,
         now: NaiveDateTime,
     ) -> impl Future<Output = QueryResult<usize>> + Send;
 
@@ -151,14 +176,7 @@ macro_rules! impl_requests {
                 now: NaiveDateTime,
             ) -> QueryResult<Vec<QueuedRequest>> {
                 self.transaction(async |conn| {
-                        let query = table
-                            .filter(tr::status.eq("queued"))
-                            .order(tr::id.asc())
-                            .limit(limit)
-                            .select(QueuedRequest::as_select());
-                        let rows: Vec<QueuedRequest> = backend!($backend,
-                            mysql => { query.for_update().skip_locked().load(conn).await? },
-                            sqlite => { query.load(conn).await? });
+                        let rows = conn.take_queued(limit).await?;
                         if rows.is_empty() {
                             return Ok(rows);
                         }
@@ -172,6 +190,17 @@ macro_rules! impl_requests {
                         Ok(rows)
                 })
                 .await
+            }
+
+            async fn take_queued(&mut self, limit: i64) -> QueryResult<Vec<QueuedRequest>> {
+                let query = table
+                    .filter(tr::status.eq("queued"))
+                    .order(tr::id.asc())
+                    .limit(limit)
+                    .select(QueuedRequest::as_select());
+                backend!($backend,
+                    mysql => { query.for_update().skip_locked().load(self).await },
+                    sqlite => { query.load(self).await })
             }
 
             async fn lock_claimed(&mut self, ids: &[i64], token: i64) -> QueryResult<Vec<i64>> {
@@ -189,15 +218,13 @@ macro_rules! impl_requests {
             async fn finish_requests(
                 &mut self,
                 finished: &[Finished],
-                token: i64,
+                claim: Claim,
                 now: NaiveDateTime,
             ) -> QueryResult<usize> {
                 let mut changed = 0;
                 for (result, ids) in &group_finished(finished) {
-                    changed += Cached(diesel::update(
-                        table.filter(in_list(tr::id, ids.iter().copied())).filter(tr::claim_token.eq(token)),
-                    )
-                    .set((
+                    let rows = table.filter(in_list(tr::id, ids.iter().copied()));
+                    let outcome = (
                         tr::status.eq(result.status),
                         tr::outcome.eq(result.outcome),
                         tr::error.eq(result.error.as_deref()),
@@ -206,9 +233,19 @@ macro_rules! impl_requests {
                         tr::campaign_id.eq(result.campaign_id.as_deref()),
                         tr::rules_version.eq(result.rules_version.as_deref()),
                         tr::processed_at.eq(now),
-                    )))
-                    .execute(self)
-                    .await?;
+                    );
+                    changed += match claim {
+                        Claim::Token(token) => {
+                            let rows = rows.filter(tr::claim_token.eq(token));
+                            Cached(diesel::update(rows).set(outcome)).execute(self).await?
+                        }
+                        Claim::Inline { token, at } => {
+                            let claimed = (tr::claim_token.eq(token), tr::claimed_at.eq(at));
+                            Cached(diesel::update(rows).set((outcome, claimed)))
+                                .execute(self)
+                                .await?
+                        }
+                    };
                 }
                 Ok(changed)
             }

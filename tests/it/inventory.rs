@@ -6,22 +6,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::on_both_backends;
+use crate::store;
+use crate::support::*;
 use chrono::{DurationRound, TimeDelta, Utc};
 use couponsd::daemon::Context;
 use couponsd::schedule::{inventory, run_once_per_tick};
 use couponsd::store::StoreError;
-
-use crate::on_both_backends;
-use crate::support::*;
-
-/// Runs `$body` on a connection of either backend (`$c` is `&mut` the connection).
-macro_rules! store {
-    ($ctx:expr, |$c:ident| $body:expr) => {
-        async { Ok::<_, StoreError>(couponsd::with_conn!($ctx.db, |$c| $body)) }
-            .await
-            .unwrap()
-    };
-}
 
 const ALERTS: &str = "alerts:\n  channel: ops\n";
 

@@ -4,6 +4,7 @@
 mod support;
 
 mod authoring;
+mod claims;
 mod cli;
 mod delivery;
 mod inventory;

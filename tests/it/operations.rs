@@ -91,13 +91,16 @@ async fn a_daemon_killed_mid_burst_loses_nothing_and_grants_nothing_twice() {
         count(&ctx, "trigger_requests WHERE status = 'claimed'").await,
         0
     );
-    let recovered = count(&ctx, "trigger_requests WHERE attempts > 0").await;
-    assert!(
-        recovered > 0,
-        "the kill left claims that lease recovery took up"
+    // The dead daemon's open batches were claimed inside their transactions: MariaDB
+    // rolled them back into the queue when its connections dropped, so no lease
+    // recovery was needed for them.
+    assert_eq!(
+        count(&ctx, "trigger_requests WHERE attempts > 0").await,
+        0,
+        "requests recovered by lease"
     );
     eprintln!(
-        "kill -9: {recovered} request(s) recovered from the dead daemon's claims, {} webhook(s) sent again",
+        "kill -9: {} webhook(s) sent again",
         receiver.seen().len() - n
     );
 }

@@ -233,6 +233,15 @@ pub async fn insert(
     result.map(|_| ()).map_err(|e| e.to_string())
 }
 
+/// Runs one SQL statement on either backend.
+pub async fn execute(ctx: &Context, sql: &str) -> usize {
+    let query = diesel::sql_query(sql.to_owned());
+    match ctx.db.get().await.unwrap() {
+        couponsd::store::Conn::Mysql(mut c) => query.execute(&mut *c).await.unwrap(),
+        couponsd::store::Conn::Sqlite(mut c) => query.execute(&mut *c).await.unwrap(),
+    }
+}
+
 /// Runs a query returning rows of (String, Option<String>, i64)-like text, for asserts.
 pub async fn query_rows<T>(ctx: &Context, sql: &str) -> Vec<T>
 where
@@ -361,6 +370,16 @@ pub async fn drain(ctx: &Context) -> usize {
     )
     .await;
     0
+}
+
+/// Runs `$body` on a connection of either backend (`$c` is `&mut` the connection).
+#[macro_export]
+macro_rules! store {
+    ($ctx:expr, |$c:ident| $body:expr) => {
+        async { Ok::<_, couponsd::store::StoreError>(couponsd::with_conn!($ctx.db, |$c| $body)) }
+            .await
+            .unwrap()
+    };
 }
 
 /// Declares a test that runs once on MariaDB and once on SQLite.
