@@ -253,6 +253,7 @@ pub async fn run_loops(ctx: Context, mode: Mode, shutdown: CancellationToken) {
 async fn grant_loop(ctx: Context, mode: Mode, shutdown: CancellationToken, worker: usize) {
     let heartbeat = ctx.liveness.grant_worker();
     let mut failures = 0u32;
+    let mut idle_looks = IdleLooks::new(ctx.config.worker.poll_interval);
     while !shutdown.is_cancelled() {
         heartbeat.beat();
         // After a failure the next batch is claimed first, so that a request that fails
@@ -267,12 +268,13 @@ async fn grant_loop(ctx: Context, mode: Mode, shutdown: CancellationToken, worke
         match outcome {
             Ok(BatchOutcome::Processed(summary)) => {
                 failures = 0;
+                idle_looks.found_work();
                 tracing::debug!(worker, ?summary, "batch done");
             }
             Ok(BatchOutcome::Empty) if mode == Mode::Drain => break,
             Ok(BatchOutcome::Empty) => {
                 failures = 0;
-                idle(&shutdown, ctx.config.worker.poll_interval).await;
+                idle(&shutdown, idle_looks.next_wait()).await;
             }
             Err(e) if claim_first => {
                 failures += 1;
@@ -347,6 +349,41 @@ async fn pending_deliveries(ctx: &Context) -> bool {
     }
 }
 
+/// How long a grant worker waits after finding the queue empty: soon after it last
+/// found work it looks again quickly (a sixteenth of `worker.poll_interval`, then
+/// doubling), and once the queue has stayed empty it looks once per interval. Triggers
+/// that trickle in are then picked up within milliseconds, not up to a whole interval
+/// after a worker emptied the queue (at 1,000/s that wait was most of a request's
+/// latency, BENCHMARKS.md), while an idle daemon still polls once per interval per
+/// worker.
+#[derive(Debug)]
+struct IdleLooks {
+    interval: Duration,
+    empty_looks: u32,
+}
+
+impl IdleLooks {
+    /// Looks after an empty queue double up to this many times before settling.
+    const QUICK_LOOKS: u32 = 4;
+
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            empty_looks: Self::QUICK_LOOKS,
+        }
+    }
+
+    fn found_work(&mut self) {
+        self.empty_looks = 0;
+    }
+
+    fn next_wait(&mut self) -> Duration {
+        let shift = Self::QUICK_LOOKS - self.empty_looks.min(Self::QUICK_LOOKS);
+        self.empty_looks = self.empty_looks.saturating_add(1);
+        self.interval / (1 << shift)
+    }
+}
+
 async fn idle(shutdown: &CancellationToken, wait: Duration) {
     tokio::select! {
         _ = shutdown.cancelled() => {}
@@ -356,4 +393,28 @@ async fn idle(shutdown: &CancellationToken, wait: Duration) {
 
 fn backoff(failures: u32) -> Duration {
     Duration::from_millis(200 * 2u64.saturating_pow(failures.min(6)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_worker_looks_again_quickly_after_work_then_once_per_interval() {
+        let mut looks = IdleLooks::new(Duration::from_millis(160));
+        let waits = |looks: &mut IdleLooks, n: usize| -> Vec<u64> {
+            (0..n)
+                .map(|_| looks.next_wait().as_millis() as u64)
+                .collect()
+        };
+        assert_eq!(
+            waits(&mut looks, 2),
+            [160, 160],
+            "a new worker has found nothing yet"
+        );
+        looks.found_work();
+        assert_eq!(waits(&mut looks, 7), [10, 20, 40, 80, 160, 160, 160]);
+        looks.found_work();
+        assert_eq!(waits(&mut looks, 1), [10], "work found again starts over");
+    }
 }

@@ -30,6 +30,24 @@ const SETTLE: Duration = Duration::from_secs(30);
 /// p99 target.
 const P99_TARGET_MS: f64 = 250.0;
 
+/// What the database server has spent so far: its CPU time and its COMMITs.
+struct ServerLoad {
+    cpu: Duration,
+    commits: i64,
+}
+
+/// `None` when the server is not a local MariaDB whose process the bench can read.
+async fn server_load(bench: &Bench) -> Result<Option<ServerLoad>, BenchError> {
+    let (Some(server), Some(cpu)) = (&bench.server, bench.db_pid.and_then(process::cpu_of)) else {
+        return Ok(None);
+    };
+    let status = database::status(server).await?;
+    Ok(Some(ServerLoad {
+        cpu,
+        commits: status.get("Com_commit").copied().unwrap_or_default(),
+    }))
+}
+
 /// Runs the scenario with `count` triggers (30 s at 1,000 per second by default).
 pub async fn run(bench: &mut Bench, count: usize) -> Result<(), BenchError> {
     let knobs = bench.knobs;
@@ -82,9 +100,11 @@ async fn run_in(bench: &mut Bench, scratch: &ScratchDb, count: usize) -> Result<
     }
     received.reset();
     let own_cpu = process::own_cpu();
+    let server_before = server_load(bench).await?;
     let inserted = workload::steady_client(&db, RATE, count, TICK).await?;
     let sent = inserted.sent_at.len();
     let all_arrived = received.wait_for(sent as u64, SETTLE).await;
+    let server_after = server_load(bench).await?;
     daemon.terminate();
     let exit = daemon.wait(Duration::from_secs(30)).await?;
     let bench_cpu = process::own_cpu().saturating_sub(own_cpu);
@@ -198,6 +218,22 @@ async fn run_in(bench: &mut Bench, scratch: &ScratchDb, count: usize) -> Result<
         per_k(bench_cpu),
         "s",
     );
+    if let (Some(before), Some(after)) = (server_before, server_after) {
+        let cpu = after.cpu.saturating_sub(before.cpu);
+        figures.note(
+            s,
+            "CPU s per 1,000 requests (mariadbd, whole server, includes the client's INSERTs)",
+            per_k(cpu),
+            "s",
+        );
+        let commits = after.commits - before.commits;
+        figures.note(
+            s,
+            "COMMITs per request (server-wide)",
+            commits as f64 / sent.max(1) as f64,
+            "per request",
+        );
+    }
     figures.note(s, "daemon peak RSS", mib(exit.peak_rss), "MiB");
     Ok(())
 }

@@ -288,3 +288,70 @@ on_both_backends!(
     a_first_attempt_delivery_is_described_by_its_row_and_logs_no_attempt,
     a_first_attempt_delivery_is_described_by_its_row_and_logs_no_attempt
 );
+
+async fn a_stream_of_handed_off_deliveries_leaves_a_quarter_of_each_round_to_retries(db: TestDb) {
+    let receiver = Receiver::start(|n, _| {
+        if n == 0 {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::NO_CONTENT
+        }
+    })
+    .await;
+    let mut settings = config(
+        &db,
+        &receiver,
+        &shipped_rules(),
+        &standard_campaigns(100),
+        "",
+    );
+    settings.dispatch.batch_size = 4;
+    let ctx = context(settings).await;
+    let dispatch = || couponsd::dispatch::worker::dispatch_due(&ctx);
+    insert(&ctx, "k-retry", "u0", "app_open", None)
+        .await
+        .unwrap();
+    couponsd::grant::process_batch(&ctx).await.unwrap();
+    dispatch().await.unwrap();
+    let retried_id = receiver.seen()[0].headers["webhook-id"].clone();
+    // The retry comes due (retry_base 20ms), and the outbox poll interval (20ms) passes.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for i in 1..=8 {
+        insert(&ctx, &format!("k-{i}"), &format!("u{i}"), "app_open", None)
+            .await
+            .unwrap();
+    }
+    couponsd::grant::process_batch(&ctx).await.unwrap();
+    assert_eq!(ctx.handoff.len(), 8, "two rounds' worth waits in memory");
+    let outcome = dispatch().await.unwrap();
+    let couponsd::dispatch::worker::DispatchOutcome::Attempted(round) = outcome else {
+        panic!("the round attempted nothing: {outcome:?}");
+    };
+    assert_eq!(round.attempted, 4, "a full round");
+    assert_eq!(
+        ctx.handoff.len(),
+        5,
+        "three of the round's four came from the hand-off"
+    );
+    let seen = receiver.seen();
+    let retried: Vec<_> = seen
+        .iter()
+        .filter(|s| s.headers["webhook-id"] == retried_id)
+        .collect();
+    assert_eq!(retried.len(), 2, "the due retry went out in that round");
+    assert!(retried.iter().all(|s| s.verified));
+    drain(&ctx).await;
+    assert_eq!(
+        receiver.seen().len(),
+        10,
+        "one failure, then nine deliveries"
+    );
+    assert_eq!(
+        counts(&ctx, "status", "deliveries").await.get("delivered"),
+        Some(&9)
+    );
+}
+on_both_backends!(
+    a_stream_of_handed_off_deliveries_leaves_a_quarter_of_each_round_to_retries,
+    a_stream_of_handed_off_deliveries_leaves_a_quarter_of_each_round_to_retries
+);
