@@ -91,7 +91,7 @@ async fn run_in(bench: &mut Bench, scratch: &ScratchDb, count: usize) -> Result<
         .enqueue(&warm)
         .await
         .map_err(StoreError::from)?);
-    if !received.wait_for(1, Duration::from_secs(30)).await {
+    if !received.wait_for_grants(1, Duration::from_secs(30)).await {
         daemon.terminate();
         let _ = daemon.wait(Duration::from_secs(10)).await;
         return Err(BenchError::Setup(
@@ -103,7 +103,7 @@ async fn run_in(bench: &mut Bench, scratch: &ScratchDb, count: usize) -> Result<
     let server_before = server_load(bench).await?;
     let inserted = workload::steady_client(&db, RATE, count, TICK).await?;
     let sent = inserted.sent_at.len();
-    let all_arrived = received.wait_for(sent as u64, SETTLE).await;
+    let all_arrived = received.wait_for_grants(sent as u64, SETTLE).await;
     let server_after = server_load(bench).await?;
     daemon.terminate();
     let exit = daemon.wait(Duration::from_secs(30)).await?;

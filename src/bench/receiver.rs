@@ -40,6 +40,7 @@ pub struct Arrival {
 #[derive(Default)]
 pub struct Received {
     verified: AtomicU64,
+    granted: AtomicU64,
     rejected: AtomicU64,
     duplicates: AtomicU64,
     seen: Mutex<HashSet<String>>,
@@ -74,10 +75,12 @@ impl Received {
         Some((arrivals.first()?.at, arrivals.last()?.at))
     }
 
-    /// Waits until `count` deliveries verified or `limit` passed; true when they did.
-    pub async fn wait_for(&self, count: u64, limit: Duration) -> bool {
+    /// Waits until `count` grant deliveries (those with a request key) verified or
+    /// `limit` passed; true when they did. Alerts do not count: a daemon running its
+    /// scheduler sends `coupon.rotated` and the like beside its grants.
+    pub async fn wait_for_grants(&self, count: u64, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
-        while self.verified() < count {
+        while self.granted.load(Ordering::Relaxed) < count {
             if Instant::now() >= deadline {
                 return false;
             }
@@ -89,6 +92,7 @@ impl Received {
     /// Forgets everything seen, for the next scenario.
     pub fn reset(&self) {
         self.verified.store(0, Ordering::Relaxed);
+        self.granted.store(0, Ordering::Relaxed);
         self.rejected.store(0, Ordering::Relaxed);
         self.duplicates.store(0, Ordering::Relaxed);
         lock(&self.seen).clear();
@@ -185,6 +189,9 @@ async fn receive(
     let request_key = serde_json::from_slice::<Body>(&body)
         .ok()
         .and_then(|b| b.data.request_key);
+    if request_key.is_some() {
+        received.granted.fetch_add(1, Ordering::Relaxed);
+    }
     lock(&received.arrivals).push(Arrival {
         at,
         wall,

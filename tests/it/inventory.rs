@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::on_both_backends;
-use crate::store;
-use crate::support::*;
 use chrono::{DurationRound, TimeDelta, Utc};
 use couponsd::daemon::Context;
 use couponsd::schedule::{inventory, run_once_per_tick};
 use couponsd::store::StoreError;
+
+use crate::support::*;
+use crate::{on_both_backends, store};
 
 const ALERTS: &str = "alerts:\n  channel: ops\n";
 
