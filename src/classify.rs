@@ -5,29 +5,38 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{CampaignId, Event, History, TriggerRequest, UserId, UserType};
+use crate::domain::{CampaignId, History, TriggerRequest, UserType};
 use crate::rules::{RuleError, Rules};
 use crate::store::grants::HistoryRow;
 
 /// The participation history of the users of one batch, by (user, event), kept up to
 /// date as the batch grants so that a user's second request in a batch sees the first.
+///
+/// Keyed as the database compares: MariaDB's collations ignore trailing spaces, so a
+/// ledger row of `'alice '` (written before such ids were refused) is `'alice'`'s
+/// history. Intake refuses ids with white space at either end, so for any id it accepts
+/// this key is the id itself on both backends.
 #[derive(Debug, Default, Clone)]
-pub struct Histories(HashMap<(UserId, Event), History>);
+pub struct Histories(HashMap<(String, String), History>);
+
+/// The key under which the database finds `user` and `event` equal to other values.
+fn key(user: &str, event: &str) -> (String, String) {
+    (
+        user.trim_end_matches(' ').to_owned(),
+        event.trim_end_matches(' ').to_owned(),
+    )
+}
 
 impl Histories {
-    /// Builds histories from the ledger's rows; rows that no longer parse (a value
-    /// the client could not have inserted) are skipped.
+    /// Builds histories from the ledger's rows; a row whose campaign no longer parses
+    /// is skipped.
     pub fn from_rows(rows: Vec<HistoryRow>) -> Self {
-        let mut map: HashMap<(UserId, Event), History> = HashMap::new();
+        let mut map: HashMap<(String, String), History> = HashMap::new();
         for row in rows {
-            let (Ok(user), Ok(event), Ok(campaign)) = (
-                UserId::parse(&row.user_id),
-                Event::parse(&row.event),
-                CampaignId::parse(&row.campaign_id),
-            ) else {
+            let Ok(campaign) = CampaignId::parse(&row.campaign_id) else {
                 continue;
             };
-            let history = map.entry((user, event)).or_default();
+            let history = map.entry(key(&row.user_id, &row.event)).or_default();
             history.grants_for_event += row.grants;
             let last = row.last_grant_at.map(|t| t.and_utc());
             history.last_grant_at = history.last_grant_at.max(last);
@@ -39,7 +48,7 @@ impl Histories {
     /// The history of `request`'s user for its event (empty for a newcomer).
     pub fn of(&self, request: &TriggerRequest) -> History {
         self.0
-            .get(&(request.user_id.clone(), request.event.clone()))
+            .get(&key(request.user_id.as_str(), request.event.as_str()))
             .cloned()
             .unwrap_or_default()
     }
@@ -48,7 +57,7 @@ impl Histories {
     pub fn record(&mut self, request: &TriggerRequest, campaign: &CampaignId, at: DateTime<Utc>) {
         let history = self
             .0
-            .entry((request.user_id.clone(), request.event.clone()))
+            .entry(key(request.user_id.as_str(), request.event.as_str()))
             .or_default();
         history.grants_for_event += 1;
         history.last_grant_at = Some(at);

@@ -51,6 +51,15 @@ fn parse_name(field: &'static str, raw: &str, max: usize) -> Result<String, Inva
     if raw.chars().any(char::is_control) {
         return Err(InvalidValue::new(field, "contains a control character"));
     }
+    // MariaDB's collations pad with spaces ('alice ' = 'alice'), SQLite's do not: a
+    // value that starts or ends with white space would be one user to the database and
+    // another to the daemon.
+    if raw.trim() != raw {
+        return Err(InvalidValue::new(
+            field,
+            "starts or ends with white space (the database would compare it equal to the value without it)",
+        ));
+    }
     Ok(raw.to_owned())
 }
 
@@ -62,7 +71,8 @@ macro_rules! name_type {
         pub struct $name(String);
 
         impl $name {
-            /// Parses a raw value, refusing empty, oversized or control-character values.
+            /// Parses a raw value, refusing empty, oversized or control-character values
+            /// and values with white space at either end.
             pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
                 parse_name($field, raw, $max).map(Self)
             }
@@ -302,5 +312,9 @@ mod tests {
         assert_eq!(UserId::parse("  ").unwrap_err().field, "user_id");
         assert!(UserId::parse(&"x".repeat(MAX_KEY_LEN + 1)).is_err());
         assert!(Event::parse("app\nopen").is_err());
+        for padded in ["alice ", " alice", "alice\u{a0}", "\u{3000}alice"] {
+            let err = UserId::parse(padded).unwrap_err();
+            assert!(err.reason.contains("white space"), "{padded:?}: {err}");
+        }
     }
 }

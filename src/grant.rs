@@ -39,6 +39,11 @@ const MAX_TX_RETRIES: u32 = 20;
 
 const BUDGET_REACHED: &str = "has reached its budget";
 
+/// In debug builds only (the tests), a request whose attributes have this key makes
+/// rule evaluation panic, standing in for a bug in the engine: the per-request catch
+/// must hold. Release builds never look at it.
+pub const PANIC_FOR_TESTS: &str = "__couponsd_test_panic";
+
 /// What one call of [`process_batch`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchOutcome {
@@ -77,6 +82,31 @@ pub enum BatchError {
     /// decided again with the chains locked.
     #[error("stock or budget changed under the batch")]
     StaleStock,
+}
+
+impl BatchError {
+    /// True when the failure may be caused by one of the batch's requests rather than
+    /// by the database: a statement the database refused (a duplicate key, a value it
+    /// cannot store) or a panic. Lost connections, deadlocks and lock waits are not.
+    pub fn may_lie_in_a_request(&self) -> bool {
+        match self {
+            BatchError::Evaluation(_) => true,
+            BatchError::Store(StoreError::Query(e)) => {
+                !store::is_retryable(e) && !store::is_connection_lost(e)
+            }
+            BatchError::Store(_) | BatchError::StaleStock => false,
+        }
+    }
+}
+
+impl BatchSummary {
+    fn add(&mut self, other: BatchSummary) {
+        self.claimed += other.claimed;
+        self.granted += other.granted;
+        self.rejected += other.rejected;
+        self.failed += other.failed;
+        self.retries += other.retries;
+    }
 }
 
 impl From<diesel::result::Error> for BatchError {
@@ -159,11 +189,78 @@ pub async fn process_claimed_batch(ctx: &Context) -> Result<BatchOutcome, BatchE
         valid,
         rejected,
     };
-    let outcome = process(ctx, Some(claimed)).await;
+    let outcome = process_isolating(ctx, claimed).await;
     if outcome.is_ok() {
         ctx.claims.finished(token);
     }
     outcome
+}
+
+/// Processes a claimed batch; when its transaction fails for a reason that may lie in
+/// one of its requests (a write the database refuses, a panic), the batch is split in
+/// halves and each is processed on its own, down to single requests: a request that
+/// fails alone ends `failed` with the error in its `error` column, and every other
+/// request of the batch finishes normally. A batch with one bad request costs about
+/// 2·log2(batch_size) more transactions. An error of the database itself (unreachable,
+/// deadlocks past the retries) splits nothing: the claims are left to lease recovery.
+async fn process_isolating(
+    ctx: &Context,
+    claimed: ClaimedBatch,
+) -> Result<BatchOutcome, BatchError> {
+    let mut total: Option<BatchSummary> = None;
+    let mut parts = vec![claimed];
+    while let Some(part) = parts.pop() {
+        let summary = match process(ctx, Some(part.clone())).await {
+            Ok(BatchOutcome::Processed(summary)) => summary,
+            Ok(BatchOutcome::Empty) => continue,
+            Err(e) if !e.may_lie_in_a_request() => return Err(e),
+            Err(e) => match part.halves() {
+                Some((first, second)) => {
+                    debug!(error = %e, requests = part.len(), "batch failed: processing its halves apart");
+                    parts.extend([second, first]);
+                    continue;
+                }
+                None => fail_alone(ctx, part, &e).await?,
+            },
+        };
+        total.get_or_insert_with(BatchSummary::default).add(summary);
+    }
+    Ok(total.map_or(BatchOutcome::Empty, BatchOutcome::Processed))
+}
+
+/// Ends the one request of `part`, which failed in a transaction of its own, `failed`
+/// with `error`.
+async fn fail_alone(
+    ctx: &Context,
+    part: ClaimedBatch,
+    error: &BatchError,
+) -> Result<BatchSummary, BatchError> {
+    let (id, key) = match (part.valid.first(), part.rejected.first()) {
+        (Some(r), _) => (r.id.0, r.key.to_string()),
+        (None, Some(r)) => (r.id.0, format!("(row {})", r.id.0)),
+        (None, None) => return Ok(BatchSummary::default()),
+    };
+    warn!(request_key = %key, error = %error, "request failed on its own: it ends failed");
+    let finished = Finished {
+        id,
+        status: "failed",
+        outcome: None,
+        error: Some(format!("request {id}: {error}")),
+        detail: None,
+        user_type: None,
+        campaign_id: None,
+        rules_version: Some(ctx.rules.current().version().to_string()),
+    };
+    let claim = Claim::Token(part.token);
+    with_conn!(ctx.db, |conn| conn
+        .finish_requests(&[finished], claim, store::now())
+        .await
+        .map_err(StoreError::from)?);
+    Ok(BatchSummary {
+        claimed: 1,
+        failed: 1,
+        ..BatchSummary::default()
+    })
 }
 
 fn claim_token() -> i64 {
@@ -238,6 +335,34 @@ struct ClaimedBatch {
     token: i64,
     valid: Vec<TriggerRequest>,
     rejected: Vec<Rejected>,
+}
+
+impl ClaimedBatch {
+    fn len(&self) -> usize {
+        self.valid.len() + self.rejected.len()
+    }
+
+    /// Two non-empty parts of a batch of two or more requests, the valid requests
+    /// split evenly (rejections ride with the first half, or alone).
+    fn halves(&self) -> Option<(ClaimedBatch, ClaimedBatch)> {
+        let part = |valid: &[TriggerRequest], rejected: &[Rejected]| ClaimedBatch {
+            token: self.token,
+            valid: valid.to_vec(),
+            rejected: rejected.to_vec(),
+        };
+        match (self.valid.len(), self.rejected.len()) {
+            (0, 0 | 1) | (1, 0) => None,
+            (0, n) => {
+                let (a, b) = self.rejected.split_at(n / 2);
+                Some((part(&[], a), part(&[], b)))
+            }
+            (1, _) => Some((part(&[], &self.rejected), part(&self.valid, &[]))),
+            (n, _) => {
+                let (a, b) = self.valid.split_at(n / 2);
+                Some((part(a, &self.rejected), part(b, &[])))
+            }
+        }
+    }
 }
 
 /// The requests a batch transaction owns: locked by it, and how they were claimed.
@@ -494,7 +619,7 @@ async fn decide_off_runtime(
                     chains: &mut chains,
                     budgets: &mut budgets,
                 };
-                decide(&rules, &config.campaigns, &mut state, request, now)
+                decide_caught(&rules, &config.campaigns, &mut state, request, now)
             })
             .collect();
         let mut budget_reached: Vec<String> = decisions
@@ -529,31 +654,22 @@ struct Decided {
 }
 
 fn done(
-    request: TriggerRequest,
     user_type: Option<UserType>,
     outcome: Outcome,
     campaign: Option<&CampaignId>,
     detail: String,
-) -> Decision {
-    Decision {
-        request,
-        user_type,
-        verdict: Verdict::Done {
-            outcome,
-            campaign: campaign.cloned(),
-            detail,
-        },
-    }
+) -> (Option<UserType>, Verdict) {
+    let verdict = Verdict::Done {
+        outcome,
+        campaign: campaign.cloned(),
+        detail,
+    };
+    (user_type, verdict)
 }
 
-fn failed(request: TriggerRequest, user_type: Option<UserType>, error: &RuleError) -> Decision {
-    Decision {
-        request,
-        user_type,
-        verdict: Verdict::Failed {
-            error: error.to_string(),
-        },
-    }
+fn failed(user_type: Option<UserType>, error: &RuleError) -> (Option<UserType>, Verdict) {
+    let error = error.to_string();
+    (user_type, Verdict::Failed { error })
 }
 
 /// Decides one request in memory exactly as the batch transaction does, reading and
@@ -574,31 +690,64 @@ pub fn decide_one(
         chains,
         budgets,
     };
-    decide(rules, campaigns, &mut state, request, now)
+    decide_caught(rules, campaigns, &mut state, request, now)
 }
 
-fn decide(
+/// [`decide`], with a panic inside it (a bug in couponsd or in the Rhai engine, never a
+/// rule's fault) turned into a failed verdict for this one request: the batch and the
+/// worker go on.
+fn decide_caught(
     rules: &Rules,
     campaigns: &[CampaignConfig],
     state: &mut BatchState<'_>,
     request: TriggerRequest,
     now: DateTime<Utc>,
 ) -> Decision {
-    let history = state.histories.of(&request);
-    let user_type = match classify::user_type(rules, &request, &history) {
+    let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decide(rules, campaigns, state, &request, now)
+    }));
+    let (user_type, verdict) = decided.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        warn!(request_key = %request.key, panic = %what, "rule evaluation panicked; the request fails");
+        let error = format!("rule evaluation stopped unexpectedly (a bug, not the rule's fault): {what}");
+        (None, Verdict::Failed { error })
+    });
+    Decision {
+        request,
+        user_type,
+        verdict,
+    }
+}
+
+fn decide(
+    rules: &Rules,
+    campaigns: &[CampaignConfig],
+    state: &mut BatchState<'_>,
+    request: &TriggerRequest,
+    now: DateTime<Utc>,
+) -> (Option<UserType>, Verdict) {
+    if cfg!(debug_assertions) && request.attributes.contains_key(PANIC_FOR_TESTS) {
+        panic!("{PANIC_FOR_TESTS} asked for a panic");
+    }
+    let history = state.histories.of(request);
+    let user_type = match classify::user_type(rules, request, &history) {
         Ok(t) => t,
-        Err(e) => return failed(request, None, &e),
+        Err(e) => return failed(None, &e),
     };
-    let Some(campaign) = select::campaign_for(campaigns, &request, &user_type) else {
+    let Some(campaign) = select::campaign_for(campaigns, request, &user_type) else {
         let detail = format!(
             "no campaign answers event {} for user type {user_type}",
             request.event
         );
-        return done(request, Some(user_type), Outcome::NoCampaign, None, detail);
+        return done(Some(user_type), Outcome::NoCampaign, None, detail);
     };
     let ut = Some(user_type.clone());
     if let Some(why) = select::window_refusal(campaign, now) {
-        return done(request, ut, Outcome::NotEligible, Some(&campaign.id), why);
+        return done(ut, Outcome::NotEligible, Some(&campaign.id), why);
     }
     let granted_before = history
         .grants_by_campaign
@@ -610,41 +759,29 @@ fn decide(
             "user has {granted_before} grant(s) in campaign {}, the limit is {}",
             campaign.id, campaign.per_user_limit
         );
-        return done(
-            request,
-            ut,
-            Outcome::LimitReached,
-            Some(&campaign.id),
-            detail,
-        );
+        return done(ut, Outcome::LimitReached, Some(&campaign.id), detail);
     }
     let chain = state.chains.entry(campaign.id.to_string()).or_default();
-    let chosen = match select::coupon_for(rules, &request, &user_type, campaign, chain) {
+    let chosen = match select::coupon_for(rules, request, &user_type, campaign, chain) {
         Ok(Some(coupon)) => coupon,
         // With no active coupon in stock the rule had nothing to pick: `()` then means
         // "none left", and the chain's retired reserve (if any) is the last resort.
         Ok(None) if chain.has_active_stock() => {
             let detail = "select_coupon.rhai returned () (not eligible)".to_owned();
-            return done(
-                request,
-                ut,
-                Outcome::NotEligible,
-                Some(&campaign.id),
-                detail,
-            );
+            return done(ut, Outcome::NotEligible, Some(&campaign.id), detail);
         }
         Ok(None) => match chain.0.first() {
             Some(first) => first.id.clone(),
             None => {
                 let detail = format!("campaign {} has no coupons", campaign.id);
-                return done(request, ut, Outcome::OutOfStock, Some(&campaign.id), detail);
+                return done(ut, Outcome::OutOfStock, Some(&campaign.id), detail);
             }
         },
-        Err(e) => return failed(request, ut, &e),
+        Err(e) => return failed(ut, &e),
     };
     let Some(allocation) = chain.allocate(&chosen) else {
         let detail = format!("every coupon of campaign {} is out of stock", campaign.id);
-        return done(request, ut, Outcome::OutOfStock, Some(&campaign.id), detail);
+        return done(ut, Outcome::OutOfStock, Some(&campaign.id), detail);
     };
     let coupon = chain.0[allocation.index].clone();
     if let Some(budget) = state.budgets.get_mut(campaign.id.as_str()) {
@@ -652,26 +789,17 @@ fn decide(
         if budget.granted_cents + coupon.face_value.cents() > cap {
             chain.0[allocation.index].remaining += 1;
             let detail = format!("campaign {} {BUDGET_REACHED}", campaign.id);
-            return done(
-                request,
-                ut,
-                Outcome::NotEligible,
-                Some(&campaign.id),
-                detail,
-            );
+            return done(ut, Outcome::NotEligible, Some(&campaign.id), detail);
         }
         budget.granted_cents += coupon.face_value.cents();
     }
-    state.histories.record(&request, &campaign.id, now);
-    Decision {
-        request,
-        user_type: ut,
-        verdict: Verdict::Granted {
-            campaign: campaign.id.clone(),
-            coupon,
-            fallback: allocation.fallback,
-        },
-    }
+    state.histories.record(request, &campaign.id, now);
+    let verdict = Verdict::Granted {
+        campaign: campaign.id.clone(),
+        coupon,
+        fallback: allocation.fallback,
+    };
+    (ut, verdict)
 }
 
 /// Announces `campaign.budget_reached` once per campaign, in the grant transaction.

@@ -1,60 +1,54 @@
-//! Intake: claims trigger requests from `trigger_requests` in batches and validates
-//! them into domain types. A malformed request is rejected with a reason naming the
-//! request key and the field; it never stops the batch or the requests behind it.
+//! Intake: validates the rows a batch claimed from `trigger_requests` into domain
+//! types. A row is read as bytes and checked here, never trusted to decode: whatever a
+//! client wrote (a zero date, invalid UTF-8, a 4 MB attributes document, padded ids)
+//! becomes either a [`TriggerRequest`] or a rejection whose reason names the row's id
+//! and the column at fault. It never fails the batch or holds up the rows behind it.
 
-use chrono::{NaiveDateTime, Utc};
+use std::fmt::Write as _;
 
-use crate::domain::{Event, RequestId, RequestKey, TriggerRequest, UserId, MAX_ATTRIBUTES_LEN};
-use crate::store::requests::QueuedRequest;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{
+    Event, InvalidValue, RequestId, RequestKey, TriggerRequest, UserId, MAX_ATTRIBUTES_LEN,
+    MAX_KEY_LEN,
+};
+use crate::store::requests::{parse_time, QueuedRequest, KEY_PREFIX};
 
 /// A claimed request that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
     /// Row id.
     pub id: RequestId,
-    /// Why, naming the request key and the field.
+    /// Why, naming the row id, the request key when it is readable, and the column.
     pub reason: String,
 }
 
 /// Validates one claimed request.
 pub fn validate(row: QueuedRequest) -> Result<TriggerRequest, Rejected> {
     let id = RequestId(row.id);
-    let reject = |reason: String| Rejected { id, reason };
-    let key = RequestKey::parse(&row.request_key)
-        .map_err(|e| reject(format!("request {}: {e}", row.id)))?;
-    let named = |e: crate::domain::InvalidValue| reject(format!("request_key {key}: {e}"));
-    let user_id = UserId::parse(&row.user_id).map_err(named)?;
-    let event = Event::parse(&row.event).map_err(named)?;
-    let attributes = match row.attributes.as_deref().map(str::trim) {
-        None | Some("") | Some("null") => serde_json::Map::new(),
-        Some(text) if text.len() > MAX_ATTRIBUTES_LEN => {
-            return Err(reject(format!(
-                "request_key {key}: attributes: is {} bytes, longer than the limit of {MAX_ATTRIBUTES_LEN}",
-                text.len()
-            )))
-        }
-        Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(serde_json::Value::Object(map)) => map,
-            Ok(other) => {
-                return Err(reject(format!(
-                    "request_key {key}: attributes: must be a JSON object, got {}",
-                    json_kind(&other)
-                )))
-            }
-            Err(e) => {
-                return Err(reject(format!(
-                    "request_key {key}: attributes: not valid JSON: {e}"
-                )))
-            }
-        },
+    let mut prefix = format!("request {}", row.id);
+    let reject = |prefix: &str, column: &str, why: String| Rejected {
+        id,
+        reason: format!("{prefix}: {column}: {why}"),
     };
+    let named = |prefix: &str, e: InvalidValue| reject(prefix, e.field, e.reason);
+    let key = text(row.request_key.as_deref(), "request_key").map_err(|e| named(&prefix, e))?;
+    let key = RequestKey::parse(key).map_err(|e| named(&prefix, e))?;
+    let _ = write!(prefix, " (request_key {})", printable(key.as_str()));
+    let user = text(row.user_id.as_deref(), "user_id").map_err(|e| named(&prefix, e))?;
+    let user_id = UserId::parse(user).map_err(|e| named(&prefix, e))?;
+    let event = text(row.event.as_deref(), "event").map_err(|e| named(&prefix, e))?;
+    let event = Event::parse(event).map_err(|e| named(&prefix, e))?;
+    let attributes = attributes(&row).map_err(|why| reject(&prefix, "attributes", why))?;
+    let created_at =
+        created_at(row.created_at.as_deref()).map_err(|why| reject(&prefix, "created_at", why))?;
     Ok(TriggerRequest {
         id,
         key,
         user_id,
         event,
         attributes,
-        created_at: utc(row.created_at),
+        created_at,
     })
 }
 
@@ -71,6 +65,65 @@ pub fn validate_batch(rows: Vec<QueuedRequest>) -> (Vec<TriggerRequest>, Vec<Rej
     (valid, rejected)
 }
 
+/// A key column's bytes as text; NULL and invalid UTF-8 are refused by name.
+fn text<'a>(bytes: Option<&'a [u8]>, field: &'static str) -> Result<&'a str, InvalidValue> {
+    let bytes = bytes.ok_or_else(|| InvalidValue {
+        field,
+        reason: "is NULL".into(),
+    })?;
+    if bytes.len() >= KEY_PREFIX {
+        // Only the first KEY_PREFIX bytes were read: enough to know it is too long.
+        return Err(InvalidValue {
+            field,
+            reason: format!("is longer than {MAX_KEY_LEN} bytes, the limit"),
+        });
+    }
+    std::str::from_utf8(bytes).map_err(|e| InvalidValue {
+        field,
+        reason: format!("is not valid UTF-8 (byte {} is not)", e.valid_up_to()),
+    })
+}
+
+fn attributes(row: &QueuedRequest) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let len = row.attributes_len.unwrap_or(0);
+    if len > MAX_ATTRIBUTES_LEN as i64 {
+        return Err(format!(
+            "is {len} bytes, longer than the limit of {MAX_ATTRIBUTES_LEN}"
+        ));
+    }
+    let Some(bytes) = row.attributes.as_deref() else {
+        return Ok(serde_json::Map::new());
+    };
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| format!("is not valid UTF-8 (byte {} is not)", e.valid_up_to()))?;
+    match text.trim() {
+        "" | "null" => Ok(serde_json::Map::new()),
+        text => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(map)) => Ok(map),
+            Ok(other) => Err(format!("must be a JSON object, got {}", json_kind(&other))),
+            Err(e) => Err(format!("not valid JSON: {e}")),
+        },
+    }
+}
+
+/// `created_at` as the database renders it: MariaDB `2026-12-02 16:15:54.123456`
+/// (`0000-00-00 00:00:00.000000` for a zero date), SQLite whatever text was stored.
+fn created_at(bytes: Option<&[u8]>) -> Result<DateTime<Utc>, String> {
+    let bytes = bytes.ok_or("is NULL")?;
+    parse_time(bytes).map(|at| at.and_utc()).ok_or_else(|| {
+        format!(
+            "{} is not a valid date and time (YYYY-MM-DD HH:MM:SS, UTC)",
+            printable(&String::from_utf8_lossy(bytes))
+        )
+    })
+}
+
+/// `value` quoted, with control characters escaped, for a reason an operator reads in
+/// a terminal.
+pub fn printable(value: &str) -> String {
+    format!("{:?}", value)
+}
+
 fn json_kind(value: &serde_json::Value) -> &'static str {
     match value {
         serde_json::Value::Null => "null",
@@ -82,44 +135,97 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
     }
 }
 
-fn utc(at: NaiveDateTime) -> chrono::DateTime<Utc> {
-    at.and_utc()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn row(user: &str, attributes: Option<&str>) -> QueuedRequest {
+    fn row(user: &[u8], attributes: Option<&str>) -> QueuedRequest {
         QueuedRequest {
             id: 7,
-            request_key: "k-7".into(),
-            user_id: user.into(),
-            event: "app_open".into(),
-            attributes: attributes.map(str::to_owned),
-            created_at: Utc::now().naive_utc(),
+            request_key: Some(b"k-7".to_vec()),
+            user_id: Some(user.to_vec()),
+            event: Some(b"app_open".to_vec()),
+            attributes_len: attributes.map(|a| a.len() as i64),
+            attributes: attributes.map(|a| a.as_bytes().to_vec()),
+            created_at: Some(b"2026-12-02 16:15:54.123456".to_vec()),
         }
     }
 
     #[test]
     fn a_well_formed_request_becomes_a_trigger_request() {
-        let request = validate(row("u1", Some(r#"{"country":"DE"}"#))).unwrap();
+        let request = validate(row(b"u1", Some(r#"{"country":"DE"}"#))).unwrap();
         assert_eq!(request.user_id.as_str(), "u1");
         assert_eq!(request.attributes["country"], "DE");
-        assert!(validate(row("u1", None)).unwrap().attributes.is_empty());
+        assert_eq!(
+            request.created_at.to_rfc3339(),
+            "2026-12-02T16:15:54.123456+00:00"
+        );
+        assert!(validate(row(b"u1", None)).unwrap().attributes.is_empty());
     }
 
     #[test]
-    fn malformed_requests_are_rejected_with_key_and_field() {
-        let empty_user = validate(row("", None)).unwrap_err();
-        assert_eq!(empty_user.reason, "request_key k-7: user_id: is empty");
-        let array = validate(row("u1", Some("[1,2]"))).unwrap_err();
+    fn malformed_requests_are_rejected_naming_the_row_and_the_column() {
+        let empty_user = validate(row(b"", None)).unwrap_err();
+        assert_eq!(
+            empty_user.reason,
+            r#"request 7 (request_key "k-7"): user_id: is empty"#
+        );
+        let array = validate(row(b"u1", Some("[1,2]"))).unwrap_err();
         assert!(array
             .reason
             .contains("attributes: must be a JSON object, got an array"));
-        let broken = validate(row("u1", Some("{oops"))).unwrap_err();
+        let broken = validate(row(b"u1", Some("{oops"))).unwrap_err();
         assert!(broken.reason.contains("attributes: not valid JSON"));
-        let long = validate(row(&"x".repeat(300), None)).unwrap_err();
-        assert!(long.reason.contains("user_id: is 300 bytes"));
+        let long = validate(row(&[b'x'; 192], None)).unwrap_err();
+        assert!(
+            long.reason.contains("user_id: is longer than 191 bytes"),
+            "{long:?}"
+        );
+        let long_event = validate(QueuedRequest {
+            event: Some(vec![b'e'; 100]),
+            ..row(b"u1", None)
+        })
+        .unwrap_err();
+        assert!(long_event
+            .reason
+            .contains("event: is 100 bytes, longer than the limit of 64"));
+        let padded = validate(row(b"alice ", None)).unwrap_err();
+        assert!(padded
+            .reason
+            .contains("user_id: starts or ends with white space"));
+    }
+
+    #[test]
+    fn undecodable_values_are_rejected_by_id_and_column() {
+        let not_utf8 = validate(row(b"\xffalice", None)).unwrap_err();
+        assert_eq!(
+            not_utf8.reason,
+            r#"request 7 (request_key "k-7"): user_id: is not valid UTF-8 (byte 0 is not)"#
+        );
+        let mut zero_date = row(b"u1", None);
+        zero_date.created_at = Some(b"0000-00-00 00:00:00.000000".to_vec());
+        let err = validate(zero_date).unwrap_err();
+        assert!(
+            err.reason
+                .contains(r#"created_at: "0000-00-00 00:00:00.000000" is not a valid"#),
+            "{err:?}"
+        );
+        let mut no_key = row(b"u1", None);
+        no_key.request_key = Some(b"k\x00".to_vec());
+        let err = validate(no_key).unwrap_err();
+        assert_eq!(
+            err.reason,
+            "request 7: request_key: contains a control character"
+        );
+    }
+
+    #[test]
+    fn oversized_attributes_are_refused_by_their_length_alone() {
+        let mut huge = row(b"u1", None);
+        huge.attributes_len = Some(4 << 20);
+        let err = validate(huge).unwrap_err();
+        assert!(err
+            .reason
+            .contains("attributes: is 4194304 bytes, longer than the limit of 16384"));
     }
 }

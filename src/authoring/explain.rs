@@ -9,7 +9,8 @@ use serde::Serialize;
 use super::{open_read_only, rfc3339, to_json_line};
 use crate::app::AppError;
 use crate::config::Config;
-use crate::store::history::{AttemptRecord, DeliveryRecord, GrantRecord, RequestRecord};
+use crate::store::history::{AttemptRecord, DeliveryRecord, GrantRecord, InspectedRequest};
+use crate::store::requests::parse_time;
 use crate::store::{Db, StoreError};
 use crate::with_conn;
 
@@ -172,23 +173,32 @@ pub async fn explain(db: &Db, key: &str) -> Result<Explanation, AppError> {
     })
 }
 
-fn request_view(r: RequestRecord) -> RequestView {
+fn request_view(r: InspectedRequest) -> RequestView {
+    let mut columns = r.columns;
+    let mut take = |name: &str| columns.remove(name).flatten();
+    // A time the database renders as text that is no valid time is shown as written.
+    let time = |text: Option<String>| {
+        text.map(|t| match parse_time(t.as_bytes()) {
+            Some(at) => rfc3339(at),
+            None => format!("{t:?} (not a valid time)"),
+        })
+    };
     RequestView {
         id: r.id,
-        request_key: r.request_key,
-        user_id: r.user_id,
-        event: r.event,
-        attributes: r.attributes,
-        status: r.status,
-        outcome: r.outcome,
-        detail: r.detail,
-        error: r.error,
-        user_type: r.user_type,
-        campaign: r.campaign_id,
-        rules_version: r.rules_version,
+        request_key: take("request_key").unwrap_or_default(),
+        user_id: take("user_id").unwrap_or_default(),
+        event: take("event").unwrap_or_default(),
+        attributes: take("attributes"),
+        status: take("status").unwrap_or_default(),
+        outcome: take("outcome"),
+        detail: take("detail"),
+        error: take("error"),
+        user_type: take("user_type"),
+        campaign: take("campaign_id"),
+        rules_version: take("rules_version"),
         attempts: r.attempts,
-        created_at: rfc3339(r.created_at),
-        processed_at: r.processed_at.map(rfc3339),
+        created_at: time(take("created_at")).unwrap_or_else(|| "NULL".into()),
+        processed_at: time(take("processed_at")),
     }
 }
 
@@ -227,12 +237,32 @@ fn delivery_view(d: DeliveryRecord, attempts: &[AttemptRecord]) -> DeliveryView 
     }
 }
 
+/// `value` with control characters escaped (`\n`, `\u{1b}`): what a client wrote
+/// reaches the operator's terminal as text, never as terminal commands.
+fn printable(value: &str) -> String {
+    if value.chars().any(char::is_control) {
+        value
+            .chars()
+            .flat_map(|c| {
+                let escaped: Vec<char> = if c.is_control() {
+                    c.escape_default().collect()
+                } else {
+                    vec![c]
+                };
+                escaped
+            })
+            .collect()
+    } else {
+        value.to_owned()
+    }
+}
+
 fn render(e: &Explanation) -> String {
     let mut out = String::new();
     let r = &e.request;
     let none = || "-".to_owned();
     let line = |out: &mut String, label: &str, value: Option<&str>| {
-        let _ = writeln!(out, "{label:<14}{}", value.map_or_else(none, str::to_owned));
+        let _ = writeln!(out, "{label:<14}{}", value.map_or_else(none, printable));
     };
     let request = format!("{} (id {})", r.request_key, r.id);
     line(&mut out, "request", Some(&request));

@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use croner::parser::{CronParser, Seconds};
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::daemon::Context;
 use crate::store::{self, StoreError};
@@ -159,7 +159,13 @@ pub async fn reclaim(ctx: &Context) -> Result<usize, StoreError> {
             "expired claims recovered"
         );
     }
-    Ok(reclaimed.requeued + reclaimed.failed)
+    if reclaimed.rejected > 0 {
+        warn!(
+            rejected = reclaimed.rejected,
+            "requests with a status no stage takes up were rejected"
+        );
+    }
+    Ok(reclaimed.requeued + reclaimed.failed + reclaimed.rejected)
 }
 
 /// The time between two ticks of a cron expression (the inventory check's horizon

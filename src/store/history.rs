@@ -18,6 +18,83 @@ use super::schema::trigger_requests::dsl as tr;
 use super::schema::{campaigns, deliveries, delivery_attempts, grants, trigger_requests};
 use super::{MysqlConn, QueryResult, SqliteConn};
 
+/// A request as `explain` shows it, read defensively like a claim (every text column
+/// as bytes, shown lossily; `attributes` only up to [`INSPECT_ATTRIBUTES`] bytes; times
+/// as the text the database renders), so that a row no stage could decode can still be
+/// looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InspectedRequest {
+    /// Row id.
+    pub id: i64,
+    /// Every other column by name, as text (`None` for NULL); `attributes` is replaced
+    /// by a note of its length when it is longer than [`INSPECT_ATTRIBUTES`].
+    pub columns: std::collections::BTreeMap<&'static str, Option<String>>,
+    /// Claims whose lease expired and were recovered.
+    pub attempts: i32,
+}
+
+/// The longest `attributes` `explain` prints.
+pub const INSPECT_ATTRIBUTES: i64 = 64 * 1024;
+
+/// The text columns of [`InspectedRequest`], in the order they are selected.
+const INSPECTED: [&str; 12] = [
+    "request_key",
+    "user_id",
+    "event",
+    "status",
+    "outcome",
+    "error",
+    "detail",
+    "user_type",
+    "campaign_id",
+    "rules_version",
+    "created_at",
+    "processed_at",
+];
+
+type Bytes = Option<Vec<u8>>;
+type InspectedRow = (i64, i32, Option<i64>, Bytes, [Bytes; 12]);
+type Twelve<T> = (T, T, T, T, T, T, T, T, T, T, T, T);
+/// What the database returns for an [`InspectedRow`] (diesel loads tuples, not arrays).
+type InspectedTuple = (i64, i32, Option<i64>, Bytes, Twelve<Bytes>);
+type B = diesel::sql_types::Nullable<diesel::sql_types::Binary>;
+type InspectedSql = (
+    diesel::sql_types::BigInt,
+    diesel::sql_types::Integer,
+    diesel::sql_types::Nullable<diesel::sql_types::BigInt>,
+    B,
+    Twelve<B>,
+);
+
+fn inspected((id, attempts, attributes_len, attributes, text): InspectedRow) -> InspectedRequest {
+    let lossy = |b: Bytes| b.map(|b| String::from_utf8_lossy(&b).into_owned());
+    let mut columns: std::collections::BTreeMap<_, _> =
+        INSPECTED.iter().copied().zip(text.map(lossy)).collect();
+    let attributes = match (attributes_len, attributes) {
+        (Some(len), None) => Some(format!("({len} bytes, not shown)")),
+        (_, bytes) => lossy(bytes),
+    };
+    columns.insert("attributes", attributes);
+    InspectedRequest {
+        id,
+        columns,
+        attempts,
+    }
+}
+
+/// The columns of an [`InspectedRow`] on each backend.
+fn inspected_columns(cast: &str) -> String {
+    let text: Vec<String> = INSPECTED
+        .iter()
+        .map(|c| format!("CAST({c} AS {cast})"))
+        .collect();
+    let len = format!("LENGTH(CAST(attributes AS {cast}))");
+    format!(
+        "id, attempts, {len}, CASE WHEN {len} <= {INSPECT_ATTRIBUTES} THEN CAST(attributes AS {cast}) END, {}",
+        text.join(", ")
+    )
+}
+
 /// A request as recorded, every column an operator asks about.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = trigger_requests)]
@@ -122,7 +199,7 @@ pub trait History {
     fn request_by_key(
         &mut self,
         key: &str,
-    ) -> impl Future<Output = QueryResult<Option<RequestRecord>>> + Send;
+    ) -> impl Future<Output = QueryResult<Option<InspectedRequest>>> + Send;
 
     /// The grant a request earned.
     fn grant_of_request(
@@ -183,15 +260,20 @@ pub trait History {
 }
 
 macro_rules! impl_history {
-    ($conn:ty) => {
+    ($conn:ty, $cast:literal) => {
         impl History for $conn {
-            async fn request_by_key(&mut self, key: &str) -> QueryResult<Option<RequestRecord>> {
-                trigger_requests::table
+            async fn request_by_key(&mut self, key: &str) -> QueryResult<Option<InspectedRequest>> {
+                let columns = inspected_columns($cast);
+                let row: Option<InspectedTuple> = trigger_requests::table
                     .filter(tr::request_key.eq(key))
-                    .select(RequestRecord::as_select())
+                    .select(diesel::dsl::sql::<InspectedSql>(&columns))
                     .first(self)
                     .await
-                    .optional()
+                    .optional()?;
+                Ok(row.map(|(id, attempts, len, attributes, t)| {
+                    let text = [t.0, t.1, t.2, t.3, t.4, t.5, t.6, t.7, t.8, t.9, t.10, t.11];
+                    inspected((id, attempts, len, attributes, text))
+                }))
             }
 
             async fn grant_of_request(
@@ -319,5 +401,5 @@ macro_rules! impl_history {
     };
 }
 
-impl_history!(MysqlConn);
-impl_history!(SqliteConn);
+impl_history!(MysqlConn, "BINARY");
+impl_history!(SqliteConn, "BLOB");

@@ -97,6 +97,29 @@ pub fn is_retryable(error: &DieselError) -> bool {
     }
 }
 
+/// True when `error` says the connection to the database broke (the statement may
+/// never have reached it), as opposed to the database refusing the statement.
+pub fn is_connection_lost(error: &DieselError) -> bool {
+    use diesel::result::DatabaseErrorKind as Kind;
+    match error {
+        DieselError::DatabaseError(Kind::ClosedConnection | Kind::UnableToSendCommand, _) => true,
+        DieselError::DatabaseError(_, info) => {
+            let message = info.message().to_ascii_lowercase();
+            [
+                "connection",
+                "gone away",
+                "broken pipe",
+                "timed out",
+                "io error",
+            ]
+            .iter()
+            .any(|m| message.contains(m))
+        }
+        DieselError::BrokenTransactionManager | DieselError::AlreadyInTransaction => true,
+        _ => false,
+    }
+}
+
 /// A pool of connections to one of the two backends.
 #[derive(Clone)]
 pub enum Db {

@@ -44,6 +44,11 @@ impl<Q> QueryId for Cached<Q> {
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
+/// A cached `SELECT` loads what the statement it wraps loads.
+impl<Q: diesel::query_builder::Query> diesel::query_builder::Query for Cached<Q> {
+    type SqlType = Q::SqlType;
+}
+
 /// `column IN (values…)`, padded; an empty list is false.
 #[derive(Debug, Clone)]
 pub struct InList<C, T> {

@@ -8,28 +8,113 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
+use diesel::dsl::sql;
+use diesel::sql_types::{BigInt, Binary, Bool, Nullable};
+
 use super::prepared::{in_list, Cached};
 use super::schema::trigger_requests::dsl as tr;
 use super::schema::trigger_requests::table;
 use super::{backend, insert_all, MysqlConn, QueryResult, SqliteConn};
+use crate::domain::{MAX_ATTRIBUTES_LEN, MAX_KEY_LEN};
 
-/// A claimed request as stored, before intake validates it.
-#[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = super::schema::trigger_requests)]
+/// A claimed request as the client wrote it, read defensively: text as bytes (a key
+/// column cut after [`KEY_PREFIX`] bytes), `attributes` only when it is no longer than
+/// [`MAX_ATTRIBUTES_LEN`] (its length always), and `created_at` as the text the
+/// database renders it as. Nothing a client can write makes this row fail to load;
+/// intake decides what of it is valid, and rejects the rest by id and column.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
 pub struct QueuedRequest {
     /// Row id.
     pub id: i64,
-    /// The client's idempotency key.
-    pub request_key: String,
-    /// The user, as the client wrote it.
-    pub user_id: String,
-    /// The event, as the client wrote it.
-    pub event: String,
-    /// The attributes JSON text, as the client wrote it.
-    pub attributes: Option<String>,
-    /// When the client inserted it.
-    pub created_at: NaiveDateTime,
+    /// The client's idempotency key (at most [`KEY_PREFIX`] bytes of it).
+    pub request_key: Option<Vec<u8>>,
+    /// The user (at most [`KEY_PREFIX`] bytes of it).
+    pub user_id: Option<Vec<u8>>,
+    /// The event (at most [`KEY_PREFIX`] bytes of it).
+    pub event: Option<Vec<u8>>,
+    /// The length of `attributes` in bytes, `None` when it is NULL.
+    pub attributes_len: Option<i64>,
+    /// The attributes JSON text, when no longer than [`MAX_ATTRIBUTES_LEN`].
+    pub attributes: Option<Vec<u8>>,
+    /// `created_at` as text (`YYYY-MM-DD HH:MM:SS[.ffffff]` when it is a valid time).
+    pub created_at: Option<Vec<u8>>,
 }
+
+impl QueuedRequest {
+    /// A row from values already read as text (dry runs replaying recorded requests).
+    pub fn from_text(
+        id: i64,
+        (request_key, user_id, event): (&str, &str, &str),
+        attributes: Option<&str>,
+        created_at: NaiveDateTime,
+    ) -> Self {
+        let bytes = |s: &str| Some(s.as_bytes().to_vec());
+        Self {
+            id,
+            request_key: bytes(request_key),
+            user_id: bytes(user_id),
+            event: bytes(event),
+            attributes_len: attributes.map(|a| a.len() as i64),
+            attributes: attributes.and_then(bytes),
+            created_at: bytes(&created_at.format("%Y-%m-%d %H:%M:%S%.f").to_string()),
+        }
+    }
+}
+
+/// A time as the database renders it as text (MariaDB `2026-12-02 16:15:54.123456`,
+/// SQLite whatever was stored): `None` for a zero date or anything else that is not a
+/// valid time.
+pub fn parse_time(bytes: &[u8]) -> Option<NaiveDateTime> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let text = text.trim_end_matches('Z');
+    [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+}
+
+/// How many bytes of a key column (`request_key`, `user_id`, `event`) are read: one
+/// more than the longest valid value, so that a longer one is seen to be too long.
+pub const KEY_PREFIX: usize = MAX_KEY_LEN + 1;
+
+/// The columns of [`QueuedRequest`], as each backend reads them defensively. Lengths
+/// are bytes on both (`LENGTH` of a MySQL string, of an SQLite blob).
+macro_rules! queued_columns {
+    (mysql) => {
+        concat!(
+            "id, SUBSTRING(CAST(request_key AS BINARY), 1, 192), ",
+            "SUBSTRING(CAST(user_id AS BINARY), 1, 192), ",
+            "SUBSTRING(CAST(event AS BINARY), 1, 192), LENGTH(attributes), ",
+            "CASE WHEN LENGTH(attributes) <= 16384 THEN CAST(attributes AS BINARY) END, ",
+            "CAST(created_at AS BINARY)"
+        )
+    };
+    (sqlite) => {
+        concat!(
+            "id, SUBSTR(CAST(request_key AS BLOB), 1, 192), ",
+            "SUBSTR(CAST(user_id AS BLOB), 1, 192), ",
+            "SUBSTR(CAST(event AS BLOB), 1, 192), LENGTH(CAST(attributes AS BLOB)), ",
+            "CASE WHEN LENGTH(CAST(attributes AS BLOB)) <= 16384 ",
+            "THEN CAST(attributes AS BLOB) END, CAST(created_at AS BLOB)"
+        )
+    };
+}
+
+type QueuedSql = (
+    BigInt,
+    Nullable<Binary>,
+    Nullable<Binary>,
+    Nullable<Binary>,
+    Nullable<BigInt>,
+    Nullable<Binary>,
+    Nullable<Binary>,
+);
+
+// The literals above repeat these numbers: SQL text is built at compile time.
+const _: () = assert!(KEY_PREFIX == 192 && MAX_ATTRIBUTES_LEN == 16384);
 
 /// A request to insert (the demo and benchmarks; clients use plain SQL).
 #[derive(Debug, Clone, Insertable)]
@@ -89,7 +174,12 @@ pub struct Reclaimed {
     pub requeued: usize,
     /// Requests that ran out of attempts and are now `failed`.
     pub failed: usize,
+    /// Requests a client gave a status the daemon does not know, now `rejected`.
+    pub rejected: usize,
 }
+
+/// Every status the daemon reads or writes; a client inserts `queued` (the default).
+pub const STATUSES: [&str; 5] = ["queued", "claimed", "done", "rejected", "failed"];
 
 /// Operations on `trigger_requests`.
 pub trait Requests {
@@ -132,13 +222,19 @@ pub trait Requests {
     /// Puts every request still held by `token` back in the queue (used at shutdown).
     fn release_claims(&mut self, token: i64) -> impl Future<Output = QueryResult<usize>> + Send;
 
-    /// Recovers claims taken before `claimed_before`: back to the queue with their
-    /// attempt count raised, or `failed` once they reach `max_attempts`.
+    /// Recovers claims taken before `claimed_before` (or with no valid claim time, as a
+    /// client may write): back to the queue with their attempt count raised, or
+    /// `failed` once they reach `max_attempts`. Rejects requests whose status is none
+    /// of [`STATUSES`], naming the row and the value.
     fn reclaim_expired(
         &mut self,
         claimed_before: NaiveDateTime,
         max_attempts: i32,
     ) -> impl Future<Output = QueryResult<Reclaimed>> + Send;
+
+    /// Rejects (at most 1,000 of) the requests whose status is none of [`STATUSES`]:
+    /// a client set it, and no stage would ever take such a row up.
+    fn reject_unknown_statuses(&mut self) -> impl Future<Output = QueryResult<usize>> + Send;
 
     /// Inserts requests (the demo and benchmarks).
     fn enqueue(&mut self, rows: &[NewRequest]) -> impl Future<Output = QueryResult<usize>> + Send;
@@ -197,10 +293,10 @@ macro_rules! impl_requests {
                     .filter(tr::status.eq("queued"))
                     .order(tr::id.asc())
                     .limit(limit)
-                    .select(QueuedRequest::as_select());
+                    .select(sql::<QueuedSql>(queued_columns!($backend)));
                 backend!($backend,
-                    mysql => { query.for_update().skip_locked().load(self).await },
-                    sqlite => { query.load(self).await })
+                    mysql => { Cached(query.for_update().skip_locked()).load(self).await },
+                    sqlite => { Cached(query).load(self).await })
             }
 
             async fn lock_claimed(&mut self, ids: &[i64], token: i64) -> QueryResult<Vec<i64>> {
@@ -271,9 +367,14 @@ macro_rules! impl_requests {
                 max_attempts: i32,
             ) -> QueryResult<Reclaimed> {
                 self.transaction(async |conn| {
+                        // A claim time the client wrote may be NULL or, on SQLite, text
+                        // that is no time at all: such a claim has no lease to wait for.
+                        let no_time = backend!($backend,
+                            mysql => { "claimed_at IS NULL" },
+                            sqlite => { "(claimed_at IS NULL OR julianday(claimed_at) IS NULL)" });
                         let query = table
                             .filter(tr::status.eq("claimed"))
-                            .filter(tr::claimed_at.lt(claimed_before))
+                            .filter(tr::claimed_at.lt(claimed_before).or(sql::<Bool>(no_time)))
                             // Served by (status, id): only claims in flight are 'claimed'.
                             .order(tr::id.asc())
                             .limit(1000)
@@ -309,9 +410,43 @@ macro_rules! impl_requests {
                             ))
                             .execute(conn)
                             .await?;
-                        Ok(Reclaimed { requeued, failed })
+                        let rejected = conn.reject_unknown_statuses().await?;
+                        Ok(Reclaimed { requeued, failed, rejected })
                 })
                 .await
+            }
+
+            async fn reject_unknown_statuses(&mut self) -> QueryResult<usize> {
+                let status = backend!($backend,
+                    mysql => { "CAST(status AS BINARY)" },
+                    sqlite => { "CAST(status AS BLOB)" });
+                // Served by (status, id): the known statuses are skipped as ranges.
+                let rows: Vec<(i64, Option<Vec<u8>>)> = table
+                    .filter(tr::status.ne_all(STATUSES))
+                    .or_filter(tr::status.is_null())
+                    .limit(1000)
+                    .select((tr::id, sql::<Nullable<Binary>>(status)))
+                    .load(self)
+                    .await?;
+                for (id, value) in &rows {
+                    let value = value
+                        .as_deref()
+                        .map(|v| format!("{:?}", String::from_utf8_lossy(v)))
+                        .unwrap_or_else(|| "NULL".into());
+                    let reason = format!(
+                        "request {id}: status: {value} is not a status the daemon knows; insert requests with status 'queued' (or leave it out)"
+                    );
+                    diesel::update(table.filter(tr::id.eq(id)))
+                        .set((
+                            tr::status.eq("rejected"),
+                            tr::error.eq(reason),
+                            tr::claim_token.eq(None::<i64>),
+                            tr::processed_at.eq(super::now()),
+                        ))
+                        .execute(self)
+                        .await?;
+                }
+                Ok(rows.len())
             }
 
             async fn enqueue(&mut self, rows: &[NewRequest]) -> QueryResult<usize> {
@@ -319,20 +454,39 @@ macro_rules! impl_requests {
             }
 
             async fn queue_depth(&mut self) -> QueryResult<(i64, Option<NaiveDateTime>)> {
-                table
+                // The oldest *valid* time: a zero or malformed created_at (rejected at
+                // the next claim) must not fail the gauges' read.
+                let oldest = backend!($backend,
+                    mysql => { "CAST(MIN(CASE WHEN created_at >= '1000-01-01' THEN created_at END) AS BINARY)" },
+                    sqlite => { "CAST(MIN(CASE WHEN julianday(created_at) IS NOT NULL THEN created_at END) AS BLOB)" });
+                let (count, oldest): (i64, Option<Vec<u8>>) = table
                     .filter(tr::status.eq("queued"))
-                    .select((diesel::dsl::count_star(), diesel::dsl::min(tr::created_at)))
+                    .select((diesel::dsl::count_star(), sql::<Nullable<Binary>>(oldest)))
                     .first(self)
-                    .await
+                    .await?;
+                Ok((count, oldest.as_deref().and_then(parse_time)))
             }
 
             async fn count_by_outcome(&mut self) -> QueryResult<Vec<(String, Option<String>, i64)>> {
-                table
+                // As bytes: a status or outcome a client wrote need not be UTF-8.
+                let (status, outcome) = backend!($backend,
+                    mysql => { ("CAST(status AS BINARY)", "CAST(outcome AS BINARY)") },
+                    sqlite => { ("CAST(status AS BLOB)", "CAST(outcome AS BLOB)") });
+                let rows: Vec<(Option<Vec<u8>>, Option<Vec<u8>>, i64)> = table
                     .group_by((tr::status, tr::outcome))
-                    .select((tr::status, tr::outcome, diesel::dsl::count_star()))
+                    .select((
+                        sql::<Nullable<Binary>>(status),
+                        sql::<Nullable<Binary>>(outcome),
+                        diesel::dsl::count_star(),
+                    ))
                     .order((tr::status, tr::outcome))
                     .load(self)
-                    .await
+                    .await?;
+                let lossy = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+                Ok(rows
+                    .into_iter()
+                    .map(|(s, o, n)| (s.map(lossy).unwrap_or_default(), o.map(lossy), n))
+                    .collect())
             }
         }
     };

@@ -1,53 +1,48 @@
 //! The claim: a batch is taken from the queue inside the transaction that finishes it,
 //! so a failed batch is rolled back into the queue at once; after a failure a worker
-//! claims its next batch first, so that a request no batch can commit is counted by
-//! lease recovery and ends `failed` instead of heading the queue for ever.
+//! claims its next batch first and splits it until the request at fault is alone, so
+//! that it alone ends `failed`, with the real error, and its batch finishes.
 
 use std::time::Duration;
 
-use chrono::TimeDelta;
 use couponsd::daemon::{Context, Mode};
 use couponsd::grant::{process_batch, process_claimed_batch, BatchOutcome};
 use tokio_util::sync::CancellationToken;
 
+use crate::on_both_backends;
 use crate::support::*;
-use crate::{on_both_backends, store};
 
-/// A context whose worker takes one request per batch, with `poison` queued first and
-/// `good` requests behind it. `poison` cannot be granted: a grant with its id is
-/// already in the ledger, so every transaction that holds it fails on the insert.
-async fn queue_with_a_poisoned_head(db: &TestDb, good: usize) -> (Context, Receiver) {
+/// A context at the shipped batch size with `good` requests queued, and `poison`
+/// among them after the first `before`. `poison` cannot be granted: a grant with its id
+/// is already in the ledger, so every transaction that holds it fails on the insert.
+async fn queue_with_a_poisoned_request(
+    db: &TestDb,
+    before: usize,
+    good: usize,
+) -> (Context, Receiver) {
     let receiver = Receiver::ok().await;
     let mut cfg = config(
         db,
         &receiver,
         &shipped_rules(),
-        &standard_campaigns(100),
+        &standard_campaigns(1000),
         "",
     );
-    cfg.worker.batch_size = 1;
+    cfg.worker.batch_size = 200; // the shipped default
     let ctx = context(cfg).await;
+    let good_one = async |i: usize| {
+        let (key, user) = (format!("good-{i}"), format!("u{i}"));
+        insert(&ctx, &key, &user, "app_open", None).await.unwrap();
+    };
+    for i in 0..before {
+        good_one(i).await;
+    }
     insert(&ctx, "poison", "u-poison", "app_open", None)
         .await
         .unwrap();
-    execute(
-        &ctx,
-        "INSERT INTO grants (id, request_id, user_id, event, campaign_id, coupon_id, \
-         face_value_cents, user_type, rules_version, granted_at) \
-         SELECT id, id, user_id, event, 'newcomer', 'NEW10', 1000, 'first_time', 'planted', \
-         created_at FROM trigger_requests WHERE request_key = 'poison'",
-    )
-    .await;
-    for i in 0..good {
-        insert(
-            &ctx,
-            &format!("good-{i}"),
-            &format!("u{i}"),
-            "app_open",
-            None,
-        )
-        .await
-        .unwrap();
+    plant_grant(&ctx, "poison").await;
+    for i in before..good {
+        good_one(i).await;
     }
     (ctx, receiver)
 }
@@ -56,51 +51,44 @@ fn status_of(statuses: &std::collections::HashMap<String, i64>, status: &str) ->
     statuses.get(status).copied().unwrap_or(0)
 }
 
-async fn a_failed_batch_is_rolled_back_into_the_queue_and_its_bad_request_ends_failed(db: TestDb) {
-    let (ctx, _receiver) = queue_with_a_poisoned_head(&db, 3).await;
+async fn the_error_of_the_poisoned_request(ctx: &Context) -> String {
+    let failed = counts(ctx, "error", "trigger_requests WHERE status = 'failed'").await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    failed.into_keys().next().unwrap()
+}
+
+async fn one_bad_request_fails_alone_and_the_rest_of_its_batch_finishes(db: TestDb) {
+    let (ctx, _receiver) = queue_with_a_poisoned_request(&db, 57, 199).await;
     assert!(process_batch(&ctx).await.is_err(), "the grant insert fails");
     let statuses = counts(&ctx, "status", "trigger_requests").await;
     assert_eq!(
         status_of(&statuses, "queued"),
-        4,
+        200,
         "rolled back: nothing left claimed, nothing lost: {statuses:?}"
     );
-    // Claimed first, the bad request leaves the head of the queue; the rest flows.
-    assert!(process_claimed_batch(&ctx).await.is_err());
-    for _ in 0..3 {
-        assert!(matches!(
-            process_batch(&ctx).await.unwrap(),
-            BatchOutcome::Processed(_)
-        ));
-    }
+    // Claimed first after a failure, the batch is split until the bad request is
+    // alone; it alone fails, with the database's own words.
+    let BatchOutcome::Processed(summary) = process_claimed_batch(&ctx).await.unwrap() else {
+        panic!("the claimed batch is processed");
+    };
+    assert_eq!((summary.claimed, summary.failed), (200, 1), "{summary:?}");
+    assert_eq!(summary.granted, 199);
     assert_eq!(process_batch(&ctx).await.unwrap(), BatchOutcome::Empty);
     let statuses = counts(&ctx, "status", "trigger_requests").await;
-    assert_eq!(status_of(&statuses, "done"), 3, "{statuses:?}");
-    assert_eq!(status_of(&statuses, "claimed"), 1, "{statuses:?}");
-    // Each lease recovery counts an attempt; the fifth ends it.
-    for _ in 0..5 {
-        let expired = couponsd::store::now() + TimeDelta::seconds(1);
-        store!(ctx, |c| c.reclaim_expired(expired, 5).await?);
-        if status_of(&counts(&ctx, "status", "trigger_requests").await, "failed") == 1 {
-            break;
-        }
-        assert!(process_batch(&ctx).await.is_err());
-        assert!(process_claimed_batch(&ctx).await.is_err());
-    }
-    let failed = counts(&ctx, "error", "trigger_requests WHERE status = 'failed'").await;
-    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(status_of(&statuses, "done"), 199, "{statuses:?}");
+    let error = the_error_of_the_poisoned_request(&ctx).await;
     assert!(
-        failed.keys().all(|e| e.contains("lease expired 5 times")),
-        "{failed:?}"
+        error.contains("Duplicate entry") || error.contains("UNIQUE constraint failed"),
+        "the real cause, not a lease count: {error}"
     );
 }
 on_both_backends!(
-    a_failed_batch_is_rolled_back_into_the_queue_and_its_bad_request_ends_failed,
-    a_failed_batch_is_rolled_back_into_the_queue_and_its_bad_request_ends_failed
+    one_bad_request_fails_alone_and_the_rest_of_its_batch_finishes,
+    one_bad_request_fails_alone_and_the_rest_of_its_batch_finishes
 );
 
-async fn a_worker_claims_first_after_a_failure_so_a_bad_request_never_blocks_the_queue(db: TestDb) {
-    let (ctx, _receiver) = queue_with_a_poisoned_head(&db, 5).await;
+async fn a_running_daemon_finishes_every_request_around_a_bad_one(db: TestDb) {
+    let (ctx, _receiver) = queue_with_a_poisoned_request(&db, 120, 399).await;
     let shutdown = CancellationToken::new();
     let loops = tokio::spawn(couponsd::daemon::run_loops(
         ctx.clone(),
@@ -110,7 +98,7 @@ async fn a_worker_claims_first_after_a_failure_so_a_bad_request_never_blocks_the
     let mut statuses = Default::default();
     for _ in 0..300 {
         statuses = counts(&ctx, "status", "trigger_requests").await;
-        if status_of(&statuses, "done") == 5 && status_of(&statuses, "claimed") == 1 {
+        if status_of(&statuses, "done") == 399 && status_of(&statuses, "failed") == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -118,19 +106,17 @@ async fn a_worker_claims_first_after_a_failure_so_a_bad_request_never_blocks_the
     shutdown.cancel();
     loops.await.unwrap();
     assert_eq!(
-        status_of(&statuses, "done"),
-        5,
-        "every good request behind the bad one was processed: {statuses:?}"
+        (status_of(&statuses, "done"), status_of(&statuses, "failed")),
+        (399, 1),
+        "every good request of the bad one's batch was processed: {statuses:?}"
     );
-    assert_eq!(
-        status_of(&statuses, "claimed"),
-        1,
-        "the bad one waits for lease recovery: {statuses:?}"
-    );
+    assert!(!the_error_of_the_poisoned_request(&ctx)
+        .await
+        .contains("lease expired"));
 }
 on_both_backends!(
-    a_worker_claims_first_after_a_failure_so_a_bad_request_never_blocks_the_queue,
-    a_worker_claims_first_after_a_failure_so_a_bad_request_never_blocks_the_queue
+    a_running_daemon_finishes_every_request_around_a_bad_one,
+    a_running_daemon_finishes_every_request_around_a_bad_one
 );
 
 async fn a_batch_claimed_in_its_transaction_records_its_claim(db: TestDb) {

@@ -7,6 +7,7 @@ mod authoring;
 mod claims;
 mod cli;
 mod delivery;
+mod hostile;
 mod inventory;
 mod operations;
 mod pipeline;

@@ -233,6 +233,18 @@ pub async fn insert(
     result.map(|_| ()).map_err(|e| e.to_string())
 }
 
+/// Writes a grant for the request `key` straight into the ledger, as if an earlier
+/// version had granted it; a batch that holds the request then fails on its insert.
+pub async fn plant_grant(ctx: &Context, key: &str) {
+    let sql = format!(
+        "INSERT INTO grants (id, request_id, user_id, event, campaign_id, coupon_id, \
+         face_value_cents, user_type, rules_version, granted_at) \
+         SELECT id, id, user_id, event, 'newcomer', 'NEW10', 1000, 'first_time', 'planted', \
+         created_at FROM trigger_requests WHERE request_key = '{key}'"
+    );
+    execute(ctx, &sql).await;
+}
+
 /// Runs one SQL statement on either backend.
 pub async fn execute(ctx: &Context, sql: &str) -> usize {
     let query = diesel::sql_query(sql.to_owned());

@@ -185,14 +185,12 @@ pub(super) fn replay(
 }
 
 fn queued(record: &RequestRecord) -> QueuedRequest {
-    QueuedRequest {
-        id: record.id,
-        request_key: record.request_key.clone(),
-        user_id: record.user_id.clone(),
-        event: record.event.clone(),
-        attributes: record.attributes.clone(),
-        created_at: record.created_at,
-    }
+    QueuedRequest::from_text(
+        record.id,
+        (&record.request_key, &record.user_id, &record.event),
+        record.attributes.as_deref(),
+        record.created_at,
+    )
 }
 
 /// The user's ledger rows for the event from requests before `id`, by campaign.
