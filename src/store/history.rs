@@ -83,12 +83,12 @@ fn inspected((id, attempts, attributes_len, attributes, text): InspectedRow) -> 
 }
 
 /// The columns of an [`InspectedRow`] on each backend.
-fn inspected_columns(cast: &str) -> String {
+fn inspected_columns(cast: &str, byte_length: &str) -> String {
     let text: Vec<String> = INSPECTED
         .iter()
         .map(|c| format!("CAST({c} AS {cast})"))
         .collect();
-    let len = format!("LENGTH(CAST(attributes AS {cast}))");
+    let len = format!("{byte_length}(attributes)");
     format!(
         "id, attempts, {len}, CASE WHEN {len} <= {INSPECT_ATTRIBUTES} THEN CAST(attributes AS {cast}) END, {}",
         text.join(", ")
@@ -260,10 +260,10 @@ pub trait History {
 }
 
 macro_rules! impl_history {
-    ($conn:ty, $cast:literal) => {
+    ($conn:ty, $cast:literal, $byte_length:literal) => {
         impl History for $conn {
             async fn request_by_key(&mut self, key: &str) -> QueryResult<Option<InspectedRequest>> {
-                let columns = inspected_columns($cast);
+                let columns = inspected_columns($cast, $byte_length);
                 let row: Option<InspectedTuple> = trigger_requests::table
                     .filter(tr::request_key.eq(key))
                     .select(diesel::dsl::sql::<InspectedSql>(&columns))
@@ -401,5 +401,6 @@ macro_rules! impl_history {
     };
 }
 
-impl_history!(MysqlConn, "BINARY");
-impl_history!(SqliteConn, "BLOB");
+impl_history!(MysqlConn, "BINARY", "LENGTH");
+// SQLite's octet_length reads the size without loading the value.
+impl_history!(SqliteConn, "BLOB", "octet_length");

@@ -81,7 +81,7 @@ pub fn parse_time(bytes: &[u8]) -> Option<NaiveDateTime> {
 pub const KEY_PREFIX: usize = MAX_KEY_LEN + 1;
 
 /// The columns of [`QueuedRequest`], as each backend reads them defensively. Lengths
-/// are bytes on both (`LENGTH` of a MySQL string, of an SQLite blob).
+/// are bytes on both (MySQL's `LENGTH`, SQLite's `octet_length`).
 macro_rules! queued_columns {
     (mysql) => {
         concat!(
@@ -92,12 +92,18 @@ macro_rules! queued_columns {
             "CAST(created_at AS BINARY)"
         )
     };
+    // `octet_length` reads a value's size from its record header without loading it,
+    // so a 4 MB value is never brought into memory; a key column longer than 191 bytes
+    // is read as 192 zero bytes, which intake sees as too long.
     (sqlite) => {
         concat!(
-            "id, SUBSTR(CAST(request_key AS BLOB), 1, 192), ",
-            "SUBSTR(CAST(user_id AS BLOB), 1, 192), ",
-            "SUBSTR(CAST(event AS BLOB), 1, 192), LENGTH(CAST(attributes AS BLOB)), ",
-            "CASE WHEN LENGTH(CAST(attributes AS BLOB)) <= 16384 ",
+            "id, CASE WHEN octet_length(request_key) < 192 THEN CAST(request_key AS BLOB) ",
+            "ELSE zeroblob(192) END, ",
+            "CASE WHEN octet_length(user_id) < 192 THEN CAST(user_id AS BLOB) ",
+            "ELSE zeroblob(192) END, ",
+            "CASE WHEN octet_length(event) < 192 THEN CAST(event AS BLOB) ",
+            "ELSE zeroblob(192) END, octet_length(attributes), ",
+            "CASE WHEN octet_length(attributes) <= 16384 ",
             "THEN CAST(attributes AS BLOB) END, CAST(created_at AS BLOB)"
         )
     };

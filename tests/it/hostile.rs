@@ -321,7 +321,11 @@ on_both_backends!(
 );
 
 /// Peak resident memory of `couponsd run --drain` over a queue of 50 requests with
-/// 4 MB attributes each, at the shipped defaults.
+/// 4 MB attributes each, at the shipped defaults, against the same drain over 50 small
+/// requests just before: the documents (200 MB in all) never reach the daemon. On
+/// MariaDB, the issue's setting, the peak is also under 64 MiB as it stands (a debug
+/// build, bigger than the release binary); an SQLite daemon's own start-up peak
+/// varies by tens of MiB from run to run, so there only the difference is bounded.
 async fn huge_attributes_do_not_reach_the_daemons_memory(db: TestDb) {
     let receiver = Receiver::ok().await;
     let dir = TempDir::new("hostile");
@@ -335,24 +339,23 @@ async fn huge_attributes_do_not_reach_the_daemons_memory(db: TestDb) {
     );
     std::fs::write(&path, yaml).unwrap();
     let ctx = context(Config::load(&path).unwrap()).await;
+    let peak_over = async |tag: &str, attributes: &str| {
+        for i in 0..50 {
+            let (key, user) = (format!("{tag}-{i}"), format!("{tag}-user-{i}"));
+            insert(&ctx, &key, &user, "app_open", Some(attributes))
+                .await
+                .unwrap();
+        }
+        let (status, peak_kib) = run_drain_measuring_peak(&path);
+        assert!(status.success(), "run --drain exited with {status}");
+        peak_kib
+    };
+    let control = peak_over("small", r#"{"blob": "x"}"#).await;
     let huge = format!(r#"{{"blob": "{}"}}"#, "x".repeat(4 << 20));
-    for i in 0..50 {
-        insert(
-            &ctx,
-            &format!("huge-{i}"),
-            "u-huge",
-            "app_open",
-            Some(&huge),
-        )
-        .await
-        .unwrap();
-    }
-    good_requests(&ctx, "small", 10).await;
-    let (status, peak_kib) = run_drain_measuring_peak(&path);
-    assert!(status.success(), "run --drain exited with {status}");
+    let hostile = peak_over("huge", &huge).await;
     let statuses = counts(&ctx, "status", "trigger_requests").await;
     assert_eq!(statuses.get("rejected"), Some(&50), "{statuses:?}");
-    assert_eq!(statuses.get("done"), Some(&10), "{statuses:?}");
+    assert_eq!(statuses.get("done"), Some(&50), "{statuses:?}");
     let errors = counts(&ctx, "error", "trigger_requests WHERE status = 'rejected'").await;
     assert!(
         errors
@@ -360,12 +363,14 @@ async fn huge_attributes_do_not_reach_the_daemons_memory(db: TestDb) {
             .all(|e| e.contains("attributes: is 4194316 bytes, longer than the limit of 16384")),
         "{errors:?}"
     );
-    eprintln!("run --drain over 50 rows of 4 MB: peak RSS {peak_kib} KiB");
+    eprintln!("run --drain peak RSS: {control} KiB over small rows, {hostile} KiB over 4 MB rows");
     assert!(
-        peak_kib < 64 * 1024,
-        "peak RSS {} MiB, over 64 MiB",
-        peak_kib / 1024
+        hostile < control + 32 * 1024,
+        "4 MB documents reached memory: peak {hostile} KiB against {control} KiB"
     );
+    if matches!(ctx.db, Db::Mysql(_)) {
+        assert!(hostile < 64 * 1024, "peak RSS {hostile} KiB, over 64 MiB");
+    }
 }
 on_both_backends!(
     huge_attributes_do_not_reach_the_daemons_memory,
