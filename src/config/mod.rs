@@ -126,6 +126,34 @@ pub struct RuleLimits {
     pub max_map_size: usize,
     /// `max_time` [50ms], wall-clock time per evaluation.
     pub max_time: Duration,
+    /// `max_memory` [16 MiB], bytes one value or one built-in call may take; see
+    /// [`RuleLimits::value_share`].
+    pub max_memory: usize,
+}
+
+impl RuleLimits {
+    /// What one array item or map entry is counted as, in bytes: the item itself (16),
+    /// the allocation of a short string or an empty container it holds (about 40), and
+    /// the slack of the vector or tree node it sits in.
+    pub const ITEM_BYTES: usize = 64;
+
+    /// The most bytes one kind of content of one value may take under `max_memory`:
+    /// an eighth of it. A value holds strings, items and entries, so it takes at most
+    /// three eighths, and a built-in joining two values (`+`, `append`, `pad`) at most
+    /// twice that before the result is refused: `max_memory` in all.
+    pub fn value_share(&self) -> usize {
+        self.max_memory / 8
+    }
+
+    /// The largest `max_string_size` that `max_memory` allows.
+    pub fn string_size_cap(&self) -> usize {
+        self.value_share()
+    }
+
+    /// The largest `max_array_size` or `max_map_size` that `max_memory` allows.
+    pub fn item_count_cap(&self) -> usize {
+        self.value_share() / Self::ITEM_BYTES
+    }
 }
 
 impl Default for RuleLimits {
@@ -137,6 +165,7 @@ impl Default for RuleLimits {
             max_array_size: 10_000,
             max_map_size: 10_000,
             max_time: Duration::from_millis(50),
+            max_memory: 16 << 20,
         }
     }
 }

@@ -56,6 +56,16 @@ pub(super) struct RawRuleLimits {
     pub max_map_size: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub max_time: Option<Duration>,
+    pub max_memory: Option<RawBytes>,
+}
+
+/// A size as written: a number of bytes, or text with a binary unit (`16MiB`); what
+/// the text means is checked in `validate`, where the key path is known.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a size in bytes, such as 16777216 or \"16MiB\"")]
+pub(super) enum RawBytes {
+    Count(u64),
+    Text(String),
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -52,6 +52,7 @@ rules:
     max_array_size: 100
     max_map_size: 200
     max_time: 20ms
+    max_memory: 8MiB
 worker:
   batch_size: 50
   poll_interval: 1s
@@ -111,6 +112,7 @@ fn full_example_parses_with_every_key() {
         max_array_size: 100,
         max_map_size: 200,
         max_time: Duration::from_millis(20),
+        max_memory: 8 << 20,
     };
     assert_eq!(c.rules.limits, limits);
     assert_eq!(c.worker.batch_size, 50);
@@ -534,5 +536,67 @@ fn error_names_the_file_as_given() {
             assert_eq!((file.as_str(), key.as_str()), ("conf/x.yaml", "worker"))
         }
         other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn max_memory_is_bytes_or_a_binary_size_and_defaults_to_16_mib() {
+    let memory = |value: &str| {
+        parse(&format!("rules:\n  limits:\n    max_memory: {value}\n"))
+            .rules
+            .limits
+            .max_memory
+    };
+    assert_eq!(parse("").rules.limits.max_memory, 16 << 20);
+    assert_eq!(memory("16MiB"), 16 << 20);
+    assert_eq!(memory("\"16 MiB\""), 16 << 20);
+    assert_eq!(memory("1GiB"), 1 << 30);
+    assert_eq!(memory("8388608"), 8 << 20);
+    assert_eq!(memory("12582912B"), 12 << 20);
+}
+
+#[test]
+fn max_memory_that_is_not_a_size_or_out_of_range_is_refused_with_its_key() {
+    for (value, expected) in [
+        (
+            "0",
+            "rules.limits.max_memory: must be between 8MiB and 1GiB, got 0 bytes",
+        ),
+        (
+            "7MiB",
+            "rules.limits.max_memory: must be between 8MiB and 1GiB, got 7340032 bytes",
+        ),
+        (
+            "2GiB",
+            "rules.limits.max_memory: must be between 8MiB and 1GiB, got 2147483648 bytes",
+        ),
+        (
+            "17179869184GiB",
+            "rules.limits.max_memory: must be between 8MiB and 1GiB, got more",
+        ),
+        ("16MB", "rules.limits.max_memory: \"16MB\" is not a size"),
+        ("lots", "rules.limits.max_memory: \"lots\" is not a size"),
+        ("-1", "rules.limits.max_memory"),
+    ] {
+        let text = format!("rules:\n  limits:\n    max_memory: {value}\n");
+        let err = refusal(&text);
+        assert!(err.contains(expected), "{value}: {err}");
+    }
+}
+
+#[test]
+fn a_size_limit_larger_than_max_memory_allows_is_refused_with_its_key() {
+    for (key, value, expected) in [
+        ("max_string_size", 1048577, "rules.limits.max_string_size: must be at most 1048576 bytes (an eighth of rules.limits.max_memory, 8388608 bytes)"),
+        ("max_array_size", 16385, "rules.limits.max_array_size: must be at most 16384 items"),
+        ("max_map_size", 16385, "rules.limits.max_map_size: must be at most 16384 entries"),
+    ] {
+        let mut text = "rules:\n  limits:\n    max_memory: 8MiB\n".to_owned();
+        for (name, fits) in [("max_string_size", 1024), ("max_array_size", 16384), ("max_map_size", 16384)] {
+            let value = if name == key { value } else { fits };
+            text.push_str(&format!("    {name}: {value}\n"));
+        }
+        let err = refusal(&text);
+        assert!(err.contains(expected), "{key}: {err}");
     }
 }

@@ -2,9 +2,11 @@
 //! `select_coupon.rhai`), compiled once when loaded and evaluated in a sandbox with
 //! limits always on. A script error is a defined outcome for its request, never a panic.
 //!
-//! `sandbox` builds the engine and maps Rhai's errors, `functions` holds the helpers
+//! `sandbox` builds the engine and maps Rhai's errors, `bounded` replaces the standard
+//! built-ins that one call could make run long or large, `functions` holds the helpers
 //! scripts may call, `inputs` builds the values scripts see.
 
+mod bounded;
 mod functions;
 mod inputs;
 mod sandbox;
@@ -111,6 +113,7 @@ impl Rules {
         limits: &RuleLimits,
         clock: Clock,
     ) -> Result<Rules, Vec<RuleError>> {
+        let limits = &sandbox::within_max_memory(limits);
         let engine = sandbox::engine(limits, clock);
         let user_type = Script::load(&engine, dir.join(USER_TYPE_FILE), &["request", "history"]);
         let select_coupon = Script::load(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rhai::packages::{Package, StandardPackage};
 use rhai::{Dynamic, Engine, EvalAltResult, Map, ParseError, ParseErrorType, Position, Scope};
 
-use super::{functions, Clock, RuleError};
+use super::{bounded, functions, Clock, RuleError};
 use crate::config::RuleLimits;
 
 /// Deepest expression nesting at the top level and inside functions. `RuleLimits` has
@@ -21,7 +21,8 @@ const MAX_FUNCTION_EXPR_DEPTH: usize = 32;
 /// How many operations run between two looks at the clock: reading it costs about as
 /// much as a few operations, so every 1024th keeps the cost negligible, while 1024
 /// operations take tens of microseconds, so a runaway script still stops close to its
-/// deadline. (A single built-in call, such as sorting a large array, runs to its end.)
+/// deadline. (A single built-in call runs to its end; see `bounded` for those that
+/// could run long or large.)
 const CLOCK_CHECK_EVERY: u64 = 1024;
 
 /// The value `on_progress` terminates a script with when its time is up, so that the
@@ -57,12 +58,34 @@ impl Drop for Deadline {
     }
 }
 
+fn time_is_up() -> bool {
+    DEADLINE
+        .with(Cell::get)
+        .is_some_and(|deadline| Instant::now() >= deadline)
+}
+
 fn stop_when_time_is_up(operations: u64) -> Option<Dynamic> {
-    if operations % CLOCK_CHECK_EVERY != 0 {
-        return None;
+    (operations % CLOCK_CHECK_EVERY == 0 && time_is_up()).then(|| TIME_IS_UP.into())
+}
+
+/// The error that ends an evaluation whose deadline has passed, for built-ins that
+/// loop without Rhai's operations count looking at the clock for them.
+pub(super) fn check_deadline() -> Result<(), Box<EvalAltResult>> {
+    if time_is_up() {
+        return Err(EvalAltResult::ErrorTerminated(TIME_IS_UP.into(), Position::NONE).into());
     }
-    let deadline = DEADLINE.with(Cell::get)?;
-    (Instant::now() >= deadline).then(|| TIME_IS_UP.into())
+    Ok(())
+}
+
+/// `limits` with the string, array and map limits lowered to what `max_memory`
+/// allows, for limits built in code; config validation refuses larger ones.
+pub(super) fn within_max_memory(limits: &RuleLimits) -> RuleLimits {
+    RuleLimits {
+        max_string_size: limits.max_string_size.min(limits.string_size_cap()),
+        max_array_size: limits.max_array_size.min(limits.item_count_cap()),
+        max_map_size: limits.max_map_size.min(limits.item_count_cap()),
+        ..limits.clone()
+    }
 }
 
 /// Builds the one engine all rules run on, with every limit of `limits` on.
@@ -102,6 +125,7 @@ pub(super) fn engine(limits: &RuleLimits, clock: Clock) -> Engine {
             );
         });
     functions::register(&mut engine, clock);
+    bounded::register(&mut engine);
     engine
 }
 

@@ -560,3 +560,163 @@ fn print_and_debug_do_not_break_a_rule() {
         "first_time"
     );
 }
+
+/// Generous limits for the built-in bound tests: the time bound is 200 ms and the
+/// operations limit does not stop anything first.
+fn with_200ms() -> RuleLimits {
+    RuleLimits {
+        max_operations: u64::MAX,
+        max_time: Duration::from_millis(200),
+        ..RuleLimits::default()
+    }
+}
+
+/// Runs a hostile `user_type` script under [`with_200ms`] and returns its error, which
+/// must come within twice the time limit.
+fn stopped_within_twice_max_time(script: &str) -> RuleError {
+    let limits = with_200ms();
+    let (result, elapsed) = user_type_with(script, &limits);
+    let err = result.unwrap_err();
+    assert!(
+        elapsed < limits.max_time * 2,
+        "{script:?} ran for {elapsed:?}: {err}"
+    );
+    err
+}
+
+#[test]
+fn replacing_each_character_of_a_long_string_with_the_string_is_refused_before_it_is_built() {
+    for replace in [
+        r#"s.replace("x", s)"#,
+        r#"s.replace('x', s)"#,
+        r#"s.replace("", s)"#,
+    ] {
+        let script = format!(r#"let s = ""; s.pad(16000, "x"); {replace}; "first_time""#);
+        let err = stopped_within_twice_max_time(&script);
+        assert!(
+            err.message
+                .contains("string too large (limit 16384 bytes, rules.limits.max_string_size)"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn padding_is_counted_in_bytes_and_an_empty_padding_changes_nothing() {
+    // 16,000 characters is under the limit of 16,384, but at 3 bytes each it is not.
+    let err = stopped_within_twice_max_time(r#"let s = "x"; s.pad(16000, "€"); "first_time""#);
+    assert!(err.message.contains("string too large"), "{err}");
+    let err = stopped_within_twice_max_time(r#"let s = "x"; s.pad(16000, '€'); "first_time""#);
+    assert!(err.message.contains("string too large"), "{err}");
+    // Rhai's own `pad` loops forever on an empty padding.
+    let (result, elapsed) =
+        user_type_with(r#"let s = "first_time"; s.pad(100, ""); s"#, &with_200ms());
+    assert_eq!(result.unwrap().as_str(), "first_time");
+    assert!(elapsed < Duration::from_millis(400), "ran for {elapsed:?}");
+}
+
+#[test]
+fn splitting_a_string_into_more_items_than_an_array_holds_is_refused_before_it_is_built() {
+    for split in [
+        r#"s.split("")"#,
+        r#"s.split_rev("")"#,
+        r#"s.split("", 20000)"#,
+        "s.to_chars()",
+    ] {
+        let script = format!(r#"let s = ""; s.pad(16000, "x"); let a = {split}; "first_time""#);
+        let err = stopped_within_twice_max_time(&script);
+        assert!(
+            err.message
+                .contains("array too large (limit 10000 items, rules.limits.max_array_size)"),
+            "{split}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_sort_whose_comparer_runs_past_the_deadline_stops_at_the_deadline() {
+    let script = "let a = []; a.pad(10000, 0);
+        for i in 0..10000 { a[i] = (i * 7919) % 10007; }
+        a.sort(|x, y| { let i = 0; while i < 100 { i += 1; } x - y });
+        \"first_time\"";
+    let err = stopped_within_twice_max_time(script);
+    assert!(
+        err.message.contains("exceeded the time limit of 200ms"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_error_in_a_sort_comparer_is_the_sorts_error() {
+    let script = r#"let a = [3, 1, 2]; a.sort(|x, y| throw "cannot compare"); "first_time""#;
+    let err = stopped_within_twice_max_time(script);
+    assert!(err.message.contains("cannot compare"), "{err}");
+}
+
+#[test]
+fn the_bounded_built_ins_give_the_same_results_as_rhais_own() {
+    let ours = sandbox::engine(&RuleLimits::default(), fixed_clock());
+    let rhais = rhai::Engine::new();
+    for expr in [
+        r#"let s = "hello, world"; s.replace("l", "LL"); s"#,
+        r#"let s = "hello"; s.replace("", "-"); s"#,
+        r#"let s = ""; s.replace("", "-"); s"#,
+        r#"let s = "hello"; s.replace("l", '*'); s"#,
+        r#"let s = "hello"; s.replace('l', "(^)"); s"#,
+        r#"let s = "héllo"; s.replace('é', 'e'); s"#,
+        r#"let s = "ab"; s.pad(7, "xyz"); s"#,
+        r#"let s = "ab"; s.pad(5, '€'); s"#,
+        r#"let s = "abcdef"; s.pad(3, "x"); s"#,
+        r#"let s = "ab"; s.pad(-1, "x"); s"#,
+        r#""a b  c".split()"#,
+        r#""".split()"#,
+        r#""a,b,,c".split(",")"#,
+        r#""a,b,,c".split(',')"#,
+        r#""abc".split("")"#,
+        r#""".split(",")"#,
+        r#""a,b,c".split(",", 2)"#,
+        r#""a,b,c".split(',', 0)"#,
+        r#""a,b,c".split_rev(",")"#,
+        r#""a,b,c".split_rev(',', 2)"#,
+        r#""a,b,c".split_rev(",", 1)"#,
+        r#""héllo".to_chars()"#,
+        "let a = [3, 1, 2]; a.sort(|x, y| x - y); a",
+        "let a = [3, 1, 2]; a.sort_by(|x, y| x > y); a",
+        // Those that change a value refuse a constant; the others take it.
+        r#"const c = "abc"; c.replace("a", "b"); c"#,
+        r#"const c = "abc"; c.pad(5, "x"); c"#,
+        "const c = [2, 1]; c.sort(|x, y| x - y); c",
+        r#"const c = "a-b"; c.split("-")"#,
+        r#"const c = "a-b"; c.to_chars()"#,
+    ] {
+        let ours = ours.eval::<rhai::Dynamic>(expr).map(|v| format!("{v:?}"));
+        let rhais = rhais.eval::<rhai::Dynamic>(expr).map(|v| format!("{v:?}"));
+        assert_eq!(
+            ours.map_err(|e| e.to_string()),
+            rhais.map_err(|e| e.to_string()),
+            "{expr}"
+        );
+    }
+}
+
+#[test]
+fn limits_built_in_code_are_lowered_to_what_max_memory_allows() {
+    let limits = RuleLimits {
+        max_string_size: usize::MAX,
+        max_array_size: usize::MAX,
+        max_map_size: usize::MAX,
+        max_memory: 8 << 20,
+        ..with_200ms()
+    };
+    let err = stopped(r#"let s = "x"; loop { s += s; }"#, &limits);
+    assert!(
+        err.message
+            .contains("string too large (limit 1048576 bytes"),
+        "{err}"
+    );
+    let err = stopped("let a = []; a.pad(1000000, 0); 1", &limits);
+    assert!(
+        err.message.contains("array too large (limit 16384 items"),
+        "{err}"
+    );
+}
