@@ -12,6 +12,10 @@ use crate::store::grants::NewGrant;
 pub const COUPON_GRANTED: &str = "coupon.granted";
 /// `coupon.rotated`, to the alerts channel.
 pub const COUPON_ROTATED: &str = "coupon.rotated";
+/// `coupon.running_low`, to the alerts channel: at its grant rate the coupon runs out
+/// soon (once per coupon until it is restocked). Only an alert: rotation waits for
+/// `low_stock`.
+pub const COUPON_RUNNING_LOW: &str = "coupon.running_low";
 /// `campaign.exhausted`, to the alerts channel, once per exhaustion.
 pub const CAMPAIGN_EXHAUSTED: &str = "campaign.exhausted";
 /// `campaign.budget_reached`, to the alerts channel, once.

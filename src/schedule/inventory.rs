@@ -1,15 +1,20 @@
 //! The inventory check: finds every active coupon whose stock is at or below its
-//! `low_stock` watermark, exhausted, or predicted to run out before the next check
-//! (from its recent grant rate), retires it from selection and lets the next coupon of
-//! its chain serve. What is left of a retired coupon stays a last-resort reserve. Each
-//! rotation is audited in `coupon_rotations` and announced as `coupon.rotated`; a chain
-//! with nothing left announces `campaign.exhausted` once.
+//! `low_stock` watermark or exhausted, retires it from selection and lets the next
+//! coupon of its chain serve. What is left of a retired coupon stays a last-resort
+//! reserve. Each rotation is audited in `coupon_rotations` and announced as
+//! `coupon.rotated`; a chain with nothing left announces `campaign.exhausted` once.
+//!
+//! A coupon is never retired earlier than its watermark: its recent grant rate only
+//! feeds a forecast, announced as `coupon.running_low` once per coupon until it is
+//! restocked. A burst's rate, extrapolated, used to retire coupons with half their
+//! stock left, stranding it as a reserve nobody got; ops who want early rotation set
+//! `low_stock`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeDelta, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde::Serialize;
@@ -27,6 +32,13 @@ use crate::with_conn;
 /// How far back the grant rate is measured.
 pub const RATE_WINDOW: TimeDelta = TimeDelta::minutes(2);
 
+/// How far ahead the run-out forecast looks, for a check every `check_interval`: as far
+/// as the rate looked back ([`RATE_WINDOW`]), and at least to the next check (it could
+/// not warn any later).
+pub fn forecast_horizon(check_interval: Duration) -> Duration {
+    check_interval.max(RATE_WINDOW.to_std().unwrap_or_default())
+}
+
 /// Why a coupon is rotated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -34,8 +46,6 @@ pub enum Reason {
     LowStock,
     /// Nothing left.
     Exhausted,
-    /// At its grant rate it runs out before the next check.
-    Predicted,
 }
 
 impl Reason {
@@ -44,7 +54,6 @@ impl Reason {
         match self {
             Reason::LowStock => "low_stock",
             Reason::Exhausted => "exhausted",
-            Reason::Predicted => "predicted",
         }
     }
 }
@@ -67,6 +76,8 @@ pub struct Planned {
 pub struct InventoryReport {
     /// Rotations made.
     pub rotations: Vec<Rotation>,
+    /// Coupons announced running low (once per coupon until restocked).
+    pub running_low: Vec<String>,
     /// Campaigns announced exhausted (first time only).
     pub exhausted: Vec<String>,
 }
@@ -74,29 +85,34 @@ pub struct InventoryReport {
 /// Grants per second by coupon over [`RATE_WINDOW`].
 pub type Rates = HashMap<String, f64>;
 
-fn needs_rotation(coupon: &CouponStock, rates: &Rates, horizon: Duration) -> Option<Reason> {
+/// A coupon that, at its grant rate, runs out within the forecast's horizon.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningLow {
+    /// The coupon.
+    pub coupon: String,
+    /// What is left of it.
+    pub remaining: i64,
+    /// Its grant rate over [`RATE_WINDOW`], per second.
+    pub rate_per_sec: f64,
+    /// When it runs out at that rate.
+    pub run_out_at: DateTime<Utc>,
+}
+
+fn needs_rotation(coupon: &CouponStock) -> Option<Reason> {
     if coupon.remaining == 0 {
         return Some(Reason::Exhausted);
     }
-    if coupon.remaining <= coupon.low_stock {
-        return Some(Reason::LowStock);
-    }
-    let rate = rates.get(&coupon.id).copied().unwrap_or(0.0);
-    (rate > 0.0 && (coupon.remaining as f64) <= rate * horizon.as_secs_f64())
-        .then_some(Reason::Predicted)
+    (coupon.remaining <= coupon.low_stock).then_some(Reason::LowStock)
 }
 
-/// Decides the rotations of one chain (in chain order). A coupon is rotated only when
-/// a later active coupon with stock can take over — preferably one that does not need
-/// rotating itself; otherwise it keeps serving and the grant step's fallback covers it.
-pub fn plan_rotations(chain: &[CouponStock], rates: &Rates, horizon: Duration) -> Vec<Planned> {
+/// Decides the rotations of one chain (in chain order): at the watermark or exhausted,
+/// never earlier. A coupon is rotated only when a later active coupon with stock can
+/// take over — preferably one that does not need rotating itself; otherwise it keeps
+/// serving and the grant step's fallback covers it.
+pub fn plan_rotations(chain: &[CouponStock]) -> Vec<Planned> {
     let reasons: Vec<Option<Reason>> = chain
         .iter()
-        .map(|c| {
-            (c.state == ACTIVE)
-                .then(|| needs_rotation(c, rates, horizon))
-                .flatten()
-        })
+        .map(|c| (c.state == ACTIVE).then(|| needs_rotation(c)).flatten())
         .collect();
     let usable = |j: usize| chain[j].state == ACTIVE && chain[j].remaining > 0;
     chain
@@ -119,29 +135,67 @@ pub fn plan_rotations(chain: &[CouponStock], rates: &Rates, horizon: Duration) -
         .collect()
 }
 
+/// The coupons of one chain that still serve after `rotated` and, at their grant rate,
+/// run out within `horizon` of `now` (`remaining <= rate × horizon`).
+pub fn forecast_running_low(
+    chain: &[CouponStock],
+    rotated: &[Planned],
+    rates: &Rates,
+    horizon: Duration,
+    now: DateTime<Utc>,
+) -> Vec<RunningLow> {
+    let until = TimeDelta::from_std(horizon)
+        .ok()
+        .and_then(|h| now.checked_add_signed(h))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    chain
+        .iter()
+        .filter(|c| c.state == ACTIVE && !rotated.iter().any(|p| p.from == c.id))
+        .filter_map(|c| {
+            let rate_per_sec = rates.get(&c.id).copied().unwrap_or(0.0);
+            let run_out_at = predicted_run_out(c.remaining, rate_per_sec, now)?;
+            (run_out_at <= until).then(|| RunningLow {
+                coupon: c.id.clone(),
+                remaining: c.remaining,
+                rate_per_sec,
+                run_out_at,
+            })
+        })
+        .collect()
+}
+
 /// Runs the check over every campaign.
 pub async fn check(ctx: &Context) -> Result<InventoryReport, StoreError> {
     let now = Utc::now();
-    let horizon = super::tick_interval(&ctx.config.schedule.inventory_check);
+    let horizon = forecast_horizon(super::tick_interval(&ctx.config.schedule.inventory_check));
     let rates = grant_rates(ctx, now).await?;
     let mut report = InventoryReport::default();
     // The campaigns of the last reload, like the grant step.
     let catalog = ctx.catalog.current();
     for campaign in &catalog.campaigns {
         let (config, rates, id) = (catalog.clone(), rates.clone(), campaign.id.to_string());
-        let (rotations, exhausted) = with_conn!(ctx.db, |conn| {
+        let checked = with_conn!(ctx.db, |conn| {
             check_campaign(conn, config, id, rates, horizon, now).await?
         });
-        for r in &rotations {
+        for low in &checked.running_low {
+            warn!(campaign = %campaign.id, coupon = %low.coupon, remaining = low.remaining, run_out_at = %low.run_out_at, "coupon running low at its grant rate");
+        }
+        for r in &checked.rotations {
             info!(campaign = %r.campaign_id, from = %r.from_coupon, to = ?r.to_coupon, reason = %r.reason, remaining = r.remaining, "coupon rotated");
         }
-        if exhausted {
+        if checked.exhausted {
             warn!(campaign = %campaign.id, "campaign exhausted: no coupon of its chain has stock left");
             report.exhausted.push(campaign.id.to_string());
         }
-        report.rotations.extend(rotations);
+        report.rotations.extend(checked.rotations);
+        report
+            .running_low
+            .extend(checked.running_low.into_iter().map(|l| l.coupon));
     }
-    if !report.rotations.is_empty() || !report.exhausted.is_empty() {
+    if !report.rotations.is_empty()
+        || !report.running_low.is_empty()
+        || !report.exhausted.is_empty()
+    {
         ctx.outbox_ready.notify_one();
     }
     Ok(report)
@@ -165,12 +219,34 @@ async fn grant_rates(ctx: &Context, now: DateTime<Utc>) -> Result<Rates, StoreEr
 }
 
 #[derive(Serialize)]
-struct RotatedEvent<'a> {
-    campaign: &'a str,
-    from: &'a str,
-    to: Option<&'a str>,
-    reason: &'a str,
+struct RotatedEvent {
+    campaign: String,
+    from: String,
+    to: Option<String>,
+    reason: &'static str,
     remaining: i64,
+}
+
+#[derive(Serialize)]
+struct RunningLowEvent<'a> {
+    campaign: &'a str,
+    coupon: &'a str,
+    remaining: i64,
+    rate_per_min: f64,
+    run_out_at: String,
+}
+
+impl<'a> RunningLowEvent<'a> {
+    fn of(campaign: &'a str, low: &'a RunningLow) -> Self {
+        RunningLowEvent {
+            campaign,
+            coupon: &low.coupon,
+            remaining: low.remaining,
+            // Per minute with one decimal, as `stock show` prints it.
+            rate_per_min: (low.rate_per_sec * 600.0).round() / 10.0,
+            run_out_at: low.run_out_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -178,7 +254,15 @@ struct ExhaustedEvent<'a> {
     campaign: &'a str,
 }
 
-/// One campaign's check in one transaction: lock the chain, rotate, audit, announce.
+/// What one campaign's check did.
+struct CampaignCheck {
+    rotations: Vec<Rotation>,
+    running_low: Vec<RunningLow>,
+    exhausted: bool,
+}
+
+/// One campaign's check in one transaction: lock the chain, rotate, audit, announce
+/// the rotations, the coupons running low (once each) and an exhausted chain (once).
 fn check_campaign<C: Store>(
     conn: &mut C,
     config: Arc<Config>,
@@ -186,33 +270,27 @@ fn check_campaign<C: Store>(
     rates: Rates,
     horizon: Duration,
     now: DateTime<Utc>,
-) -> BoxFuture<'_, Result<(Vec<Rotation>, bool), StoreError>> {
+) -> BoxFuture<'_, Result<CampaignCheck, StoreError>> {
     conn.transaction(async move |conn| {
         let mut chain = conn
             .chains(std::slice::from_ref(&campaign_id), true)
             .await?;
         chain.sort_by_key(|c| c.position);
         let at = now.naive_utc();
-        let mut rotations = Vec::new();
         let mut alerts = Vec::new();
-        for planned in plan_rotations(&chain, &rates, horizon) {
-            conn.set_coupon_state(&planned.from, RETIRED, at).await?;
-            let rotation = Rotation {
-                campaign_id: campaign_id.clone(),
-                from_coupon: planned.from.clone(),
-                to_coupon: Some(planned.to.clone()),
-                reason: planned.reason.as_str().to_owned(),
-                remaining: planned.remaining,
-                rotated_at: at,
-            };
-            conn.record_rotation(&rotation).await?;
-            let event = RotatedEvent {
-                campaign: &campaign_id,
-                from: &planned.from,
-                to: Some(&planned.to),
-                reason: planned.reason.as_str(),
-                remaining: planned.remaining,
-            };
+        let planned = plan_rotations(&chain);
+        let mut running_low = Vec::new();
+        for low in forecast_running_low(&chain, &planned, &rates, horizon, now) {
+            if conn.mark_running_low(&low.coupon).await? {
+                let event = RunningLowEvent::of(&campaign_id, &low);
+                let kind = events::COUPON_RUNNING_LOW;
+                alerts.extend(events::alert(&config, kind, event, now));
+                running_low.push(low);
+            }
+        }
+        let mut rotations = Vec::new();
+        for planned in planned {
+            let (rotation, event) = rotate(conn, &campaign_id, planned, at).await?;
             alerts.extend(events::alert(&config, events::COUPON_ROTATED, event, now));
             rotations.push(rotation);
         }
@@ -225,17 +303,44 @@ fn check_campaign<C: Store>(
             let event = ExhaustedEvent {
                 campaign: &campaign_id,
             };
-            alerts.extend(events::alert(
-                &config,
-                events::CAMPAIGN_EXHAUSTED,
-                event,
-                now,
-            ));
+            let kind = events::CAMPAIGN_EXHAUSTED;
+            alerts.extend(events::alert(&config, kind, event, now));
         }
         conn.record_deliveries(&alerts).await?;
-        Ok((rotations, exhausted))
+        Ok(CampaignCheck {
+            rotations,
+            running_low,
+            exhausted,
+        })
     })
     .boxed()
+}
+
+/// Retires `planned.from` and audits it; returns the audit row and its event.
+async fn rotate<C: Store>(
+    conn: &mut C,
+    campaign_id: &str,
+    planned: Planned,
+    at: NaiveDateTime,
+) -> Result<(Rotation, RotatedEvent), StoreError> {
+    conn.set_coupon_state(&planned.from, RETIRED, at).await?;
+    let rotation = Rotation {
+        campaign_id: campaign_id.to_owned(),
+        from_coupon: planned.from.clone(),
+        to_coupon: Some(planned.to.clone()),
+        reason: planned.reason.as_str().to_owned(),
+        remaining: planned.remaining,
+        rotated_at: at,
+    };
+    conn.record_rotation(&rotation).await?;
+    let event = RotatedEvent {
+        campaign: campaign_id.to_owned(),
+        from: planned.from,
+        to: Some(planned.to),
+        reason: planned.reason.as_str(),
+        remaining: planned.remaining,
+    };
+    Ok((rotation, event))
 }
 
 /// Used by `stock show`: the predicted run-out of a coupon at its current rate.
@@ -244,8 +349,11 @@ pub fn predicted_run_out(
     rate_per_sec: f64,
     now: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
-    (rate_per_sec > 0.0 && remaining > 0)
-        .then(|| now + TimeDelta::milliseconds((remaining as f64 / rate_per_sec * 1000.0) as i64))
+    if rate_per_sec <= 0.0 || remaining <= 0 {
+        return None;
+    }
+    let ms = remaining as f64 / rate_per_sec * 1000.0;
+    TimeDelta::try_milliseconds(ms as i64).and_then(|d| now.checked_add_signed(d))
 }
 
 /// The current grant rates (per second), for `stock show`.
@@ -275,7 +383,7 @@ mod tests {
     #[test]
     fn a_coupon_at_its_watermark_rotates_to_the_next() {
         let chain = [coupon("A", 100, 100, ACTIVE), coupon("B", 500, 10, ACTIVE)];
-        let plan = plan_rotations(&chain, &Rates::new(), Duration::from_secs(10));
+        let plan = plan_rotations(&chain);
         assert_eq!(plan.len(), 1);
         assert_eq!(
             (plan[0].from.as_str(), plan[0].to.as_str(), plan[0].reason),
@@ -284,19 +392,60 @@ mod tests {
     }
 
     #[test]
-    fn a_high_grant_rate_predicts_a_run_out() {
+    fn a_high_grant_rate_forecasts_a_run_out_but_rotates_nothing() {
         let chain = [coupon("A", 500, 10, ACTIVE), coupon("B", 5000, 10, ACTIVE)];
+        assert!(plan_rotations(&chain).is_empty(), "above its watermark");
+        let now = Utc::now();
+        let horizon = forecast_horizon(Duration::from_secs(10));
+        assert_eq!(
+            horizon,
+            Duration::from_secs(120),
+            "the rate window's length"
+        );
         let rates = Rates::from([("A".to_owned(), 60.0)]);
-        let plan = plan_rotations(&chain, &rates, Duration::from_secs(10));
-        assert_eq!(plan[0].reason, Reason::Predicted);
+        let low = forecast_running_low(&chain, &[], &rates, horizon, now);
+        assert_eq!(
+            low,
+            [RunningLow {
+                coupon: "A".into(),
+                remaining: 500,
+                rate_per_sec: 60.0,
+                run_out_at: predicted_run_out(500, 60.0, now).unwrap(),
+            }]
+        );
         let slow = Rates::from([("A".to_owned(), 1.0)]);
-        assert!(plan_rotations(&chain, &slow, Duration::from_secs(10)).is_empty());
+        assert!(forecast_running_low(&chain, &[], &slow, horizon, now).is_empty());
+        let hourly = forecast_horizon(Duration::from_secs(3600));
+        assert_eq!(
+            forecast_running_low(&chain, &[], &slow, hourly, now).len(),
+            1,
+            "with a check every hour, the forecast looks to the next check"
+        );
+    }
+
+    #[test]
+    fn coupons_rotated_or_retired_are_not_forecast() {
+        let chain = [
+            coupon("A", 0, 0, RETIRED),
+            coupon("B", 10, 10, ACTIVE),
+            coupon("C", 500, 10, ACTIVE),
+        ];
+        let rates =
+            Rates::from([("A", 5.0), ("B", 5.0), ("C", 5.0)].map(|(c, r)| (c.to_owned(), r)));
+        let plan = plan_rotations(&chain);
+        assert_eq!(plan.len(), 1);
+        let horizon = forecast_horizon(Duration::from_secs(10));
+        let low = forecast_running_low(&chain, &plan, &rates, horizon, Utc::now());
+        assert_eq!(
+            low.iter().map(|l| l.coupon.as_str()).collect::<Vec<_>>(),
+            ["C"]
+        );
     }
 
     #[test]
     fn the_last_coupon_is_never_rotated_and_retired_ones_are_left_alone() {
         let chain = [coupon("A", 0, 10, RETIRED), coupon("B", 5, 10, ACTIVE)];
-        assert!(plan_rotations(&chain, &Rates::new(), Duration::from_secs(10)).is_empty());
+        assert!(plan_rotations(&chain).is_empty());
     }
 
     #[test]
@@ -307,5 +456,10 @@ mod tests {
             Some(now + TimeDelta::seconds(10))
         );
         assert_eq!(predicted_run_out(100, 0.0, now), None);
+        assert_eq!(
+            predicted_run_out(i64::MAX, 1e-9, now),
+            None,
+            "past any date"
+        );
     }
 }

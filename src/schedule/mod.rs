@@ -5,7 +5,8 @@
 //! tokio-cron-scheduler fires on every daemon. Each job therefore takes a lease row in
 //! `job_leases` for the tick first: one daemon runs it per tick, a daemon that dies
 //! gives it up when the lease runs out, and a tick that comes while the job still runs
-//! is skipped.
+//! is skipped. The tick is named by the job's cron schedule (see [`tick_of`]), never by
+//! the firing time, which is late by as much as the scheduler's half-second poll.
 
 pub mod inventory;
 pub mod reconcile;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use croner::parser::{CronParser, Seconds};
+use croner::Cron;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tracing::{debug, error, info, warn};
 
@@ -79,21 +81,55 @@ where
     Fut: Future<Output = Result<usize, StoreError>> + Send + 'static,
 {
     let ctx = ctx.clone();
+    let schedule = parse_cron(cron).ok_or(JobSchedulerError::ParseSchedule)?;
     scheduler
         .add(Job::new_async(cron, move |_, _| {
-            let (ctx, job) = (ctx.clone(), job.clone());
+            let (ctx, job, schedule) = (ctx.clone(), job.clone(), schedule.clone());
             Box::pin(async move {
-                run_once_per_tick(&ctx, name, Utc::now(), || job(ctx.clone())).await;
+                run_once_per_tick(&ctx, name, &schedule, Utc::now(), || job(ctx.clone())).await;
             })
         })?)
         .await?;
     Ok(())
 }
 
-/// Runs `job` if this daemon wins the tick's lease; returns whether it ran.
+/// Parses a `schedule.*` cron expression (six fields, seconds first) exactly as
+/// tokio-cron-scheduler does; `None` when it is not one.
+pub fn parse_cron(cron: &str) -> Option<Cron> {
+    CronParser::builder()
+        .seconds(Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(cron)
+        .ok()
+}
+
+/// How early a firing may come and still name the scheduled time just after it.
+/// tokio-cron-scheduler fires a job once its scheduled time has passed on this
+/// daemon's clock (it looks every 500 ms), so firings are late, not early; the
+/// allowance only absorbs a clock stepped back between the scheduler's look and ours.
+/// It is small on purpose: on a schedule whose ticks are `d` apart, a firing later
+/// than `d - EARLY_FIRING` is taken for an early firing of the next tick.
+pub const EARLY_FIRING: TimeDelta = TimeDelta::milliseconds(100);
+
+/// The scheduled time a firing at `fired_at` belongs to: the latest time of `schedule`
+/// at or before `fired_at + EARLY_FIRING`. Every daemon that fires for one scheduled
+/// time — however late — names the same tick, so the job runs once per scheduled time.
+/// Without an earlier time (a schedule that has not started), the firing's second.
+pub fn tick_of(schedule: &Cron, fired_at: DateTime<Utc>) -> DateTime<Utc> {
+    // Cron times are whole seconds; croner keeps the fraction of a matching time.
+    let second = |t: DateTime<Utc>| t.duration_trunc(TimeDelta::seconds(1)).unwrap_or(t);
+    schedule
+        .find_previous_occurrence(&second(fired_at + EARLY_FIRING), true)
+        .unwrap_or_else(|_| second(fired_at))
+}
+
+/// Runs `job` if this daemon wins the lease of the tick of `schedule` that a firing at
+/// `fired_at` belongs to ([`tick_of`]); returns whether it ran.
 pub async fn run_once_per_tick<F, Fut>(
     ctx: &Context,
     name: &str,
+    schedule: &Cron,
     fired_at: DateTime<Utc>,
     job: F,
 ) -> bool
@@ -101,12 +137,7 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<usize, StoreError>>,
 {
-    // Daemons fire within milliseconds of each other: the nearest whole second names
-    // the tick they all share.
-    let tick = fired_at
-        .duration_round(TimeDelta::seconds(1))
-        .unwrap_or(fired_at)
-        .naive_utc();
+    let tick = tick_of(schedule, fired_at).naive_utc();
     let now = store::now();
     let held_until = now + TimeDelta::from_std(ctx.config.worker.lease).unwrap_or(TimeDelta::MAX);
     let holder = ctx.instance.as_str();
@@ -168,16 +199,11 @@ pub async fn reclaim(ctx: &Context) -> Result<usize, StoreError> {
     Ok(reclaimed.requeued + reclaimed.failed + reclaimed.rejected)
 }
 
-/// The time between two ticks of a cron expression (the inventory check's horizon
-/// for predicting a run-out); 10 s when it cannot be computed.
+/// The time between two ticks of a cron expression (the inventory check's run-out
+/// forecast looks at least this far ahead); 10 s when it cannot be computed.
 pub fn tick_interval(cron: &str) -> Duration {
     let fallback = Duration::from_secs(10);
-    let Ok(parsed) = CronParser::builder()
-        .seconds(Seconds::Required)
-        .dom_and_dow(true)
-        .build()
-        .parse(cron)
-    else {
+    let Some(parsed) = parse_cron(cron) else {
         return fallback;
     };
     let mut next = parsed.iter_after(Utc::now());
@@ -196,5 +222,45 @@ mod tests {
         assert_eq!(tick_interval("*/10 * * * * *"), Duration::from_secs(10));
         assert_eq!(tick_interval("0 * * * * *"), Duration::from_secs(60));
         assert_eq!(tick_interval("not cron"), Duration::from_secs(10));
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    #[test]
+    fn a_late_firing_names_the_scheduled_time_it_was_late_for() {
+        let every_10s = parse_cron("*/10 * * * * *").unwrap();
+        let tick = at("2026-11-27T12:00:10Z");
+        for fired in [
+            "2026-11-27T12:00:10Z",
+            "2026-11-27T12:00:10.100Z",
+            "2026-11-27T12:00:10.600Z",
+            "2026-11-27T12:00:11.400Z",
+            "2026-11-27T12:00:19.800Z",
+        ] {
+            assert_eq!(tick_of(&every_10s, at(fired)), tick, "fired at {fired}");
+        }
+    }
+
+    #[test]
+    fn an_early_firing_names_the_scheduled_time_just_after_it() {
+        let every_10s = parse_cron("*/10 * * * * *").unwrap();
+        let tick = at("2026-11-27T12:00:10Z");
+        assert_eq!(tick_of(&every_10s, at("2026-11-27T12:00:09.950Z")), tick);
+        assert_eq!(
+            tick_of(&every_10s, at("2026-11-27T12:00:09.500Z")),
+            at("2026-11-27T12:00:00Z"),
+            "half a second early is a late firing of the tick before"
+        );
+        let hourly = parse_cron("0 0 * * * *").unwrap();
+        assert_eq!(
+            tick_of(&hourly, at("2026-11-27T12:00:01.400Z")),
+            at("2026-11-27T12:00:00Z")
+        );
+        assert_eq!(
+            tick_of(&hourly, at("2026-11-27T12:59:59.950Z")),
+            at("2026-11-27T13:00:00Z")
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! `job_leases` (one scheduled job runs once per tick across all daemons),
-//! `coupon_rotations` (the audit trail of rotations) and the campaigns' "alerted once"
-//! marks.
+//! `coupon_rotations` (the audit trail of rotations) and the "alerted once" marks of
+//! campaigns and coupons.
 
 use std::future::Future;
 
@@ -10,8 +10,9 @@ use diesel_async::RunQueryDsl;
 
 use super::schema::campaigns::dsl as k;
 use super::schema::coupon_rotations::dsl as r;
+use super::schema::coupons::dsl as c;
 use super::schema::job_leases::dsl as j;
-use super::schema::{campaigns, coupon_rotations, job_leases};
+use super::schema::{campaigns, coupon_rotations, coupons, job_leases};
 use super::{MysqlConn, QueryResult, SqliteConn};
 
 /// One rotation, as audited.
@@ -24,7 +25,8 @@ pub struct Rotation {
     pub from_coupon: String,
     /// The coupon that serves next, if any.
     pub to_coupon: Option<String>,
-    /// `low_stock`, `exhausted` or `predicted`.
+    /// `low_stock` or `exhausted` (rows written before the run-out forecast became an
+    /// alert may say `predicted`).
     pub reason: String,
     /// What was left of `from_coupon`.
     pub remaining: i64,
@@ -77,6 +79,15 @@ pub trait Schedule {
         campaign_id: &str,
         mark: AlertMark,
         now: NaiveDateTime,
+    ) -> impl Future<Output = QueryResult<bool>> + Send;
+
+    /// Marks a coupon as announced `coupon.running_low` at its current `stock`; true
+    /// only for the call that set it. Once per coupon until it is restocked: the mark
+    /// holds until the coupon's `stock` grows past the stock it recorded, so neither
+    /// `stock add` nor a raised config stock has to clear it.
+    fn mark_running_low(
+        &mut self,
+        coupon_id: &str,
     ) -> impl Future<Output = QueryResult<bool>> + Send;
 
     /// Clears a campaign's mark (after a restock), so that the next time alerts again.
@@ -169,6 +180,17 @@ macro_rules! impl_schedule {
                             .await?
                     }
                 };
+                Ok(changed == 1)
+            }
+
+            async fn mark_running_low(&mut self, coupon_id: &str) -> QueryResult<bool> {
+                let armed = c::running_low_alerted_stock
+                    .is_null()
+                    .or(c::running_low_alerted_stock.lt(c::stock.nullable()));
+                let changed = diesel::update(coupons::table.find(coupon_id).filter(armed))
+                    .set(c::running_low_alerted_stock.eq(c::stock.nullable()))
+                    .execute(self)
+                    .await?;
                 Ok(changed == 1)
             }
 

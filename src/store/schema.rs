@@ -56,6 +56,7 @@ diesel::table! {
         low_stock -> BigInt,
         state -> Text,
         updated_at -> Timestamp,
+        running_low_alerted_stock -> Nullable<BigInt>,
     }
 }
 

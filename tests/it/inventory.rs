@@ -1,15 +1,16 @@
-//! Scheduled inventory control: rotation at the watermark and from a predicted
-//! run-out, exhausted chains, windows, budgets, one job per tick across daemons, lease
-//! recovery with fencing, and the stock commands.
+//! Scheduled inventory control: rotation at the watermark (never earlier) and the
+//! run-out forecast as an alert, exhausted chains, windows, budgets, one job per
+//! scheduled time across daemons, lease recovery with fencing, and the stock commands.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DurationRound, TimeDelta, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use couponsd::daemon::Context;
-use couponsd::schedule::{inventory, run_once_per_tick};
+use couponsd::schedule::{inventory, parse_cron, run_once_per_tick};
 use couponsd::store::StoreError;
+use croner::Cron;
 
 use crate::support::*;
 use crate::{on_both_backends, store};
@@ -40,6 +41,11 @@ async fn wave(ctx: &Context, prefix: &str, n: usize) {
         .unwrap();
     }
     drain(ctx).await;
+}
+
+async fn remaining_of(ctx: &Context, coupon: &str) -> i64 {
+    let all = store!(ctx, |c| c.coupon_stock().await?);
+    all.iter().find(|c| c.id == coupon).unwrap().remaining
 }
 
 fn alerts_of(receiver: &Receiver, kind: &str) -> Vec<serde_json::Value> {
@@ -105,30 +111,79 @@ on_both_backends!(
     a_hot_coupon_rotates_at_its_watermark_and_its_replacement_serves
 );
 
-async fn a_high_grant_rate_rotates_before_the_watermark(db: TestDb) {
+/// Issue 11's HOT10 (here NEW10): stock 1,000, `low_stock: 200`, a wave of 200-request batches
+/// with a check after each (at the shipped `batch_size` and check schedule). Its rate
+/// would run it out long before the next check, yet it is retired at its watermark and
+/// not before; ops hear of the rate once, and again after a restock.
+async fn a_burst_is_forecast_but_rotates_only_at_the_watermark(db: TestDb) {
     let receiver = Receiver::ok().await;
-    // 1000 in stock, watermark 0: only the rate can trigger the rotation.
-    let ctx = context(config(
-        &db,
-        &receiver,
-        &shipped_rules(),
-        &chain(1000, 0),
-        ALERTS,
-    ))
-    .await;
-    wave(&ctx, "burst", 300).await;
-    let report = inventory::check(&ctx).await.unwrap();
+    let mut cfg = config(&db, &receiver, &shipped_rules(), &chain(1000, 200), ALERTS);
+    cfg.worker.batch_size = 200;
+    assert_eq!(cfg.schedule.inventory_check, "*/10 * * * * *", "shipped");
+    let ctx = context(cfg).await;
+    let check = async |wave_name: &str, left: i64| {
+        wave(&ctx, wave_name, 200).await;
+        let report = inventory::check(&ctx).await.unwrap();
+        assert_eq!(remaining_of(&ctx, "NEW10").await, left);
+        report
+    };
+    let mut running_low = Vec::new();
+    for (n, left) in [(1, 800), (2, 600)] {
+        let report = check(&format!("w{n}"), left).await;
+        assert!(report.rotations.is_empty(), "{left} left: {report:?}");
+        running_low.extend(report.running_low);
+    }
+    assert!(inventory::check(&ctx).await.unwrap().running_low.is_empty());
+    assert_eq!(running_low, ["NEW10"], "announced once, not at every check");
+    couponsd::ops::stock::add(&ctx, "NEW10", 200).await.unwrap();
+    for (n, left) in [(3, 600), (4, 400)] {
+        let report = check(&format!("w{n}"), left).await;
+        assert!(report.rotations.is_empty(), "{left} left: {report:?}");
+        running_low.extend(report.running_low);
+    }
+    assert_eq!(running_low, ["NEW10", "NEW10"], "a restock re-arms it");
+    let report = check("w5", 200).await;
+    assert_eq!(report.rotations.len(), 1);
+    let r = &report.rotations[0];
     assert_eq!(
-        report.rotations.len(),
-        1,
-        "300 grants within seconds predict a run-out within 10 s"
+        (r.from_coupon.as_str(), r.reason.as_str(), r.remaining),
+        ("NEW10", "low_stock", 200),
+        "retired at its watermark"
     );
-    assert_eq!(report.rotations[0].reason, "predicted");
-    assert_eq!(report.rotations[0].remaining, 700);
+    drain(&ctx).await;
+    let alerts = alerts_of(&receiver, "coupon.running_low");
+    assert_eq!(alerts.len(), 2);
+    let remaining: Vec<_> = alerts
+        .iter()
+        .map(|a| a["data"]["remaining"].clone())
+        .collect();
+    assert_eq!(
+        remaining,
+        [800, 600],
+        "at the first check, and after the restock"
+    );
+    for alert in &alerts {
+        let data = &alert["data"];
+        assert_eq!(
+            (data["campaign"].as_str(), data["coupon"].as_str()),
+            (Some("newcomer"), Some("NEW10"))
+        );
+        let rate = data["rate_per_min"].as_f64().unwrap();
+        let run_out =
+            chrono::DateTime::parse_from_rfc3339(data["run_out_at"].as_str().unwrap()).unwrap();
+        let sent =
+            chrono::DateTime::parse_from_rfc3339(alert["timestamp"].as_str().unwrap()).unwrap();
+        let minutes = data["remaining"].as_f64().unwrap() / rate;
+        let expected = sent + TimeDelta::milliseconds((minutes * 60_000.0) as i64);
+        assert!(
+            rate > 0.0 && (run_out - expected).num_seconds().abs() <= 2,
+            "{alert}"
+        );
+    }
 }
 on_both_backends!(
-    a_high_grant_rate_rotates_before_the_watermark,
-    a_high_grant_rate_rotates_before_the_watermark
+    a_burst_is_forecast_but_rotates_only_at_the_watermark,
+    a_burst_is_forecast_but_rotates_only_at_the_watermark
 );
 
 async fn a_retired_reserve_is_granted_only_when_nothing_else_is_left(db: TestDb) {
@@ -285,6 +340,7 @@ async fn three_daemons_run_each_scheduled_job_once_per_tick() {
             context(cfg).await,
         ];
         let runs = Arc::new(AtomicUsize::new(0));
+        let every_second = &parse_cron("* * * * * *").unwrap();
         // Cron ticks are whole seconds; daemons fire a few milliseconds after one.
         let base = Utc::now().duration_trunc(TimeDelta::seconds(1)).unwrap();
         for tick in 0..3 {
@@ -294,7 +350,7 @@ async fn three_daemons_run_each_scheduled_job_once_per_tick() {
                 let runs = runs.clone();
                 let fired = fired + TimeDelta::milliseconds(i as i64 * 40);
                 async move {
-                    run_once_per_tick(ctx, "test_job", fired, || async move {
+                    run_once_per_tick(ctx, "test_job", every_second, fired, || async move {
                         runs.fetch_add(1, Ordering::SeqCst);
                         Ok::<usize, StoreError>(0)
                     })
@@ -312,6 +368,47 @@ async fn three_daemons_run_each_scheduled_job_once_per_tick() {
     }
 }
 
+async fn a_late_or_early_firing_runs_the_job_once_per_scheduled_time(db: TestDb) {
+    let receiver = Receiver::ok().await;
+    let cfg = config(&db, &receiver, &shipped_rules(), &chain(10, 0), "");
+    let (a, b) = (context(cfg.clone()).await, context(cfg).await);
+    let every_10s = parse_cron("*/10 * * * * *").unwrap();
+    let base = Utc::now().duration_trunc(TimeDelta::seconds(10)).unwrap();
+    let ms = TimeDelta::milliseconds;
+    let runs = AtomicUsize::new(0);
+    // (daemon a fires, daemon b fires) for three scheduled times 10 s apart: late by
+    // 0.1 s and 1.4 s, early by 0.05 s and late by 0.6 s, late by 1.4 s and 0.6 s.
+    for (n, (late_a, late_b)) in [(100, 1400), (-50, 600), (1400, 600)]
+        .into_iter()
+        .enumerate()
+    {
+        let tick = base + TimeDelta::seconds(10 * n as i64);
+        let mut ran = 0;
+        for (ctx, late) in [(&a, late_a), (&b, late_b)] {
+            let job = || async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok::<usize, StoreError>(0)
+            };
+            ran +=
+                run_once_per_tick(ctx, "test_job", &every_10s, tick + ms(late), job).await as usize;
+        }
+        assert_eq!(ran, 1, "scheduled time {tick}: one run, not one per firing");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+}
+on_both_backends!(
+    a_late_or_early_firing_runs_the_job_once_per_scheduled_time,
+    a_late_or_early_firing_runs_the_job_once_per_scheduled_time
+);
+
+/// Fires a job that does nothing; true when this daemon ran it.
+async fn idle_run(ctx: &Context, job: &str, schedule: &Cron, fired_at: DateTime<Utc>) -> bool {
+    run_once_per_tick(ctx, job, schedule, fired_at, || async {
+        Ok::<usize, StoreError>(0)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_still_running_skips_the_next_tick_and_a_dead_holder_gives_it_up() {
     let db = fresh_db(Backend::Sqlite).await.unwrap();
@@ -319,11 +416,12 @@ async fn a_job_still_running_skips_the_next_tick_and_a_dead_holder_gives_it_up()
     let mut cfg = config(&db, &receiver, &shipped_rules(), &chain(10, 0), "");
     cfg.worker.lease = Duration::from_secs(1);
     let (a, b) = (context(cfg.clone()).await, context(cfg).await);
+    let every_second = parse_cron("* * * * * *").unwrap();
     let t0 = Utc::now();
     let slow = tokio::spawn({
-        let a = a.clone();
+        let (a, every_second) = (a.clone(), every_second.clone());
         async move {
-            run_once_per_tick(&a, "slow", t0, || async {
+            run_once_per_tick(&a, "slow", &every_second, t0, || async {
                 tokio::time::sleep(Duration::from_millis(600)).await;
                 Ok::<usize, StoreError>(0)
             })
@@ -331,10 +429,7 @@ async fn a_job_still_running_skips_the_next_tick_and_a_dead_holder_gives_it_up()
         }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let next_tick = run_once_per_tick(&b, "slow", t0 + TimeDelta::seconds(1), || async {
-        Ok::<usize, StoreError>(0)
-    })
-    .await;
+    let next_tick = idle_run(&b, "slow", &every_second, t0 + TimeDelta::seconds(1)).await;
     assert!(
         !next_tick,
         "the job still runs: the next tick is skipped, not run twice"
@@ -352,15 +447,21 @@ async fn a_job_still_running_skips_the_next_tick_and_a_dead_holder_gives_it_up()
         }
         couponsd::store::Conn::Mysql(_) => unreachable!(),
     }
-    let too_soon = run_once_per_tick(&b, "dying", Utc::now() + TimeDelta::seconds(2), || async {
-        Ok::<usize, StoreError>(0)
-    })
+    let too_soon = idle_run(
+        &b,
+        "dying",
+        &every_second,
+        Utc::now() + TimeDelta::seconds(2),
+    )
     .await;
     assert!(!too_soon, "the lease still holds");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let after = run_once_per_tick(&b, "dying", Utc::now() + TimeDelta::seconds(3), || async {
-        Ok::<usize, StoreError>(0)
-    })
+    let after = idle_run(
+        &b,
+        "dying",
+        &every_second,
+        Utc::now() + TimeDelta::seconds(3),
+    )
     .await;
     assert!(after, "given up within one lease");
 }
