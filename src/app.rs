@@ -15,7 +15,7 @@ use crate::daemon::{self, Context, Mode};
 use crate::dispatch::send::Sender;
 use crate::notify;
 use crate::rules::{RuleError, Rules};
-use crate::store::{Db, StoreError};
+use crate::store::{Access, Db, StoreError};
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -79,21 +79,53 @@ pub async fn migrate(config: &Config) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Start-up shared by `run` and the demo: rules compiled, database reachable and
-/// migrated, catalog applied.
-pub async fn start(config: Arc<Config>) -> Result<Context, AppError> {
-    let rules = load_rules(&config)?;
-    let db = open_db(&config)?;
+/// Opens the database of an installation for a command other than `migrate`: a SQLite
+/// file that does not exist is refused rather than created, and the database must
+/// answer.
+async fn open_existing(config: &Config, access: Access) -> Result<Db, AppError> {
+    let url = config.database.url.expose();
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if !Path::new(path).exists() {
+            return Err(AppError::Other(format!(
+                "database.url: the SQLite file {path} does not exist (run `couponsd migrate` first)"
+            )));
+        }
+    }
+    let db = Db::connect_with(url, config.database.max_connections, access)?;
     db.ping().await?;
+    Ok(db)
+}
+
+/// Opens the configured database for reading only (`explain`, `simulate`,
+/// `backtest`): nothing is migrated, no catalog is applied, and the database itself
+/// refuses any write.
+pub async fn open_read_only(config: &Config) -> Result<Db, AppError> {
+    open_existing(config, Access::ReadOnly).await
+}
+
+/// Start-up of the operator commands (`stock`, `deliveries`, `channels`): rules
+/// compiled, database reachable and migrated. The catalog is *not* applied: an
+/// operator command run with another config must not change the live campaigns (only
+/// `migrate` and `run` apply it). With [`Access::ReadOnly`] the database refuses any
+/// write, so an inspection cannot change anything.
+pub async fn connect(config: Arc<Config>, access: Access) -> Result<Context, AppError> {
+    let rules = load_rules(&config)?;
+    let db = open_existing(&config, access).await?;
     if !db.is_migrated().await? {
         return Err(AppError::Other(
             "the database schema is not up to date: run `couponsd migrate` first".into(),
         ));
     }
-    daemon::apply_catalog(&db, &config).await?;
     let sender = Sender::new().map_err(|e| AppError::Other(format!("HTTP client: {e}")))?;
-    info!(rules_version = %rules.version(), "rules compiled");
     Ok(Context::new(db, config, rules, sender))
+}
+
+/// Start-up shared by `run` and the demo: [`connect`], then the catalog applied.
+pub async fn start(config: Arc<Config>) -> Result<Context, AppError> {
+    let ctx = connect(config, Access::ReadWrite).await?;
+    daemon::apply_catalog(&ctx.db, &ctx.config).await?;
+    info!(rules_version = %ctx.rules.current().version(), "rules compiled");
+    Ok(ctx)
 }
 
 /// `couponsd run [--drain]`: start-up, then `READY=1` once the loops run; at a stop

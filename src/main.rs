@@ -98,14 +98,18 @@ fn main() -> ExitCode {
                 match command {
                     Command::Migrate => app::migrate(&config).await,
                     Command::Run { drain } => app::run(config, &cli.config, drain).await,
+                    // Operator commands never apply the catalog; `list` and `show` only read.
                     Command::Stock { action } => {
-                        print(stock::run(&app::start(config).await?, action).await)
+                        let ctx = app::connect(config, action.access()).await?;
+                        print(stock::run(&ctx, action).await)
                     }
                     Command::Deliveries { action } => {
-                        print(deliveries::deliveries(&app::start(config).await?, action).await)
+                        let ctx = app::connect(config, action.access()).await?;
+                        print(deliveries::deliveries(&ctx, action).await)
                     }
                     Command::Channels { action } => {
-                        print(deliveries::channels(&app::start(config).await?, action).await)
+                        let ctx = app::connect(config, action.access()).await?;
+                        print(deliveries::channels(&ctx, action).await)
                     }
                     Command::Check(args) => print(check::run(&config, &cli.config, &args)),
                     Command::Simulate(args) => print(simulate::run(&config, &args).await),

@@ -27,9 +27,7 @@ use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::app::AppError;
-use crate::config::Config;
 use crate::rules::{Clock, RuleError};
-use crate::store::Db;
 
 /// A clock the caller sets: rule tests and replays evaluate the rules "as of" a time of
 /// their choosing, so `now()` and `days_since` see that time.
@@ -54,21 +52,7 @@ impl SetClock {
     }
 }
 
-/// Opens the configured database for reading only: nothing is migrated and no catalog
-/// is applied, and a SQLite file that does not exist is refused rather than created.
-pub(crate) async fn open_read_only(config: &Config) -> Result<Db, AppError> {
-    let url = config.database.url.expose();
-    if let Some(path) = url.strip_prefix("sqlite://") {
-        if !Path::new(path).exists() {
-            return Err(AppError::Other(format!(
-                "database.url: the SQLite file {path} does not exist (run `couponsd migrate` first)"
-            )));
-        }
-    }
-    let db = crate::app::open_db(config)?;
-    db.ping().await?;
-    Ok(db)
-}
+pub(crate) use crate::app::open_read_only;
 
 /// A problem located in a file of the rules folder (a rule or a rule test), reported as
 /// `file:line:column: message`; line and column are 0 when unknown.

@@ -14,7 +14,7 @@ use clap::Subcommand;
 use crate::app::AppError;
 use crate::daemon::Context;
 use crate::store::deliveries::{DeliveryRow, DisabledChannel, Replay};
-use crate::store::{self, StoreError};
+use crate::store::{self, Access, StoreError};
 use crate::with_conn;
 
 /// Characters of `last_error` shown in the table.
@@ -58,6 +58,26 @@ pub enum ChannelsAction {
         /// The channel's name in the config.
         name: String,
     },
+}
+
+impl DeliveriesAction {
+    /// What the command may do to the database: `list` only reads.
+    pub fn access(&self) -> Access {
+        match self {
+            DeliveriesAction::List { .. } => Access::ReadOnly,
+            DeliveriesAction::Replay { .. } => Access::ReadWrite,
+        }
+    }
+}
+
+impl ChannelsAction {
+    /// What the command may do to the database: `list` only reads.
+    pub fn access(&self) -> Access {
+        match self {
+            ChannelsAction::List => Access::ReadOnly,
+            ChannelsAction::Enable { .. } => Access::ReadWrite,
+        }
+    }
 }
 
 /// Runs a `deliveries` command; returns what to print.

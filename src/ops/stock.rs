@@ -11,7 +11,7 @@ use crate::daemon::Context;
 use crate::schedule::inventory::{current_rates, predicted_run_out};
 use crate::store::coupons::{ACTIVE, RETIRED};
 use crate::store::schedule::AlertMark;
-use crate::store::StoreError;
+use crate::store::{Access, StoreError};
 use crate::with_conn;
 
 /// `couponsd stock …`
@@ -31,6 +31,16 @@ pub enum StockAction {
         /// The coupon.
         coupon: String,
     },
+}
+
+impl StockAction {
+    /// What the command may do to the database: `show` only reads.
+    pub fn access(&self) -> Access {
+        match self {
+            StockAction::Show => Access::ReadOnly,
+            StockAction::Add { .. } | StockAction::Activate { .. } => Access::ReadWrite,
+        }
+    }
 }
 
 /// Runs a `stock` command and returns what to print.

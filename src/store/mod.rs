@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
+use diesel::migration::MigrationSource;
 use diesel::result::Error as DieselError;
 use diesel::{ConnectionError, SqliteConnection};
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
@@ -159,13 +160,32 @@ macro_rules! with_conn {
     };
 }
 
+/// What the connections of a pool may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read and write: the daemon, `migrate` and the commands that change something.
+    ReadWrite,
+    /// Read only, enforced by the database: every session is `READ ONLY` on MySQL and
+    /// `query_only` on SQLite, so a statement that would write fails instead.
+    ReadOnly,
+}
+
 impl Db {
     /// Opens a pool for `url` (`mysql://…` or `sqlite://PATH`); SQLite gets one
     /// connection because it has one writer.
     pub fn connect(url: &str, max_connections: usize) -> Result<Db, StoreError> {
+        Db::connect_with(url, max_connections, Access::ReadWrite)
+    }
+
+    /// Opens a pool whose connections may do what `access` allows.
+    pub fn connect_with(
+        url: &str,
+        max_connections: usize,
+        access: Access,
+    ) -> Result<Db, StoreError> {
         if url.starts_with("mysql://") {
             let mut config = ManagerConfig::<MysqlConn>::default();
-            config.custom_setup = Box::new(|url| setup_mysql(url.to_owned()).boxed());
+            config.custom_setup = Box::new(move |url| setup_mysql(url.to_owned(), access).boxed());
             let manager = AsyncDieselConnectionManager::new_with_config(url, config);
             let pool = Pool::builder(manager)
                 .max_size(max_connections.max(1))
@@ -176,7 +196,8 @@ impl Db {
             Ok(Db::Mysql(pool))
         } else if let Some(path) = url.strip_prefix("sqlite://") {
             let mut config = ManagerConfig::<SqliteConn>::default();
-            config.custom_setup = Box::new(|path| setup_sqlite(path.to_owned()).boxed());
+            config.custom_setup =
+                Box::new(move |path| setup_sqlite(path.to_owned(), access).boxed());
             let manager = AsyncDieselConnectionManager::new_with_config(path, config);
             let pool = Pool::builder(manager)
                 .max_size(1)
@@ -220,16 +241,36 @@ impl Db {
         .map_err(|e| StoreError::Migration(e.to_string()))?
     }
 
-    /// True when every migration this build knows has been applied.
+    /// True when every migration this build knows has been applied. It only reads
+    /// (the migration harness would first create its table, which a read-only session
+    /// refuses), so a database never migrated is simply not up to date.
     pub async fn is_migrated(&self) -> Result<bool, StoreError> {
-        let conn = self.get().await?;
-        tokio::task::spawn_blocking(move || match conn {
-            Conn::Mysql(c) => pending_migrations(c, MYSQL_MIGRATIONS),
-            Conn::Sqlite(c) => pending_migrations(c, SQLITE_MIGRATIONS),
-        })
-        .await
-        .map_err(|e| StoreError::Migration(e.to_string()))?
-        .map(|pending| pending == 0)
+        use diesel_async::RunQueryDsl;
+        let (has_table, known) = match self {
+            Db::Mysql(_) => (
+                "SELECT COUNT(*) AS n FROM information_schema.tables \
+                 WHERE table_schema = DATABASE() AND table_name = '__diesel_schema_migrations'",
+                versions::<diesel::mysql::Mysql>(MYSQL_MIGRATIONS)?,
+            ),
+            Db::Sqlite(_) => (
+                "SELECT COUNT(*) AS n FROM sqlite_master \
+                 WHERE type = 'table' AND name = '__diesel_schema_migrations'",
+                versions::<diesel::sqlite::Sqlite>(SQLITE_MIGRATIONS)?,
+            ),
+        };
+        let applied: Vec<AppliedMigration> = with_conn!(self, |conn| {
+            let tables: Vec<TableCount> = diesel::sql_query(has_table).load(conn).await?;
+            if !tables.iter().any(|t| t.n > 0) {
+                Vec::new()
+            } else {
+                diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+                    .load(conn)
+                    .await?
+            }
+        });
+        Ok(known
+            .iter()
+            .all(|v| applied.iter().any(|a| &a.version == v)))
     }
 
     /// One round trip, to prove the database answers.
@@ -251,39 +292,65 @@ where
         .map_err(|e| StoreError::Migration(e.to_string()))
 }
 
-fn pending_migrations<C>(conn: C, migrations: EmbeddedMigrations) -> Result<usize, StoreError>
+/// The versions of the migrations built in, as the harness records them.
+fn versions<DB: diesel::backend::Backend>(
+    migrations: EmbeddedMigrations,
+) -> Result<Vec<String>, StoreError>
 where
-    C: AsyncConnection + 'static,
-    diesel_async::AsyncMigrationHarness<C>: MigrationHarness<C::Backend>,
+    EmbeddedMigrations: MigrationSource<DB>,
 {
-    let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
-    harness
-        .pending_migrations(migrations)
-        .map(|pending| pending.len())
-        .map_err(|e| StoreError::Migration(e.to_string()))
+    let all = MigrationSource::<DB>::migrations(&migrations)
+        .map_err(|e| StoreError::Migration(e.to_string()))?;
+    Ok(all.iter().map(|m| m.name().version().to_string()).collect())
 }
 
-async fn setup_mysql(url: String) -> Result<MysqlConn, ConnectionError> {
+#[derive(diesel::QueryableByName)]
+struct TableCount {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct AppliedMigration {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    version: String,
+}
+
+async fn setup_mysql(url: String, access: Access) -> Result<MysqlConn, ConnectionError> {
     let mut conn = MysqlConn::establish(&url).await?;
     // READ COMMITTED: locking reads take record locks only, no gap locks, so claims and
     // stock updates of different daemons do not block each other's inserts.
-    conn.batch_execute(
-        "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; \
-         SET SESSION innodb_lock_wait_timeout = 10",
-    )
-    .await
-    .map_err(ConnectionError::CouldntSetupConfiguration)?;
+    let setup = match access {
+        Access::ReadWrite => {
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; \
+             SET SESSION innodb_lock_wait_timeout = 10"
+        }
+        // Every later transaction of the session, autocommitted statements included,
+        // is read-only: a write fails with 1792.
+        Access::ReadOnly => {
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; \
+             SET SESSION TRANSACTION READ ONLY"
+        }
+    };
+    conn.batch_execute(setup)
+        .await
+        .map_err(ConnectionError::CouldntSetupConfiguration)?;
     Ok(conn)
 }
 
-async fn setup_sqlite(path: String) -> Result<SqliteConn, ConnectionError> {
+async fn setup_sqlite(path: String, access: Access) -> Result<SqliteConn, ConnectionError> {
     let mut conn = SqliteConn::establish(&path).await?;
-    conn.batch_execute(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-         PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
-    )
-    .await
-    .map_err(ConnectionError::CouldntSetupConfiguration)?;
+    let setup = match access {
+        Access::ReadWrite => {
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;"
+        }
+        // Not even the journal mode: setting it writes the file header.
+        Access::ReadOnly => "PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;",
+    };
+    conn.batch_execute(setup)
+        .await
+        .map_err(ConnectionError::CouldntSetupConfiguration)?;
     Ok(conn)
 }
 
