@@ -149,12 +149,13 @@ async fn malformed_requests_are_rejected_with_reasons_and_block_nothing(db: Test
         .unwrap();
     drain(&ctx).await;
     let s = statuses(&ctx).await;
-    assert_eq!(
-        s["empty-user"],
-        (
-            "rejected".into(),
-            "request_key empty-user: user_id: is empty".into()
-        )
+    assert_eq!(s["empty-user"].0, "rejected");
+    assert!(
+        s["empty-user"]
+            .1
+            .ends_with(r#" (request_key "empty-user"): user_id: is empty"#),
+        "{:?}",
+        s["empty-user"]
     );
     assert_eq!(s["array"].0, "rejected");
     assert!(
@@ -170,7 +171,9 @@ async fn malformed_requests_are_rejected_with_reasons_and_block_nothing(db: Test
         s["broken"]
     );
     assert!(
-        s["long-user"].1.contains("user_id: is 250 bytes"),
+        s["long-user"]
+            .1
+            .contains("user_id: is longer than 191 bytes"),
         "{:?}",
         s["long-user"]
     );
