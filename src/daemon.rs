@@ -268,21 +268,25 @@ async fn grant_loop(ctx: Context, mode: Mode, shutdown: CancellationToken, worke
         match outcome {
             Ok(BatchOutcome::Processed(summary)) => {
                 failures = 0;
+                ctx.liveness.batch_done();
                 idle_looks.found_work();
                 tracing::debug!(worker, ?summary, "batch done");
             }
             Ok(BatchOutcome::Empty) if mode == Mode::Drain => break,
             Ok(BatchOutcome::Empty) => {
                 failures = 0;
+                ctx.liveness.batch_done();
                 idle(&shutdown, idle_looks.next_wait()).await;
             }
             Err(e) if claim_first => {
                 failures += 1;
+                ctx.liveness.batch_failed();
                 error!(worker, error = %e, "claimed batch failed; its claims are recovered after worker.lease");
                 idle(&shutdown, backoff(failures)).await;
             }
             Err(e) => {
                 failures += 1;
+                ctx.liveness.batch_failed();
                 error!(worker, error = %e, "batch failed and was rolled back; its requests are back in the queue");
                 idle(&shutdown, backoff(failures)).await;
             }

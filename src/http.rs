@@ -1,6 +1,6 @@
 //! The health and metrics listener (`http.listen`; off when unset): `/healthz` (the
 //! process answers), `/readyz` (the database answers within a short timeout, rules are
-//! loaded, not stopping) and `/metrics` (Prometheus text, see [`crate::metrics`]).
+//! loaded, grant batches are not failing in a row, not stopping) and `/metrics` (Prometheus text, see [`crate::metrics`]).
 //!
 //! Answers never carry an error's text: a database error may name a host or a user,
 //! and this port may be reachable from further than the logs.
@@ -23,6 +23,11 @@ use crate::daemon::Context;
 
 /// How long `/readyz` waits for the database.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Grant batches failed in a row at which `/readyz` says the daemon is not ready: one
+/// failure is a deadlock or a bad request being split off; this many means the queue
+/// does not move.
+pub const FAILED_BATCHES_NOT_READY: u32 = 5;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -66,6 +71,13 @@ async fn healthz() -> &'static str {
 async fn readyz(State(http): State<Http>) -> (StatusCode, String) {
     if http.stopping.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "stopping\n".into());
+    }
+    let failed = http.ctx.liveness.failed_batches();
+    if failed >= FAILED_BATCHES_NOT_READY {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("grant batches failing: {failed} in a row (see the log)\n"),
+        );
     }
     // The ping runs in a task of its own: a timed-out ping is left to finish rather than
     // dropped mid-query, which could hand a half-used connection back to the pool.

@@ -66,6 +66,9 @@ pub struct Liveness {
     /// that a long round of slow partners does not look like a stuck loop.
     pub dispatcher: Heartbeat,
     grant_workers: Mutex<Vec<Arc<Heartbeat>>>,
+    /// Grant batches failed in a row, across this daemon's workers (any success resets
+    /// it): a queue that does not move is seen by `/readyz`, not only in the log.
+    failed_batches: std::sync::atomic::AtomicU32,
 }
 
 impl Default for Liveness {
@@ -75,11 +78,30 @@ impl Default for Liveness {
             epoch,
             dispatcher: Heartbeat::new(epoch),
             grant_workers: Mutex::new(Vec::new()),
+            failed_batches: Default::default(),
         }
     }
 }
 
 impl Liveness {
+    /// A grant batch failed (and was rolled back or left to lease recovery).
+    pub fn batch_failed(&self) {
+        self.failed_batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A grant batch committed, or found the queue empty: the queue moves.
+    pub fn batch_done(&self) {
+        self.failed_batches
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Grant batches failed in a row since the last one that committed.
+    pub fn failed_batches(&self) -> u32 {
+        self.failed_batches
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A new grant worker's heartbeat, beaten once.
     pub fn grant_worker(&self) -> Arc<Heartbeat> {
         let heartbeat = Arc::new(Heartbeat::new(self.epoch));

@@ -411,3 +411,35 @@ fn run_drain_measuring_peak(config: &std::path::Path) -> (std::process::ExitStat
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+async fn a_queue_that_does_not_move_is_not_ready(db: TestDb) {
+    let receiver = Receiver::ok().await;
+    let ctx = hostile_context(&db, &receiver).await;
+    let listener = couponsd::http::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let url = format!("http://{}/readyz", listener.local_addr().unwrap());
+    let stopping = CancellationToken::new();
+    let server = couponsd::http::serve(ctx.clone(), listener, stopping.clone());
+    let ready = async || reqwest::get(&url).await.unwrap().status().as_u16();
+    assert_eq!(ready().await, 200);
+    for _ in 0..couponsd::http::FAILED_BATCHES_NOT_READY {
+        ctx.liveness.batch_failed();
+    }
+    assert_eq!(
+        ready().await,
+        503,
+        "batches fail in a row: the queue is stuck"
+    );
+    ctx.liveness.batch_done();
+    assert_eq!(
+        ready().await,
+        200,
+        "a batch committed: the queue moves again"
+    );
+    server.abort();
+}
+on_both_backends!(
+    a_queue_that_does_not_move_is_not_ready,
+    a_queue_that_does_not_move_is_not_ready
+);
