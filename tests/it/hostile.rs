@@ -324,8 +324,11 @@ on_both_backends!(
 /// 4 MB attributes each, at the shipped defaults, against the same drain over 50 small
 /// requests just before: the documents (200 MB in all) never reach the daemon. On
 /// MariaDB, the setting, the peak is also under 64 MiB as it stands (a debug
-/// build, bigger than the release binary); an SQLite daemon's own start-up peak
-/// varies by tens of MiB from run to run, so there only the difference is bounded.
+/// build, bigger than the release binary). SQLite runs inside the daemon and rewrites
+/// a whole row to update it: marking a 4 MB row rejected holds a few copies of it for a
+/// moment (15–31 MiB more than the control, measured), so there only the difference is
+/// bounded, far below the 200 MB the documents would take (375–406 MiB more before
+/// the claim read them defensively).
 async fn huge_attributes_do_not_reach_the_daemons_memory(db: TestDb) {
     let receiver = Receiver::ok().await;
     let dir = TempDir::new("hostile");
@@ -365,7 +368,7 @@ async fn huge_attributes_do_not_reach_the_daemons_memory(db: TestDb) {
     );
     eprintln!("run --drain peak RSS: {control} KiB over small rows, {hostile} KiB over 4 MB rows");
     assert!(
-        hostile < control + 32 * 1024,
+        hostile < control + 64 * 1024,
         "4 MB documents reached memory: peak {hostile} KiB against {control} KiB"
     );
     if matches!(ctx.db, Db::Mysql(_)) {
