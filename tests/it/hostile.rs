@@ -327,7 +327,7 @@ on_both_backends!(
 /// build, bigger than the release binary). SQLite runs inside the daemon and rewrites
 /// a whole row to update it: marking a 4 MB row rejected holds a few copies of it for a
 /// moment (15–31 MiB more than the control, measured), so there only the difference is
-/// bounded, far below the 200 MB the documents would take (375–406 MiB more before
+/// bounded, far below the 200 MB the documents would take (375–407 MiB more before
 /// the claim read them defensively).
 async fn huge_attributes_do_not_reach_the_daemons_memory(db: TestDb) {
     let receiver = Receiver::ok().await;
