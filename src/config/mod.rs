@@ -208,8 +208,10 @@ pub struct ChannelConfig {
     pub name: ChannelName,
     /// `url`: http or https.
     pub url: String,
-    /// `secret` or `secret_env`: a `whsec_`-prefixed base64 key, decoded.
-    pub secret: SigningKey,
+    /// `secret`, `secret_env`, `secrets` or `secrets_env`: the `whsec_`-prefixed base64
+    /// keys, decoded, in the order written; never empty. Every delivery is signed with
+    /// each of them, so a partner can move from one to the next without downtime.
+    pub secrets: Vec<SigningKey>,
     /// `timeout` [15s]
     pub timeout: Duration,
     /// `max_attempts` [8]

@@ -97,12 +97,14 @@ pub(super) struct RawDispatch {
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a channel: a map with url and secret or secret_env"
+    expecting = "a channel: a map with url and secret, secret_env, secrets or secrets_env"
 )]
 pub(super) struct RawChannel {
     pub url: String,
     pub secret: Option<String>,
     pub secret_env: Option<String>,
+    pub secrets: Option<Vec<String>>,
+    pub secrets_env: Option<Vec<String>>,
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
     pub max_attempts: Option<u32>,
@@ -114,6 +116,11 @@ impl fmt::Debug for RawChannel {
             .field("url", &self.url)
             .field("secret", &self.secret.as_ref().map(|_| "***"))
             .field("secret_env", &self.secret_env)
+            .field(
+                "secrets",
+                &self.secrets.as_ref().map(|keys| vec!["***"; keys.len()]),
+            )
+            .field("secrets_env", &self.secrets_env)
             .field("timeout", &self.timeout)
             .field("max_attempts", &self.max_attempts)
             .finish()

@@ -127,11 +127,17 @@ fn full_example_parses_with_every_key() {
 
     let wallet = c.channel(&ChannelName::parse("wallet").unwrap()).unwrap();
     assert_eq!(wallet.url, "http://127.0.0.1:9000/webhooks/coupons");
-    assert_eq!(wallet.secret.0, b"example wallet key: replace me!!");
+    assert_eq!(
+        wallet.secrets,
+        [SigningKey(b"example wallet key: replace me!!".to_vec())]
+    );
     assert_eq!(wallet.timeout, Duration::from_secs(5));
     assert_eq!(wallet.max_attempts, 4);
     let ops = c.channel(&ChannelName::parse("ops").unwrap()).unwrap();
-    assert_eq!(ops.secret.0, b"example ops key --- replace me!!");
+    assert_eq!(
+        ops.secrets,
+        [SigningKey(b"example ops key --- replace me!!".to_vec())]
+    );
     assert_eq!(ops.timeout, Duration::from_secs(15));
     assert_eq!(ops.max_attempts, 8);
 
@@ -323,8 +329,8 @@ fn missing_secret_env_names_the_variable() {
     );
     let c = parse_with_env(text, &[("WALLET_SECRET", WALLET_KEY)]).unwrap();
     assert_eq!(
-        c.channels.values().next().unwrap().secret.0,
-        b"example wallet key: replace me!!"
+        c.channels.values().next().unwrap().secrets,
+        [SigningKey(b"example wallet key: replace me!!".to_vec())]
     );
 }
 
@@ -364,6 +370,101 @@ fn channel_needs_exactly_one_well_formed_secret_and_an_http_url() {
 }
 
 #[test]
+fn a_key_shorter_than_24_bytes_is_refused_naming_its_key() {
+    use base64::Engine as _;
+    let whsec = |n: usize| {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(vec![7u8; n]);
+        format!("whsec_{encoded}")
+    };
+    let channel = |body: &str| format!("channels:\n  wallet:\n    url: http://127.0.0.1/\n{body}");
+    let e = refusal(&channel(&format!("    secret: \"{}\"\n", whsec(1))));
+    assert!(
+        e.contains("channels.wallet.secret: holds a key of 1 byte; at least 24 bytes are needed"),
+        "{e}"
+    );
+    let e = refusal_with_env(
+        &channel("    secret_env: SHORT\n"),
+        &[("SHORT", &whsec(23))],
+    );
+    assert!(
+        e.contains(
+            "channels.wallet.secret_env: environment variable SHORT holds a key of 23 bytes; \
+             at least 24 bytes are needed"
+        ),
+        "{e}"
+    );
+    let e = refusal(&channel(&format!(
+        "    secrets: [\"{WALLET_KEY}\", \"{}\"]\n",
+        whsec(16)
+    )));
+    assert!(
+        e.contains("channels.wallet.secrets[1]: holds a key of 16 bytes"),
+        "{e}"
+    );
+    let c = parse(&channel(&format!("    secret: \"{}\"\n", whsec(24))));
+    assert_eq!(c.channels.values().next().unwrap().secrets[0].0.len(), 24);
+}
+
+#[test]
+fn secrets_lists_every_key_and_excludes_the_single_secret() {
+    let channel = |body: &str| format!("channels:\n  wallet:\n    url: http://127.0.0.1/\n{body}");
+    let both = [
+        SigningKey(b"example wallet key: replace me!!".to_vec()),
+        SigningKey(b"example ops key --- replace me!!".to_vec()),
+    ];
+    let c = parse(&channel(&format!(
+        "    secrets: [\"{WALLET_KEY}\", \"{OPS_KEY}\"]\n"
+    )));
+    assert_eq!(c.channels.values().next().unwrap().secrets, both);
+    let env = [("OLD", WALLET_KEY), ("NEW", OPS_KEY)];
+    let c = parse_with_env(&channel("    secrets_env: [OLD, NEW]\n"), &env).unwrap();
+    assert_eq!(c.channels.values().next().unwrap().secrets, both);
+
+    let e = refusal(&channel(&format!(
+        "    secret: \"{WALLET_KEY}\"\n    secrets: [\"{OPS_KEY}\"]\n"
+    )));
+    assert!(
+        e.contains("channels.wallet: set secret or secrets, not both"),
+        "{e}"
+    );
+    let e = refusal(&channel(&format!(
+        "    secret_env: X\n    secrets: [\"{OPS_KEY}\"]\n"
+    )));
+    assert!(
+        e.contains("channels.wallet: set secret_env or secrets, not both"),
+        "{e}"
+    );
+    let e = refusal(&channel(&format!(
+        "    secret: \"{WALLET_KEY}\"\n    secret_env: X\n    secrets_env: [Y]\n"
+    )));
+    assert!(
+        e.contains("channels.wallet: set only one of secret, secret_env, secrets_env"),
+        "{e}"
+    );
+    let e = refusal(&channel("    secrets: []\n"));
+    assert!(e.contains("channels.wallet.secrets: is empty"), "{e}");
+    let e = refusal(&channel(&format!(
+        "    secrets: [\"{WALLET_KEY}\", \"{WALLET_KEY}\"]\n"
+    )));
+    assert!(
+        e.contains("channels.wallet.secrets[1]: is the same key as channels.wallet.secrets[0]"),
+        "{e}"
+    );
+    let e = refusal(&channel(&format!(
+        "    secrets: [\"{WALLET_KEY}\", nope]\n"
+    )));
+    assert!(
+        e.contains(r#"channels.wallet.secrets[1]: must be "whsec_" followed by"#),
+        "{e}"
+    );
+    let e = refusal_with_env(&channel("    secrets_env: [OLD, GONE]\n"), &env);
+    assert!(
+        e.contains("channels.wallet.secrets_env[1]: environment variable GONE is not set"),
+        "{e}"
+    );
+}
+
+#[test]
 fn secrets_never_appear_in_debug_or_error_text() {
     let leaked = |text: &str| {
         [
@@ -385,6 +486,9 @@ fn secrets_never_appear_in_debug_or_error_text() {
     let refused = [
         refusal("channels:\n  w: { url: http://a/, secret: whsec_s3cr3t-b4d }\n"),
         refusal("channels:\n  w: { url: http://a/, secret: s3cr3t-b4d }\n"),
+        refusal(&format!(
+            "channels:\n  w: {{ url: http://a/, secrets: [\"{WALLET_KEY}\", whsec_s3cr3t-b4d] }}\n"
+        )),
         refusal_with_env(
             "channels:\n  w: { url: http://a/, secret_env: BAD_SECRET }\n",
             &env,

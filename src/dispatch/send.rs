@@ -15,7 +15,7 @@ use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{redirect, Response, StatusCode};
 
 use super::backoff::parse_retry_after;
-use super::signing::sign;
+use super::signing::signature_header;
 use crate::config::ChannelConfig;
 
 /// Most of a response body read for the error text. A partner's error page can be large;
@@ -104,7 +104,7 @@ impl Sender {
     ) -> Attempt {
         let started = Instant::now();
         let timestamp = unix_seconds(SystemTime::now());
-        let signature = sign(&channel.secret, webhook_id, timestamp, body.as_bytes());
+        let signature = signature_header(&channel.secrets, webhook_id, timestamp, body.as_bytes());
         let request = self
             .client
             .post(&channel.url)
@@ -275,7 +275,7 @@ mod tests {
         ChannelConfig {
             name: ChannelName::parse("wallet").unwrap(),
             url,
-            secret: SigningKey(key),
+            secrets: vec![SigningKey(key)],
             timeout,
             max_attempts: 8,
         }

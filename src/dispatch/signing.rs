@@ -3,7 +3,9 @@
 //!
 //! The signature is `v1,` followed by the standard base64 of HMAC-SHA256 over
 //! `"{id}.{timestamp}.{body}"`, keyed with the bytes decoded from the channel's `whsec_`
-//! secret. Partners verify it with any Standard Webhooks library, so this module is
+//! secret. A channel with several secrets (a partner rotating) sends one signature per
+//! secret, separated by single spaces as the specification allows; a receiver accepts
+//! the delivery if any one of them verifies with its key. Partners verify it with any Standard Webhooks library, so this module is
 //! tested against the specification's published vector and the `standardwebhooks`
 //! crate rather than against itself.
 
@@ -49,6 +51,21 @@ pub fn sign(key: &SigningKey, webhook_id: &str, timestamp: i64, body: &[u8]) -> 
     mac.update(b".");
     mac.update(body);
     format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+/// The `webhook-signature` header value: one `v1,<base64>` per key, in the order given,
+/// separated by single spaces. With one key it is exactly [`sign`].
+pub fn signature_header(
+    keys: &[SigningKey],
+    webhook_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
+    let signatures: Vec<String> = keys
+        .iter()
+        .map(|key| sign(key, webhook_id, timestamp, body))
+        .collect();
+    signatures.join(" ")
 }
 
 #[cfg(test)]
@@ -141,6 +158,37 @@ mod tests {
             &headers("msg_other", timestamp, &signature),
         );
         assert!(other_id.is_err(), "a changed id must not verify");
+    }
+
+    #[test]
+    fn two_secrets_give_two_signatures_each_verifying_alone() {
+        // The rotation of a partner's key: the old key and the new one, both in use.
+        let old = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let new = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+        let id = new_webhook_id();
+        let timestamp = now();
+        let body = br#"{"coupon":"WELCOME10","user_id":"u-1"}"#;
+        let header = signature_header(&[key(old), key(new)], &id, timestamp, body);
+
+        let signatures: Vec<&str> = header.split(' ').collect();
+        assert_eq!(signatures.len(), 2, "{header}");
+        assert!(signatures.iter().all(|s| s.starts_with("v1,")), "{header}");
+        for secret in [old, new] {
+            Webhook::new(secret)
+                .unwrap()
+                .verify(body, &headers(&id, timestamp, &header))
+                .expect("a receiver holding either key alone accepts the delivery");
+        }
+        let other = "whsec_ZXhhbXBsZSB3YWxsZXQga2V5OiByZXBsYWNlIG1lISE=";
+        let stranger = Webhook::new(other).unwrap();
+        assert!(stranger
+            .verify(body, &headers(&id, timestamp, &header))
+            .is_err());
+        assert_eq!(
+            signature_header(&[key(old)], &id, timestamp, body),
+            sign(&key(old), &id, timestamp, body),
+            "one secret signs exactly as before"
+        );
     }
 
     #[test]

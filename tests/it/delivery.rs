@@ -70,6 +70,57 @@ on_both_backends!(
     every_grant_is_delivered_signed_and_verifies_with_the_reference_crate
 );
 
+async fn a_channel_with_old_and_new_secrets_reaches_a_partner_that_knows_only_the_new(db: TestDb) {
+    // The middle of a rotation: the daemon signs with both keys, the partner has
+    // already switched to the new one.
+    const NEW: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let receiver = Receiver::verifying_with(NEW, |_, _| StatusCode::NO_CONTENT).await;
+    let mut config = config(&db, &receiver, &shipped_rules(), &standard_campaigns(3), "");
+    let wallet = couponsd::domain::ChannelName::parse("wallet").unwrap();
+    let rotating = format!(
+        "channels:\n  wallet:\n    url: \"{}/webhooks/wallet\"\n    \
+         secrets: [\"{SECRET}\", \"{NEW}\"]\n",
+        receiver.base_url()
+    );
+    let rotating = couponsd::config::Config::from_yaml_with_env(
+        &rotating,
+        std::path::Path::new("rotating.yaml"),
+        &|_| None,
+    )
+    .unwrap_or_else(|e| panic!("secrets: [old, new] loads: {e}"));
+    config
+        .channels
+        .insert(wallet.clone(), rotating.channels[&wallet].clone());
+    let ctx = context(config).await;
+    for i in 0..3 {
+        insert(&ctx, &format!("k{i}"), &format!("u{i}"), "app_open", None)
+            .await
+            .unwrap();
+    }
+    drain(&ctx).await;
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 3);
+    for s in &seen {
+        assert!(s.verified, "the new key alone verifies: {:?}", s.headers);
+        let header = s.headers["webhook-signature"].to_str().unwrap();
+        assert_eq!(
+            header.split(' ').count(),
+            2,
+            "one signature per key: {header}"
+        );
+        let old = standardwebhooks::Webhook::new(SECRET).unwrap();
+        assert!(
+            old.verify(s.body.as_bytes(), &s.headers).is_ok(),
+            "a partner still on the old key verifies too"
+        );
+    }
+    assert_eq!(counts(&ctx, "status", "deliveries").await["delivered"], 3);
+}
+on_both_backends!(
+    a_channel_with_old_and_new_secrets_reaches_a_partner_that_knows_only_the_new,
+    a_channel_with_old_and_new_secrets_reaches_a_partner_that_knows_only_the_new
+);
+
 async fn a_receiver_failing_twice_sees_the_same_webhook_id_three_times(db: TestDb) {
     let receiver = Receiver::start(|n, _| {
         if n < 2 {

@@ -307,6 +307,8 @@ type Responder = dyn Fn(usize, &Seen) -> StatusCode + Send + Sync;
 struct ReceiverState {
     seen: Mutex<Vec<Seen>>,
     respond: Box<Responder>,
+    /// The partner's key: `SECRET` unless the test rotates it.
+    secret: String,
 }
 
 /// A real HTTP webhook receiver on 127.0.0.1:0 that verifies every signature with the
@@ -328,9 +330,18 @@ impl Receiver {
     pub async fn start(
         respond: impl Fn(usize, &Seen) -> StatusCode + Send + Sync + 'static,
     ) -> Receiver {
+        Receiver::verifying_with(SECRET, respond).await
+    }
+
+    /// A receiver like `start` that verifies with `secret` (a `whsec_` key) only.
+    pub async fn verifying_with(
+        secret: &str,
+        respond: impl Fn(usize, &Seen) -> StatusCode + Send + Sync + 'static,
+    ) -> Receiver {
         let state = Arc::new(ReceiverState {
             seen: Mutex::new(Vec::new()),
             respond: Box::new(respond),
+            secret: secret.to_owned(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -357,7 +368,7 @@ async fn receive(
     headers: HeaderMap,
     body: String,
 ) -> StatusCode {
-    let verified = standardwebhooks::Webhook::new(SECRET)
+    let verified = standardwebhooks::Webhook::new(&state.secret)
         .map(|w| w.verify(body.as_bytes(), &headers).is_ok())
         .unwrap_or(false);
     let seen = Seen {
