@@ -1,6 +1,7 @@
 //! The health and metrics listener (`http.listen`; off when unset): `/healthz` (the
 //! process answers), `/readyz` (the database answers within a short timeout, rules are
-//! loaded, grant batches are not failing in a row, not stopping) and `/metrics` (Prometheus text, see [`crate::metrics`]).
+//! loaded, grant batches are not failing in a row, not stopping) and `/metrics`
+//! (Prometheus text, see [`crate::metrics`]).
 //!
 //! Answers never carry an error's text: a database error may name a host or a user,
 //! and this port may be reachable from further than the logs.

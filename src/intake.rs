@@ -78,10 +78,13 @@ fn text<'a>(bytes: Option<&'a [u8]>, field: &'static str) -> Result<&'a str, Inv
             reason: format!("is longer than {MAX_KEY_LEN} bytes, the limit"),
         });
     }
-    std::str::from_utf8(bytes).map_err(|e| InvalidValue {
-        field,
-        reason: format!("is not valid UTF-8 (byte {} is not)", e.valid_up_to()),
-    })
+    utf8(bytes).map_err(|reason| InvalidValue { field, reason })
+}
+
+/// `bytes` as text, or why not, naming the first byte that is not UTF-8.
+fn utf8(bytes: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(bytes)
+        .map_err(|e| format!("is not valid UTF-8 (byte {} is not)", e.valid_up_to()))
 }
 
 fn attributes(row: &QueuedRequest) -> Result<serde_json::Map<String, serde_json::Value>, String> {
@@ -94,9 +97,7 @@ fn attributes(row: &QueuedRequest) -> Result<serde_json::Map<String, serde_json:
     let Some(bytes) = row.attributes.as_deref() else {
         return Ok(serde_json::Map::new());
     };
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| format!("is not valid UTF-8 (byte {} is not)", e.valid_up_to()))?;
-    match text.trim() {
+    match utf8(bytes)?.trim() {
         "" | "null" => Ok(serde_json::Map::new()),
         text => match serde_json::from_str::<serde_json::Value>(text) {
             Ok(serde_json::Value::Object(map)) => Ok(map),
@@ -120,7 +121,7 @@ fn created_at(bytes: Option<&[u8]>) -> Result<DateTime<Utc>, String> {
 
 /// `value` quoted, with control characters escaped, for a reason an operator reads in
 /// a terminal.
-pub fn printable(value: &str) -> String {
+fn printable(value: &str) -> String {
     format!("{:?}", value)
 }
 

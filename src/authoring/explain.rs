@@ -174,8 +174,6 @@ pub async fn explain(db: &Db, key: &str) -> Result<Explanation, AppError> {
 }
 
 fn request_view(r: InspectedRequest) -> RequestView {
-    let mut columns = r.columns;
-    let mut take = |name: &str| columns.remove(name).flatten();
     // A time the database renders as text that is no valid time is shown as written.
     let time = |text: Option<String>| {
         text.map(|t| match parse_time(t.as_bytes()) {
@@ -185,20 +183,20 @@ fn request_view(r: InspectedRequest) -> RequestView {
     };
     RequestView {
         id: r.id,
-        request_key: take("request_key").unwrap_or_default(),
-        user_id: take("user_id").unwrap_or_default(),
-        event: take("event").unwrap_or_default(),
-        attributes: take("attributes"),
-        status: take("status").unwrap_or_default(),
-        outcome: take("outcome"),
-        detail: take("detail"),
-        error: take("error"),
-        user_type: take("user_type"),
-        campaign: take("campaign_id"),
-        rules_version: take("rules_version"),
+        request_key: r.request_key.unwrap_or_default(),
+        user_id: r.user_id.unwrap_or_default(),
+        event: r.event.unwrap_or_default(),
+        attributes: r.attributes,
+        status: r.status.unwrap_or_default(),
+        outcome: r.outcome,
+        detail: r.detail,
+        error: r.error,
+        user_type: r.user_type,
+        campaign: r.campaign_id,
+        rules_version: r.rules_version,
         attempts: r.attempts,
-        created_at: time(take("created_at")).unwrap_or_else(|| "NULL".into()),
-        processed_at: time(take("processed_at")),
+        created_at: time(r.created_at).unwrap_or_else(|| "NULL".into()),
+        processed_at: time(r.processed_at),
     }
 }
 
@@ -240,21 +238,15 @@ fn delivery_view(d: DeliveryRecord, attempts: &[AttemptRecord]) -> DeliveryView 
 /// `value` with control characters escaped (`\n`, `\u{1b}`): what a client wrote
 /// reaches the operator's terminal as text, never as terminal commands.
 fn printable(value: &str) -> String {
-    if value.chars().any(char::is_control) {
-        value
-            .chars()
-            .flat_map(|c| {
-                let escaped: Vec<char> = if c.is_control() {
-                    c.escape_default().collect()
-                } else {
-                    vec![c]
-                };
-                escaped
-            })
-            .collect()
-    } else {
-        value.to_owned()
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
     }
+    out
 }
 
 fn render(e: &Explanation) -> String {

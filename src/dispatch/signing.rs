@@ -5,9 +5,9 @@
 //! `"{id}.{timestamp}.{body}"`, keyed with the bytes decoded from the channel's `whsec_`
 //! secret. A channel with several secrets (a partner rotating) sends one signature per
 //! secret, separated by single spaces as the specification allows; a receiver accepts
-//! the delivery if any one of them verifies with its key. Partners verify it with any Standard Webhooks library, so this module is
-//! tested against the specification's published vector and the `standardwebhooks`
-//! crate rather than against itself.
+//! the delivery if any one of them verifies with its key. Partners verify it with any
+//! Standard Webhooks library, so this module is tested against the specification's
+//! published vector and the `standardwebhooks` crate rather than against itself.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;

@@ -21,22 +21,47 @@ use super::{MysqlConn, QueryResult, SqliteConn};
 /// A request as `explain` shows it, read defensively like a claim (every text column
 /// as bytes, shown lossily; `attributes` only up to [`INSPECT_ATTRIBUTES`] bytes; times
 /// as the text the database renders), so that a row no stage could decode can still be
-/// looked at.
+/// looked at. Every text field is `None` for NULL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InspectedRequest {
     /// Row id.
     pub id: i64,
-    /// Every other column by name, as text (`None` for NULL); `attributes` is replaced
-    /// by a note of its length when it is longer than [`INSPECT_ATTRIBUTES`].
-    pub columns: std::collections::BTreeMap<&'static str, Option<String>>,
     /// Claims whose lease expired and were recovered.
     pub attempts: i32,
+    /// The attributes text, or a note of its length when it is longer than
+    /// [`INSPECT_ATTRIBUTES`].
+    pub attributes: Option<String>,
+    /// The client's idempotency key.
+    pub request_key: Option<String>,
+    /// The user.
+    pub user_id: Option<String>,
+    /// The event.
+    pub event: Option<String>,
+    /// The status.
+    pub status: Option<String>,
+    /// For `done`: the outcome.
+    pub outcome: Option<String>,
+    /// For `rejected` and `failed`: why.
+    pub error: Option<String>,
+    /// For `done`: what decided the outcome.
+    pub detail: Option<String>,
+    /// The user type the rules decided.
+    pub user_type: Option<String>,
+    /// The campaign, when one answered.
+    pub campaign_id: Option<String>,
+    /// The rules version that decided.
+    pub rules_version: Option<String>,
+    /// When the client inserted it, as the database renders it.
+    pub created_at: Option<String>,
+    /// When it was finished, as the database renders it.
+    pub processed_at: Option<String>,
 }
 
 /// The longest `attributes` `explain` prints.
 pub const INSPECT_ATTRIBUTES: i64 = 64 * 1024;
 
-/// The text columns of [`InspectedRequest`], in the order they are selected.
+/// The text columns of [`InspectedRequest`], in the order they are selected and
+/// destructured in [`inspected`].
 const INSPECTED: [&str; 12] = [
     "request_key",
     "user_id",
@@ -53,10 +78,9 @@ const INSPECTED: [&str; 12] = [
 ];
 
 type Bytes = Option<Vec<u8>>;
-type InspectedRow = (i64, i32, Option<i64>, Bytes, [Bytes; 12]);
 type Twelve<T> = (T, T, T, T, T, T, T, T, T, T, T, T);
-/// What the database returns for an [`InspectedRow`] (diesel loads tuples, not arrays).
-type InspectedTuple = (i64, i32, Option<i64>, Bytes, Twelve<Bytes>);
+/// What the database returns for an [`InspectedRequest`].
+type InspectedRow = (i64, i32, Option<i64>, Bytes, Twelve<Bytes>);
 type B = diesel::sql_types::Nullable<diesel::sql_types::Binary>;
 type InspectedSql = (
     diesel::sql_types::BigInt,
@@ -68,17 +92,40 @@ type InspectedSql = (
 
 fn inspected((id, attempts, attributes_len, attributes, text): InspectedRow) -> InspectedRequest {
     let lossy = |b: Bytes| b.map(|b| String::from_utf8_lossy(&b).into_owned());
-    let mut columns: std::collections::BTreeMap<_, _> =
-        INSPECTED.iter().copied().zip(text.map(lossy)).collect();
     let attributes = match (attributes_len, attributes) {
         (Some(len), None) => Some(format!("({len} bytes, not shown)")),
         (_, bytes) => lossy(bytes),
     };
-    columns.insert("attributes", attributes);
+    let (
+        key,
+        user,
+        event,
+        status,
+        outcome,
+        error,
+        detail,
+        user_type,
+        campaign,
+        version,
+        created,
+        processed,
+    ) = text;
     InspectedRequest {
         id,
-        columns,
         attempts,
+        attributes,
+        request_key: lossy(key),
+        user_id: lossy(user),
+        event: lossy(event),
+        status: lossy(status),
+        outcome: lossy(outcome),
+        error: lossy(error),
+        detail: lossy(detail),
+        user_type: lossy(user_type),
+        campaign_id: lossy(campaign),
+        rules_version: lossy(version),
+        created_at: lossy(created),
+        processed_at: lossy(processed),
     }
 }
 
@@ -264,16 +311,13 @@ macro_rules! impl_history {
         impl History for $conn {
             async fn request_by_key(&mut self, key: &str) -> QueryResult<Option<InspectedRequest>> {
                 let columns = inspected_columns($cast, $byte_length);
-                let row: Option<InspectedTuple> = trigger_requests::table
+                let row: Option<InspectedRow> = trigger_requests::table
                     .filter(tr::request_key.eq(key))
                     .select(diesel::dsl::sql::<InspectedSql>(&columns))
                     .first(self)
                     .await
                     .optional()?;
-                Ok(row.map(|(id, attempts, len, attributes, t)| {
-                    let text = [t.0, t.1, t.2, t.3, t.4, t.5, t.6, t.7, t.8, t.9, t.10, t.11];
-                    inspected((id, attempts, len, attributes, text))
-                }))
+                Ok(row.map(inspected))
             }
 
             async fn grant_of_request(

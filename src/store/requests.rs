@@ -429,7 +429,6 @@ macro_rules! impl_requests {
                 // Served by (status, id): the known statuses are skipped as ranges.
                 let rows: Vec<(i64, Option<Vec<u8>>)> = table
                     .filter(tr::status.ne_all(STATUSES))
-                    .or_filter(tr::status.is_null())
                     .limit(1000)
                     .select((tr::id, sql::<Nullable<Binary>>(status)))
                     .load(self)
