@@ -60,9 +60,9 @@ pub fn load_rules(config: &Config) -> Result<Rules, AppError> {
 
 /// Opens the database named by the config.
 pub fn open_db(config: &Config) -> Result<Db, AppError> {
-    Ok(Db::connect(
+    Ok(Db::open(
         config.database.url.expose(),
-        config.database.max_connections,
+        config.database.settings(Access::ReadWrite),
     )?)
 }
 
@@ -91,7 +91,7 @@ async fn open_existing(config: &Config, access: Access) -> Result<Db, AppError> 
             )));
         }
     }
-    let db = Db::connect_with(url, config.database.max_connections, access)?;
+    let db = Db::open(url, config.database.settings(access))?;
     db.ping().await?;
     Ok(db)
 }

@@ -100,6 +100,27 @@ pub struct DatabaseConfig {
     pub url: Secret,
     /// `database.max_connections` [8]
     pub max_connections: usize,
+    /// `database.connect_timeout` [5s]: the longest a new connection (TCP, TLS and
+    /// the MySQL handshake) or a wait for a pooled one may take.
+    pub connect_timeout: Duration,
+    /// `database.statement_timeout` [30s]: the longest one statement may run.
+    pub statement_timeout: Duration,
+    /// `database.tcp_keepalive` [15s]: idle time before the kernel probes a MySQL
+    /// connection, so that a peer gone silently is noticed.
+    pub tcp_keepalive: Duration,
+}
+
+impl DatabaseConfig {
+    /// The connection settings of a pool whose sessions may do what `access` allows.
+    pub fn settings(&self, access: crate::store::Access) -> crate::store::Settings {
+        crate::store::Settings {
+            max_connections: self.max_connections,
+            connect_timeout: self.connect_timeout,
+            statement_timeout: self.statement_timeout,
+            tcp_keepalive: self.tcp_keepalive,
+            access,
+        }
+    }
 }
 
 /// `rules:`
@@ -287,6 +308,12 @@ pub struct AlertsConfig {
 pub struct HttpConfig {
     /// `http.listen`: health and metrics listener; off when unset.
     pub listen: Option<SocketAddr>,
+    /// `http.max_connections` [64]: connections served at once; more wait in the
+    /// kernel's backlog without taking a file descriptor.
+    pub max_connections: usize,
+    /// `http.header_timeout` [5s]: a connection that has not sent a whole request head
+    /// within this is closed.
+    pub header_timeout: Duration,
 }
 
 /// `logging:`

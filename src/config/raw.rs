@@ -33,10 +33,16 @@ pub(super) struct RawConfig {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a map with url and max_connections")]
+#[serde(deny_unknown_fields, expecting = "a map of database settings")]
 pub(super) struct RawDatabase {
     pub url: Option<String>,
     pub max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub statement_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub tcp_keepalive: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -171,9 +177,12 @@ pub(super) struct RawAlerts {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a map with listen")]
+#[serde(deny_unknown_fields, expecting = "a map of listener settings")]
 pub(super) struct RawHttp {
     pub listen: Option<String>,
+    pub max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub header_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

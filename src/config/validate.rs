@@ -134,6 +134,21 @@ fn database(raw: RawDatabase, ctx: &Ctx<'_>) -> Result<DatabaseConfig, ConfigErr
     Ok(DatabaseConfig {
         url: Secret::new(url),
         max_connections: ctx.at_least("database.max_connections", raw.max_connections, 8, 1)?,
+        connect_timeout: ctx.positive(
+            "database.connect_timeout",
+            raw.connect_timeout,
+            Duration::from_secs(5),
+        )?,
+        statement_timeout: ctx.positive(
+            "database.statement_timeout",
+            raw.statement_timeout,
+            Duration::from_secs(30),
+        )?,
+        tcp_keepalive: ctx.positive(
+            "database.tcp_keepalive",
+            raw.tcp_keepalive,
+            Duration::from_secs(15),
+        )?,
     })
 }
 
@@ -408,7 +423,15 @@ fn http(raw: RawHttp, ctx: &Ctx<'_>) -> Result<HttpConfig, ConfigError> {
         })?),
         None => None,
     };
-    Ok(HttpConfig { listen })
+    Ok(HttpConfig {
+        listen,
+        max_connections: ctx.at_least("http.max_connections", raw.max_connections, 64, 1)?,
+        header_timeout: ctx.positive(
+            "http.header_timeout",
+            raw.header_timeout,
+            Duration::from_secs(5),
+        )?,
+    })
 }
 
 fn logging(raw: RawLogging) -> LoggingConfig {

@@ -170,11 +170,39 @@ pub enum Access {
     ReadOnly,
 }
 
+/// How a pool's connections are made and bounded (`database.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Connections in the pool (SQLite always has one).
+    pub max_connections: usize,
+    /// The longest a new connection or a wait for a pooled one may take.
+    pub connect_timeout: Duration,
+    /// The longest one statement may run.
+    pub statement_timeout: Duration,
+    /// Idle time before the kernel probes a MySQL connection.
+    pub tcp_keepalive: Duration,
+    /// What the sessions may do.
+    pub access: Access,
+}
+
+impl Settings {
+    /// The defaults of `database.*`, with `max_connections` connections.
+    pub fn new(max_connections: usize, access: Access) -> Self {
+        Settings {
+            max_connections,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+            tcp_keepalive: Duration::from_secs(15),
+            access,
+        }
+    }
+}
+
 impl Db {
-    /// Opens a pool for `url` (`mysql://…` or `sqlite://PATH`); SQLite gets one
-    /// connection because it has one writer.
+    /// Opens a pool for `url` (`mysql://…` or `sqlite://PATH`) with the default
+    /// settings; SQLite gets one connection because it has one writer.
     pub fn connect(url: &str, max_connections: usize) -> Result<Db, StoreError> {
-        Db::connect_with(url, max_connections, Access::ReadWrite)
+        Db::open(url, Settings::new(max_connections, Access::ReadWrite))
     }
 
     /// Opens a pool whose connections may do what `access` allows.
@@ -183,6 +211,16 @@ impl Db {
         max_connections: usize,
         access: Access,
     ) -> Result<Db, StoreError> {
+        Db::open(url, Settings::new(max_connections, access))
+    }
+
+    /// Opens a pool with `settings`.
+    pub fn open(url: &str, settings: Settings) -> Result<Db, StoreError> {
+        let Settings {
+            max_connections,
+            access,
+            ..
+        } = settings;
         if url.starts_with("mysql://") {
             let mut config = ManagerConfig::<MysqlConn>::default();
             config.custom_setup = Box::new(move |url| setup_mysql(url.to_owned(), access).boxed());
