@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 use crate::config::{ChannelConfig, Config};
 use crate::dispatch::handoff::Handoff;
 use crate::dispatch::send::Sender;
-use crate::dispatch::worker::{dispatch_due, DispatchOutcome};
+use crate::dispatch::worker::{dispatch_due, live_channels, DispatchOutcome, Lanes};
 use crate::grant::{process_batch, process_claimed_batch, BatchOutcome};
 use crate::metrics::Metrics;
 use crate::notify::Liveness;
@@ -125,6 +125,8 @@ pub struct Context {
     pub claims: Arc<ClaimsInHand>,
     /// Deliveries handed from committed grants to this daemon's dispatcher.
     pub handoff: Arc<Handoff>,
+    /// The dispatcher's sends in flight, per channel.
+    pub lanes: Arc<Lanes>,
 }
 
 impl Context {
@@ -144,6 +146,7 @@ impl Context {
             metrics: Arc::new(Metrics::new()),
             liveness: Arc::new(Liveness::default()),
             claims: Arc::new(ClaimsInHand::default()),
+            lanes: Arc::new(Lanes::default()),
         }
     }
 
@@ -342,13 +345,17 @@ pub async fn release_claims(ctx: &Context) -> Result<usize, StoreError> {
     Ok(released)
 }
 
+/// True while a delivery of a configured channel that is not disabled is pending: a
+/// disabled channel's deliveries are held until it is enabled, and a channel this
+/// daemon does not know is left to a daemon that does.
 async fn pending_deliveries(ctx: &Context) -> bool {
+    let live = live_channels(ctx);
     let counts =
-        async { Ok::<_, StoreError>(with_conn!(ctx.db, |conn| conn.count_deliveries().await?)) };
+        async { Ok::<_, StoreError>(with_conn!(ctx.db, |conn| conn.pending_by_channel().await?)) };
     match counts.await {
         Ok(counts) => counts
             .iter()
-            .any(|(status, n)| status == "pending" && *n > 0),
+            .any(|(channel, n)| live.contains(channel) && *n > 0),
         Err(_) => true,
     }
 }

@@ -276,12 +276,7 @@ async fn process(ctx: &Context, claimed: Option<ClaimedBatch>) -> Result<BatchOu
     let mut retries = 0;
     let mut locked = false;
     loop {
-        // With room in the hand-off, the batch's coupon.granted rows are written held
-        // for this daemon's dispatcher, which gets them in memory after the commit.
-        let held_until = ctx
-            .handoff
-            .has_room()
-            .then(|| store::now() + ctx.delivery_lease());
+        let outlets = Outlets::of(ctx);
         let batch = match &claimed {
             Some(claimed) => Batch::Claimed(claimed.clone()),
             None => Batch::Take {
@@ -291,7 +286,7 @@ async fn process(ctx: &Context, claimed: Option<ClaimedBatch>) -> Result<BatchOu
         };
         let result = with_conn!(ctx.db, |conn| {
             let (config, rules) = (ctx.catalog.current(), rules.clone());
-            grant_batch(conn, config, rules, batch, held_until, locked).await
+            grant_batch(conn, (config, rules), batch, outlets.clone(), locked).await
         });
         match result {
             Ok(written) if written.summary.claimed == 0 => return Ok(BatchOutcome::Empty),
@@ -302,7 +297,11 @@ async fn process(ctx: &Context, claimed: Option<ClaimedBatch>) -> Result<BatchOu
             }) => {
                 summary.retries = retries;
                 ctx.metrics.record_batch(&tally, started.elapsed());
-                ctx.handoff.push(handed_off.into_iter().map(Outgoing::from));
+                ctx.handoff.push(
+                    handed_off
+                        .into_iter()
+                        .filter_map(|d| Outgoing::handed_off(d, outlets.held_until_here)),
+                );
                 ctx.outbox_ready.notify_one();
                 return Ok(BatchOutcome::Processed(summary));
             }
@@ -428,10 +427,9 @@ impl Batch {
 /// higher-ranked future `Send` where the worker task is spawned (rust-lang/rust#100013).
 fn grant_batch<'c, C: Store>(
     conn: &'c mut C,
-    config: Arc<Config>,
-    rules: Arc<Rules>,
+    (config, rules): (Arc<Config>, Arc<Rules>),
     batch: Batch,
-    held_until: Option<NaiveDateTime>,
+    outlets: Outlets,
     locked: bool,
 ) -> BoxFuture<'c, Result<Written, BatchError>> {
     conn.transaction(async move |conn| {
@@ -460,7 +458,7 @@ fn grant_batch<'c, C: Store>(
             (&config, &rules),
             requests,
             &histories,
-            &campaign_ids,
+            (&campaign_ids, &outlets.disabled),
             now,
             locked,
         )
@@ -469,7 +467,7 @@ fn grant_batch<'c, C: Store>(
             conn,
             &rules,
             (&decisions.decisions, &rejected),
-            (claim, held_until),
+            (claim, &outlets),
             now,
         )
         .await?;
@@ -492,7 +490,7 @@ async fn decide_batch<C: Store>(
     (config, rules): (&Arc<Config>, &Arc<Rules>),
     mut requests: Vec<TriggerRequest>,
     histories: &Histories,
-    campaign_ids: &[String],
+    (campaign_ids, disabled): (&[String], &HashSet<String>),
     now: DateTime<Utc>,
     mut locked: bool,
 ) -> Result<(Decided, HashSet<String>), BatchError> {
@@ -510,12 +508,16 @@ async fn decide_batch<C: Store>(
             Vec::new()
         };
         let before = budgets.clone();
+        let mut chains = chains_by_campaign(chains);
+        for chain in chains.values_mut() {
+            chain.close_channels(disabled);
+        }
         let decided = decide_off_runtime(
             rules.clone(),
             config.clone(),
             requests,
             histories.clone(),
-            chains_by_campaign(chains),
+            chains,
             budgets,
             now,
         )
@@ -780,7 +782,13 @@ fn decide(
         Err(e) => return failed(ut, &e),
     };
     let Some(allocation) = chain.allocate(&chosen) else {
-        let detail = format!("every coupon of campaign {} is out of stock", campaign.id);
+        let detail = match chain.why_none() {
+            Some(why) => format!(
+                "no coupon of campaign {} can be granted: the others are out of stock and {why}",
+                campaign.id
+            ),
+            None => format!("every coupon of campaign {} is out of stock", campaign.id),
+        };
         return done(ut, Outcome::OutOfStock, Some(&campaign.id), detail);
     };
     let coupon = chain.0[allocation.index].clone();
@@ -877,6 +885,42 @@ async fn take_stock<C: Store>(
     Ok(())
 }
 
+/// Where a batch's `coupon.granted` rows go, fixed before its transaction starts.
+#[derive(Debug, Clone)]
+struct Outlets {
+    /// The end of the hand-off hold, on the store's clock …
+    held_until: NaiveDateTime,
+    /// … and on this host's monotonic clock.
+    held_until_here: Instant,
+    /// The batch's hold token, written with its handed-off rows.
+    hold_token: i64,
+    /// Channels whose hand-off has room: their rows are written held for this daemon's
+    /// dispatcher, which gets them in memory after the commit; the others' rows are
+    /// due at once, for the outbox.
+    handoff: HashSet<String>,
+    /// Channels a 410 Gone disabled: their coupons count as out of stock.
+    disabled: HashSet<String>,
+}
+
+impl Outlets {
+    fn of(ctx: &Context) -> Self {
+        let lease = ctx.delivery_lease();
+        Outlets {
+            held_until: store::now() + lease,
+            held_until_here: Instant::now() + lease.to_std().unwrap_or_default(),
+            hold_token: claim_token(),
+            handoff: ctx
+                .config
+                .channels
+                .keys()
+                .filter(|c| ctx.handoff.has_room(c.as_str()))
+                .map(|c| c.to_string())
+                .collect(),
+            disabled: ctx.handoff.disabled(),
+        }
+    }
+}
+
 /// What a committed batch transaction returns.
 #[derive(Default)]
 struct Written {
@@ -887,14 +931,14 @@ struct Written {
 }
 
 /// Writes the batch's grants, their outbox rows and every request's final status.
-/// With `held_until`, the `coupon.granted` rows are due then (held for this daemon's
-/// dispatcher) and returned for the hand-off; otherwise they are due now and nothing is
-/// returned.
+/// The `coupon.granted` rows of the channels in `outlets.handoff` are due at the end of
+/// the hold (held for this daemon's dispatcher) and returned for the hand-off; the
+/// others are due now.
 async fn write_batch<C: Store>(
     conn: &mut C,
     rules: &Rules,
     (decisions, rejected): (&[Decision], &[Rejected]),
-    (claim, held_until): (Claim, Option<NaiveDateTime>),
+    (claim, outlets): (Claim, &Outlets),
     now: DateTime<Utc>,
 ) -> Result<Written, StoreError> {
     let version = rules.version().to_string();
@@ -934,8 +978,9 @@ async fn write_batch<C: Store>(
                     granted_at: at,
                 };
                 let mut delivery = events::coupon_granted(&grant, &d.request, coupon, now);
-                if let Some(at) = held_until {
-                    delivery.next_attempt_at = at;
+                if outlets.handoff.contains(delivery.channel.as_str()) {
+                    delivery.next_attempt_at = outlets.held_until;
+                    delivery.hold_token = Some(outlets.hold_token);
                 }
                 deliveries.push(delivery);
                 grants.push(grant);
@@ -977,11 +1022,10 @@ async fn write_batch<C: Store>(
     conn.record_grants(&grants).await?;
     conn.record_deliveries(&deliveries).await?;
     conn.finish_requests(&finished, claim, at).await?;
-    let handed_off = if held_until.is_some() {
-        deliveries
-    } else {
-        Vec::new()
-    };
+    let handed_off = deliveries
+        .into_iter()
+        .filter(|d| d.hold_token.is_some())
+        .collect();
     Ok(Written {
         summary,
         tally: BatchTally::of(&finished, &grants),

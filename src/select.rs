@@ -54,6 +54,32 @@ pub struct ChainCoupon {
     pub remaining: i64,
     /// Rotated out: hidden from the rule, granted only as a last resort.
     pub retired: bool,
+    /// Its channel is disabled (the partner answered 410 Gone): nothing granted now
+    /// could reach the user, so it counts as out of stock.
+    pub channel_disabled: bool,
+}
+
+impl ChainCoupon {
+    /// Stock that can be granted now: none while its channel is disabled.
+    pub fn usable(&self) -> i64 {
+        if self.channel_disabled {
+            0
+        } else {
+            self.remaining
+        }
+    }
+
+    /// Why it cannot be granted now.
+    fn why_not(&self) -> String {
+        if self.channel_disabled {
+            format!(
+                "{} cannot reach the user (channel {} is disabled)",
+                self.id, self.channel
+            )
+        } else {
+            format!("{} is out of stock", self.id)
+        }
+    }
 }
 
 /// A campaign's rotation chain, in chain order.
@@ -82,13 +108,22 @@ impl Chain {
                         channel: ChannelName::parse(&r.channel).ok()?,
                         remaining: r.remaining,
                         retired: r.state == RETIRED,
+                        channel_disabled: false,
                     })
                 })
                 .collect(),
         )
     }
 
-    /// The active coupons as the selection rule sees them.
+    /// Marks the coupons whose channel is in `disabled`: they count as out of stock.
+    pub fn close_channels(&mut self, disabled: &std::collections::HashSet<String>) {
+        for c in &mut self.0 {
+            c.channel_disabled = disabled.contains(c.channel.as_str());
+        }
+    }
+
+    /// The active coupons as the selection rule sees them (a coupon whose channel is
+    /// disabled shows no stock).
     pub fn views(&self) -> Vec<CouponView> {
         self.0
             .iter()
@@ -96,7 +131,7 @@ impl Chain {
             .map(|c| CouponView {
                 id: c.id.clone(),
                 face_value: c.face_value,
-                remaining: c.remaining,
+                remaining: c.usable(),
                 channel: c.channel.clone(),
             })
             .collect()
@@ -104,7 +139,21 @@ impl Chain {
 
     /// True when an active (not retired) coupon has stock.
     pub fn has_active_stock(&self) -> bool {
-        self.0.iter().any(|c| !c.retired && c.remaining > 0)
+        self.0.iter().any(|c| !c.retired && c.usable() > 0)
+    }
+
+    /// Why no coupon of the chain can be granted: out of stock, or some only because
+    /// their channel is disabled.
+    pub fn why_none(&self) -> Option<String> {
+        let closed: Vec<&str> = self
+            .0
+            .iter()
+            .filter(|c| c.channel_disabled && c.remaining > 0)
+            .map(|c| c.channel.as_str())
+            .collect();
+        let mut closed = closed;
+        closed.dedup();
+        (!closed.is_empty()).then(|| format!("channel {} is disabled", closed.join(", ")))
     }
 
     /// Finds a coupon with stock for the rule's choice: the chosen one, else the next
@@ -112,14 +161,21 @@ impl Chain {
     pub fn allocate(&mut self, chosen: &CouponId) -> Option<Allocation> {
         let start = self.0.iter().position(|c| &c.id == chosen)?;
         let next_active = (start..self.0.len())
-            .find(|&i| self.0[i].remaining > 0 && (i == start || !self.0[i].retired));
-        let index = next_active.or_else(|| {
-            (0..self.0.len()).find(|&i| self.0[i].retired && self.0[i].remaining > 0)
-        })?;
+            .find(|&i| self.0[i].usable() > 0 && (i == start || !self.0[i].retired));
+        let index = next_active
+            .or_else(|| (0..self.0.len()).find(|&i| self.0[i].retired && self.0[i].usable() > 0))?;
         self.0[index].remaining -= 1;
-        let fallback = (index != start).then(|| {
+        // The rule sees no stock on a coupon whose channel is disabled and may pass it
+        // by itself: the detail still says why the chain's earlier coupon was not given.
+        let passed = (index != start).then_some(start).or_else(|| {
+            self.0[..index]
+                .iter()
+                .position(|c| c.channel_disabled && !c.retired && c.remaining > 0)
+        });
+        let fallback = passed.map(|i| {
             format!(
-                "{chosen} is out of stock; granted {} instead",
+                "{}; granted {} instead",
+                self.0[i].why_not(),
                 self.0[index].id
             )
         });
@@ -159,6 +215,7 @@ mod tests {
             channel: ChannelName::parse("wallet").unwrap(),
             remaining,
             retired,
+            channel_disabled: false,
         }
     }
 
@@ -175,6 +232,28 @@ mod tests {
             Some("A is out of stock; granted B instead")
         );
         assert_eq!(chain.0[1].remaining, 4);
+    }
+
+    #[test]
+    fn a_coupon_whose_channel_is_disabled_counts_as_out_of_stock() {
+        let mut chain = Chain(vec![coupon("A", 5, false), coupon("B", 5, false)]);
+        chain.0[1].channel = ChannelName::parse("sms").unwrap();
+        chain.close_channels(&["wallet".to_owned()].into_iter().collect());
+        assert_eq!(chain.views()[0].remaining, 0, "the rule sees no stock on A");
+        let a = CouponId::parse("A").unwrap();
+        let allocation = chain.allocate(&a).unwrap();
+        assert_eq!(allocation.index, 1);
+        assert_eq!(
+            allocation.fallback.as_deref(),
+            Some("A cannot reach the user (channel wallet is disabled); granted B instead")
+        );
+        assert_eq!(chain.0[0].remaining, 5, "A's stock is untouched");
+        chain.0[1].remaining = 0;
+        assert_eq!(chain.allocate(&a), None);
+        assert_eq!(
+            chain.why_none().as_deref(),
+            Some("channel wallet is disabled")
+        );
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub const CAMPAIGN_EXHAUSTED: &str = "campaign.exhausted";
 pub const CAMPAIGN_BUDGET_REACHED: &str = "campaign.budget_reached";
 /// `inventory.drift`, to the alerts channel, when reconciliation finds a difference.
 pub const INVENTORY_DRIFT: &str = "inventory.drift";
+/// `channel.disabled`, to the alerts channel, once when a partner's 410 Gone disables
+/// a channel: its deliveries are held until `channels enable`.
+pub const CHANNEL_DISABLED: &str = "channel.disabled";
 
 #[derive(Serialize)]
 struct Envelope<'a, T: Serialize> {
@@ -93,6 +96,7 @@ pub fn outbox_row(
         payload,
         next_attempt_at: at.naive_utc(),
         created_at: at.naive_utc(),
+        hold_token: None,
     }
 }
 

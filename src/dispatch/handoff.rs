@@ -2,22 +2,26 @@
 //! them straight to this daemon's dispatcher, in memory, once that transaction commits.
 //!
 //! Their outbox rows are written due at `now + delivery lease` (see
-//! [`crate::daemon::Context::delivery_lease`]), exactly as if this dispatcher had
-//! claimed them, so no other dispatcher sends them meanwhile; if this daemon dies before
-//! sending them they come due after the lease like any claimed delivery, and nothing is
-//! lost. What it saves is the outbox claim of every dispatch round (a locking read, an
-//! update of every row's due time and a commit) and the wait for the next round.
+//! [`crate::daemon::Context::delivery_lease`]) under the batch's hold token, exactly as
+//! if this dispatcher had claimed them, so no other dispatcher sends them meanwhile; if
+//! this daemon dies before sending them they come due after the lease like any claimed
+//! delivery, and nothing is lost. What it saves is the outbox claim (a locking read, an
+//! update of every row's hold and a commit) and the wait for the next poll.
 //!
-//! The queue is bounded: when the partner is slower than the grants, the grant
-//! transaction stops handing off and writes its rows due at once, for the outbox path.
+//! Each channel has its own bounded queue. A channel whose queue is full, whose senders
+//! are all busy, or which is disabled takes no hand-offs: the grant writes its rows due
+//! at once, for the outbox path, so a slow partner never holds rows it cannot send
+//! before their hold runs out. A hand-off whose hold no longer has a whole attempt left
+//! in it is not sent from memory either (see [`Handoff::take`]).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::store::deliveries::{DueDelivery, NewDelivery};
 
-/// A delivery to send, claimed from the outbox or handed off by a grant.
+/// A delivery to send, claimed from the outbox or handed off by a grant, with the hold
+/// it is sent under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
     /// The outbox row's id; `None` for a hand-off (its `webhook_id` finds the row).
@@ -30,69 +34,93 @@ pub struct Outgoing {
     pub payload: String,
     /// Attempts made before this one.
     pub attempts: i32,
+    /// The row's `hold_token`: the attempt's result is recorded only under it.
+    pub hold_token: i64,
+    /// When the hold ends, on this host's monotonic clock. A delivery is sent only
+    /// while a whole attempt fits in what is left of it; after that another dispatcher
+    /// may claim it.
+    pub held_until: Instant,
 }
 
-impl From<DueDelivery> for Outgoing {
-    fn from(d: DueDelivery) -> Self {
+impl Outgoing {
+    /// A delivery this dispatcher claimed under `hold_token` until `held_until`.
+    pub fn claimed(d: DueDelivery, hold_token: i64, held_until: Instant) -> Self {
         Outgoing {
             id: Some(d.id),
             webhook_id: d.webhook_id,
             channel: d.channel,
             payload: d.payload,
             attempts: d.attempts,
+            hold_token,
+            held_until,
         }
     }
-}
 
-impl From<NewDelivery> for Outgoing {
-    fn from(d: NewDelivery) -> Self {
-        Outgoing {
+    /// A delivery a grant wrote held for this daemon (`None` for a row written due for
+    /// any dispatcher, which is not handed off).
+    pub fn handed_off(d: NewDelivery, held_until: Instant) -> Option<Self> {
+        Some(Outgoing {
+            hold_token: d.hold_token?,
             id: None,
             webhook_id: d.webhook_id,
             channel: d.channel,
             payload: d.payload,
             attempts: 0,
-        }
+            held_until,
+        })
     }
 }
 
-/// The dispatcher's in-memory state: the hand-off queue, when the outbox was last
-/// polled, and the disabled channels as of that poll.
+/// The dispatcher's in-memory state: one hand-off queue per channel, the channels
+/// whose senders are all busy, when the outbox was last polled, and the disabled
+/// channels as of that poll.
 #[derive(Debug)]
 pub struct Handoff {
-    queue: Mutex<VecDeque<Outgoing>>,
+    queues: Mutex<HashMap<String, VecDeque<Outgoing>>>,
     capacity: usize,
-    outbox: Mutex<OutboxPoll>,
+    lanes: Mutex<Lanes>,
 }
 
-#[derive(Debug)]
-struct OutboxPoll {
-    last: Option<Instant>,
+#[derive(Debug, Default)]
+struct Lanes {
+    last_poll: Option<Instant>,
+    disabled_read: Option<Instant>,
     disabled: HashSet<String>,
+    busy: HashSet<String>,
 }
 
 impl Handoff {
-    /// A hand-off that holds at most `capacity` deliveries.
+    /// A hand-off that holds at most `capacity` deliveries per channel.
     pub fn new(capacity: usize) -> Self {
         Handoff {
-            queue: Mutex::new(VecDeque::new()),
+            queues: Mutex::new(HashMap::new()),
             capacity,
-            outbox: Mutex::new(OutboxPoll {
-                last: None,
-                disabled: HashSet::new(),
-            }),
+            lanes: Mutex::new(Lanes::default()),
         }
     }
 
-    /// True while the queue has room: a grant that sees room writes its rows held for
-    /// this daemon and hands them off after the commit.
-    pub fn has_room(&self) -> bool {
-        self.lock().len() < self.capacity
+    /// True while `channel` can take hand-offs: its queue has room, its senders are
+    /// not all busy and it is not disabled. A grant writes the rows of such channels
+    /// held for this daemon and hands them off after the commit; the others are due
+    /// at once, for the outbox path, so a slow channel never holds rows it cannot send.
+    pub fn has_room(&self, channel: &str) -> bool {
+        {
+            let lanes = self.lanes();
+            if lanes.busy.contains(channel) || lanes.disabled.contains(channel) {
+                return false;
+            }
+        }
+        self.queued(channel) < self.capacity
     }
 
-    /// Deliveries waiting in memory.
+    /// Deliveries waiting in memory, all channels.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.queues().values().map(VecDeque::len).sum()
+    }
+
+    /// Deliveries of `channel` waiting in memory.
+    pub fn queued(&self, channel: &str) -> usize {
+        self.queues().get(channel).map_or(0, VecDeque::len)
     }
 
     /// True when nothing waits in memory.
@@ -102,45 +130,96 @@ impl Handoff {
 
     /// Queues the deliveries of a committed batch.
     pub fn push(&self, deliveries: impl IntoIterator<Item = Outgoing>) {
-        self.lock().extend(deliveries);
+        let mut queues = self.queues();
+        for d in deliveries {
+            queues.entry(d.channel.clone()).or_default().push_back(d);
+        }
     }
 
-    /// Takes up to `max` deliveries, oldest first.
-    pub fn take(&self, max: usize) -> Vec<Outgoing> {
-        let mut queue = self.lock();
-        let n = queue.len().min(max);
-        queue.drain(..n).collect()
+    /// Takes up to `max` deliveries of `channel`, oldest first, leaving out those whose
+    /// hold no longer has `attempt` left in it: they stay in the outbox, where they come
+    /// due when the hold ends.
+    pub fn take(&self, channel: &str, max: usize, attempt: Duration) -> Vec<Outgoing> {
+        let mut queues = self.queues();
+        let Some(queue) = queues.get_mut(channel) else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let mut taken = Vec::new();
+        while taken.len() < max {
+            let Some(d) = queue.pop_front() else { break };
+            if d.held_until.saturating_duration_since(now) > attempt {
+                taken.push(d);
+            }
+        }
+        taken
     }
 
-    /// True when the outbox should be polled now: nothing waits in the hand-off, or
-    /// the last poll is older than `interval` (retries, alerts and other daemons' rows
-    /// are not starved by a steady stream of hand-offs).
-    pub fn outbox_due(&self, nothing_handed_off: bool, interval: Duration) -> bool {
-        let poll = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-        nothing_handed_off || poll.last.is_none_or(|at| at.elapsed() >= interval)
+    /// Forgets what waits for `channel` (it was disabled: the rows stay pending in the
+    /// outbox, held until it is enabled).
+    pub fn drop_channel(&self, channel: &str) -> usize {
+        self.queues().remove(channel).map_or(0, |q| q.len())
     }
 
-    /// Records an outbox poll and the disabled channels it read.
-    pub fn polled(&self, disabled: impl IntoIterator<Item = String>) {
-        let mut poll = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-        poll.last = Some(Instant::now());
-        poll.disabled = disabled.into_iter().collect();
+    /// True when the outbox should be polled for `channel` now: nothing of it waits in
+    /// the hand-off, or the last poll is older than `interval` (retries, alerts and
+    /// other daemons' rows are not starved by a steady stream of hand-offs).
+    pub fn outbox_due(&self, channel: &str, interval: Duration) -> bool {
+        self.queued(channel) == 0 || self.poll_due(interval)
+    }
+
+    /// Records an outbox poll.
+    pub fn polled(&self) {
+        self.lanes().last_poll = Some(Instant::now());
+    }
+
+    /// True when the last outbox poll is older than `interval`.
+    pub fn poll_due(&self, interval: Duration) -> bool {
+        self.lanes()
+            .last_poll
+            .is_none_or(|at| at.elapsed() >= interval)
+    }
+
+    /// Records the disabled channels as just read from the database.
+    pub fn read_disabled(&self, disabled: impl IntoIterator<Item = String>) {
+        let mut lanes = self.lanes();
+        lanes.disabled_read = Some(Instant::now());
+        lanes.disabled = disabled.into_iter().collect();
+    }
+
+    /// True when the disabled channels were last read longer than `interval` ago.
+    pub fn disabled_due(&self, interval: Duration) -> bool {
+        self.lanes()
+            .disabled_read
+            .is_none_or(|at| at.elapsed() >= interval)
     }
 
     /// Adds a channel this dispatcher just disabled (a 410).
     pub fn disable(&self, channel: &str) {
-        let mut poll = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-        poll.disabled.insert(channel.to_owned());
+        self.lanes().disabled.insert(channel.to_owned());
     }
 
-    /// The disabled channels as of the last poll (and this dispatcher's own 410s).
+    /// The disabled channels as last read (and this dispatcher's own 410s).
     pub fn disabled(&self) -> HashSet<String> {
-        let poll = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-        poll.disabled.clone()
+        self.lanes().disabled.clone()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Outgoing>> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    /// Marks whether every sender of `channel` is busy.
+    pub fn set_busy(&self, channel: &str, busy: bool) {
+        let mut lanes = self.lanes();
+        if busy {
+            lanes.busy.insert(channel.to_owned());
+        } else {
+            lanes.busy.remove(channel);
+        }
+    }
+
+    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Outgoing>>> {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lanes(&self) -> std::sync::MutexGuard<'_, Lanes> {
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -148,26 +227,62 @@ impl Handoff {
 mod tests {
     use super::*;
 
-    fn outgoing(n: i32) -> Outgoing {
+    fn outgoing(n: i32, channel: &str, held_for: Duration) -> Outgoing {
         Outgoing {
             id: None,
             webhook_id: format!("msg_{n}"),
-            channel: "wallet".into(),
+            channel: channel.into(),
             payload: "{}".into(),
             attempts: 0,
+            hold_token: 7,
+            held_until: Instant::now() + held_for,
         }
     }
 
+    fn ids(taken: &[Outgoing]) -> Vec<&str> {
+        taken.iter().map(|o| o.webhook_id.as_str()).collect()
+    }
+
     #[test]
-    fn takes_oldest_first_and_reports_room() {
-        let handoff = Handoff::new(3);
-        assert!(handoff.has_room());
-        handoff.push((0..3).map(outgoing));
-        assert!(!handoff.has_room(), "full at capacity");
-        let taken = handoff.take(2);
-        assert_eq!(taken, vec![outgoing(0), outgoing(1)]);
-        assert!(handoff.has_room());
-        assert_eq!(handoff.take(10), vec![outgoing(2)]);
+    fn each_channel_has_its_own_queue_and_room() {
+        let hour = Duration::from_secs(3600);
+        let handoff = Handoff::new(2);
+        handoff.push((0..2).map(|n| outgoing(n, "slow", hour)));
+        handoff.push([outgoing(9, "fast", hour)]);
+        assert!(!handoff.has_room("slow"), "full at capacity");
+        assert!(
+            handoff.has_room("fast"),
+            "another channel's queue is its own"
+        );
+        handoff.set_busy("fast", true);
+        assert!(
+            !handoff.has_room("fast"),
+            "every sender busy: no hold taken"
+        );
+        handoff.set_busy("fast", false);
+        assert_eq!(ids(&handoff.take("slow", 1, Duration::ZERO)), ["msg_0"]);
+        assert_eq!(ids(&handoff.take("fast", 5, Duration::ZERO)), ["msg_9"]);
+        assert_eq!(handoff.len(), 1);
+        handoff.disable("slow");
+        assert!(
+            !handoff.has_room("slow"),
+            "a disabled channel takes no hand-off"
+        );
+        assert_eq!(handoff.drop_channel("slow"), 1);
+        assert!(handoff.is_empty());
+    }
+
+    #[test]
+    fn a_hold_too_short_for_an_attempt_is_left_to_the_outbox() {
+        let handoff = Handoff::new(10);
+        handoff.push([outgoing(1, "wallet", Duration::from_millis(100))]);
+        handoff.push([outgoing(2, "wallet", Duration::from_secs(60))]);
+        let taken = handoff.take("wallet", 10, Duration::from_secs(5));
+        assert_eq!(
+            ids(&taken),
+            ["msg_2"],
+            "msg_1's hold ends before a 5 s attempt could"
+        );
         assert!(handoff.is_empty());
     }
 
@@ -175,14 +290,20 @@ mod tests {
     fn polls_the_outbox_when_nothing_was_handed_off_or_the_interval_passed() {
         let handoff = Handoff::new(10);
         let interval = Duration::from_secs(3600);
-        assert!(handoff.outbox_due(false, interval), "never polled yet");
-        handoff.polled(["gone".to_owned()]);
+        assert!(handoff.outbox_due("wallet", interval), "never polled yet");
+        handoff.polled();
+        assert!(handoff.outbox_due("wallet", interval), "nothing handed off");
+        handoff.push([outgoing(1, "wallet", interval)]);
         assert!(
-            !handoff.outbox_due(false, interval),
+            !handoff.outbox_due("wallet", interval),
             "hand-offs to send, polled just now"
         );
-        assert!(handoff.outbox_due(true, interval), "nothing handed off");
-        assert!(handoff.outbox_due(false, Duration::ZERO), "interval passed");
+        assert!(
+            handoff.outbox_due("wallet", Duration::ZERO),
+            "interval passed"
+        );
+        handoff.read_disabled(["gone".to_owned()]);
+        assert!(!handoff.disabled_due(interval));
         handoff.disable("wallet");
         let disabled = handoff.disabled();
         assert!(disabled.contains("gone") && disabled.contains("wallet"));

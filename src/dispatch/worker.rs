@@ -1,144 +1,289 @@
-//! The outbox worker: takes the deliveries handed off by this daemon's grants (see
-//! [`super::handoff`]) and claims due ones from the outbox (skipping rows another daemon
-//! holds), sends them concurrently, and records every attempt. A delivery moves
-//! `pending → delivered | pending (retry at a time) | dead`, one function per
-//! transition.
+//! The outbox worker: one lane per channel. Each lane keeps up to
+//! `dispatch.concurrency` sends in flight, each its own task, fed from the hand-off of
+//! this daemon's grants (see [`super::handoff`]) and from due outbox rows it claims only
+//! when it has a sender free for each, so a claimed delivery is sent at once and its
+//! hold never runs out while its sender is alive. A slow or failing partner fills its
+//! own lane only; every other channel's deliveries go on at their own pace.
+//!
+//! Every attempt is recorded under the hold it was made with (the row's `hold_token`):
+//! a result that comes back after its hold was taken over changes nothing. A delivery
+//! moves `pending → delivered | pending (retry at a time) | dead`; a 410 Gone disables
+//! the channel, and its deliveries stay `pending`, held, until `channels enable`.
 
-use std::collections::HashSet;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
-use futures_util::StreamExt;
+use tokio::task::JoinSet;
 use tracing::{error, instrument, warn};
 
 use super::backoff::retry_delay;
+use super::events;
 use super::handoff::Outgoing;
 use super::send::{Attempt, Verdict};
 use crate::daemon::Context;
 use crate::store::deliveries::{AttemptRecord, DEAD, DELIVERED, PENDING};
-use crate::store::prelude::*;
 use crate::store::{self, StoreError};
 use crate::with_conn;
 
 /// What one call of [`dispatch_due`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DispatchOutcome {
-    /// This many deliveries were attempted.
+    /// Sends are in flight or finished; these were recorded.
     Attempted(DispatchSummary),
-    /// Nothing was due.
+    /// Nothing was due and nothing is in flight.
     Empty,
 }
 
-/// Counts of one dispatch round.
+/// Counts of the attempts one call recorded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DispatchSummary {
-    /// Attempts made.
+    /// Attempts recorded.
     pub attempted: usize,
     /// Delivered.
     pub delivered: usize,
-    /// Scheduled for another attempt.
+    /// Scheduled for another attempt, or held by a channel a 410 disabled.
     pub retrying: usize,
     /// Given up.
     pub dead: usize,
+    /// Results not recorded because their hold had been taken over.
+    pub refused: usize,
 }
 
-/// Takes the handed-off deliveries and claims the due ones, sends them, records the
-/// results.
-#[instrument(skip_all)]
-pub async fn dispatch_due(ctx: &Context) -> Result<DispatchOutcome, StoreError> {
-    let limit = ctx.config.dispatch.batch_size.max(1);
-    let poll_outbox = ctx
-        .handoff
-        .outbox_due(ctx.handoff.is_empty(), ctx.config.worker.poll_interval);
-    // A round that polls the outbox leaves it a quarter of the round at least, so that
-    // a steady stream of hand-offs never starves retries, alerts and expired holds.
-    let from_handoff = if poll_outbox {
-        limit - limit.div_ceil(4)
-    } else {
-        limit
-    };
-    let mut due = ctx.handoff.take(from_handoff);
-    let room = limit.saturating_sub(due.len());
-    if poll_outbox && room > 0 {
-        let now = store::now();
-        let lease = ctx.delivery_lease();
-        let (claimed, disabled) = with_conn!(ctx.db, |conn| {
-            let claimed = conn.claim_due(room as i64, now, now + lease).await?;
-            (claimed, conn.disabled_channels().await?)
-        });
-        ctx.handoff.polled(disabled);
-        due.extend(claimed.into_iter().map(Outgoing::from));
+/// The sends in flight, per channel.
+#[derive(Debug, Default)]
+pub struct Lanes {
+    sends: tokio::sync::Mutex<JoinSet<Sent>>,
+    in_flight: Mutex<HashMap<String, usize>>,
+}
+
+impl Lanes {
+    fn in_flight(&self, channel: &str) -> usize {
+        let lanes = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        lanes.get(channel).copied().unwrap_or(0)
     }
-    if due.is_empty() {
-        return Ok(DispatchOutcome::Empty);
+
+    fn add(&self, channel: &str, n: usize) {
+        let mut lanes = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        *lanes.entry(channel.to_owned()).or_default() += n;
     }
-    let disabled = ctx.handoff.disabled();
-    let results: Vec<(AttemptRecord, Option<String>)> = futures_util::stream::iter(due)
-        .map(|delivery| async {
-            let channel = delivery.channel.clone();
-            let result = attempt(ctx, delivery, &disabled).await;
-            ctx.metrics.record_delivery(&channel, result.0.status);
-            ctx.liveness.dispatcher.beat();
-            result
-        })
-        .buffer_unordered(ctx.config.dispatch.concurrency.max(1))
-        .collect()
-        .await;
-    let mut summary = DispatchSummary {
-        attempted: results.len(),
-        ..DispatchSummary::default()
-    };
-    let (records, gone): (Vec<AttemptRecord>, Vec<Option<String>>) = results.into_iter().unzip();
-    for r in &records {
-        match r.status {
-            DELIVERED => summary.delivered += 1,
-            PENDING => summary.retrying += 1,
-            _ => summary.dead += 1,
+
+    fn done(&self, channel: &str) {
+        let mut lanes = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = lanes.get_mut(channel) {
+            *n = n.saturating_sub(1);
         }
     }
-    let gone: Vec<(String, String)> = records
-        .iter()
-        .zip(gone)
-        .filter_map(|(r, channel)| Some((channel?, r.error.clone()?)))
-        .collect();
-    for (channel, _) in &gone {
-        ctx.handoff.disable(channel);
+
+    /// Sends in flight, all channels.
+    pub fn total(&self) -> usize {
+        let lanes = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        lanes.values().sum()
     }
-    with_conn!(ctx.db, |conn| record(conn, &records, &gone).await?);
+}
+
+/// A finished send: its record and, for a 410, the channel to disable.
+#[derive(Debug)]
+struct Sent {
+    record: AttemptRecord,
+    channel: String,
+    gone: bool,
+}
+
+/// Starts what each channel's lane has room for, then waits until a send finishes and
+/// records what finished. While it waits, new work (a committed batch, the poll
+/// interval) starts more sends on the lanes with room. `Empty` when nothing was due and
+/// nothing is in flight.
+#[instrument(skip_all)]
+pub async fn dispatch_due(ctx: &Context) -> Result<DispatchOutcome, StoreError> {
+    let finished = loop {
+        start_sends(ctx).await?;
+        if ctx.lanes.total() == 0 {
+            return Ok(DispatchOutcome::Empty);
+        }
+        let mut sends = ctx.lanes.sends.lock().await;
+        // `join_next` is cancel-safe: a wake-up for new work loses no finished send.
+        let first = tokio::select! {
+            sent = sends.join_next() => sent,
+            _ = ctx.outbox_ready.notified() => None,
+            _ = tokio::time::sleep(ctx.config.worker.poll_interval) => None,
+        };
+        let mut finished: Vec<Sent> = first.into_iter().filter_map(joined).collect();
+        while let Some(sent) = sends.try_join_next() {
+            finished.extend(joined(sent));
+        }
+        if !finished.is_empty() {
+            break finished;
+        }
+    };
+    for sent in &finished {
+        ctx.lanes.done(&sent.channel);
+        ctx.handoff.set_busy(&sent.channel, false);
+    }
+    let summary = record(ctx, finished).await?;
     Ok(DispatchOutcome::Attempted(summary))
 }
 
-async fn record<C: Store>(
-    conn: &mut C,
-    records: &[AttemptRecord],
-    gone: &[(String, String)],
-) -> Result<(), StoreError> {
-    conn.record_attempts(records).await?;
-    for (channel, reason) in gone {
-        error!(channel = %channel, reason = %reason, "partner answered 410 Gone: channel DISABLED; its deliveries are kept as dead until replayed");
-        conn.disable_channel(channel, reason, store::now()).await?;
+fn joined(sent: Result<Sent, tokio::task::JoinError>) -> Option<Sent> {
+    match sent {
+        Ok(sent) => Some(sent),
+        // A send that panicked holds its delivery until the hold runs out; then it is
+        // claimed again.
+        Err(e) => {
+            error!(error = %e, "a delivery's send stopped unexpectedly");
+            None
+        }
+    }
+}
+
+/// Fills every enabled channel's lane: hand-offs first, then due outbox rows when the
+/// outbox is due for it.
+async fn start_sends(ctx: &Context) -> Result<(), StoreError> {
+    let concurrency = ctx.config.dispatch.concurrency.max(1);
+    let interval = ctx.config.worker.poll_interval;
+    let lease = ctx.delivery_lease();
+    let mut disabled = ctx.handoff.disabled();
+    if ctx.handoff.disabled_due(interval) {
+        let now_disabled = with_conn!(ctx.db, |conn| conn.disabled_channels().await?);
+        ctx.handoff.read_disabled(now_disabled);
+        disabled = ctx.handoff.disabled();
+        for channel in &disabled {
+            ctx.handoff.drop_channel(channel);
+        }
+    }
+    let mut polled = false;
+    for (name, channel) in &ctx.config.channels {
+        let name = name.as_str();
+        if disabled.contains(name) {
+            continue;
+        }
+        let room = concurrency.saturating_sub(ctx.lanes.in_flight(name));
+        // The outbox is polled when nothing of the channel waits in the hand-off, and
+        // at least once per interval for a quarter of the room: a steady stream of
+        // hand-offs never starves retries, alerts and other daemons' expired holds.
+        let mut due = Vec::new();
+        if room > 0 && ctx.handoff.outbox_due(name, interval) {
+            polled = true;
+            let share = if ctx.handoff.queued(name) == 0 {
+                room
+            } else {
+                room.div_ceil(4)
+            };
+            let limit = share.min(ctx.config.dispatch.batch_size.max(1));
+            let token = hold_token();
+            let now = store::now();
+            let held_until = Instant::now() + lease.to_std().unwrap_or_default();
+            let claimed = with_conn!(ctx.db, |conn| {
+                conn.claim_due(name, limit as i64, (now, now + lease), token)
+                    .await?
+            });
+            due.extend(
+                claimed
+                    .into_iter()
+                    .map(|d| Outgoing::claimed(d, token, held_until)),
+            );
+        }
+        // A whole attempt and a second to record it must fit in what is left of a hold.
+        let whole_attempt = channel.timeout + Duration::from_secs(1);
+        due.extend(ctx.handoff.take(name, room - due.len(), whole_attempt));
+        ctx.lanes.add(name, due.len());
+        ctx.handoff
+            .set_busy(name, ctx.lanes.in_flight(name) >= concurrency);
+        if due.is_empty() {
+            continue;
+        }
+        let mut sends = ctx.lanes.sends.lock().await;
+        for delivery in due {
+            let ctx = ctx.clone();
+            sends.spawn(async move { attempt(&ctx, delivery).await });
+        }
+    }
+    if polled {
+        ctx.handoff.polled();
     }
     Ok(())
 }
 
-/// Sends one delivery; returns the record and, for a 410, the channel to disable.
-async fn attempt(
-    ctx: &Context,
-    delivery: Outgoing,
-    disabled: &HashSet<String>,
-) -> (AttemptRecord, Option<String>) {
-    let number = delivery.attempts + 1;
-    let Some(channel) = ctx.channel(&delivery.channel) else {
-        let reason = format!("channel {} is not configured", delivery.channel);
-        return (dead(&delivery, number, None, reason, Duration::ZERO), None);
+/// A fresh hold token for a claim.
+pub fn hold_token() -> i64 {
+    (rand::random::<u64>() >> 1) as i64
+}
+
+/// Records what finished, fenced by each hold; disables the channels that answered 410
+/// Gone, with one `channel.disabled` alert each.
+async fn record(ctx: &Context, finished: Vec<Sent>) -> Result<DispatchSummary, StoreError> {
+    let mut summary = DispatchSummary {
+        attempted: finished.len(),
+        ..DispatchSummary::default()
     };
-    if disabled.contains(&delivery.channel) {
-        let reason = format!(
-            "channel {} is disabled (its partner answered 410 Gone)",
-            delivery.channel
-        );
-        return (dead(&delivery, number, None, reason, Duration::ZERO), None);
+    let mut gone: Vec<(String, String)> = Vec::new();
+    let mut records = Vec::with_capacity(finished.len());
+    for sent in finished {
+        ctx.metrics
+            .record_delivery(&sent.channel, sent.record.status);
+        match sent.record.status {
+            DELIVERED => summary.delivered += 1,
+            PENDING => summary.retrying += 1,
+            _ => summary.dead += 1,
+        }
+        if sent.gone && !gone.iter().any(|(c, _)| *c == sent.channel) {
+            let reason = sent.record.error.clone().unwrap_or_default();
+            gone.push((sent.channel.clone(), reason));
+        }
+        records.push(sent.record);
     }
+    if records.is_empty() {
+        return Ok(summary);
+    }
+    summary.refused = with_conn!(ctx.db, |conn| conn.record_attempts(&records).await?);
+    if summary.refused > 0 {
+        warn!(
+            refused = summary.refused,
+            "attempt results not recorded: another dispatcher holds those deliveries now"
+        );
+    }
+    for (channel, reason) in gone {
+        disable(ctx, &channel, &reason).await?;
+    }
+    Ok(summary)
+}
+
+/// Disables `channel` after a 410 Gone: its deliveries stay pending, held, and one
+/// `channel.disabled` alert goes to ops (by the dispatcher that disabled it first).
+async fn disable(ctx: &Context, channel: &str, reason: &str) -> Result<(), StoreError> {
+    ctx.handoff.disable(channel);
+    let dropped = ctx.handoff.drop_channel(channel);
+    let now = chrono::Utc::now();
+    let alert = (ctx.config.alerts.channel.as_ref()).filter(|c| c.as_str() != channel);
+    let alert = alert.and_then(|_| {
+        let data = serde_json::json!({ "channel": channel, "reason": reason });
+        events::alert(&ctx.config, events::CHANNEL_DISABLED, data, now)
+    });
+    let first = with_conn!(ctx.db, |conn| {
+        conn.disable_channel(channel, reason, store::now(), alert)
+            .await?
+    });
+    if first {
+        error!(channel = %channel, reason = %reason, held_in_memory = dropped, "partner answered 410 Gone: channel DISABLED; its deliveries are held (pending) until `couponsd channels enable {channel}`");
+    }
+    Ok(())
+}
+
+/// Sends one delivery and turns the answer into its record.
+async fn attempt(ctx: &Context, delivery: Outgoing) -> Sent {
+    let number = delivery.attempts + 1;
+    let name = delivery.channel.clone();
+    let Some(channel) = ctx.channel(&delivery.channel) else {
+        // Lanes exist for configured channels only.
+        let reason = format!("channel {} is not configured", delivery.channel);
+        let record = dead(&delivery, number, None, reason, Duration::ZERO);
+        return Sent {
+            record,
+            channel: name,
+            gone: false,
+        };
+    };
     let Attempt {
         status_code,
         duration,
@@ -153,8 +298,9 @@ async fn attempt(
         )
         .await;
     ctx.metrics.observe_attempt(&delivery.channel, duration);
-    match verdict {
-        Verdict::Delivered => (delivered(&delivery, number, status_code, duration), None),
+    ctx.liveness.dispatcher.beat();
+    let (record, gone) = match verdict {
+        Verdict::Delivered => (delivered(&delivery, number, status_code, duration), false),
         Verdict::Retryable { after, reason } if (number as u32) < channel.max_attempts => {
             let delay = retry_delay(
                 number as u32,
@@ -162,23 +308,38 @@ async fn attempt(
                 ctx.config.dispatch.retry_max,
                 after,
             );
-            (
-                retry(&delivery, number, status_code, reason, duration, delay),
-                None,
-            )
+            let record = retry(&delivery, number, status_code, reason, duration, delay);
+            (record, false)
         }
         Verdict::Retryable { reason, .. } => {
             warn!(webhook_id = %delivery.webhook_id, attempts = number, "delivery is dead: out of attempts");
             let reason = format!("{reason} (gave up after {number} attempts)");
-            (dead(&delivery, number, status_code, reason, duration), None)
+            (
+                dead(&delivery, number, status_code, reason, duration),
+                false,
+            )
         }
-        Verdict::Permanent { reason } => {
-            (dead(&delivery, number, status_code, reason, duration), None)
-        }
-        Verdict::Gone { reason } => {
-            let record = dead(&delivery, number, status_code, reason, duration);
-            (record, Some(delivery.channel.clone()))
-        }
+        Verdict::Permanent { reason } => (
+            dead(&delivery, number, status_code, reason, duration),
+            false,
+        ),
+        // Held, not dead: the delivery waits for `channels enable`.
+        Verdict::Gone { reason } => (
+            base_record(
+                &delivery,
+                number,
+                PENDING,
+                status_code,
+                Some(reason),
+                duration,
+            ),
+            true,
+        ),
+    };
+    Sent {
+        record,
+        channel: name,
+        gone,
     }
 }
 
@@ -193,6 +354,7 @@ fn base_record(
     AttemptRecord {
         delivery_id: delivery.id,
         webhook_id: delivery.webhook_id.clone(),
+        hold_token: delivery.hold_token,
         attempt,
         status,
         next_attempt_at: None,
@@ -230,4 +392,15 @@ fn dead(
     took: Duration,
 ) -> AttemptRecord {
     base_record(d, attempt, DEAD, code, Some(reason), took)
+}
+
+/// The channels whose deliveries a drain waits for: configured and not disabled.
+pub fn live_channels(ctx: &Context) -> HashSet<String> {
+    let disabled = ctx.handoff.disabled();
+    ctx.config
+        .channels
+        .keys()
+        .map(|c| c.to_string())
+        .filter(|c| !disabled.contains(c))
+        .collect()
 }

@@ -53,7 +53,8 @@ pub enum DeliveriesAction {
 pub enum ChannelsAction {
     /// The configured channels and whether a 410 Gone disabled them.
     List,
-    /// Enable a channel a 410 Gone disabled (then replay its dead deliveries).
+    /// Enable a channel a 410 Gone disabled: the deliveries it held are sent, with
+    /// their original webhook-ids.
     Enable {
         /// The channel's name in the config.
         name: String,
@@ -211,13 +212,17 @@ fn refuse_unsendable(
 
 /// The channels table: configured channels and disabled state.
 pub async fn list_channels(ctx: &Context) -> Result<String, AppError> {
-    let disabled = with_conn!(ctx.db, |conn| conn
-        .disabled_channel_states()
-        .await
-        .map_err(StoreError::from)?);
+    let (disabled, held) = with_conn!(ctx.db, |conn| {
+        let disabled = conn
+            .disabled_channel_states()
+            .await
+            .map_err(StoreError::from)?;
+        let held = conn.held_deliveries().await.map_err(StoreError::from)?;
+        (disabled, held)
+    });
     let mut out = format!(
-        "{:<16}  {:<8}  {:<19}  REASON\n",
-        "CHANNEL", "STATE", "SINCE"
+        "{:<16}  {:<8}  {:<19}  {:>6}  REASON\n",
+        "CHANNEL", "STATE", "SINCE", "HELD"
     );
     let mut names: Vec<String> = ctx.config.channels.keys().map(|c| c.to_string()).collect();
     // A channel disabled while configured and since removed from the config still shows.
@@ -230,15 +235,16 @@ pub async fn list_channels(ctx: &Context) -> Result<String, AppError> {
     for name in names {
         let line = match disabled.iter().find(|d| d.channel == name) {
             Some(d) => format!(
-                "{:<16}  {:<8}  {:<19}  {}",
+                "{:<16}  {:<8}  {:<19}  {:>6}  {}",
                 name,
                 "disabled",
                 d.disabled_at
                     .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
                     .unwrap_or_default(),
+                held.iter().find(|(c, _)| *c == name).map_or(0, |(_, n)| *n),
                 d.reason.as_deref().unwrap_or("-")
             ),
-            None => format!("{name:<16}  {:<8}  {:<19}  -", "enabled", "-"),
+            None => format!("{name:<16}  {:<8}  {:<19}  {:>6}  -", "enabled", "-", "-"),
         };
         let _ = writeln!(out, "{}", line.trim_end());
     }
@@ -252,15 +258,15 @@ pub async fn enable(ctx: &Context, name: &str) -> Result<String, AppError> {
             "unknown channel {name:?}: not in the config's channels"
         )));
     }
-    let was_disabled = with_conn!(ctx.db, |conn| conn
-        .enable_channel(name)
+    let released = with_conn!(ctx.db, |conn| conn
+        .enable_channel(name, store::now())
         .await
         .map_err(StoreError::from)?);
-    if !was_disabled {
+    let Some(released) = released else {
         return Ok(format!("channel {name} is not disabled: nothing to do\n"));
-    }
-    tracing::info!(channel = %name, "channel enabled");
+    };
+    tracing::info!(channel = %name, released, "channel enabled");
     Ok(format!(
-        "channel {name} is enabled; its dead deliveries stay dead until `couponsd deliveries replay --dead --channel {name}`\n"
+        "channel {name} is enabled; the {released} deliveries it held are due now, with their original webhook-ids (dead ones stay dead until `couponsd deliveries replay --dead --channel {name}`)\n"
     ))
 }

@@ -38,6 +38,9 @@ pub struct NewDelivery {
     pub next_attempt_at: NaiveDateTime,
     /// When it was created.
     pub created_at: NaiveDateTime,
+    /// The hold of a row handed off to this daemon's dispatcher; `None` for a row due
+    /// for any dispatcher.
+    pub hold_token: Option<i64>,
 }
 
 /// A delivery claimed for sending.
@@ -63,11 +66,16 @@ pub struct AttemptRecord {
     pub delivery_id: Option<i64>,
     /// The delivery's `webhook-id`, which finds its row.
     pub webhook_id: String,
+    /// The hold the attempt was made under: the result is recorded only while the row
+    /// still carries it.
+    pub hold_token: i64,
     /// This attempt's number (1 for the first).
     pub attempt: i32,
-    /// `delivered`, `pending` (retry at `next_attempt_at`) or `dead`.
+    /// `delivered`, `pending` (retry at `next_attempt_at`, or held by its disabled
+    /// channel) or `dead`.
     pub status: &'static str,
-    /// For a retry: when.
+    /// For a retry: when. A `pending` record without one is held by its channel,
+    /// which a 410 Gone disabled, until `channels enable`.
     pub next_attempt_at: Option<NaiveDateTime>,
     /// The partner's HTTP status, if it answered.
     pub status_code: Option<i32>,
@@ -144,30 +152,46 @@ pub trait Deliveries {
         rows: &[NewDelivery],
     ) -> impl Future<Output = QueryResult<usize>> + Send;
 
-    /// Claims up to `limit` due deliveries in a transaction of its own, pushing their
-    /// due time to `lease_until` so that no other dispatcher sends them meanwhile.
+    /// Claims up to `limit` deliveries of `channel` due at `hold.0` in a transaction of
+    /// its own, holding them under `token` until `hold.1` so that no other dispatcher
+    /// sends them meanwhile.
     fn claim_due(
         &mut self,
+        channel: &str,
         limit: i64,
-        now: NaiveDateTime,
-        lease_until: NaiveDateTime,
+        hold: (NaiveDateTime, NaiveDateTime),
+        token: i64,
     ) -> impl Future<Output = QueryResult<Vec<DueDelivery>>> + Send;
 
-    /// Records attempts: the deliveries' new state, and a `delivery_attempts` row for
-    /// every attempt except a delivery at the first attempt, which its own row
-    /// describes whole (`attempts` = 1, `last_status`, `delivered_at`).
+    /// Records attempts, each only while its row is `pending` and still held under the
+    /// record's token (a late result of a hold that ran out changes nothing): the
+    /// deliveries' new state, and a `delivery_attempts` row for every attempt except a
+    /// delivery at the first attempt, which its own row describes whole (`attempts` =
+    /// 1, its own `last_status` and `delivered_at`). Returns how many records were
+    /// refused because their hold was gone.
     fn record_attempts(
         &mut self,
         records: &[AttemptRecord],
-    ) -> impl Future<Output = QueryResult<()>> + Send;
+    ) -> impl Future<Output = QueryResult<usize>> + Send;
 
-    /// Marks a channel disabled (its partner answered 410 Gone).
+    /// Marks a channel disabled (its partner answered 410 Gone) and writes `alert`
+    /// (the ops event, if any) in the same transaction. Returns false, writing
+    /// nothing, when the channel was disabled already.
     fn disable_channel(
         &mut self,
         channel: &str,
         reason: &str,
         now: NaiveDateTime,
-    ) -> impl Future<Output = QueryResult<()>> + Send;
+        alert: Option<NewDelivery>,
+    ) -> impl Future<Output = QueryResult<bool>> + Send;
+
+    /// Pending deliveries counted by channel.
+    fn pending_by_channel(
+        &mut self,
+    ) -> impl Future<Output = QueryResult<Vec<(String, i64)>>> + Send;
+
+    /// The pending deliveries of each disabled channel: held until it is enabled.
+    fn held_deliveries(&mut self) -> impl Future<Output = QueryResult<Vec<(String, i64)>>> + Send;
 
     /// The channels that are disabled.
     fn disabled_channels(&mut self) -> impl Future<Output = QueryResult<Vec<String>>> + Send;
@@ -202,32 +226,72 @@ pub trait Deliveries {
         &mut self,
     ) -> impl Future<Output = QueryResult<Vec<DisabledChannel>>> + Send;
 
-    /// Enables a channel disabled by a 410; returns false when it was not disabled.
-    fn enable_channel(&mut self, channel: &str) -> impl Future<Output = QueryResult<bool>> + Send;
+    /// Enables a channel disabled by a 410 and makes the deliveries it held due
+    /// `now` (nobody holds them; their `webhook-id`s are unchanged). Returns `None`
+    /// when it was not disabled, else how many deliveries were released.
+    fn enable_channel(
+        &mut self,
+        channel: &str,
+        now: NaiveDateTime,
+    ) -> impl Future<Output = QueryResult<Option<usize>>> + Send;
 }
 
-/// One UPDATE marking the delivered records' rows delivered (by `webhook_id`, which a
-/// hand-off also knows).
+/// Marks the delivered records' rows delivered in one statement, each with its own
+/// HTTP status and time, each only while it is `pending` under the record's hold. Rows
+/// are found by `webhook_id`, which a hand-off also knows. The list is padded to a power
+/// of two (repeating the last record changes nothing) so that the statement, kept
+/// prepared, takes one of a few shapes. Returns the rows changed.
+fn mark_delivered_sql(n: usize) -> String {
+    let when = |then: &str| " WHEN ? THEN ".to_owned() + then;
+    let cases = |then: &str| when(then).repeat(n);
+    format!(
+        "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, \
+         last_error = NULL, hold_token = NULL, \
+         last_status = CASE webhook_id{} END, delivered_at = CASE webhook_id{} END \
+         WHERE status = 'pending' AND webhook_id IN ({}) \
+         AND hold_token = CASE webhook_id{} END",
+        cases("?"),
+        cases("?"),
+        vec!["?"; n].join(", "),
+        cases("?"),
+    )
+}
+
 macro_rules! mark_delivered {
-    ($conn:expr, $records:expr) => {
+    ($backend:ty, $conn:expr, $records:expr) => {{
+        use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamp};
         let delivered: Vec<&AttemptRecord> =
             $records.iter().filter(|r| r.status == DELIVERED).collect();
-        if let [first, ..] = delivered.as_slice() {
-            let ids: Vec<&str> = delivered.iter().map(|r| r.webhook_id.as_str()).collect();
-            let done = diesel::update(deliveries::table.filter(in_list(d::webhook_id, ids))).set((
-                d::status.eq(DELIVERED),
-                d::attempts.eq(d::attempts + 1),
-                d::last_status.eq(first.status_code),
-                d::last_error.eq(None::<String>),
-                d::delivered_at.eq(first.attempted_at),
-            ));
-            Cached(done).execute(&mut *$conn).await?;
+        let mut changed = 0;
+        for chunk in super::prepared::pow2_chunks(&delivered) {
+            let n = chunk.len();
+            let mut query = diesel::sql_query(mark_delivered_sql(n)).into_boxed::<$backend>();
+            for r in chunk {
+                query = query
+                    .bind::<Text, _>(r.webhook_id.clone())
+                    .bind::<Nullable<Integer>, _>(r.status_code);
+            }
+            for r in chunk {
+                query = query
+                    .bind::<Text, _>(r.webhook_id.clone())
+                    .bind::<Timestamp, _>(r.attempted_at);
+            }
+            for r in chunk {
+                query = query.bind::<Text, _>(r.webhook_id.clone());
+            }
+            for r in chunk {
+                query = query
+                    .bind::<Text, _>(r.webhook_id.clone())
+                    .bind::<BigInt, _>(r.hold_token);
+            }
+            changed += Cached(query).execute(&mut *$conn).await?;
         }
-    };
+        diesel::QueryResult::Ok((delivered.len(), changed))
+    }};
 }
 
 macro_rules! impl_deliveries {
-    ($conn:ty, $backend:ident) => {
+    ($conn:ty, $backend:ident, $backend_ty:ty) => {
         impl Deliveries for $conn {
             async fn record_deliveries(&mut self, rows: &[NewDelivery]) -> QueryResult<usize> {
                 if rows.is_empty() {
@@ -238,13 +302,16 @@ macro_rules! impl_deliveries {
 
             async fn claim_due(
                 &mut self,
+                channel: &str,
                 limit: i64,
-                now: NaiveDateTime,
-                lease_until: NaiveDateTime,
+                (now, lease_until): (NaiveDateTime, NaiveDateTime),
+                token: i64,
             ) -> QueryResult<Vec<DueDelivery>> {
                 self.transaction(async |conn| {
+                        // Served by ix_deliveries_due (status, channel, next_attempt_at).
                         let query = deliveries::table
                             .filter(d::status.eq(PENDING))
+                            .filter(d::channel.eq(channel))
                             .filter(d::next_attempt_at.le(now))
                             .order(d::next_attempt_at.asc())
                             .limit(limit)
@@ -255,7 +322,7 @@ macro_rules! impl_deliveries {
                         if !due.is_empty() {
                             let ids: Vec<i64> = due.iter().map(|r| r.id).collect();
                             let hold = diesel::update(deliveries::table.filter(in_list(d::id, ids)))
-                                .set(d::next_attempt_at.eq(lease_until));
+                                .set((d::next_attempt_at.eq(lease_until), d::hold_token.eq(token)));
                             Cached(hold).execute(conn).await?;
                         }
                         Ok(due)
@@ -263,48 +330,64 @@ macro_rules! impl_deliveries {
                 .await
             }
 
-            async fn record_attempts(&mut self, records: &[AttemptRecord]) -> QueryResult<()> {
+            async fn record_attempts(&mut self, records: &[AttemptRecord]) -> QueryResult<usize> {
                 if records.is_empty() {
-                    return Ok(());
+                    return Ok(0);
                 }
-                // The common round, every delivery through at the first attempt, is one
+                // The common flush, every delivery through at the first attempt, is one
                 // statement: no transaction of its own to open and commit.
                 if records.iter().all(|r| r.status == DELIVERED && r.attempt == 1) {
-                    mark_delivered!(self, records);
-                    return Ok(());
+                    let (sent, changed) = mark_delivered!($backend_ty, self, records)?;
+                    return Ok(sent.saturating_sub(changed));
                 }
                 self.transaction(async |conn| {
-                        mark_delivered!(conn, records);
+                        let (sent, changed) = mark_delivered!($backend_ty, conn, records)?;
+                        let mut refused = sent.saturating_sub(changed);
+                        let mut logged: Vec<&AttemptRecord> = Vec::new();
                         for r in records.iter().filter(|r| r.status != DELIVERED) {
-                            let update = diesel::update(deliveries::table.filter(d::webhook_id.eq(&r.webhook_id)));
-                            match r.next_attempt_at {
-                                Some(at) => update
-                                    .set((
-                                        d::status.eq(r.status),
-                                        d::attempts.eq(r.attempt),
-                                        d::last_status.eq(r.status_code),
-                                        d::last_error.eq(r.error.as_deref()),
-                                        d::next_attempt_at.eq(at),
-                                    ))
-                                    .execute(conn)
-                                    .await?,
-                                None => update
-                                    .set((
-                                        d::status.eq(r.status),
-                                        d::attempts.eq(r.attempt),
-                                        d::last_status.eq(r.status_code),
-                                        d::last_error.eq(r.error.as_deref()),
-                                    ))
-                                    .execute(conn)
-                                    .await?,
-                            };
+                            let held = deliveries::table
+                                .filter(d::webhook_id.eq(&r.webhook_id))
+                                .filter(d::status.eq(PENDING))
+                                .filter(d::hold_token.eq(r.hold_token));
+                            // A record without a time is held by its disabled channel:
+                            // due at once when the channel is enabled.
+                            let at = r.next_attempt_at.unwrap_or(r.attempted_at);
+                            let changed = diesel::update(held)
+                                .set((
+                                    d::status.eq(r.status),
+                                    d::attempts.eq(r.attempt),
+                                    d::last_status.eq(r.status_code),
+                                    d::last_error.eq(r.error.as_deref()),
+                                    d::next_attempt_at.eq(at),
+                                    d::hold_token.eq(None::<i64>),
+                                ))
+                                .execute(conn)
+                                .await?;
+                            if changed == 0 {
+                                refused += 1;
+                            } else {
+                                logged.push(r);
+                            }
                         }
-                        let logged: Vec<&AttemptRecord> = records
+                        // A delivery at a later attempt logs it too, when it was recorded.
+                        let later: Vec<&AttemptRecord> = records
                             .iter()
-                            .filter(|r| r.status != DELIVERED || r.attempt > 1)
+                            .filter(|r| r.status == DELIVERED && r.attempt > 1)
                             .collect();
+                        if !later.is_empty() {
+                            let ids: Vec<&str> = later.iter().map(|r| r.webhook_id.as_str()).collect();
+                            let now_delivered: Vec<(String, i32)> = deliveries::table
+                                .filter(in_list(d::webhook_id, ids))
+                                .filter(d::status.eq(DELIVERED))
+                                .select((d::webhook_id, d::attempts))
+                                .load(conn)
+                                .await?;
+                            logged.extend(later.into_iter().filter(|r| {
+                                now_delivered.iter().any(|(w, a)| *w == r.webhook_id && *a == r.attempt)
+                            }));
+                        }
                         if logged.is_empty() {
-                            return Ok(());
+                            return Ok(refused);
                         }
                         // A hand-off knows its row by webhook_id only.
                         let unknown: Vec<&str> = logged
@@ -337,18 +420,66 @@ macro_rules! impl_deliveries {
                             })
                             .collect();
                         insert_all!($backend, conn, delivery_attempts::table, &rows)?;
-                        Ok(())
+                        Ok(refused)
                 })
                 .await
             }
 
-            async fn disable_channel(&mut self, channel: &str, reason: &str, now: NaiveDateTime) -> QueryResult<()> {
-                diesel::delete(channel_states::table.find(channel)).execute(self).await?;
-                diesel::insert_into(channel_states::table)
-                    .values((cs::channel.eq(channel), cs::disabled_at.eq(now), cs::reason.eq(reason)))
-                    .execute(self)
-                    .await?;
-                Ok(())
+            async fn disable_channel(
+                &mut self,
+                channel: &str,
+                reason: &str,
+                now: NaiveDateTime,
+                alert: Option<NewDelivery>,
+            ) -> QueryResult<bool> {
+                let disabled = self.transaction(async |conn| {
+                        let known: i64 = channel_states::table
+                            .filter(cs::channel.eq(channel))
+                            .filter(cs::disabled_at.is_not_null())
+                            .count()
+                            .get_result(conn)
+                            .await?;
+                        if known > 0 {
+                            return Ok(false);
+                        }
+                        diesel::delete(channel_states::table.find(channel)).execute(conn).await?;
+                        diesel::insert_into(channel_states::table)
+                            .values((cs::channel.eq(channel), cs::disabled_at.eq(now), cs::reason.eq(reason)))
+                            .execute(conn)
+                            .await?;
+                        if let Some(alert) = &alert {
+                            diesel::insert_into(deliveries::table).values(alert).execute(conn).await?;
+                        }
+                        Ok(true)
+                })
+                .await;
+                match disabled {
+                    // Another dispatcher disabled it at the same moment: its alert stands.
+                    Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => Ok(false),
+                    other => other,
+                }
+            }
+
+            async fn pending_by_channel(&mut self) -> QueryResult<Vec<(String, i64)>> {
+                deliveries::table
+                    .filter(d::status.eq(PENDING))
+                    .group_by(d::channel)
+                    .select((d::channel, diesel::dsl::count_star()))
+                    .load(self)
+                    .await
+            }
+
+            async fn held_deliveries(&mut self) -> QueryResult<Vec<(String, i64)>> {
+                let disabled = channel_states::table
+                    .filter(cs::disabled_at.is_not_null())
+                    .select(cs::channel);
+                deliveries::table
+                    .filter(d::status.eq(PENDING))
+                    .filter(d::channel.eq_any(disabled))
+                    .group_by(d::channel)
+                    .select((d::channel, diesel::dsl::count_star()))
+                    .load(self)
+                    .await
             }
 
             async fn disabled_channels(&mut self) -> QueryResult<Vec<String>> {
@@ -393,7 +524,12 @@ macro_rules! impl_deliveries {
 
             async fn replay_dead(&mut self, which: Replay<'_>, now: NaiveDateTime) -> QueryResult<usize> {
                 let dead = deliveries::table.filter(d::status.eq(DEAD));
-                let again = (d::status.eq(PENDING), d::attempts.eq(0), d::next_attempt_at.eq(now));
+                let again = (
+                    d::status.eq(PENDING),
+                    d::attempts.eq(0),
+                    d::next_attempt_at.eq(now),
+                    d::hold_token.eq(None::<i64>),
+                );
                 match which {
                     Replay::One(id) => diesel::update(dead.filter(d::id.eq(id))).set(again).execute(self).await,
                     Replay::AllDead => diesel::update(dead).set(again).execute(self).await,
@@ -412,13 +548,26 @@ macro_rules! impl_deliveries {
                     .await
             }
 
-            async fn enable_channel(&mut self, channel: &str) -> QueryResult<bool> {
-                let removed = diesel::delete(channel_states::table.find(channel)).execute(self).await?;
-                Ok(removed > 0)
+            async fn enable_channel(&mut self, channel: &str, now: NaiveDateTime) -> QueryResult<Option<usize>> {
+                self.transaction(async |conn| {
+                        let removed = diesel::delete(channel_states::table.find(channel)).execute(conn).await?;
+                        if removed == 0 {
+                            return Ok(None);
+                        }
+                        // What was held: everything pending that no dispatcher holds (a
+                        // hand-off's hold runs out on its own).
+                        let held = deliveries::table
+                            .filter(d::status.eq(PENDING))
+                            .filter(d::channel.eq(channel))
+                            .filter(d::hold_token.is_null());
+                        let released = diesel::update(held).set(d::next_attempt_at.eq(now)).execute(conn).await?;
+                        Ok(Some(released))
+                })
+                .await
             }
         }
     };
 }
 
-impl_deliveries!(MysqlConn, mysql);
-impl_deliveries!(SqliteConn, sqlite);
+impl_deliveries!(MysqlConn, mysql, diesel::mysql::Mysql);
+impl_deliveries!(SqliteConn, sqlite, diesel::sqlite::Sqlite);

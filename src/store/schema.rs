@@ -98,6 +98,7 @@ diesel::table! {
         last_error -> Nullable<Text>,
         created_at -> Timestamp,
         delivered_at -> Nullable<Timestamp>,
+        hold_token -> Nullable<BigInt>,
     }
 }
 

@@ -1,6 +1,9 @@
 //! Webhook delivery: Standard Webhooks signatures, retries with a stable webhook-id,
 //! permanent failures, 410 Gone, and the grant/outbox pairing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use axum::http::StatusCode;
 
 use crate::on_both_backends;
@@ -198,41 +201,39 @@ on_both_backends!(
 );
 
 async fn a_client_error_is_permanent_and_410_disables_the_channel(db: TestDb) {
-    let receiver = Receiver::start(|_, seen| {
-        if seen.body.contains("\"u-gone\"") {
+    let fixed = Arc::new(AtomicBool::new(false));
+    let partner_fixed = fixed.clone();
+    let receiver = Receiver::start(move |_, seen| {
+        let gone = seen.path.ends_with("/wallet") && !partner_fixed.load(Ordering::SeqCst);
+        if seen.body.contains("\"u-bad\"") {
+            StatusCode::BAD_REQUEST
+        } else if gone && seen.body.contains("\"u-gone\"") {
             StatusCode::GONE
         } else {
-            StatusCode::BAD_REQUEST
+            StatusCode::NO_CONTENT
         }
     })
     .await;
-    let ctx = context(config(
-        &db,
-        &receiver,
-        &shipped_rules(),
-        &standard_campaigns(3),
-        "",
-    ))
-    .await;
+    // NEW10 reaches users through wallet, NEW8 through sms; ops gets the alerts.
+    let campaigns = r#"  - id: newcomer
+    event: app_open
+    audience: first_time
+    coupons:
+      - { id: NEW10, face_value: "10.00", stock: 100, channel: wallet }
+      - { id: NEW8, face_value: "8.00", stock: 100, channel: sms }"#;
+    let extra = "alerts:\n  channel: ops\n";
+    let ctx = context(config(&db, &receiver, &shipped_rules(), campaigns, extra)).await;
     insert(&ctx, "bad", "u-bad", "app_open", None)
         .await
         .unwrap();
-    couponsd::grant::process_batch(&ctx).await.unwrap();
-    couponsd::dispatch::worker::dispatch_due(&ctx)
-        .await
-        .unwrap();
+    drain(&ctx).await;
     assert_eq!(receiver.seen().len(), 1, "a 400 is not retried");
+    assert_eq!(
+        counts(&ctx, "status", "deliveries").await.get("dead"),
+        Some(&1)
+    );
+
     insert(&ctx, "gone", "u-gone", "app_open", None)
-        .await
-        .unwrap();
-    insert(&ctx, "after", "u-after", "app_open", None)
-        .await
-        .unwrap();
-    couponsd::grant::process_batch(&ctx).await.unwrap();
-    couponsd::dispatch::worker::dispatch_due(&ctx)
-        .await
-        .unwrap();
-    insert(&ctx, "later", "u-later", "app_open", None)
         .await
         .unwrap();
     drain(&ctx).await;
@@ -243,22 +244,80 @@ async fn a_client_error_is_permanent_and_410_disables_the_channel(db: TestDb) {
     )
     .await;
     assert_eq!(disabled.get("wallet"), Some(&1), "410 disables the channel");
-    let dead = counts(&ctx, "status", "deliveries").await;
-    assert_eq!(
-        dead.get("dead"),
-        Some(&4),
-        "{dead:?}: all kept, none delivered"
-    );
-    let later = counts(
+    let held = counts(
         &ctx,
-        "last_error",
-        "deliveries WHERE grant_id = (SELECT id FROM trigger_requests WHERE request_key = 'later')",
+        "CONCAT(status, ' ', CAST(attempts AS CHAR), ' ', CAST(last_status AS CHAR))",
+        "deliveries WHERE grant_id = (SELECT id FROM trigger_requests WHERE request_key = 'gone')",
     )
     .await;
-    assert!(
-        later.keys().next().unwrap().contains("disabled"),
-        "{later:?}"
+    assert_eq!(
+        held.get("pending 1 410"),
+        Some(&1),
+        "held, not dead: {held:?}"
     );
+
+    // The grant step treats NEW10, whose only channel is disabled, as out of stock.
+    insert(&ctx, "after", "u-after", "app_open", None)
+        .await
+        .unwrap();
+    drain(&ctx).await;
+    let after = counts(
+        &ctx,
+        "CONCAT(coupon_id, ' | ', r.detail)",
+        "grants g JOIN trigger_requests r ON r.id = g.id WHERE r.request_key = 'after'",
+    )
+    .await;
+    assert_eq!(
+        after.keys().next().map(String::as_str),
+        Some(
+            "NEW8 | NEW10 cannot reach the user (channel wallet is disabled); granted NEW8 instead"
+        ),
+        "{after:?}"
+    );
+    let stock = counts(&ctx, "CONCAT(id, ' ', CAST(remaining AS CHAR))", "coupons").await;
+    assert!(
+        stock.contains_key("NEW10 98") && stock.contains_key("NEW8 99"),
+        "{stock:?}"
+    );
+    let alerts: Vec<Seen> = receiver
+        .seen()
+        .into_iter()
+        .filter(|s| s.path.ends_with("/ops"))
+        .collect();
+    assert_eq!(alerts.len(), 1, "one channel.disabled alert");
+    assert!(
+        alerts[0].body.contains("\"channel.disabled\"") && alerts[0].body.contains("\"wallet\"")
+    );
+    let gone_id = receiver
+        .seen()
+        .iter()
+        .find(|s| s.body.contains("\"u-gone\""))
+        .map(|s| s.headers["webhook-id"].clone())
+        .unwrap();
+
+    // The partner fixes its endpoint; ops enable the channel: what was held goes out
+    // with its original webhook-id.
+    fixed.store(true, Ordering::SeqCst);
+    let said = couponsd::ops::deliveries::enable(&ctx, "wallet")
+        .await
+        .unwrap();
+    assert!(said.contains("the 1 deliveries it held"), "{said}");
+    ctx.handoff.read_disabled(Vec::<String>::new());
+    drain(&ctx).await;
+    let resent: Vec<Seen> = receiver
+        .seen()
+        .into_iter()
+        .filter(|s| s.headers["webhook-id"] == gone_id)
+        .collect();
+    assert_eq!(resent.len(), 2, "the 410, then the delivery after enable");
+    assert!(resent.iter().all(|s| s.verified));
+    let now = counts(
+        &ctx,
+        "CONCAT(status, ' ', CAST(attempts AS CHAR), ' ', CAST(last_status AS CHAR))",
+        "deliveries WHERE grant_id = (SELECT id FROM trigger_requests WHERE request_key = 'gone')",
+    )
+    .await;
+    assert_eq!(now.get("delivered 2 204"), Some(&1), "{now:?}");
 }
 on_both_backends!(
     a_client_error_is_permanent_and_410_disables_the_channel,
@@ -356,14 +415,15 @@ async fn a_stream_of_handed_off_deliveries_leaves_a_quarter_of_each_round_to_ret
         &standard_campaigns(100),
         "",
     );
-    settings.dispatch.batch_size = 4;
+    settings.dispatch.concurrency = 4;
     let ctx = context(settings).await;
-    let dispatch = || couponsd::dispatch::worker::dispatch_due(&ctx);
     insert(&ctx, "k-retry", "u0", "app_open", None)
         .await
         .unwrap();
     couponsd::grant::process_batch(&ctx).await.unwrap();
-    dispatch().await.unwrap();
+    couponsd::dispatch::worker::dispatch_due(&ctx)
+        .await
+        .unwrap();
     let retried_id = receiver.seen()[0].headers["webhook-id"].clone();
     // The retry comes due (retry_base 20ms), and the outbox poll interval (20ms) passes.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -373,30 +433,30 @@ async fn a_stream_of_handed_off_deliveries_leaves_a_quarter_of_each_round_to_ret
             .unwrap();
     }
     couponsd::grant::process_batch(&ctx).await.unwrap();
-    assert_eq!(ctx.handoff.len(), 8, "two rounds' worth waits in memory");
-    let outcome = dispatch().await.unwrap();
-    let couponsd::dispatch::worker::DispatchOutcome::Attempted(round) = outcome else {
-        panic!("the round attempted nothing: {outcome:?}");
-    };
-    assert_eq!(round.attempted, 4, "a full round");
+    assert_eq!(ctx.handoff.len(), 8, "two lanes' worth waits in memory");
+    couponsd::dispatch::worker::dispatch_due(&ctx)
+        .await
+        .unwrap();
     assert_eq!(
         ctx.handoff.len(),
         5,
-        "three of the round's four came from the hand-off"
+        "a quarter of the four senders went to the outbox's due retry, three to hand-offs"
     );
-    let seen = receiver.seen();
-    let retried: Vec<_> = seen
-        .iter()
-        .filter(|s| s.headers["webhook-id"] == retried_id)
-        .collect();
-    assert_eq!(retried.len(), 2, "the due retry went out in that round");
-    assert!(retried.iter().all(|s| s.verified));
     drain(&ctx).await;
-    assert_eq!(
-        receiver.seen().len(),
-        10,
-        "one failure, then nine deliveries"
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 10, "one failure, then nine deliveries");
+    let second_try = seen
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find(|(_, s)| s.headers["webhook-id"] == retried_id)
+        .map(|(i, _)| i)
+        .unwrap();
+    assert!(
+        second_try <= 4,
+        "the retry went out with the first four sends, at {second_try}"
     );
+    assert!(seen.iter().all(|s| s.verified));
     assert_eq!(
         counts(&ctx, "status", "deliveries").await.get("delivered"),
         Some(&9)

@@ -10,5 +10,6 @@ mod delivery;
 mod hostile;
 mod inventory;
 mod operations;
+mod partners;
 mod pipeline;
 mod schema;

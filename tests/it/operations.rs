@@ -137,7 +137,8 @@ async fn a_receiver_down_then_up_gets_everything_and_a_gone_one_stops_only_its_c
     daemon.http_address().await;
     burst(&ctx, "down", 100).await;
     with_sql(&ctx, "INSERT INTO trigger_requests (request_key, user_id, event) VALUES ('p1', 'buyer1', 'purchase'), ('p2', 'buyer2', 'purchase'), ('p3', 'buyer3', 'purchase')").await;
-    // The partner's 410 disables its channel while wallet deliveries keep retrying.
+    // The partner's 410 disables its channel, whose deliveries are held, while wallet
+    // deliveries keep retrying.
     let disabled = wait_for(
         "the partner channel disabled",
         Duration::from_secs(15),
@@ -145,7 +146,7 @@ async fn a_receiver_down_then_up_gets_everything_and_a_gone_one_stops_only_its_c
             (count(&ctx, "channel_states WHERE channel = 'partner'").await == 1
                 && count(
                     &ctx,
-                    "deliveries WHERE channel = 'partner' AND status = 'dead'",
+                    "deliveries WHERE channel = 'partner' AND status = 'pending' AND hold_token IS NULL",
                 )
                 .await
                     == 3)
@@ -187,38 +188,34 @@ async fn a_receiver_down_then_up_gets_everything_and_a_gone_one_stops_only_its_c
     );
     assert!(wallet.seen().iter().all(|s| s.verified));
 
-    // Replay: refused while the channel is disabled, sent once it is enabled.
-    let list = ops(&path, &["deliveries", "list", "--dead"]);
-    assert!(list.contains("partner") && list.contains("410"), "{list}");
-    let refused = ops_output(
-        &path,
-        &["deliveries", "replay", "--dead", "--channel", "partner"],
-    );
-    assert!(!refused.status.success());
+    // Held, not dead: `channels list` counts them; nothing more is sent meanwhile.
+    let list = ops(&path, &["channels", "list"]);
+    let line = list
+        .lines()
+        .find(|l| l.starts_with("partner"))
+        .unwrap_or("");
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("couponsd channels enable partner"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
+        line.contains("disabled") && line.contains(" 3 ") && line.contains("410"),
+        "{list}"
     );
+    assert_eq!(count(&ctx, "deliveries WHERE status = 'dead'").await, 0);
+    let sent_before = partner.seen().len();
+    // Enabled once the partner is fixed: the held deliveries go out by themselves.
     *answer_gone.lock().unwrap() = false;
-    ops(&path, &["channels", "enable", "partner"]);
-    ops(
-        &path,
-        &["deliveries", "replay", "--dead", "--channel", "partner"],
+    let enabled = ops(&path, &["channels", "enable", "partner"]);
+    assert!(
+        enabled.contains("the 3 deliveries it held are due now"),
+        "{enabled}"
     );
-    let replayed = wait_for(
-        "the replayed deliveries",
-        Duration::from_secs(10),
-        || async {
-            (count(
-                &ctx,
-                "deliveries WHERE channel = 'partner' AND status = 'delivered'",
-            )
-            .await
-                == 3)
-                .then_some(())
-        },
-    )
+    let replayed = wait_for("the held deliveries", Duration::from_secs(10), || async {
+        (count(
+            &ctx,
+            "deliveries WHERE channel = 'partner' AND status = 'delivered'",
+        )
+        .await
+            == 3)
+            .then_some(())
+    })
     .await;
     assert!(replayed.is_some(), "{}", tail(&daemon.log_text()));
     let ids: HashMap<String, usize> = partner.seen().iter().fold(HashMap::new(), |mut m, s| {
@@ -227,9 +224,10 @@ async fn a_receiver_down_then_up_gets_everything_and_a_gone_one_stops_only_its_c
         m
     });
     assert_eq!(ids.len(), 3, "three deliveries");
-    assert!(
-        ids.values().all(|n| *n == 2),
-        "each replayed with its original webhook-id: {ids:?}"
+    assert_eq!(
+        partner.seen().len(),
+        sent_before + 3,
+        "each held delivery sent once more, with its original webhook-id: {ids:?}"
     );
 }
 
@@ -299,6 +297,8 @@ async fn a_stop_that_outlasts_the_grace_exits_0_on_time_and_loses_nothing() {
     let Some(db) = mysql_db().await else { return };
     let dir = TempDir::new("grace");
     let slow = slow_partner(Duration::from_millis(1500)).await;
+    // Eight senders at 1.5 s a delivery cannot send the grants of a whole burst within
+    // the 3 s grace.
     let path = write_config(
         &dir.0,
         &db.url,
@@ -306,6 +306,12 @@ async fn a_stop_that_outlasts_the_grace_exits_0_on_time_and_loses_nothing() {
         &standard_campaigns(50),
         "",
     );
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        yaml.replace("dispatch:\n", "dispatch:\n  concurrency: 8\n"),
+    )
+    .unwrap();
     let ctx = migrated(&path).await;
     let mut daemon = Daemon::start(&path, &dir.0.join("d.log"));
     daemon.http_address().await;
@@ -526,13 +532,12 @@ async fn a_replay_resends_dead_deliveries_with_their_webhook_id_once_the_channel
 ) {
     use couponsd::ops::deliveries::{enable, list, replay};
     use couponsd::store::deliveries::Replay;
-    // 410 for the first two webhooks, 200 after: both die and disable the channel.
-    let receiver = Receiver::start(|n, _| {
-        if n < 2 {
-            StatusCode::GONE
-        } else {
-            StatusCode::OK
-        }
+    // 400 for the first two webhooks (dead), 410 for the third (held; the channel is
+    // disabled), 200 after.
+    let receiver = Receiver::start(|n, _| match n {
+        0 | 1 => StatusCode::BAD_REQUEST,
+        2 => StatusCode::GONE,
+        _ => StatusCode::OK,
     })
     .await;
     let ctx = context(config(
@@ -550,8 +555,15 @@ async fn a_replay_resends_dead_deliveries_with_their_webhook_id_once_the_channel
     let table = list(&ctx, true, 10).await.unwrap();
     assert_eq!(table.lines().count(), 3, "a header and two rows:\n{table}");
     assert!(
-        table.contains("coupon.granted") && table.contains("410"),
+        table.contains("coupon.granted") && table.contains("400"),
         "{table}"
+    );
+    insert(&ctx, "c", "u-c", "app_open", None).await.unwrap();
+    drain(&ctx).await;
+    assert_eq!(
+        count(&ctx, "deliveries WHERE status = 'pending'").await,
+        1,
+        "held"
     );
 
     let refused = replay(&ctx, Replay::AllDead).await.unwrap_err().to_string();
@@ -559,7 +571,12 @@ async fn a_replay_resends_dead_deliveries_with_their_webhook_id_once_the_channel
         refused.contains("couponsd channels enable wallet"),
         "{refused}"
     );
-    assert!(enable(&ctx, "wallet").await.unwrap().contains("is enabled"));
+    let enabled = enable(&ctx, "wallet").await.unwrap();
+    assert!(
+        enabled.contains("is enabled") && enabled.contains("the 1 deliveries it held"),
+        "{enabled}"
+    );
+    ctx.handoff.read_disabled(Vec::<String>::new());
     assert!(
         replay(&ctx, Replay::One(999_999)).await.is_err(),
         "not a dead delivery"
@@ -569,14 +586,17 @@ async fn a_replay_resends_dead_deliveries_with_their_webhook_id_once_the_channel
     drain(&ctx).await;
     assert_eq!(
         count(&ctx, "deliveries WHERE status = 'delivered'").await,
-        2
+        3
     );
     let seen = receiver.seen();
-    assert_eq!(seen.len(), 4);
+    assert_eq!(seen.len(), 6);
     let id = |i: usize| seen[i].headers["webhook-id"].to_str().unwrap().to_owned();
-    let first: HashSet<String> = [id(0), id(1)].into();
-    let again: HashSet<String> = [id(2), id(3)].into();
-    assert_eq!(first, again, "the replay keeps each webhook-id");
+    let first: HashSet<String> = [id(0), id(1), id(2)].into();
+    let again: HashSet<String> = [id(3), id(4), id(5)].into();
+    assert_eq!(
+        first, again,
+        "the replay and the release keep each webhook-id"
+    );
     assert!(seen.iter().all(|s| s.verified));
 }
 crate::on_both_backends!(

@@ -137,7 +137,7 @@ pub fn shipped_rules() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")
 }
 
-/// A config for `db` with channels `wallet` and `ops` pointing at `receiver`, the
+/// A config for `db` with channels `wallet`, `ops` and `sms` pointing at `receiver`, the
 /// given campaigns YAML (a list) and extra top-level YAML.
 pub fn config(
     db: &TestDb,
@@ -166,6 +166,10 @@ channels:
     max_attempts: 5
   ops:
     url: "{base}/webhooks/ops"
+    secret: "{SECRET}"
+    timeout: 2s
+  sms:
+    url: "{base}/webhooks/sms"
     secret: "{SECRET}"
     timeout: 2s
 campaigns:
