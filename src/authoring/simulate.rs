@@ -153,18 +153,22 @@ struct Live {
 }
 
 async fn read_live(db: &Db, user: &str, event: &str) -> Result<Live, AppError> {
-    let (history, recent, stock, budgets) = with_conn!(db, |conn| {
+    let (history, recent, stock, budgets, disabled) = with_conn!(db, |conn| {
         let history = conn.history_for(&[user.to_owned()]).await;
         let recent = conn.recent_grants_of(user, event, RECENT_GRANTS).await;
         let stock = conn.coupon_stock().await;
         let budgets = conn.campaign_budgets().await;
+        let disabled = conn.disabled_channels().await;
         (
             history.map_err(StoreError::from)?,
             recent.map_err(StoreError::from)?,
             stock.map_err(StoreError::from)?,
             budgets.map_err(StoreError::from)?,
+            disabled.map_err(StoreError::from)?,
         )
     });
+    // As the grant step sees them: a coupon whose channel is disabled has no stock.
+    let disabled: std::collections::HashSet<String> = disabled.into_iter().collect();
     let mut by_campaign: HashMap<String, Vec<CouponStock>> = HashMap::new();
     for row in stock {
         by_campaign
@@ -177,7 +181,11 @@ async fn read_live(db: &Db, user: &str, event: &str) -> Result<Live, AppError> {
         recent,
         chains: by_campaign
             .into_iter()
-            .map(|(campaign, rows)| (campaign, Chain::from_stock(rows)))
+            .map(|(campaign, rows)| {
+                let mut chain = Chain::from_stock(rows);
+                chain.close_channels(&disabled);
+                (campaign, chain)
+            })
             .collect(),
         budgets: budgets
             .into_iter()
