@@ -25,7 +25,7 @@ pub struct UrlError(String);
 
 /// `ssl-mode`: what a connection asks of TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SslMode {
+enum SslMode {
     /// No TLS (the default when `ssl-mode` is absent).
     Disabled,
     /// TLS, but the server's certificate is not checked, as the `mysql` client does:
@@ -38,11 +38,11 @@ pub enum SslMode {
 
 /// What the URL says about TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tls {
+struct Tls {
     /// `ssl-mode`.
-    pub mode: SslMode,
+    mode: SslMode,
     /// `ssl-ca`: the PEM file of the CAs to trust instead of the built-in roots.
-    pub ca: Option<PathBuf>,
+    ca: Option<PathBuf>,
 }
 
 /// The client's own parameters that couponsd sets from elsewhere, with where.
