@@ -255,6 +255,24 @@ fn database_url_from_the_environment_overrides_the_file() {
 }
 
 #[test]
+fn a_bad_tls_parameter_in_the_database_url_stops_the_start_under_its_key() {
+    let e = refusal("database:\n  url: \"mysql://app:pw@db/couponsd?ssl-mode=VERIFY\"\n");
+    assert!(
+        e.contains("database.url: ssl-mode must be DISABLED, REQUIRED or VERIFY_IDENTITY"),
+        "{e}"
+    );
+    let url = "mysql://app:pw@db/couponsd?ssl-mode=VERIFY_IDENTITY&ssl-ca=/nonexistent/ca.pem";
+    let e = refusal_with_env("", &[("COUPONSD_DATABASE_URL", url)]);
+    assert!(
+        e.contains("database.url: ssl-ca: /nonexistent/ca.pem: ")
+            && e.ends_with("(from COUPONSD_DATABASE_URL)"),
+        "{e}"
+    );
+    let c = parse("database:\n  url: \"mysql://app:pw@db/couponsd?ssl-mode=REQUIRED\"\n");
+    assert!(c.database.url.expose().ends_with("?ssl-mode=REQUIRED"));
+}
+
+#[test]
 fn unknown_key_is_refused_with_its_path() {
     let e = refusal("worker:\n  poll_intervall: 1s\n");
     assert!(e.starts_with("/etc/couponsd/couponsd.yaml: worker"), "{e}");
@@ -498,6 +516,7 @@ fn secrets_never_appear_in_debug_or_error_text() {
         refusal("database: \"mysql://root:hunter2@db/couponsd\"\n"),
         refusal("database:\n  url: \"mariadb://root:hunter2@db/couponsd\"\n"),
         refusal("database:\n  url: [\"mysql://root:hunter2@db/x\"]\n"),
+        refusal("database:\n  url: \"mysql://root:hunter2@db/x?sslmode=on\"\n"),
     ];
     for e in refused {
         assert!(!leaked(&e), "{e}");

@@ -125,6 +125,7 @@ fn database(raw: RawDatabase, ctx: &Ctx<'_>) -> Result<DatabaseConfig, ConfigErr
         if parsed.host_str().is_none_or(str::is_empty) {
             return Err(ctx.invalid(KEY, format!("mysql:// URL has no host{source}")));
         }
+        crate::store::connect::check(&url).map_err(|e| ctx.invalid(KEY, format!("{e}{source}")))?;
     } else {
         return Err(ctx.invalid(
             KEY,

@@ -20,6 +20,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use futures_util::FutureExt;
 
 pub mod catalog;
+pub mod connect;
 pub mod coupons;
 pub mod deliveries;
 pub mod grants;
@@ -223,7 +224,8 @@ impl Db {
         } = settings;
         if url.starts_with("mysql://") {
             let mut config = ManagerConfig::<MysqlConn>::default();
-            config.custom_setup = Box::new(move |url| setup_mysql(url.to_owned(), access).boxed());
+            config.custom_setup =
+                Box::new(move |url| setup_mysql(url.to_owned(), settings).boxed());
             let manager = AsyncDieselConnectionManager::new_with_config(url, config);
             let pool = Pool::builder(manager)
                 .max_size(max_connections.max(1))
@@ -354,8 +356,9 @@ struct AppliedMigration {
     version: String,
 }
 
-async fn setup_mysql(url: String, access: Access) -> Result<MysqlConn, ConnectionError> {
-    let mut conn = MysqlConn::establish(&url).await?;
+async fn setup_mysql(url: String, settings: Settings) -> Result<MysqlConn, ConnectionError> {
+    let mut conn = connect::establish(&url, &settings).await?;
+    let access = settings.access;
     // READ COMMITTED: locking reads take record locks only, no gap locks, so claims and
     // stock updates of different daemons do not block each other's inserts.
     let setup = match access {

@@ -13,3 +13,4 @@ mod operations;
 mod partners;
 mod pipeline;
 mod schema;
+mod tls;
