@@ -294,9 +294,13 @@ async fn process(ctx: &Context, claimed: Option<ClaimedBatch>) -> Result<BatchOu
                 mut summary,
                 tally,
                 handed_off,
+                outbox_channels,
             }) => {
                 summary.retries = retries;
                 ctx.metrics.record_batch(&tally, started.elapsed());
+                for channel in &outbox_channels {
+                    ctx.handoff.outbox_rows(channel);
+                }
                 ctx.handoff.push(
                     handed_off
                         .into_iter()
@@ -928,6 +932,8 @@ struct Written {
     tally: BatchTally,
     /// The `coupon.granted` rows held for this daemon's dispatcher.
     handed_off: Vec<NewDelivery>,
+    /// The channels of the rows written due at once, for the outbox.
+    outbox_channels: HashSet<String>,
 }
 
 /// Writes the batch's grants, their outbox rows and every request's final status.
@@ -1022,13 +1028,12 @@ async fn write_batch<C: Store>(
     conn.record_grants(&grants).await?;
     conn.record_deliveries(&deliveries).await?;
     conn.finish_requests(&finished, claim, at).await?;
-    let handed_off = deliveries
-        .into_iter()
-        .filter(|d| d.hold_token.is_some())
-        .collect();
+    let (handed_off, for_outbox): (Vec<NewDelivery>, Vec<NewDelivery>) =
+        deliveries.into_iter().partition(|d| d.hold_token.is_some());
     Ok(Written {
         summary,
         tally: BatchTally::of(&finished, &grants),
         handed_off,
+        outbox_channels: for_outbox.into_iter().map(|d| d.channel).collect(),
     })
 }

@@ -83,7 +83,10 @@ pub struct Handoff {
 
 #[derive(Debug, Default)]
 struct Lanes {
-    last_poll: Option<Instant>,
+    last_poll: HashMap<String, Instant>,
+    /// Channels whose outbox may hold due rows now: a grant wrote rows due at once, or
+    /// the last claim came back full.
+    waiting: HashSet<String>,
     disabled_read: Option<Instant>,
     disabled: HashSet<String>,
     busy: HashSet<String>,
@@ -161,23 +164,33 @@ impl Handoff {
         self.queues().remove(channel).map_or(0, |q| q.len())
     }
 
-    /// True when the outbox should be polled for `channel` now: nothing of it waits in
-    /// the hand-off, or the last poll is older than `interval` (retries, alerts and
-    /// other daemons' rows are not starved by a steady stream of hand-offs).
+    /// True when the outbox should be polled for `channel` now: rows due at once may
+    /// wait there (see [`Handoff::outbox_rows`]), or its last poll is older than
+    /// `interval` (retries, alerts and other daemons' expired holds come due by time).
     pub fn outbox_due(&self, channel: &str, interval: Duration) -> bool {
-        self.queued(channel) == 0 || self.poll_due(interval)
+        let lanes = self.lanes();
+        lanes.waiting.contains(channel)
+            || lanes
+                .last_poll
+                .get(channel)
+                .is_none_or(|at| at.elapsed() >= interval)
     }
 
-    /// Records an outbox poll.
-    pub fn polled(&self) {
-        self.lanes().last_poll = Some(Instant::now());
+    /// A grant committed rows of `channel` due at once (not handed off), or a claim
+    /// came back full: poll its outbox as soon as a sender is free.
+    pub fn outbox_rows(&self, channel: &str) {
+        self.lanes().waiting.insert(channel.to_owned());
     }
 
-    /// True when the last outbox poll is older than `interval`.
-    pub fn poll_due(&self, interval: Duration) -> bool {
-        self.lanes()
-            .last_poll
-            .is_none_or(|at| at.elapsed() >= interval)
+    /// Records a poll of `channel`'s outbox; `full` when it claimed all it asked for.
+    pub fn polled(&self, channel: &str, full: bool) {
+        let mut lanes = self.lanes();
+        lanes.last_poll.insert(channel.to_owned(), Instant::now());
+        if full {
+            lanes.waiting.insert(channel.to_owned());
+        } else {
+            lanes.waiting.remove(channel);
+        }
     }
 
     /// Records the disabled channels as just read from the database.
@@ -291,13 +304,24 @@ mod tests {
         let handoff = Handoff::new(10);
         let interval = Duration::from_secs(3600);
         assert!(handoff.outbox_due("wallet", interval), "never polled yet");
-        handoff.polled();
-        assert!(handoff.outbox_due("wallet", interval), "nothing handed off");
-        handoff.push([outgoing(1, "wallet", interval)]);
+        handoff.polled("wallet", false);
+        assert!(!handoff.outbox_due("wallet", interval), "polled just now");
         assert!(
-            !handoff.outbox_due("wallet", interval),
-            "hand-offs to send, polled just now"
+            handoff.outbox_due("sms", interval),
+            "each channel has its own poll"
         );
+        handoff.outbox_rows("wallet");
+        assert!(
+            handoff.outbox_due("wallet", interval),
+            "a grant wrote rows due now"
+        );
+        handoff.polled("wallet", true);
+        assert!(
+            handoff.outbox_due("wallet", interval),
+            "the claim came back full"
+        );
+        handoff.polled("wallet", false);
+        assert!(!handoff.outbox_due("wallet", interval));
         assert!(
             handoff.outbox_due("wallet", Duration::ZERO),
             "interval passed"

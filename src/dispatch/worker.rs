@@ -152,19 +152,17 @@ async fn start_sends(ctx: &Context) -> Result<(), StoreError> {
             ctx.handoff.drop_channel(channel);
         }
     }
-    let mut polled = false;
     for (name, channel) in &ctx.config.channels {
         let name = name.as_str();
         if disabled.contains(name) {
             continue;
         }
         let room = concurrency.saturating_sub(ctx.lanes.in_flight(name));
-        // The outbox is polled when nothing of the channel waits in the hand-off, and
-        // at least once per interval for a quarter of the room: a steady stream of
+        // The outbox is polled when rows due at once may wait there, and at least once
+        // per interval, for a quarter of the room at least: a steady stream of
         // hand-offs never starves retries, alerts and other daemons' expired holds.
         let mut due = Vec::new();
         if room > 0 && ctx.handoff.outbox_due(name, interval) {
-            polled = true;
             let share = if ctx.handoff.queued(name) == 0 {
                 room
             } else {
@@ -178,6 +176,7 @@ async fn start_sends(ctx: &Context) -> Result<(), StoreError> {
                 conn.claim_due(name, limit as i64, (now, now + lease), token)
                     .await?
             });
+            ctx.handoff.polled(name, claimed.len() == limit);
             due.extend(
                 claimed
                     .into_iter()
@@ -198,9 +197,6 @@ async fn start_sends(ctx: &Context) -> Result<(), StoreError> {
             let ctx = ctx.clone();
             sends.spawn(async move { attempt(&ctx, delivery).await });
         }
-    }
-    if polled {
-        ctx.handoff.polled();
     }
     Ok(())
 }
