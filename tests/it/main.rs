@@ -12,3 +12,4 @@ mod inventory;
 mod operations;
 mod pipeline;
 mod schema;
+mod stalls;
