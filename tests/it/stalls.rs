@@ -303,3 +303,73 @@ struct TickRow {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     tick: i64,
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_longer_than_the_statement_timeout_is_stopped_by_the_database() {
+    use couponsd::store::{Access, Db, Settings};
+    use diesel_async::SimpleAsyncConnection;
+    let Some(db) = mysql_db().await else { return };
+    let settings = Settings {
+        statement_timeout: Duration::from_secs(1),
+        ..Settings::new(2, Access::ReadWrite)
+    };
+    let pool = Db::open(&db.url, settings).unwrap();
+    let started = Instant::now();
+    let run = async {
+        match pool.get().await.unwrap() {
+            couponsd::store::Conn::Mysql(mut conn) => {
+                // A cross join of the catalog: far more than a second of work.
+                conn.batch_execute(
+                    "SELECT COUNT(*) FROM information_schema.columns a, \
+                     information_schema.columns b, information_schema.columns c",
+                )
+                .await
+            }
+            couponsd::store::Conn::Sqlite(_) => unreachable!(),
+        }
+    };
+    let result = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the statement ran on past 10 s");
+    let error = result.expect_err("the statement was stopped");
+    assert!(
+        couponsd::store::is_interrupted(&error),
+        "interrupted by max_statement_time: {error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_accepts_and_never_answers_fails_a_connection_within_the_connect_timeout() {
+    use couponsd::store::{Access, Db, Settings};
+    // A listener that takes connections and says nothing, like a stopped server.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let settings = Settings {
+        connect_timeout: Duration::from_secs(1),
+        ..Settings::new(2, Access::ReadWrite)
+    };
+    let url = format!("mysql://root@127.0.0.1:{port}/none?prefer_socket=false");
+    let pool = Db::open(&url, settings).unwrap();
+    let started = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(10), pool.get())
+        .await
+        .expect("no answer within 10 s: the connection is not bounded");
+    assert!(got.is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    held.abort();
+}
