@@ -92,7 +92,8 @@ async fn open_existing(config: &Config, access: Access) -> Result<Db, AppError> 
         }
     }
     let db = Db::open(url, config.database.settings(access))?;
-    db.ping().await?;
+    // Proves the database answers, and sets the clock leases and holds are read from.
+    db.sync_clock().await?;
     Ok(db)
 }
 
@@ -141,6 +142,7 @@ pub async fn run(config: Arc<Config>, config_path: &Path, drain: bool) -> Result
         reloader.clone(),
         shutdown.clone(),
     );
+    watch_database(&ctx, shutdown.clone());
     let mode = if drain { Mode::Drain } else { Mode::Serve };
     if mode == Mode::Serve {
         reloader.watch(shutdown.clone());
@@ -180,6 +182,20 @@ pub async fn run(config: Arc<Config>, config_path: &Path, drain: bool) -> Result
         std::process::exit(0);
     }
     Ok(())
+}
+
+/// Starts the database probe ([`crate::store::health`]) on a connection of its own:
+/// `/readyz`, `couponsd_database_up` and the loops' heartbeats read what it finds, and
+/// it keeps the database's clock.
+fn watch_database(ctx: &Context, shutdown: CancellationToken) {
+    let metrics = ctx.metrics.clone();
+    tokio::spawn(crate::store::health::watch(
+        ctx.health.clone(),
+        ctx.config.database.url.expose().to_owned(),
+        ctx.config.database.settings(Access::ReadOnly),
+        shutdown,
+        move |up| metrics.set_database_up(up),
+    ));
 }
 
 /// Waits for the loops; once `shutdown` is cancelled, for `grace` at most. Never

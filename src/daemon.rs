@@ -18,9 +18,10 @@ use crate::dispatch::send::Sender;
 use crate::dispatch::worker::{dispatch_due, live_channels, DispatchOutcome, Lanes};
 use crate::grant::{process_batch, process_claimed_batch, BatchOutcome};
 use crate::metrics::Metrics;
-use crate::notify::Liveness;
+use crate::notify::{wait_on_database, Heartbeat, Liveness};
 use crate::rules::Rules;
 use crate::store::catalog::CatalogChanges;
+use crate::store::health::Health;
 use crate::store::{Db, StoreError};
 use crate::with_conn;
 
@@ -127,11 +128,17 @@ pub struct Context {
     pub handoff: Arc<Handoff>,
     /// The dispatcher's sends in flight, per channel.
     pub lanes: Arc<Lanes>,
+    /// Whether the database answers, as the daemon's probe last found
+    /// ([`crate::store::health`]); up when no probe runs.
+    pub health: Arc<Health>,
 }
 
 impl Context {
     /// Builds a context from its parts.
     pub fn new(db: Db, config: Arc<Config>, rules: Rules, sender: Sender) -> Self {
+        let metrics = Metrics::new();
+        // Like `health`: up until a probe says otherwise.
+        metrics.set_database_up(true);
         Self {
             handoff: Arc::new(Handoff::new(
                 HANDOFF_BATCHES * config.dispatch.batch_size.max(1),
@@ -143,10 +150,11 @@ impl Context {
             sender,
             outbox_ready: Arc::new(Notify::new()),
             instance: Arc::new(instance_name()),
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new(metrics),
             liveness: Arc::new(Liveness::default()),
             claims: Arc::new(ClaimsInHand::default()),
             lanes: Arc::new(Lanes::default()),
+            health: Arc::new(Health::default()),
         }
     }
 
@@ -263,11 +271,15 @@ async fn grant_loop(ctx: Context, mode: Mode, shutdown: CancellationToken, worke
         // every batch it is in is counted by lease recovery instead of going back to
         // the head of the queue each time.
         let claim_first = failures > 0;
-        let outcome = if claim_first {
-            process_claimed_batch(&ctx).await
-        } else {
-            process_batch(&ctx).await
-        };
+        let unit = ctx.clone();
+        let batch = tokio::spawn(async move {
+            if claim_first {
+                process_claimed_batch(&unit).await
+            } else {
+                process_batch(&unit).await
+            }
+        });
+        let outcome = wait_on_database(&ctx, Some(&heartbeat), "grant worker", batch).await;
         match outcome {
             Ok(BatchOutcome::Processed(summary)) => {
                 failures = 0;
@@ -285,13 +297,13 @@ async fn grant_loop(ctx: Context, mode: Mode, shutdown: CancellationToken, worke
                 failures += 1;
                 ctx.liveness.batch_failed();
                 error!(worker, error = %e, "claimed batch failed; its claims are recovered after worker.lease");
-                idle(&shutdown, backoff(failures)).await;
+                back_off(backoff(failures), &heartbeat, &shutdown).await;
             }
             Err(e) => {
                 failures += 1;
                 ctx.liveness.batch_failed();
                 error!(worker, error = %e, "batch failed and was rolled back; its requests are back in the queue");
-                idle(&shutdown, backoff(failures)).await;
+                back_off(backoff(failures), &heartbeat, &shutdown).await;
             }
         }
     }
@@ -305,7 +317,9 @@ async fn dispatch_loop(ctx: Context, mode: Mode, grants_done: CancellationToken)
         // Once the grant workers stopped: serving, send what is due now and stop;
         // draining, go on until nothing is pending.
         let finishing = grants_done.is_cancelled();
-        match dispatch_due(&ctx).await {
+        let unit = ctx.clone();
+        let round = tokio::spawn(async move { dispatch_due(&unit).await });
+        match wait_on_database(&ctx, Some(&ctx.liveness.dispatcher), "dispatcher", round).await {
             Ok(DispatchOutcome::Attempted(summary)) => {
                 failures = 0;
                 tracing::debug!(?summary, "deliveries attempted");
@@ -326,7 +340,12 @@ async fn dispatch_loop(ctx: Context, mode: Mode, grants_done: CancellationToken)
                 if finishing && mode == Mode::Serve {
                     break;
                 }
-                tokio::time::sleep(backoff(failures)).await;
+                back_off(
+                    backoff(failures),
+                    &ctx.liveness.dispatcher,
+                    &CancellationToken::new(),
+                )
+                .await;
             }
         }
     }
@@ -399,6 +418,19 @@ async fn idle(shutdown: &CancellationToken, wait: Duration) {
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = tokio::time::sleep(wait) => {}
+    }
+}
+
+/// Sleeps `wait` after a failure (until `shutdown`), beating `heartbeat` every second:
+/// a loop backing off from a failing database waits on purpose, it is not stuck.
+async fn back_off(wait: Duration, heartbeat: &Heartbeat, shutdown: &CancellationToken) {
+    let until = tokio::time::Instant::now() + wait;
+    while tokio::time::Instant::now() < until && !shutdown.is_cancelled() {
+        heartbeat.beat();
+        let step = until
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(Duration::from_secs(1));
+        idle(shutdown, step).await;
     }
 }
 

@@ -87,12 +87,15 @@ pub enum BatchError {
 impl BatchError {
     /// True when the failure may be caused by one of the batch's requests rather than
     /// by the database: a statement the database refused (a duplicate key, a value it
-    /// cannot store) or a panic. Lost connections, deadlocks and lock waits are not.
+    /// cannot store) or a panic. Lost connections, deadlocks, lock waits and statements
+    /// stopped by `database.statement_timeout` are not.
     pub fn may_lie_in_a_request(&self) -> bool {
         match self {
             BatchError::Evaluation(_) => true,
             BatchError::Store(StoreError::Query(e)) => {
-                !store::is_retryable(e) && !store::is_connection_lost(e)
+                !store::is_retryable(e)
+                    && !store::is_connection_lost(e)
+                    && !store::is_interrupted(e)
             }
             BatchError::Store(_) | BatchError::StaleStock => false,
         }
@@ -456,7 +459,8 @@ fn grant_batch<'c, C: Store>(
         users.dedup();
         let histories = Histories::from_rows(conn.history_for(&users).await?);
         let campaign_ids = campaigns_for_events(&config.campaigns, &requests);
-        let now = Utc::now();
+        // The database's clock, like every time written next to other daemons' rows.
+        let now = store::now().and_utc();
         let (decisions, budgeted) = decide_batch(
             conn,
             (&config, &rules),

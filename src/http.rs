@@ -1,13 +1,14 @@
 //! The health and metrics listener (`http.listen`; off when unset): `/healthz` (the
-//! process answers), `/readyz` (the database answers within a short timeout, rules are
+//! process answers), `/readyz` (the database answered its last probe, rules are
 //! loaded, grant batches are not failing in a row, not stopping) and `/metrics`
-//! (Prometheus text, see [`crate::metrics`]).
+//! (Prometheus text, see [`crate::metrics`]). Neither `/readyz` nor `/metrics` touches
+//! the database: they read what the probe ([`crate::store::health`], once a second)
+//! and the gauges' refresh last found.
 //!
 //! Answers never carry an error's text: a database error may name a host or a user,
 //! and this port may be reachable from further than the logs.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
@@ -21,9 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::daemon::Context;
-
-/// How long `/readyz` waits for the database.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::store::health::Status;
 
 /// Grant batches failed in a row at which `/readyz` says the daemon is not ready: one
 /// failure is a deadlock or a bad request being split off; this many means the queue
@@ -80,25 +79,18 @@ async fn readyz(State(http): State<Http>) -> (StatusCode, String) {
             format!("grant batches failing: {failed} in a row (see the log)\n"),
         );
     }
-    // The ping runs in a task of its own: a timed-out ping is left to finish rather than
-    // dropped mid-query, which could hand a half-used connection back to the pool.
-    let db = http.ctx.db.clone();
-    let ping = tokio::spawn(async move { db.ping().await });
-    match tokio::time::timeout(READY_TIMEOUT, ping).await {
-        Ok(Ok(Ok(()))) => {
+    match http.ctx.health.status() {
+        Status::Up => {
             let version = http.ctx.rules.current().version().to_string();
             (StatusCode::OK, format!("ready: rules {version}\n"))
         }
-        Ok(Ok(Err(e))) => {
-            tracing::debug!(error = %e, "readyz: the database does not answer");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database unreachable\n".into(),
-            )
-        }
-        Ok(Err(_)) | Err(_) => (
+        Status::Down { since, cause } => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("database did not answer within {READY_TIMEOUT:?}\n"),
+            format!(
+                "database unreachable for {}s: {}\n",
+                since.elapsed().as_secs(),
+                cause.as_str()
+            ),
         ),
     }
 }

@@ -200,7 +200,7 @@ impl Metrics {
         );
         r.register(
             "database_up",
-            "1 when the last refresh of the database gauges succeeded",
+            "1 when the database answered its last probe (once a second)",
             m.database_up.clone(),
         );
         Self { registry, ..m }
@@ -266,6 +266,11 @@ impl Metrics {
         self.rotations.inc_by(count as u64);
     }
 
+    /// Sets `database_up`: whether the database answered its last probe.
+    pub fn set_database_up(&self, up: bool) {
+        self.database_up.set(i64::from(up));
+    }
+
     /// Coupons this daemon granted since it started.
     pub fn granted(&self) -> u64 {
         self.granted.load(Ordering::Relaxed)
@@ -289,7 +294,7 @@ impl Metrics {
 pub struct Snapshot {
     /// False until the first refresh ran.
     pub refreshed: bool,
-    /// Whether the last refresh reached the database.
+    /// Whether the database answered its last probe.
     pub database_up: bool,
     /// Queued requests.
     pub queue_depth: i64,
@@ -302,7 +307,9 @@ pub struct Snapshot {
 }
 
 /// Reads the database gauges: queue depth and oldest age, stock per coupon, pending
-/// and dead deliveries, disabled channels. On failure only `database_up` changes.
+/// and dead deliveries, disabled channels. On failure nothing changes: whether the
+/// database answers is `database_up`, which the daemon's probe keeps
+/// ([`crate::store::health`]).
 pub async fn refresh(ctx: &Context) -> Result<(), StoreError> {
     let metrics = &ctx.metrics;
     metrics.refreshed.store(true, Ordering::Relaxed);
@@ -315,14 +322,7 @@ pub async fn refresh(ctx: &Context) -> Result<(), StoreError> {
             (queue, stock, outbox, disabled)
         }))
     };
-    let ((depth, oldest), stock, outbox, disabled) = match read.await {
-        Ok(read) => read,
-        Err(e) => {
-            metrics.database_up.set(0);
-            return Err(e);
-        }
-    };
-    metrics.database_up.set(1);
+    let ((depth, oldest), stock, outbox, disabled) = read.await?;
     metrics.queue_depth.set(depth);
     let age = oldest
         .map(|t| (store::now() - t).as_seconds_f64().max(0.0))

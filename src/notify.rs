@@ -9,11 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::daemon::Context;
 use crate::metrics::{self, Snapshot};
+use crate::store::StoreError;
 
 /// A heartbeat that has not been started, or was stopped on purpose.
 const IDLE: u64 = u64::MAX;
@@ -178,13 +180,27 @@ pub fn status_line(snapshot: &Snapshot, grants_per_sec: f64) -> String {
 }
 
 /// Every [`metrics::REFRESH_INTERVAL`]: refreshes the database gauges and sends the
-/// status line, until `shutdown`.
+/// status line, until `shutdown`. The refresh runs in a task of its own: a stalled
+/// database holds it back, never the status line, and no second refresh starts while
+/// one hangs.
 pub async fn report_status(ctx: Context, shutdown: CancellationToken) {
     let mut granted = ctx.metrics.granted();
     let mut since = Instant::now();
+    let mut refreshing: Option<JoinHandle<Result<(), StoreError>>> = None;
+    let bound = ctx.config.database.statement_timeout + ctx.config.database.connect_timeout;
     loop {
-        if let Err(e) = metrics::refresh(&ctx).await {
-            warn!(error = %e, "cannot refresh the database gauges");
+        if refreshing.as_ref().is_none_or(JoinHandle::is_finished) {
+            let refresh = ctx.clone();
+            refreshing = Some(tokio::spawn(
+                async move { metrics::refresh(&refresh).await },
+            ));
+        }
+        if let Some(task) = refreshing.as_mut() {
+            match tokio::time::timeout(bound, task).await {
+                Ok(Ok(Err(e))) => warn!(error = %e, "cannot refresh the database gauges"),
+                Ok(_) => {}
+                Err(_) => debug!("the refresh of the database gauges waits for the database"),
+            }
         }
         let now = Instant::now();
         let total = ctx.metrics.granted();
@@ -198,6 +214,64 @@ pub async fn report_status(ctx: Context, shutdown: CancellationToken) {
         }
     }
 }
+
+/// Waits for `work`, one unit of a loop's database work (a grant batch, a dispatch
+/// round, a scheduled job) running in a task of its own, and returns its output.
+///
+/// Why a task, and why wait for it to the end: a diesel-async transaction future is
+/// not cancel-safe. Dropped half-way (`timeout`, `select!`), it could hand back to the
+/// pool a connection with a transaction still open. The task owns its pooled
+/// connection and is never dropped, so every transaction ends by COMMIT, ROLLBACK or
+/// the connection's death.
+///
+/// Why that is bounded: taking a connection takes `database.connect_timeout` at most
+/// (pool create, wait and recycle timeouts), and a database that runs a statement
+/// stops it after `database.statement_timeout` (`max_statement_time`, SQLite's busy
+/// timeout). Only a database that answers nothing at all (paused, cut off) leaves a
+/// statement waiting, until it answers again or TCP keepalive breaks the connection.
+///
+/// What the loop does meanwhile: once the unit has taken longer than the two
+/// timeouts together it says so in the log, once. While the probe finds the database
+/// down ([`crate::store::health`]) it beats `heartbeat`: the loop is not stuck, it
+/// waits for the database, and the systemd watchdog restarting couponsd would not
+/// bring the database back. When the database answers and the unit still does not
+/// end, the beats stop and the watchdog does restart it. When the database comes back
+/// the unit finishes (commits, or fails and rolls back), and the loop goes on by
+/// itself. A panic in the unit is resumed here, as if the loop had run it.
+pub async fn wait_on_database<T>(
+    ctx: &Context,
+    heartbeat: Option<&Heartbeat>,
+    what: &str,
+    mut work: JoinHandle<T>,
+) -> T {
+    let stall_after = ctx.config.database.statement_timeout + ctx.config.database.connect_timeout;
+    let started = Instant::now();
+    let mut stalled = false;
+    loop {
+        match tokio::time::timeout(STALL_LOOK, &mut work).await {
+            Ok(done) => {
+                if stalled {
+                    info!(waited = ?started.elapsed(), "{what}: the database answered; going on");
+                }
+                return done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            }
+            Err(_) => {
+                if !ctx.health.is_up() {
+                    if let Some(heartbeat) = heartbeat {
+                        heartbeat.beat();
+                    }
+                }
+                if !stalled && started.elapsed() >= stall_after {
+                    stalled = true;
+                    warn!(waiting = ?started.elapsed(), database_up = ctx.health.is_up(), "{what}: waiting for a stalled database; it goes on when the database answers");
+                }
+            }
+        }
+    }
+}
+
+/// How often [`wait_on_database`] looks at a unit still running.
+const STALL_LOOK: Duration = Duration::from_millis(500);
 
 /// Pings the watchdog at a third of its interval while every loop is alive. A loop
 /// is stale when it has not come round for longer than its work may legitimately

@@ -166,7 +166,7 @@ pub fn forecast_running_low(
 
 /// Runs the check over every campaign.
 pub async fn check(ctx: &Context) -> Result<InventoryReport, StoreError> {
-    let now = Utc::now();
+    let now = crate::store::now().and_utc();
     let horizon = forecast_horizon(super::tick_interval(&ctx.config.schedule.inventory_check));
     let rates = grant_rates(ctx, now).await?;
     let mut report = InventoryReport::default();
@@ -358,7 +358,7 @@ pub fn predicted_run_out(
 
 /// The current grant rates (per second), for `stock show`.
 pub async fn current_rates(ctx: &Context) -> Result<Rates, StoreError> {
-    grant_rates(ctx, Utc::now()).await
+    grant_rates(ctx, crate::store::now().and_utc()).await
 }
 
 #[cfg(test)]

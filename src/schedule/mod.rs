@@ -7,6 +7,12 @@
 //! gives it up when the lease runs out, and a tick that comes while the job still runs
 //! is skipped. The tick is named by the job's cron schedule (see [`tick_of`]), never by
 //! the firing time, which is late by as much as the scheduler's half-second poll.
+//!
+//! Ticks and leases are read from the database's clock ([`store::now`]), so daemons
+//! whose host clocks disagree name the same tick and see the same leases expire.
+//! tokio-cron-scheduler still fires on the host's clock: on a host ahead of the
+//! database, a firing may come before its scheduled time on the database's clock and
+//! run the tick before it (late), never a tick twice or one ahead.
 
 pub mod inventory;
 pub mod reconcile;
@@ -86,7 +92,13 @@ where
         .add(Job::new_async(cron, move |_, _| {
             let (ctx, job, schedule) = (ctx.clone(), job.clone(), schedule.clone());
             Box::pin(async move {
-                run_once_per_tick(&ctx, name, &schedule, Utc::now(), || job(ctx.clone())).await;
+                // In a task of its own, waited for to the end (see `wait_on_database`).
+                let unit = ctx.clone();
+                let run = tokio::spawn(async move {
+                    let fired_at = store::now().and_utc();
+                    run_once_per_tick(&unit, name, &schedule, fired_at, || job(unit.clone())).await
+                });
+                crate::notify::wait_on_database(&ctx, None, name, run).await;
             })
         })?)
         .await?;
@@ -125,7 +137,7 @@ pub fn tick_of(schedule: &Cron, fired_at: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// Runs `job` if this daemon wins the lease of the tick of `schedule` that a firing at
-/// `fired_at` belongs to ([`tick_of`]); returns whether it ran.
+/// `fired_at` (the database's clock) belongs to ([`tick_of`]); returns whether it ran.
 pub async fn run_once_per_tick<F, Fut>(
     ctx: &Context,
     name: &str,

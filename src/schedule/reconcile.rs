@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 
-use chrono::Utc;
 use serde::Serialize;
 use tracing::{error, info};
 
@@ -48,7 +47,7 @@ pub fn find_drift(coupons: &[CouponStock], ledger: &HashMap<String, i64>) -> Vec
 
 /// Runs the reconciliation and alerts on every drift found.
 pub async fn run(ctx: &Context) -> Result<Vec<Drift>, StoreError> {
-    let now = Utc::now();
+    let now = crate::store::now().and_utc();
     let (coupons, per_coupon) = with_conn!(ctx.db, |conn| {
         (conn.coupon_stock().await?, conn.grants_per_coupon().await?)
     });

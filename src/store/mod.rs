@@ -20,10 +20,12 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use futures_util::FutureExt;
 
 pub mod catalog;
+pub mod clock;
 pub mod connect;
 pub mod coupons;
 pub mod deliveries;
 pub mod grants;
+pub mod health;
 pub mod history;
 pub mod prepared;
 pub mod requests;
@@ -122,6 +124,16 @@ pub fn is_connection_lost(error: &DieselError) -> bool {
     }
 }
 
+/// True when the database stopped the statement: `database.statement_timeout` ran out
+/// (MariaDB 1969, MySQL 3024) or it was killed (1317). The fault is the database's
+/// load, not the statement's.
+pub fn is_interrupted(error: &DieselError) -> bool {
+    match error {
+        DieselError::DatabaseError(_, info) => info.message().contains("execution was interrupted"),
+        _ => false,
+    }
+}
+
 /// A pool of connections to one of the two backends.
 #[derive(Clone)]
 pub enum Db {
@@ -215,32 +227,40 @@ impl Db {
         Db::open(url, Settings::new(max_connections, access))
     }
 
-    /// Opens a pool with `settings`.
+    /// Opens a pool with `settings`. Making a connection, waiting for a free one and
+    /// checking an idle one before it is handed out each take `connect_timeout` at
+    /// most; every session's statements are limited to `statement_timeout` by the
+    /// database itself.
     pub fn open(url: &str, settings: Settings) -> Result<Db, StoreError> {
-        let Settings {
-            max_connections,
-            access,
-            ..
-        } = settings;
+        let timeout = Some(settings.connect_timeout);
         if url.starts_with("mysql://") {
             let mut config = ManagerConfig::<MysqlConn>::default();
             config.custom_setup =
                 Box::new(move |url| setup_mysql(url.to_owned(), settings).boxed());
             let manager = AsyncDieselConnectionManager::new_with_config(url, config);
             let pool = Pool::builder(manager)
-                .max_size(max_connections.max(1))
-                .wait_timeout(Some(Duration::from_secs(30)))
+                .max_size(settings.max_connections.max(1))
+                .create_timeout(timeout)
+                .wait_timeout(timeout)
+                .recycle_timeout(timeout)
                 .runtime(deadpool::Runtime::Tokio1)
                 .build()
                 .map_err(|e| StoreError::Connect(e.to_string()))?;
             Ok(Db::Mysql(pool))
         } else if let Some(path) = url.strip_prefix("sqlite://") {
             let mut config = ManagerConfig::<SqliteConn>::default();
-            config.custom_setup =
-                Box::new(move |path| setup_sqlite(path.to_owned(), access).boxed());
+            config.custom_setup = Box::new(move |path| {
+                setup_sqlite(path.to_owned(), settings.access, settings).boxed()
+            });
             let manager = AsyncDieselConnectionManager::new_with_config(path, config);
+            // No wait timeout: the one connection is SQLite's one writer, and a worker
+            // waits for it while another commits; a lock held too long ends in the
+            // busy timeout of the one holding it.
             let pool = Pool::builder(manager)
                 .max_size(1)
+                .create_timeout(timeout)
+                .recycle_timeout(timeout)
+                .runtime(deadpool::Runtime::Tokio1)
                 .build()
                 .map_err(|e| StoreError::Connect(e.to_string()))?;
             Ok(Db::Sqlite(pool))
@@ -266,8 +286,13 @@ impl Db {
     }
 
     /// Creates or upgrades the schema; returns the names of the migrations applied.
+    /// Migrations are not bounded by `database.statement_timeout`: an `ALTER` of a
+    /// large table may take longer, and stopping it half-way helps nobody.
     pub async fn migrate(&self) -> Result<Vec<String>, StoreError> {
-        let conn = self.get().await?;
+        let mut conn = self.get().await?;
+        if let Conn::Mysql(c) = &mut conn {
+            set_statement_limit(c, Duration::ZERO).await?;
+        }
         // The harness drives the async connection with `block_on`: keep it off the
         // runtime's worker threads.
         tokio::task::spawn_blocking(move || {
@@ -316,6 +341,17 @@ impl Db {
     /// One round trip, to prove the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         with_conn!(self, |conn| conn.batch_execute("SELECT 1").await?);
+        Ok(())
+    }
+
+    /// Reads the database's clock once and records its offset from the host's
+    /// ([`clock`]): a round trip that also proves the database answers. The daemon's
+    /// probe reads it again every second ([`health`]).
+    pub async fn sync_clock(&self) -> Result<(), StoreError> {
+        match self.get().await? {
+            Conn::Mysql(mut conn) => health::read_mysql_clock(&mut conn).await?,
+            Conn::Sqlite(mut conn) => health::read_sqlite_clock(&mut conn).await?,
+        }
         Ok(())
     }
 }
@@ -376,28 +412,66 @@ async fn setup_mysql(url: String, settings: Settings) -> Result<MysqlConn, Conne
     conn.batch_execute(setup)
         .await
         .map_err(ConnectionError::CouldntSetupConfiguration)?;
-    Ok(conn)
-}
-
-async fn setup_sqlite(path: String, access: Access) -> Result<SqliteConn, ConnectionError> {
-    let mut conn = SqliteConn::establish(&path).await?;
-    let setup = match access {
-        Access::ReadWrite => {
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;"
-        }
-        // Not even the journal mode: setting it writes the file header.
-        Access::ReadOnly => "PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;",
-    };
-    conn.batch_execute(setup)
+    set_statement_limit(&mut conn, settings.statement_timeout)
         .await
         .map_err(ConnectionError::CouldntSetupConfiguration)?;
     Ok(conn)
 }
 
-/// The current time as stored in the database (UTC, no zone).
+/// MariaDB's `max_statement_time` (seconds, any statement) and, failing that,
+/// MySQL's `max_execution_time` (milliseconds, `SELECT`s only); zero lifts the limit.
+fn statement_limit_sql(limit: Duration) -> (String, String) {
+    (
+        format!(
+            "SET SESSION max_statement_time = {:.3}",
+            limit.as_secs_f64()
+        ),
+        format!("SET SESSION max_execution_time = {}", limit.as_millis()),
+    )
+}
+
+/// Limits every statement of the session to `limit` on the server: a statement that
+/// runs longer (a lock queue, a plan gone wrong) is stopped there and fails. A server
+/// that does not answer at all is another matter: see `daemon` and [`health`].
+async fn set_statement_limit(conn: &mut MysqlConn, limit: Duration) -> QueryResult<()> {
+    let (mariadb, mysql) = statement_limit_sql(limit);
+    match conn.batch_execute(&mariadb).await {
+        // 1193: unknown system variable, on MySQL.
+        Err(DieselError::DatabaseError(_, info))
+            if info.message().contains("max_statement_time") =>
+        {
+            conn.batch_execute(&mysql).await
+        }
+        other => other,
+    }
+}
+
+async fn setup_sqlite(
+    path: String,
+    access: Access,
+    settings: Settings,
+) -> Result<SqliteConn, ConnectionError> {
+    let mut conn = SqliteConn::establish(&path).await?;
+    // A statement waits at most `statement_timeout` for another connection's lock.
+    let busy = settings.statement_timeout.as_millis().max(1);
+    let setup = match access {
+        Access::ReadWrite => format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+             PRAGMA busy_timeout = {busy}; PRAGMA foreign_keys = ON;"
+        ),
+        // Not even the journal mode: setting it writes the file header.
+        Access::ReadOnly => format!("PRAGMA busy_timeout = {busy}; PRAGMA query_only = ON;"),
+    };
+    conn.batch_execute(&setup)
+        .await
+        .map_err(ConnectionError::CouldntSetupConfiguration)?;
+    Ok(conn)
+}
+
+/// The database's current time (UTC, no zone): the host's clock corrected by the
+/// offset of the database's ([`clock`]). Leases, holds and ticks are read from it.
 pub fn now() -> NaiveDateTime {
-    chrono::Utc::now().naive_utc()
+    clock::now()
 }
 
 /// Every store operation, on one connection of either backend.

@@ -13,4 +13,5 @@ mod operations;
 mod partners;
 mod pipeline;
 mod schema;
+mod stalls;
 mod tls;
