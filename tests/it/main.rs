@@ -9,6 +9,7 @@ mod cli;
 mod delivery;
 mod hostile;
 mod inventory;
+mod listener;
 mod operations;
 mod pipeline;
 mod schema;

@@ -3,7 +3,7 @@
 //! notifications and a graceful stop. Everything listens on loopback only, and every
 //! wait is bounded.
 
-mod harness;
+pub mod harness;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
