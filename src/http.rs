@@ -5,6 +5,9 @@
 //! the database: they read what the probe ([`crate::store::health`], once a second)
 //! and the gauges' refresh last found.
 //!
+//! The listener is bounded (`http.max_connections`, `http.header_timeout`; see
+//! [`listener`]) so that it cannot take the file descriptors deliveries need.
+//!
 //! Answers never carry an error's text: a database error may name a host or a user,
 //! and this port may be reachable from further than the logs.
 
@@ -19,10 +22,12 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::daemon::Context;
 use crate::store::health::Status;
+
+pub mod listener;
 
 /// Grant batches failed in a row at which `/readyz` says the daemon is not ready: one
 /// failure is a deadlock or a bad request being split off; this many means the queue
@@ -42,18 +47,19 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves the endpoints on `listener` until the process exits; `/readyz` says 503
-/// once `stopping` is cancelled.
+/// Serves the endpoints on `listener` within `http.max_connections` and
+/// `http.header_timeout` until the process exits; `/readyz` says 503 once `stopping`
+/// is cancelled.
 pub fn serve(ctx: Context, listener: TcpListener, stopping: CancellationToken) -> JoinHandle<()> {
+    let bounds = listener::Bounds {
+        max_connections: ctx.config.http.max_connections,
+        header_timeout: ctx.config.http.header_timeout,
+    };
     if let Ok(address) = listener.local_addr() {
-        info!(%address, "health and metrics listening");
+        info!(%address, max_connections = bounds.max_connections, header_timeout = ?bounds.header_timeout, "health and metrics listening");
     }
     let app = router(ctx, stopping);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            warn!(error = %e, "the health and metrics listener stopped");
-        }
-    })
+    tokio::spawn(listener::accept_loop(listener, app, bounds))
 }
 
 fn router(ctx: Context, stopping: CancellationToken) -> Router {

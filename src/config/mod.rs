@@ -308,11 +308,12 @@ pub struct AlertsConfig {
 pub struct HttpConfig {
     /// `http.listen`: health and metrics listener; off when unset.
     pub listen: Option<SocketAddr>,
-    /// `http.max_connections` [64]: connections served at once; more wait in the
-    /// kernel's backlog without taking a file descriptor.
+    /// `http.max_connections` [64]: connections open at once; at the cap a new one
+    /// replaces the oldest not in a handler, and when all are in handlers more wait in
+    /// the kernel's backlog without taking a file descriptor.
     pub max_connections: usize,
     /// `http.header_timeout` [5s]: a connection that has not sent a whole request head
-    /// within this is closed.
+    /// within this is closed, new or idle on keep-alive.
     pub header_timeout: Duration,
 }
 

@@ -9,6 +9,7 @@ mod cli;
 mod delivery;
 mod hostile;
 mod inventory;
+mod listener;
 mod operations;
 mod partners;
 mod pipeline;
