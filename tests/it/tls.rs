@@ -43,18 +43,7 @@ struct TlsServer {
 impl TlsServer {
     /// `None` (with the reason printed) when mariadbd is not installed, outside CI.
     fn install_and_start(certs: &Path) -> Option<TlsServer> {
-        let installed = Path::new("/usr/sbin/mariadbd").exists()
-            && Command::new("mariadb-install-db")
-                .arg("--help")
-                .output()
-                .is_ok();
-        if !installed {
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "CI=true and mariadbd or mariadb-install-db is not installed"
-            );
-            eprintln!("SKIPPED: /usr/sbin/mariadbd or mariadb-install-db is not installed (apt-get install mariadb-server)");
+        if !crate::operations::harness::mariadbd_installed() {
             return None;
         }
         let dir = TempDir::new("mariadbd-tls");

@@ -446,21 +446,30 @@ pub struct ThrowawayServer {
     child: Option<Child>,
 }
 
+/// True when Debian's mariadbd and mariadb-install-db are here to start a server of a
+/// test's own. Outside CI a test may then skip (the reason is printed); with `CI=true`
+/// their absence fails the test.
+pub fn mariadbd_installed() -> bool {
+    let installed = Path::new("/usr/sbin/mariadbd").exists()
+        && Command::new("mariadb-install-db")
+            .arg("--help")
+            .output()
+            .is_ok();
+    if !installed {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI=true and mariadbd or mariadb-install-db is not installed"
+        );
+        eprintln!("SKIPPED: /usr/sbin/mariadbd or mariadb-install-db is not installed (apt-get install mariadb-server)");
+    }
+    installed
+}
+
 impl ThrowawayServer {
     /// `None` (with the reason printed) when mariadbd is not installed, outside CI.
     pub fn install() -> Option<ThrowawayServer> {
-        let installed = Path::new("/usr/sbin/mariadbd").exists()
-            && Command::new("mariadb-install-db")
-                .arg("--help")
-                .output()
-                .is_ok();
-        if !installed {
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "CI=true and mariadbd or mariadb-install-db is not installed"
-            );
-            eprintln!("SKIPPED: /usr/sbin/mariadbd or mariadb-install-db is not installed (apt-get install mariadb-server)");
+        if !mariadbd_installed() {
             return None;
         }
         let dir = TempDir::new("mariadbd");
