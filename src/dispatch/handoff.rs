@@ -9,7 +9,7 @@
 //! update of every row's hold and a commit) and the wait for the next poll.
 //!
 //! Each channel has its own bounded queue. A channel whose queue is full, whose senders
-//! are all busy, or which is disabled takes no hand-offs: the grant writes its rows due
+//! were too slow for the holds (see [`Handoff::take`]), or which is disabled takes no hand-offs: the grant writes its rows due
 //! at once, for the outbox path, so a slow partner never holds rows it cannot send
 //! before their hold runs out. A hand-off whose hold no longer has a whole attempt left
 //! in it is not sent from memory either (see [`Handoff::take`]).
@@ -72,7 +72,7 @@ impl Outgoing {
 }
 
 /// The dispatcher's in-memory state: one hand-off queue per channel, the channels
-/// whose senders are all busy, when the outbox was last polled, and the disabled
+/// whose partners are too slow for hand-offs, when the outbox was last polled, and the disabled
 /// channels as of that poll.
 #[derive(Debug)]
 pub struct Handoff {
@@ -89,7 +89,10 @@ struct Lanes {
     waiting: HashSet<String>,
     disabled_read: Option<Instant>,
     disabled: HashSet<String>,
-    busy: HashSet<String>,
+    /// Channels whose hand-offs waited so long that their holds nearly ran out: the
+    /// partner is slower than the grants, so new rows go to the outbox until the queue
+    /// is empty again.
+    slow: HashSet<String>,
 }
 
 impl Handoff {
@@ -103,13 +106,13 @@ impl Handoff {
     }
 
     /// True while `channel` can take hand-offs: its queue has room, its senders are
-    /// not all busy and it is not disabled. A grant writes the rows of such channels
+    /// not too slow for their holds and it is not disabled. A grant writes the rows of such channels
     /// held for this daemon and hands them off after the commit; the others are due
     /// at once, for the outbox path, so a slow channel never holds rows it cannot send.
     pub fn has_room(&self, channel: &str) -> bool {
         {
             let lanes = self.lanes();
-            if lanes.busy.contains(channel) || lanes.disabled.contains(channel) {
+            if lanes.slow.contains(channel) || lanes.disabled.contains(channel) {
                 return false;
             }
         }
@@ -149,13 +152,29 @@ impl Handoff {
         };
         let now = Instant::now();
         let mut taken = Vec::new();
+        let mut late = false;
         while taken.len() < max {
             let Some(d) = queue.pop_front() else { break };
-            if d.held_until.saturating_duration_since(now) > attempt {
+            let left = d.held_until.saturating_duration_since(now);
+            late |= left <= attempt.saturating_mul(2);
+            if left > attempt {
                 taken.push(d);
             }
         }
+        let empty = queue.is_empty();
+        drop(queues);
+        if late {
+            self.mark_slow(channel);
+        } else if empty {
+            self.lanes().slow.remove(channel);
+        }
         taken
+    }
+
+    /// Stops handing off `channel` until its queue is empty again: its partner is slower
+    /// than the grants (a hand-off waited until its hold nearly ran out).
+    pub fn mark_slow(&self, channel: &str) {
+        self.lanes().slow.insert(channel.to_owned());
     }
 
     /// Forgets what waits for `channel` (it was disabled: the rows stay pending in the
@@ -217,16 +236,6 @@ impl Handoff {
         self.lanes().disabled.clone()
     }
 
-    /// Marks whether every sender of `channel` is busy.
-    pub fn set_busy(&self, channel: &str, busy: bool) {
-        let mut lanes = self.lanes();
-        if busy {
-            lanes.busy.insert(channel.to_owned());
-        } else {
-            lanes.busy.remove(channel);
-        }
-    }
-
     fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Outgoing>>> {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -267,14 +276,17 @@ mod tests {
             handoff.has_room("fast"),
             "another channel's queue is its own"
         );
-        handoff.set_busy("fast", true);
+        handoff.mark_slow("fast");
         assert!(
             !handoff.has_room("fast"),
-            "every sender busy: no hold taken"
+            "a slow partner's rows go to the outbox"
         );
-        handoff.set_busy("fast", false);
-        assert_eq!(ids(&handoff.take("slow", 1, Duration::ZERO)), ["msg_0"]);
         assert_eq!(ids(&handoff.take("fast", 5, Duration::ZERO)), ["msg_9"]);
+        assert!(
+            handoff.has_room("fast"),
+            "until nothing of it waits any more"
+        );
+        assert_eq!(ids(&handoff.take("slow", 1, Duration::ZERO)), ["msg_0"]);
         assert_eq!(handoff.len(), 1);
         handoff.disable("slow");
         assert!(
@@ -297,6 +309,10 @@ mod tests {
             "msg_1's hold ends before a 5 s attempt could"
         );
         assert!(handoff.is_empty());
+        assert!(
+            !handoff.has_room("wallet"),
+            "a hold nearly ran out: the partner is slow"
+        );
     }
 
     #[test]

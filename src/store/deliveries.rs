@@ -237,7 +237,11 @@ pub trait Deliveries {
 }
 
 /// Marks the delivered records' rows delivered in one statement, each with its own
-/// HTTP status and time, each only while it is `pending` under the record's hold. Rows
+/// HTTP status and time, each only while it is held under the record's token (only a
+/// `pending` row carries one: every change of status clears it). The filter names
+/// `webhook_id` and the token only, so that the unique index on `webhook_id` serves it:
+/// with `status = 'pending'` beside it, MariaDB may scan the due index instead, across
+/// every pending row. Rows
 /// are found by `webhook_id`, which a hand-off also knows. The list is padded to a power
 /// of two (repeating the last record changes nothing) so that the statement, kept
 /// prepared, takes one of a few shapes. Returns the rows changed.
@@ -248,8 +252,7 @@ fn mark_delivered_sql(n: usize) -> String {
         "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, \
          last_error = NULL, hold_token = NULL, \
          last_status = CASE webhook_id{} END, delivered_at = CASE webhook_id{} END \
-         WHERE status = 'pending' AND webhook_id IN ({}) \
-         AND hold_token = CASE webhook_id{} END",
+         WHERE webhook_id IN ({}) AND hold_token = CASE webhook_id{} END",
         cases("?"),
         cases("?"),
         vec!["?"; n].join(", "),

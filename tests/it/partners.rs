@@ -252,7 +252,7 @@ async fn a_late_result_never_overwrites_the_holder_or_lowers_attempts(db: TestDb
     ))
     .await;
     // Written due for any dispatcher (nothing handed off).
-    ctx.handoff.set_busy("wallet", true);
+    ctx.handoff.mark_slow("wallet");
     insert(&ctx, "k1", "u1", "app_open", None).await.unwrap();
     couponsd::grant::process_batch(&ctx).await.unwrap();
     let now = couponsd::store::now();
