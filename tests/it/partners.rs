@@ -158,7 +158,7 @@ async fn a_partner_answering_just_under_the_timeout_gets_each_delivery_once(db: 
             &db,
             &partner,
             &[("wallet", "1s"), ("ops", "1s"), ("sms", "1s")],
-            "worker:\n  batch_size: 200\n  poll_interval: 20ms\n  lease: 1s\ndispatch:\n  concurrency: 2\n  retry_base: 20ms\n  retry_max: 200ms",
+            "worker:\n  batch_size: 200\n  poll_interval: 20ms\n  lease: 2s\ndispatch:\n  concurrency: 2\n  retry_base: 20ms\n  retry_max: 200ms",
         )
     };
     let a = context(settings()).await;
@@ -182,7 +182,7 @@ async fn a_partner_answering_just_under_the_timeout_gets_each_delivery_once(db: 
     }
     let duplicates = hits.len() - sent.len();
     eprintln!(
-        "partner at 900 ms, timeout 1 s, 2 daemons x 2 senders: {} POSTs for {} deliveries, {duplicates} duplicate(s)",
+        "partner at 900 ms, timeout 1 s, lease 2 s, 2 daemons x 2 senders: {} POSTs for {} deliveries, {duplicates} duplicate(s)",
         hits.len(),
         sent.len()
     );
