@@ -8,11 +8,13 @@
 //! delivery, and nothing is lost. What it saves is the outbox claim (a locking read, an
 //! update of every row's hold and a commit) and the wait for the next poll.
 //!
-//! Each channel has its own bounded queue. A channel whose queue is full, whose senders
-//! were too slow for the holds (see [`Handoff::take`]), or which is disabled takes no hand-offs: the grant writes its rows due
-//! at once, for the outbox path, so a slow partner never holds rows it cannot send
-//! before their hold runs out. A hand-off whose hold no longer has a whole attempt left
-//! in it is not sent from memory either (see [`Handoff::take`]).
+//! Each channel has its own bounded queue, which also holds the rows its lane claimed
+//! from the outbox ahead of its senders (see [`Handoff::claim_limit`]). A channel whose
+//! queue is full, whose senders were too slow for the holds (see [`Handoff::take`]), or
+//! which is disabled takes no hand-offs: the grant writes its rows due at once, for the
+//! outbox path, so a slow partner never holds rows it cannot send before their hold runs
+//! out. A delivery whose hold no longer has a whole attempt left in it is not sent from
+//! memory either (see [`Handoff::take`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
@@ -140,6 +142,26 @@ impl Handoff {
         for d in deliveries {
             queues.entry(d.channel.clone()).or_default().push_back(d);
         }
+    }
+
+    /// Queues claimed deliveries of one channel ahead of what waits: they were due
+    /// already.
+    pub fn push_front(&self, claimed: impl IntoIterator<Item = Outgoing>) {
+        let claimed: Vec<Outgoing> = claimed.into_iter().collect();
+        let mut queues = self.queues();
+        for d in claimed.into_iter().rev() {
+            queues.entry(d.channel.clone()).or_default().push_front(d);
+        }
+    }
+
+    /// How many due rows of `channel` a claim may take: what its lane is expected to
+    /// send while their holds last (`sendable`) less what already waits for it, at most
+    /// `batch`, and never so many that its queue grows beyond the hand-off's capacity
+    /// and one batch.
+    pub fn claim_limit(&self, channel: &str, sendable: usize, batch: usize) -> usize {
+        let queued = self.queued(channel);
+        let bound = (self.capacity + batch).saturating_sub(queued);
+        sendable.saturating_sub(queued).min(batch).min(bound)
     }
 
     /// Takes up to `max` deliveries of `channel`, oldest first, leaving out those whose
@@ -312,6 +334,31 @@ mod tests {
         assert!(
             !handoff.has_room("wallet"),
             "a hold nearly ran out: the partner is slow"
+        );
+    }
+
+    #[test]
+    fn a_claim_takes_what_the_lane_sends_within_its_holds_up_to_a_batch() {
+        let hour = Duration::from_secs(3600);
+        let handoff = Handoff::new(4);
+        assert_eq!(handoff.claim_limit("wallet", 1_000_000, 500), 500);
+        assert_eq!(handoff.claim_limit("wallet", 3, 500), 3, "a slow lane");
+        handoff.push((0..2).map(|n| outgoing(n, "wallet", hour)));
+        assert_eq!(handoff.claim_limit("wallet", 3, 500), 1, "less what waits");
+        assert_eq!(
+            handoff.claim_limit("wallet", 1_000_000, 5),
+            5,
+            "the queue may hold its capacity and one batch"
+        );
+        handoff.push((2..6).map(|n| outgoing(n, "wallet", hour)));
+        assert_eq!(handoff.claim_limit("wallet", 1_000_000, 5), 3);
+        let mut claimed = outgoing(8, "wallet", hour);
+        claimed.id = Some(8);
+        handoff.push_front([claimed, outgoing(9, "wallet", hour)]);
+        assert_eq!(
+            ids(&handoff.take("wallet", 3, Duration::ZERO)),
+            ["msg_8", "msg_9", "msg_0"],
+            "claimed rows were due already: they go first, in their order"
         );
     }
 

@@ -55,31 +55,69 @@ pub struct DispatchSummary {
 #[derive(Debug, Default)]
 pub struct Lanes {
     sends: tokio::sync::Mutex<JoinSet<Sent>>,
-    in_flight: Mutex<HashMap<String, usize>>,
+    lanes: Mutex<HashMap<String, Lane>>,
+    /// Wakes the dispatcher when a send ends and its sender is free again.
+    freed: tokio::sync::Notify,
+}
+
+/// A sender of a lane, freed when its send ends (even by a panic).
+struct Sender<'a> {
+    lanes: &'a Lanes,
+    channel: String,
+    took: Duration,
+}
+
+impl Drop for Sender<'_> {
+    fn drop(&mut self) {
+        self.lanes.done(&self.channel, self.took);
+        self.lanes.freed.notify_one();
+    }
+}
+
+/// One channel's lane.
+#[derive(Debug, Default)]
+struct Lane {
+    in_flight: usize,
+    /// A moving average of its attempts' durations; `None` before the first.
+    pace: Option<Duration>,
 }
 
 impl Lanes {
     fn in_flight(&self, channel: &str) -> usize {
-        let lanes = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        lanes.get(channel).copied().unwrap_or(0)
+        self.lanes().get(channel).map_or(0, |lane| lane.in_flight)
     }
 
     fn add(&self, channel: &str, n: usize) {
-        let mut lanes = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        *lanes.entry(channel.to_owned()).or_default() += n;
+        self.lanes()
+            .entry(channel.to_owned())
+            .or_default()
+            .in_flight += n;
     }
 
-    fn done(&self, channel: &str) {
-        let mut lanes = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = lanes.get_mut(channel) {
-            *n = n.saturating_sub(1);
+    fn done(&self, channel: &str, took: Duration) {
+        let mut lanes = self.lanes();
+        let lane = lanes.entry(channel.to_owned()).or_default();
+        lane.in_flight = lane.in_flight.saturating_sub(1);
+        // Each attempt weighs a fifth: a partner that slows down shows within a few. A
+        // send that panicked took no time worth counting.
+        if !took.is_zero() || lane.pace.is_none() {
+            lane.pace = Some(lane.pace.map_or(took, |pace| (pace * 4 + took) / 5));
         }
     }
 
-    /// Sends in flight, all channels.
-    pub fn total(&self) -> usize {
-        let lanes = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        lanes.values().sum()
+    /// How many deliveries `channel`'s lane of `concurrency` senders is expected to
+    /// start within `window`, at half its pace so far (0 before its first attempt): what
+    /// a claim may take beyond the free senders, so that no claimed delivery waits in
+    /// memory until its hold is too short to send it.
+    fn sendable_within(&self, channel: &str, concurrency: usize, window: Duration) -> usize {
+        let pace = self.lanes().get(channel).and_then(|lane| lane.pace);
+        let Some(pace) = pace else { return 0 };
+        let per_sender = window.as_secs_f64() / pace.as_secs_f64().max(0.000_1);
+        (per_sender * concurrency as f64 / 2.0).min(u32::MAX as f64) as usize
+    }
+
+    fn lanes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lane>> {
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -97,17 +135,27 @@ const RECORD_WITHIN: Duration = Duration::from_millis(50);
 
 /// Starts what each channel's lane has room for, then waits until sends finish and
 /// records what finished: as soon as nothing is in flight, else once
-/// `dispatch.batch_size` results or [`RECORD_WITHIN`] have gathered. While it waits, new
-/// work (a committed batch, the poll interval) and freed senders start more sends.
-/// `Empty` when nothing was due and nothing is in flight.
+/// `dispatch.batch_size` results or [`RECORD_WITHIN`] have gathered. While it waits, and
+/// while the results are recorded, new work (a committed batch, the poll interval) and
+/// freed senders start more sends. `Empty` when nothing was due and nothing is in
+/// flight.
 #[instrument(skip_all)]
 pub async fn dispatch_due(ctx: &Context) -> Result<DispatchOutcome, StoreError> {
     let gather = ctx.config.dispatch.batch_size.max(1);
     let mut finished: Vec<Sent> = Vec::new();
     let mut first_at: Option<Instant> = None;
     loop {
-        start_sends(ctx).await?;
-        if ctx.lanes.total() == 0 {
+        if let Err(e) = start_sends(ctx).await {
+            if finished.is_empty() {
+                return Err(e);
+            }
+            // What finished is recorded all the same: dropped, those deliveries would
+            // be sent again once their holds ran out.
+            warn!(error = %e, "could not start more sends; recording what finished");
+            break;
+        }
+        let mut sends = ctx.lanes.sends.lock().await;
+        if sends.is_empty() {
             if finished.is_empty() {
                 return Ok(DispatchOutcome::Empty);
             }
@@ -117,22 +165,17 @@ pub async fn dispatch_due(ctx: &Context) -> Result<DispatchOutcome, StoreError> 
             Some(at) => RECORD_WITHIN.saturating_sub(at.elapsed()),
             None => ctx.config.worker.poll_interval,
         };
-        let mut sends = ctx.lanes.sends.lock().await;
         // `join_next` is cancel-safe: a wake-up for new work loses no finished send.
         let first = tokio::select! {
             sent = sends.join_next() => sent,
             _ = ctx.outbox_ready.notified() => None,
             _ = tokio::time::sleep(wait) => None,
         };
-        let before = finished.len();
         finished.extend(first.into_iter().filter_map(joined));
         while let Some(sent) = sends.try_join_next() {
             finished.extend(joined(sent));
         }
         drop(sends);
-        for sent in &finished[before..] {
-            ctx.lanes.done(&sent.channel);
-        }
         if !finished.is_empty() {
             let at = *first_at.get_or_insert_with(Instant::now);
             if finished.len() >= gather || at.elapsed() >= RECORD_WITHIN {
@@ -140,7 +183,25 @@ pub async fn dispatch_due(ctx: &Context) -> Result<DispatchOutcome, StoreError> 
             }
         }
     }
-    let summary = record(ctx, finished).await?;
+    // The record runs as a task of its own (a transaction is never dropped half-way),
+    // while the lanes go on: a fast partner's senders do not idle for the commit.
+    let unit = ctx.clone();
+    let mut recording = tokio::spawn(async move { record(&unit, finished).await });
+    let recorded = loop {
+        tokio::select! {
+            recorded = &mut recording => break recorded,
+            _ = ctx.lanes.freed.notified() => {}
+            _ = ctx.outbox_ready.notified() => {}
+        }
+        if let Err(e) = start_sends(ctx).await {
+            // The record goes on by itself; the next round gathers what it started.
+            warn!(error = %e, "could not start more sends while recording");
+        }
+    };
+    let summary = match recorded {
+        Ok(summary) => summary?,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
     Ok(DispatchOutcome::Attempted(summary))
 }
 
@@ -156,12 +217,14 @@ fn joined(sent: Result<Sent, tokio::task::JoinError>) -> Option<Sent> {
     }
 }
 
-/// Fills every enabled channel's lane: hand-offs first, then due outbox rows when the
-/// outbox is due for it.
+/// Fills every enabled channel's lane from its queue in memory (hand-offs and claimed
+/// rows), claiming due outbox rows into that queue first when the outbox is due for it.
 async fn start_sends(ctx: &Context) -> Result<(), StoreError> {
     let concurrency = ctx.config.dispatch.concurrency.max(1);
+    let batch = ctx.config.dispatch.batch_size.max(1);
     let interval = ctx.config.worker.poll_interval;
     let lease = ctx.delivery_lease();
+    let hold = lease.to_std().unwrap_or_default();
     let mut disabled = ctx.handoff.disabled();
     if ctx.handoff.disabled_due(interval) {
         let now_disabled = with_conn!(ctx.db, |conn| conn.disabled_channels().await?);
@@ -177,45 +240,50 @@ async fn start_sends(ctx: &Context) -> Result<(), StoreError> {
             continue;
         }
         let room = concurrency.saturating_sub(ctx.lanes.in_flight(name));
+        // A whole attempt and a second to record it must fit in what is left of a hold.
+        let whole_attempt = channel.timeout + Duration::from_secs(1);
         // The outbox is polled when rows due at once may wait there, and at least once
-        // per interval, for a quarter of the room at least: a steady stream of
-        // hand-offs never starves retries, alerts and other daemons' expired holds.
-        let mut due = Vec::new();
-        // A claim is a transaction of its own: it waits for a quarter of the senders to
-        // be free, unless nothing else is in flight on the channel.
-        let worth_a_claim = room >= concurrency.div_ceil(4) || room == concurrency;
+        // per interval: a steady stream of hand-offs never starves retries, alerts and
+        // other daemons' expired holds. A claim takes what the lane will send while the
+        // holds last, up to `dispatch.batch_size`, and only when that is at least half
+        // of it: a claim is a transaction of its own, worth making for many rows.
+        let window = hold.saturating_sub(whole_attempt);
+        let sendable = room + ctx.lanes.sendable_within(name, concurrency, window);
+        let limit = ctx.handoff.claim_limit(name, sendable, batch);
+        let worth_a_claim = limit > 0 && 2 * limit >= sendable.min(batch);
         if room > 0 && worth_a_claim && ctx.handoff.outbox_due(name, interval) {
-            let share = if ctx.handoff.queued(name) == 0 {
-                room
-            } else {
-                room.div_ceil(4)
-            };
-            let limit = share.min(ctx.config.dispatch.batch_size.max(1));
             let token = hold_token();
             let now = store::now();
-            let held_until = Instant::now() + lease.to_std().unwrap_or_default();
+            let held_until = Instant::now() + hold;
             let claimed = with_conn!(ctx.db, |conn| {
                 conn.claim_due(name, limit as i64, (now, now + lease), token)
                     .await?
             });
             ctx.handoff.polled(name, claimed.len() == limit);
-            due.extend(
+            ctx.handoff.push_front(
                 claimed
                     .into_iter()
                     .map(|d| Outgoing::claimed(d, token, held_until)),
             );
         }
-        // A whole attempt and a second to record it must fit in what is left of a hold.
-        let whole_attempt = channel.timeout + Duration::from_secs(1);
-        due.extend(ctx.handoff.take(name, room - due.len(), whole_attempt));
-        ctx.lanes.add(name, due.len());
+        let due = ctx.handoff.take(name, room, whole_attempt);
         if due.is_empty() {
             continue;
         }
+        ctx.lanes.add(name, due.len());
         let mut sends = ctx.lanes.sends.lock().await;
         for delivery in due {
             let ctx = ctx.clone();
-            sends.spawn(async move { attempt(&ctx, delivery).await });
+            sends.spawn(async move {
+                let mut sender = Sender {
+                    lanes: &ctx.lanes,
+                    channel: delivery.channel.clone(),
+                    took: Duration::ZERO,
+                };
+                let sent = attempt(&ctx, delivery).await;
+                sender.took = Duration::from_millis(sent.record.duration_ms.max(0) as u64);
+                sent
+            });
         }
     }
     Ok(())
@@ -419,4 +487,32 @@ pub fn live_channels(ctx: &Context) -> HashSet<String> {
         .map(|c| c.to_string())
         .filter(|c| !disabled.contains(c))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lane_expects_to_send_at_half_its_pace_within_a_window() {
+        let lanes = Lanes::default();
+        let window = Duration::from_secs(1);
+        assert_eq!(lanes.sendable_within("wallet", 2, window), 0, "no pace yet");
+        lanes.add("wallet", 2);
+        lanes.done("wallet", Duration::from_millis(900));
+        assert_eq!(lanes.in_flight("wallet"), 1);
+        // Two senders, 0.9 s a send: 2.2 in a second, half of it expected.
+        assert_eq!(lanes.sendable_within("wallet", 2, window), 1);
+        lanes.done("wallet", Duration::from_millis(10));
+        // The average moves a fifth of the way: (4 × 900 + 10) / 5 = 722 ms.
+        assert_eq!(lanes.sendable_within("wallet", 64, window), 44);
+        assert_eq!(lanes.in_flight("wallet"), 0);
+        lanes.done("wallet", Duration::ZERO);
+        assert_eq!(lanes.in_flight("wallet"), 0, "never below zero");
+        assert_eq!(
+            lanes.sendable_within("wallet", 64, window),
+            44,
+            "a send that panicked does not count"
+        );
+    }
 }

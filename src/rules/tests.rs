@@ -257,23 +257,28 @@ fn a_busy_loop_under_a_huge_operations_limit_is_stopped_by_the_time_limit() {
         err.message.contains("exceeded the time limit of 20ms"),
         "{err}"
     );
-    assert!(elapsed < Duration::from_millis(300), "ran for {elapsed:?}");
+    // Far beyond the limit, still proof that the time limit stopped an endless loop.
+    assert!(elapsed < Duration::from_secs(2), "ran for {elapsed:?}");
 }
 
 #[test]
 fn the_time_limit_applies_to_each_evaluation_not_to_the_rules_lifetime() {
+    // Each evaluation takes a few milliseconds; the rules live longer than the limit
+    // between them. The limit is generous so that a loaded CI machine running the
+    // debug build in parallel with other tests still evaluates well within it.
     let limits = RuleLimits {
-        max_time: Duration::from_millis(20),
+        max_time: Duration::from_millis(300),
         ..RuleLimits::default()
     };
     let dir = RulesDir::new(
-        r#"let i = 0; while i < 1000 { i += 1; } "first_time""#,
+        r#"let i = 0; while i < 100 { i += 1; } "first_time""#,
         NOT_ELIGIBLE,
     );
     let rules = dir.load(&limits).unwrap();
     for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(25));
-        assert!(rules.user_type(&request(), &history(0)).is_ok());
+        std::thread::sleep(Duration::from_millis(350));
+        let result = rules.user_type(&request(), &history(0));
+        assert!(result.is_ok(), "{result:?}");
     }
 }
 

@@ -11,7 +11,7 @@ use super::prepared::{in_list, Cached};
 use super::schema::channel_states::dsl as cs;
 use super::schema::deliveries::dsl as d;
 use super::schema::{channel_states, deliveries, delivery_attempts};
-use super::{backend, insert_all, MysqlConn, QueryResult, SqliteConn};
+use super::{backend, insert_all, write_transaction, MysqlConn, QueryResult, SqliteConn};
 
 /// Waiting to be sent (again).
 pub const PENDING: &str = "pending";
@@ -241,10 +241,9 @@ pub trait Deliveries {
 /// `pending` row carries one: every change of status clears it). The filter names
 /// `webhook_id` and the token only, so that the unique index on `webhook_id` serves it:
 /// with `status = 'pending'` beside it, MariaDB may scan the due index instead, across
-/// every pending row. Rows
-/// are found by `webhook_id`, which a hand-off also knows. The list is padded to a power
-/// of two (repeating the last record changes nothing) so that the statement, kept
-/// prepared, takes one of a few shapes. Returns the rows changed.
+/// every pending row. Rows are found by `webhook_id`, which a hand-off also knows. The
+/// list is padded to a power of two (repeating the last record changes nothing) so that
+/// the statement, kept prepared, takes one of a few shapes.
 fn mark_delivered_sql(n: usize) -> String {
     let when = |then: &str| " WHEN ? THEN ".to_owned() + then;
     let cases = |then: &str| when(then).repeat(n);
@@ -266,23 +265,23 @@ macro_rules! mark_delivered {
         let delivered: Vec<&AttemptRecord> =
             $records.iter().filter(|r| r.status == DELIVERED).collect();
         let mut changed = 0;
-        for chunk in super::prepared::pow2_chunks(&delivered) {
+        for chunk in super::prepared::padded_chunks(&delivered) {
             let n = chunk.len();
             let mut query = diesel::sql_query(mark_delivered_sql(n)).into_boxed::<$backend>();
-            for r in chunk {
+            for r in &chunk {
                 query = query
                     .bind::<Text, _>(r.webhook_id.clone())
                     .bind::<Nullable<Integer>, _>(r.status_code);
             }
-            for r in chunk {
+            for r in &chunk {
                 query = query
                     .bind::<Text, _>(r.webhook_id.clone())
                     .bind::<Timestamp, _>(r.attempted_at);
             }
-            for r in chunk {
+            for r in &chunk {
                 query = query.bind::<Text, _>(r.webhook_id.clone());
             }
-            for r in chunk {
+            for r in &chunk {
                 query = query
                     .bind::<Text, _>(r.webhook_id.clone())
                     .bind::<BigInt, _>(r.hold_token);
@@ -310,7 +309,7 @@ macro_rules! impl_deliveries {
                 (now, lease_until): (NaiveDateTime, NaiveDateTime),
                 token: i64,
             ) -> QueryResult<Vec<DueDelivery>> {
-                self.transaction(async |conn| {
+                write_transaction!($backend, self, async |conn| {
                         // Served by ix_deliveries_due (status, channel, next_attempt_at).
                         let query = deliveries::table
                             .filter(d::status.eq(PENDING))
@@ -330,7 +329,6 @@ macro_rules! impl_deliveries {
                         }
                         Ok(due)
                 })
-                .await
             }
 
             async fn record_attempts(&mut self, records: &[AttemptRecord]) -> QueryResult<usize> {

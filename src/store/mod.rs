@@ -502,6 +502,20 @@ macro_rules! backend {
 }
 pub(crate) use backend;
 
+/// Runs `$f` in a transaction that reads and then writes. On SQLite it begins
+/// `IMMEDIATE`, taking the write lock first (waiting up to `busy_timeout` for it): a
+/// deferred transaction that read first fails at once with "database is locked" when
+/// another connection wrote meanwhile, which no busy timeout waits out.
+macro_rules! write_transaction {
+    (mysql, $conn:expr, $f:expr) => {
+        $conn.transaction($f).await
+    };
+    (sqlite, $conn:expr, $f:expr) => {
+        $conn.immediate_transaction($f).await
+    };
+}
+pub(crate) use write_transaction;
+
 /// Inserts many rows. On MySQL in one statement per power-of-two chunk (200 rows are
 /// 128 + 64 + 8), each kept prepared by the connection: a multi-row insert prepared
 /// afresh costs a column definition per value (see `prepared`). diesel-async cannot

@@ -84,6 +84,19 @@ pub fn pow2_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
+/// Splits `rows` into chunks of at most [`MAX_CHUNK`], each padded to a power of two by
+/// repeating its last row (200 rows: 128, then 72 padded to 128), for a statement in
+/// which a repeated row changes nothing: one statement per [`MAX_CHUNK`] rows, each of
+/// eight shapes. Empty for no rows.
+pub fn padded_chunks<T: Copy>(rows: &[T]) -> impl Iterator<Item = Vec<T>> + '_ {
+    rows.chunks(MAX_CHUNK).map(|chunk| {
+        let last = chunk[chunk.len() - 1];
+        let mut padded = chunk.to_vec();
+        padded.resize(chunk.len().next_power_of_two(), last);
+        padded
+    })
+}
+
 /// How many binds a list of `n` values is rendered with.
 fn padded_len(n: usize) -> usize {
     n.next_power_of_two()
@@ -206,6 +219,19 @@ mod tests {
         let many: Vec<u32> = (0..300).collect();
         let sizes: Vec<usize> = pow2_chunks(&many).map(<[u32]>::len).collect();
         assert_eq!(sizes, [128, 128, 32, 8, 4], "capped at {MAX_CHUNK}");
+    }
+
+    #[test]
+    fn padded_chunks_repeat_the_last_row_up_to_a_power_of_two() {
+        let rows: Vec<u32> = (0..200).collect();
+        let chunks: Vec<Vec<u32>> = padded_chunks(&rows).collect();
+        assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), [128, 128]);
+        assert_eq!(chunks[0], (0..128).collect::<Vec<_>>());
+        assert_eq!(chunks[1][..72], (128..200).collect::<Vec<_>>()[..]);
+        assert!(chunks[1][72..].iter().all(|&r| r == 199), "{:?}", chunks[1]);
+        assert_eq!(padded_chunks::<u32>(&[]).count(), 0);
+        let three: Vec<Vec<u32>> = padded_chunks(&[7, 8, 9]).collect();
+        assert_eq!(three, [vec![7, 8, 9, 9]]);
     }
 
     #[test]

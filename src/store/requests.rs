@@ -14,7 +14,7 @@ use diesel::sql_types::{BigInt, Binary, Bool, Nullable};
 use super::prepared::{in_list, Cached};
 use super::schema::trigger_requests::dsl as tr;
 use super::schema::trigger_requests::table;
-use super::{backend, insert_all, MysqlConn, QueryResult, SqliteConn};
+use super::{backend, insert_all, write_transaction, MysqlConn, QueryResult, SqliteConn};
 use crate::domain::{MAX_ATTRIBUTES_LEN, MAX_KEY_LEN};
 
 /// A claimed request as the client wrote it, read defensively: text as bytes (a key
@@ -277,7 +277,7 @@ macro_rules! impl_requests {
                 token: i64,
                 now: NaiveDateTime,
             ) -> QueryResult<Vec<QueuedRequest>> {
-                self.transaction(async |conn| {
+                write_transaction!($backend, self, async |conn| {
                         let rows = conn.take_queued(limit).await?;
                         if rows.is_empty() {
                             return Ok(rows);
@@ -291,7 +291,6 @@ macro_rules! impl_requests {
                         Cached(claim).execute(conn).await?;
                         Ok(rows)
                 })
-                .await
             }
 
             async fn take_queued(&mut self, limit: i64) -> QueryResult<Vec<QueuedRequest>> {
