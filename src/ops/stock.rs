@@ -3,8 +3,6 @@
 
 use std::fmt::Write as _;
 
-use chrono::Utc;
-
 use crate::app::AppError;
 use crate::config::Config;
 use crate::daemon::Context;
@@ -59,7 +57,7 @@ pub async fn show(ctx: &Context) -> Result<String, AppError> {
         .await
         .map_err(StoreError::from)?);
     let rates = current_rates(ctx).await?;
-    let now = Utc::now();
+    let now = crate::store::now().and_utc();
     let mut out = format!("rules version {}\n", ctx.rules.current().version());
     let _ = writeln!(
         out,
