@@ -209,12 +209,15 @@ impl Handoff {
     /// wait there (see [`Handoff::outbox_rows`]), or its last poll is older than
     /// `interval` (retries, alerts and other daemons' expired holds come due by time).
     pub fn outbox_due(&self, channel: &str, interval: Duration) -> bool {
-        let lanes = self.lanes();
-        lanes.waiting.contains(channel)
-            || lanes
-                .last_poll
-                .get(channel)
-                .is_none_or(|at| at.elapsed() >= interval)
+        self.lanes().waiting.contains(channel) || self.poll_overdue(channel, interval)
+    }
+
+    /// True when `channel`'s outbox was last polled `interval` ago or longer.
+    pub fn poll_overdue(&self, channel: &str, interval: Duration) -> bool {
+        self.lanes()
+            .last_poll
+            .get(channel)
+            .is_none_or(|at| at.elapsed() >= interval)
     }
 
     /// A grant committed rows of `channel` due at once (not handed off), or a claim

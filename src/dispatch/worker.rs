@@ -58,6 +58,9 @@ pub struct Lanes {
     lanes: Mutex<HashMap<String, Lane>>,
     /// Wakes the dispatcher when a send ends and its sender is free again.
     freed: tokio::sync::Notify,
+    /// Results whose record failed (the database was unreachable, locked or slow):
+    /// recorded with the next round's, while their holds last.
+    unrecorded: Mutex<Vec<Sent>>,
 }
 
 /// A sender of a lane, freed when its send ends (even by a panic).
@@ -116,6 +119,15 @@ impl Lanes {
         (per_sender * concurrency as f64 / 2.0).min(u32::MAX as f64) as usize
     }
 
+    fn keep_unrecorded(&self, sent: Vec<Sent>) {
+        let mut kept = self.unrecorded.lock().unwrap_or_else(|p| p.into_inner());
+        kept.extend(sent);
+    }
+
+    fn take_unrecorded(&self) -> Vec<Sent> {
+        std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     fn lanes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lane>> {
         self.lanes.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -142,8 +154,9 @@ const RECORD_WITHIN: Duration = Duration::from_millis(50);
 #[instrument(skip_all)]
 pub async fn dispatch_due(ctx: &Context) -> Result<DispatchOutcome, StoreError> {
     let gather = ctx.config.dispatch.batch_size.max(1);
-    let mut finished: Vec<Sent> = Vec::new();
-    let mut first_at: Option<Instant> = None;
+    // Results a failed record left go first: their holds are running out.
+    let mut finished: Vec<Sent> = ctx.lanes.take_unrecorded();
+    let mut first_at: Option<Instant> = (!finished.is_empty()).then(Instant::now);
     loop {
         if let Err(e) = start_sends(ctx).await {
             if finished.is_empty() {
@@ -243,15 +256,23 @@ async fn start_sends(ctx: &Context) -> Result<(), StoreError> {
         // A whole attempt and a second to record it must fit in what is left of a hold.
         let whole_attempt = channel.timeout + Duration::from_secs(1);
         // The outbox is polled when rows due at once may wait there, and at least once
-        // per interval: a steady stream of hand-offs never starves retries, alerts and
-        // other daemons' expired holds. A claim takes what the lane will send while the
-        // holds last, up to `dispatch.batch_size`, and only when that is at least half
-        // of it: a claim is a transaction of its own, worth making for many rows.
+        // per interval. A claim takes what the lane will send while the holds last, up
+        // to `dispatch.batch_size`, and only when that is at least half of it: a claim
+        // is a transaction of its own, worth making for many rows. Once per interval it
+        // takes a quarter of the free senders at least, however much waits in memory:
+        // a steady stream of hand-offs never starves retries, alerts and other daemons'
+        // expired holds.
         let window = hold.saturating_sub(whole_attempt);
         let sendable = room + ctx.lanes.sendable_within(name, concurrency, window);
         let limit = ctx.handoff.claim_limit(name, sendable, batch);
-        let worth_a_claim = limit > 0 && 2 * limit >= sendable.min(batch);
-        if room > 0 && worth_a_claim && ctx.handoff.outbox_due(name, interval) {
+        let limit = if limit > 0 && 2 * limit >= sendable.min(batch) {
+            limit * usize::from(ctx.handoff.outbox_due(name, interval))
+        } else if ctx.handoff.poll_overdue(name, interval) {
+            limit.max(room.div_ceil(4)).min(batch)
+        } else {
+            0
+        };
+        if room > 0 && limit > 0 {
             let token = hold_token();
             let now = store::now();
             let held_until = Instant::now() + hold;
@@ -301,8 +322,32 @@ async fn record(ctx: &Context, finished: Vec<Sent>) -> Result<DispatchSummary, S
         attempted: finished.len(),
         ..DispatchSummary::default()
     };
+    if finished.is_empty() {
+        return Ok(summary);
+    }
+    let records: Vec<AttemptRecord> = finished.iter().map(|sent| sent.record.clone()).collect();
+    let recorded: Result<usize, StoreError> = async {
+        Ok(with_conn!(ctx.db, |conn| conn
+            .record_attempts(&records)
+            .await?))
+    }
+    .await;
+    summary.refused = match recorded {
+        Ok(refused) => refused,
+        Err(e) => {
+            // Kept for the next round: dropped, these deliveries would be sent again
+            // once their holds ran out. The fence refuses any the holds no longer cover.
+            ctx.lanes.keep_unrecorded(finished);
+            return Err(e);
+        }
+    };
+    if summary.refused > 0 {
+        warn!(
+            refused = summary.refused,
+            "attempt results not recorded: another dispatcher holds those deliveries now"
+        );
+    }
     let mut gone: Vec<(String, String)> = Vec::new();
-    let mut records = Vec::with_capacity(finished.len());
     for sent in finished {
         ctx.metrics
             .record_delivery(&sent.channel, sent.record.status);
@@ -312,20 +357,9 @@ async fn record(ctx: &Context, finished: Vec<Sent>) -> Result<DispatchSummary, S
             _ => summary.dead += 1,
         }
         if sent.gone && !gone.iter().any(|(c, _)| *c == sent.channel) {
-            let reason = sent.record.error.clone().unwrap_or_default();
-            gone.push((sent.channel.clone(), reason));
+            let reason = sent.record.error.unwrap_or_default();
+            gone.push((sent.channel, reason));
         }
-        records.push(sent.record);
-    }
-    if records.is_empty() {
-        return Ok(summary);
-    }
-    summary.refused = with_conn!(ctx.db, |conn| conn.record_attempts(&records).await?);
-    if summary.refused > 0 {
-        warn!(
-            refused = summary.refused,
-            "attempt results not recorded: another dispatcher holds those deliveries now"
-        );
     }
     for (channel, reason) in gone {
         disable(ctx, &channel, &reason).await?;

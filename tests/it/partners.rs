@@ -30,6 +30,8 @@ struct Hit {
 struct Partner {
     base: String,
     hits: Arc<Mutex<Vec<Hit>>>,
+    /// Requests that arrived, answered or not yet.
+    arrived: Arc<Mutex<usize>>,
 }
 
 impl Partner {
@@ -37,29 +39,43 @@ impl Partner {
         let delays: Arc<HashMap<String, Duration>> =
             Arc::new(delays.iter().map(|(c, d)| ((*c).to_owned(), *d)).collect());
         let hits = Arc::new(Mutex::new(Vec::new()));
-        let state = (delays, hits.clone());
+        let arrived = Arc::new(Mutex::new(0));
+        let state = (delays, hits.clone(), arrived.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let app = axum::Router::new()
             .route("/webhooks/{channel}", axum::routing::post(answer))
             .with_state(state);
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Partner { base, hits }
+        Partner {
+            base,
+            hits,
+            arrived,
+        }
     }
 
     fn hits(&self) -> Vec<Hit> {
         self.hits.lock().unwrap().clone()
     }
+
+    fn arrived(&self) -> usize {
+        *self.arrived.lock().unwrap()
+    }
 }
 
-type PartnerState = (Arc<HashMap<String, Duration>>, Arc<Mutex<Vec<Hit>>>);
+type PartnerState = (
+    Arc<HashMap<String, Duration>>,
+    Arc<Mutex<Vec<Hit>>>,
+    Arc<Mutex<usize>>,
+);
 
 async fn answer(
-    State((delays, hits)): State<PartnerState>,
+    State((delays, hits, arrived)): State<PartnerState>,
     UrlPath(channel): UrlPath<String>,
     headers: HeaderMap,
 ) -> StatusCode {
     let at = Instant::now();
+    *arrived.lock().unwrap() += 1;
     let webhook_id = headers["webhook-id"].to_str().unwrap().to_owned();
     let answered = status_for(&webhook_id);
     if let Some(delay) = delays.get(&channel) {
@@ -450,3 +466,72 @@ on_both_backends!(
     a_slow_channel_does_not_delay_another,
     a_slow_channel_does_not_delay_another
 );
+
+/// A record that fails is made again with the next round's, not dropped: here SQLite's
+/// write lock is held by another connection past the busy timeout (300 ms) while the
+/// only delivery's send is in flight. A poll interval of 5 s keeps the dispatcher from
+/// claiming meanwhile, so the first statement to meet the lock is the record. Dropped,
+/// the result would leave the row held until its hold ran out (15 s) and the delivery
+/// would then be sent a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_fails_is_made_again_once_the_database_answers() {
+    let db = fresh_db(Backend::Sqlite).await.unwrap();
+    let partner = Partner::start(&[("wallet", Duration::from_millis(800))]).await;
+    let config = Arc::new(partner_config(
+        &db,
+        &partner,
+        &[("wallet", "5s"), ("ops", "5s"), ("sms", "5s")],
+        "worker:\n  poll_interval: 5s\n  lease: 10s",
+    ));
+    let settings = couponsd::store::Settings {
+        statement_timeout: Duration::from_millis(300),
+        ..couponsd::store::Settings::new(2, couponsd::store::Access::ReadWrite)
+    };
+    let pool = couponsd::store::Db::open(&db.url, settings).unwrap();
+    pool.migrate().await.unwrap();
+    couponsd::daemon::apply_catalog(&pool, &config)
+        .await
+        .unwrap();
+    let rules = couponsd::rules::Rules::load(&config.rules.dir, &config.rules.limits).unwrap();
+    let sender = couponsd::dispatch::send::Sender::new().unwrap();
+    let ctx = Context::new(pool, config, rules, sender);
+    insert(&ctx, "k1", "u1", "app_open", None).await.unwrap();
+    couponsd::grant::process_batch(&ctx).await.unwrap();
+    let stop = serve(&ctx);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while partner.arrived() == 0 {
+        assert!(Instant::now() < deadline, "the hand-off was never sent");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The send is in flight: hold the write lock until well after it answered.
+    let path = db.url.trim_start_matches("sqlite://").to_owned();
+    let locked = tokio::task::spawn_blocking(move || {
+        use diesel::connection::SimpleConnection;
+        use diesel::Connection;
+        let mut conn = diesel::sqlite::SqliteConnection::establish(&path).unwrap();
+        conn.batch_execute("PRAGMA busy_timeout = 5000; BEGIN IMMEDIATE")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        conn.batch_execute("COMMIT").unwrap();
+        Instant::now()
+    });
+    let released = locked.await.unwrap();
+    assert_eq!(partner.hits().len(), 1, "answered while the lock was held");
+    let delivered = wait_for_delivered(&ctx, 1, Duration::from_secs(8)).await;
+    let recorded_after = released.elapsed();
+    stop.cancel();
+    assert!(
+        delivered,
+        "the delivery was still not recorded 8 s after the lock was released"
+    );
+    eprintln!("recorded within {recorded_after:?} of the lock's release");
+    let hits = partner.hits();
+    assert_eq!(hits.len(), 1, "sent once: {hits:?}");
+    let rows: Vec<DeliveredRow> = query_rows(
+        &ctx,
+        "SELECT webhook_id, attempts, last_status, CAST(delivered_at AS CHAR) AS delivered_at FROM deliveries",
+    )
+    .await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].attempts, 1, "{:?}", rows[0]);
+}
