@@ -62,8 +62,8 @@ pub struct Reloaded {
     pub tests: usize,
 }
 
-/// Compiles the rules in `dir` and runs their tests (with the running config's
-/// campaigns); when both pass, swaps them into `ctx`. Logs the outcome, naming file and
+/// Compiles the rules in `dir` and runs their tests (with the campaigns in force now);
+/// when both pass, swaps them into `ctx`. Logs the outcome, naming file and
 /// line of every problem: this is where a failed reload is handled.
 pub async fn reload_rules(
     ctx: &Context,
@@ -72,7 +72,9 @@ pub async fn reload_rules(
 ) -> Result<Reloaded, ReloadError> {
     let previous = ctx.rules.current().version().clone();
     let (folder, limits) = (dir.to_owned(), limits.clone());
-    let campaigns = ctx.config.campaigns.clone();
+    // The campaigns in force now (a config reload may have changed them since start-up):
+    // the rules will decide with these.
+    let campaigns = ctx.catalog.current().campaigns.clone();
     // Compiling and running the tests is CPU work: keep it off the runtime's workers.
     let candidate = tokio::task::spawn_blocking(move || candidate(&folder, &limits, &campaigns))
         .await

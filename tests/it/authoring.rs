@@ -747,3 +747,44 @@ fn check_names_the_config_key_at_fault() {
         "{stderr}"
     );
 }
+
+/// A rules reload runs the rule tests with the campaigns in force now (the catalog of
+/// the last config reload), not those the daemon started with: batches decide with
+/// those, so rules must pass their tests against them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rules_reload_tests_against_the_catalog_in_force_not_the_start_up_one() {
+    let db = fresh_db(Backend::Sqlite).await.unwrap();
+    let receiver = Receiver::ok().await;
+    let dir = TempDir::new("reload-catalog");
+    let rules = copy_shipped_rules(&dir.0);
+    let ctx = context(config(
+        &db,
+        &receiver,
+        &rules,
+        &standard_campaigns(1000),
+        "",
+    ))
+    .await;
+    let limits = ctx.config.rules.limits.clone();
+    reload::reload_rules(&ctx, &rules, &limits)
+        .await
+        .expect("the shipped rules pass their tests against the start-up campaigns");
+    // A config reload takes the loyalty campaign away; the shipped tests expect it.
+    let newcomers_only = standard_campaigns(1000)
+        .split("  - id: loyalty")
+        .next()
+        .unwrap()
+        .to_owned();
+    let reloaded = config(&db, &receiver, &rules, &newcomers_only, "");
+    ctx.catalog.swap(Arc::new(reloaded));
+    let Err(ReloadError::Rejected(problems)) = reload::reload_rules(&ctx, &rules, &limits).await
+    else {
+        panic!("the shipped tests expect the loyalty campaign, which is no longer in force");
+    };
+    assert!(
+        problems.iter().any(|p| p
+            .to_string()
+            .contains("a returning user gets the loyalty coupon")),
+        "{problems:?}"
+    );
+}
