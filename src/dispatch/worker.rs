@@ -63,11 +63,12 @@ pub struct Lanes {
     unrecorded: Mutex<Vec<Sent>>,
 }
 
-/// A sender of a lane, freed when its send ends (even by a panic).
+/// A sender of a lane, freed when its send ends (even by a panic, which took no time
+/// worth counting: `took` stays `None`).
 struct Sender<'a> {
     lanes: &'a Lanes,
     channel: String,
-    took: Duration,
+    took: Option<Duration>,
 }
 
 impl Drop for Sender<'_> {
@@ -97,13 +98,12 @@ impl Lanes {
             .in_flight += n;
     }
 
-    fn done(&self, channel: &str, took: Duration) {
+    fn done(&self, channel: &str, took: Option<Duration>) {
         let mut lanes = self.lanes();
         let lane = lanes.entry(channel.to_owned()).or_default();
         lane.in_flight = lane.in_flight.saturating_sub(1);
-        // Each attempt weighs a fifth: a partner that slows down shows within a few. A
-        // send that panicked took no time worth counting.
-        if !took.is_zero() || lane.pace.is_none() {
+        // Each attempt weighs a fifth: a partner that slows down shows within a few.
+        if let Some(took) = took {
             lane.pace = Some(lane.pace.map_or(took, |pace| (pace * 4 + took) / 5));
         }
     }
@@ -266,7 +266,11 @@ async fn start_sends(ctx: &Context) -> Result<(), StoreError> {
         let sendable = room + ctx.lanes.sendable_within(name, concurrency, window);
         let limit = ctx.handoff.claim_limit(name, sendable, batch);
         let limit = if limit > 0 && 2 * limit >= sendable.min(batch) {
-            limit * usize::from(ctx.handoff.outbox_due(name, interval))
+            if ctx.handoff.outbox_due(name, interval) {
+                limit
+            } else {
+                0
+            }
         } else if ctx.handoff.poll_overdue(name, interval) {
             limit.max(room.div_ceil(4)).min(batch)
         } else {
@@ -299,10 +303,10 @@ async fn start_sends(ctx: &Context) -> Result<(), StoreError> {
                 let mut sender = Sender {
                     lanes: &ctx.lanes,
                     channel: delivery.channel.clone(),
-                    took: Duration::ZERO,
+                    took: None,
                 };
                 let sent = attempt(&ctx, delivery).await;
-                sender.took = Duration::from_millis(sent.record.duration_ms.max(0) as u64);
+                sender.took = Some(Duration::from_millis(sent.record.duration_ms.max(0) as u64));
                 sent
             });
         }
@@ -533,15 +537,15 @@ mod tests {
         let window = Duration::from_secs(1);
         assert_eq!(lanes.sendable_within("wallet", 2, window), 0, "no pace yet");
         lanes.add("wallet", 2);
-        lanes.done("wallet", Duration::from_millis(900));
+        lanes.done("wallet", Some(Duration::from_millis(900)));
         assert_eq!(lanes.in_flight("wallet"), 1);
         // Two senders, 0.9 s a send: 2.2 in a second, half of it expected.
         assert_eq!(lanes.sendable_within("wallet", 2, window), 1);
-        lanes.done("wallet", Duration::from_millis(10));
+        lanes.done("wallet", Some(Duration::from_millis(10)));
         // The average moves a fifth of the way: (4 × 900 + 10) / 5 = 722 ms.
         assert_eq!(lanes.sendable_within("wallet", 64, window), 44);
         assert_eq!(lanes.in_flight("wallet"), 0);
-        lanes.done("wallet", Duration::ZERO);
+        lanes.done("wallet", None);
         assert_eq!(lanes.in_flight("wallet"), 0, "never below zero");
         assert_eq!(
             lanes.sendable_within("wallet", 64, window),
