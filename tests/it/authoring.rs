@@ -519,18 +519,18 @@ async fn wait_until_all_done(ctx: &Context, expected: usize) -> Vec<Decided> {
     panic!("requests not processed in time: {:?}", decided(ctx).await);
 }
 
-async fn reload_keeps_the_running_rules_until_a_change_compiles_and_passes_its_tests(db: TestDb) {
+/// A context on `db` whose rules are a copy of the shipped ones in a folder of its own,
+/// to change and reload; the receiver and the folder live as long as the test needs.
+async fn with_own_rules(db: &TestDb, name: &str) -> (Context, PathBuf, Receiver, TempDir) {
     let receiver = Receiver::ok().await;
-    let dir = TempDir::new("reload");
+    let dir = TempDir::new(name);
     let rules = copy_shipped_rules(&dir.0);
-    let ctx = context(config(
-        &db,
-        &receiver,
-        &rules,
-        &standard_campaigns(1000),
-        "",
-    ))
-    .await;
+    let ctx = context(config(db, &receiver, &rules, &standard_campaigns(1000), "")).await;
+    (ctx, rules, receiver, dir)
+}
+
+async fn reload_keeps_the_running_rules_until_a_change_compiles_and_passes_its_tests(db: TestDb) {
+    let (ctx, rules, _receiver, _dir) = with_own_rules(&db, "reload").await;
     let old = ctx.rules.current().version().clone();
     let shutdown = CancellationToken::new();
     let daemon = tokio::spawn(couponsd::daemon::run_loops(
@@ -754,17 +754,7 @@ fn check_names_the_config_key_at_fault() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rules_reload_tests_against_the_catalog_in_force_not_the_start_up_one() {
     let db = fresh_db(Backend::Sqlite).await.unwrap();
-    let receiver = Receiver::ok().await;
-    let dir = TempDir::new("reload-catalog");
-    let rules = copy_shipped_rules(&dir.0);
-    let ctx = context(config(
-        &db,
-        &receiver,
-        &rules,
-        &standard_campaigns(1000),
-        "",
-    ))
-    .await;
+    let (ctx, rules, receiver, _dir) = with_own_rules(&db, "reload-catalog").await;
     let limits = ctx.config.rules.limits.clone();
     reload::reload_rules(&ctx, &rules, &limits)
         .await
