@@ -12,8 +12,8 @@ use tracing::{error, info, warn};
 use crate::authoring::reload::Reloader;
 use crate::config::{Config, ConfigError};
 use crate::daemon::{self, Context, Mode};
-use crate::dispatch::send::Sender;
 use crate::notify;
+use crate::pipeline::dispatch::send::Sender;
 use crate::rules::{RuleError, Rules};
 use crate::store::{Access, Db, StoreError};
 

@@ -2,24 +2,24 @@
 //! apply the catalog, compile rules) and the loops that run the stages until shutdown
 //! or, with `--drain`, until nothing is left to do.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::TimeDelta;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{ChannelConfig, Config};
-use crate::dispatch::handoff::Handoff;
-use crate::dispatch::send::Sender;
-use crate::dispatch::worker::{dispatch_due, live_channels, DispatchOutcome, Lanes};
-use crate::grant::{process_batch, process_claimed_batch, BatchOutcome};
+use crate::config::{CatalogHandle, ChannelConfig, Config};
 use crate::metrics::Metrics;
 use crate::notify::{wait_on_database, Heartbeat, Liveness};
-use crate::rules::Rules;
+use crate::pipeline::dispatch::handoff::Handoff;
+use crate::pipeline::dispatch::send::Sender;
+use crate::pipeline::dispatch::worker::{dispatch_due, live_channels, DispatchOutcome, Lanes};
+use crate::pipeline::grant::{
+    self, process_batch, process_claimed_batch, BatchOutcome, ClaimsInHand,
+};
+use crate::rules::{Rules, RulesHandle};
 use crate::store::catalog::CatalogChanges;
 use crate::store::health::Health;
 use crate::store::{Db, StoreError};
@@ -28,78 +28,6 @@ use crate::with_conn;
 /// The hand-off holds at most this many dispatch rounds (`dispatch.batch_size` each);
 /// beyond it grants leave their deliveries to the outbox.
 const HANDOFF_BATCHES: usize = 4;
-
-/// The compiled rules in force; swapped whole between batches on reload.
-#[derive(Clone)]
-pub struct RulesHandle(Arc<RwLock<Arc<Rules>>>);
-
-impl RulesHandle {
-    /// Wraps a compiled rule set.
-    pub fn new(rules: Rules) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(rules))))
-    }
-
-    /// The rules in force now.
-    pub fn current(&self) -> Arc<Rules> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Puts `rules` in force for every batch that starts from now on.
-    pub fn swap(&self, rules: Rules) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
-    }
-}
-
-/// The running config with the catalog (`campaigns`) of the last reload: the
-/// start-up config with its campaigns replaced, swapped whole between batches.
-#[derive(Clone)]
-pub struct CatalogHandle(Arc<RwLock<Arc<Config>>>);
-
-impl CatalogHandle {
-    /// Wraps the start-up config.
-    pub fn new(config: Arc<Config>) -> Self {
-        Self(Arc::new(RwLock::new(config)))
-    }
-
-    /// The config whose campaigns are in force now.
-    pub fn current(&self) -> Arc<Config> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Puts `config`'s campaigns in force for every batch that starts from now on.
-    pub fn swap(&self, config: Arc<Config>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = config;
-    }
-}
-
-/// The claim tokens of batches this daemon claimed and has not finished: released at
-/// shutdown so that the next daemon need not wait for their lease to run out.
-#[derive(Debug, Default)]
-pub struct ClaimsInHand(Mutex<HashSet<i64>>);
-
-impl ClaimsInHand {
-    /// A batch was claimed under `token`.
-    pub fn hold(&self, token: i64) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(token);
-    }
-
-    /// The batch of `token` committed: nothing of it is left claimed.
-    pub fn finished(&self, token: i64) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&token);
-    }
-
-    /// The tokens of batches claimed and not finished (failed, or still running).
-    pub fn tokens(&self) -> Vec<i64> {
-        let held = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        held.iter().copied().collect()
-    }
-}
 
 /// Everything the stages share. Built once; cheap to clone.
 #[derive(Clone)]
@@ -167,19 +95,17 @@ impl Context {
             .map(|(_, v)| v)
     }
 
-    /// How long a claimed delivery is held before another dispatcher may send it: the
-    /// longest channel timeout plus a margin of `worker.lease`, at most 30 s (so that a
-    /// short claim lease also brings back quickly the deliveries of a crashed daemon).
-    pub fn delivery_lease(&self) -> TimeDelta {
-        let longest = self
-            .config
-            .channels
-            .values()
-            .map(|c| c.timeout)
-            .max()
-            .unwrap_or(Duration::ZERO);
-        let margin = self.config.worker.lease.min(Duration::from_secs(30));
-        TimeDelta::from_std(longest + margin).unwrap_or(TimeDelta::MAX)
+    /// What the grant step uses.
+    pub fn grant(&self) -> grant::Deps {
+        grant::Deps {
+            db: self.db.clone(),
+            catalog: self.catalog.clone(),
+            rules: self.rules.clone(),
+            handoff: self.handoff.clone(),
+            outbox_ready: self.outbox_ready.clone(),
+            metrics: self.metrics.clone(),
+            claims: self.claims.clone(),
+        }
     }
 
     /// Grant workers to run: one for SQLite (one writer), else enough to keep the
@@ -271,7 +197,7 @@ async fn grant_loop(ctx: Context, mode: Mode, shutdown: CancellationToken, worke
         // every batch it is in is counted by lease recovery instead of going back to
         // the head of the queue each time.
         let claim_first = failures > 0;
-        let unit = ctx.clone();
+        let unit = ctx.grant();
         let batch = tokio::spawn(async move {
             if claim_first {
                 process_claimed_batch(&unit).await

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{self, AppError};
 use crate::config::{Config, SigningKey};
 use crate::daemon::{self, Mode};
-use crate::dispatch::signing::sign;
+use crate::pipeline::dispatch::signing::sign;
 use crate::schedule::inventory;
 use crate::store::requests::NewRequest;
 use crate::store::StoreError;

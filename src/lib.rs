@@ -2,26 +2,24 @@
 //! coupon a user gets, takes it from stock without overselling, and delivers it to the
 //! partner's webhook, signed per the Standard Webhooks spec.
 //!
-//! The modules below are declared in the order data flows through the pipeline.
+//! The modules below are declared from the bottom up, in the order data flows: the
+//! domain's types, the config, the rules and the store; the pipeline's stages
+//! (`pipeline`: intake → decide → grant → dispatch) and the scheduled jobs around them;
+//! then what runs them and what operators use.
 
-pub mod classify;
-pub mod dispatch;
-pub mod grant;
-pub mod intake;
-pub mod schedule;
-pub mod select;
-
-pub mod app;
-pub mod bench;
-pub mod config;
-pub mod daemon;
-pub mod demo;
 pub mod domain;
-pub mod http;
-pub mod logging;
-pub mod metrics;
-pub mod notify;
-pub mod ops;
-pub mod authoring;
+pub mod config;
 pub mod rules;
 pub mod store;
+pub mod pipeline;
+pub mod schedule;
+pub mod metrics;
+pub mod notify;
+pub mod http;
+pub mod daemon;
+pub mod app;
+pub mod authoring;
+pub mod ops;
+pub mod demo;
+pub mod logging;
+pub mod bench;

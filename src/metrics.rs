@@ -18,7 +18,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::daemon::Context;
-use crate::store::deliveries::{DEAD, DELIVERED, PENDING};
+use crate::domain::{DeliveryStatus, Outcome, RequestStatus};
 use crate::store::grants::NewGrant;
 use crate::store::requests::Finished;
 use crate::store::{self, StoreError};
@@ -60,7 +60,7 @@ fn attempt_histogram() -> Histogram {
 #[derive(Debug, Clone, Default)]
 pub struct BatchTally {
     /// (status, outcome) of every request the batch finished.
-    pub requests: Vec<(&'static str, Option<&'static str>)>,
+    pub requests: Vec<(RequestStatus, Option<Outcome>)>,
     /// (campaign, coupon) of every grant.
     pub grants: Vec<(String, String)>,
     /// Time spent evaluating the rules for the batch.
@@ -218,8 +218,8 @@ impl Metrics {
     pub fn record_batch(&self, tally: &BatchTally, took: Duration) {
         for (status, outcome) in &tally.requests {
             let labels = RequestLabels {
-                status: (*status).to_owned(),
-                outcome: outcome.unwrap_or("none").to_owned(),
+                status: status.as_str().to_owned(),
+                outcome: outcome.map_or("none", Outcome::as_str).to_owned(),
             };
             self.requests.get_or_create(&labels).inc();
         }
@@ -248,11 +248,11 @@ impl Metrics {
     }
 
     /// Records the result of one attempt: the delivery's new status.
-    pub fn record_delivery(&self, channel: &str, status: &str) {
+    pub fn record_delivery(&self, channel: &str, status: DeliveryStatus) {
         let result = match status {
-            DELIVERED => "delivered",
-            PENDING => "retry",
-            _ => "dead",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Pending => "retry",
+            DeliveryStatus::Dead => "dead",
         };
         let labels = DeliveryLabels {
             result: result.to_owned(),
@@ -339,15 +339,17 @@ pub async fn refresh(ctx: &Context) -> Result<(), StoreError> {
             .get_or_create(&labels)
             .set(c.remaining);
     }
-    let count = |status: &str| {
+    let count = |status: DeliveryStatus| {
         outbox
             .iter()
-            .filter(|(s, _)| s == status)
+            .filter(|(s, _)| *s == status)
             .map(|(_, n)| *n)
             .sum()
     };
-    metrics.deliveries_pending.set(count(PENDING));
-    metrics.deliveries_dead.set(count(DEAD));
+    metrics
+        .deliveries_pending
+        .set(count(DeliveryStatus::Pending));
+    metrics.deliveries_dead.set(count(DeliveryStatus::Dead));
     for name in ctx.config.channels.keys() {
         let labels = ChannelLabels {
             channel: name.to_string(),
@@ -369,12 +371,15 @@ mod tests {
     fn a_committed_batch_shows_up_under_its_labels() {
         let metrics = Metrics::new();
         let tally = BatchTally {
-            requests: vec![("done", Some("granted")), ("rejected", None)],
+            requests: vec![
+                (RequestStatus::Done, Some(Outcome::Granted)),
+                (RequestStatus::Rejected, None),
+            ],
             grants: vec![("newcomer".into(), "NEW10".into())],
             rule_evaluation: Duration::from_millis(3),
         };
         metrics.record_batch(&tally, Duration::from_millis(40));
-        metrics.record_delivery("wallet", DELIVERED);
+        metrics.record_delivery("wallet", DeliveryStatus::Delivered);
         metrics.observe_attempt("wallet", Duration::from_millis(12));
         let text = metrics.encode();
         for line in [

@@ -281,7 +281,11 @@ pub async fn watchdog(ctx: Context, shutdown: CancellationToken) {
     let Some(interval) = watchdog_interval() else {
         return;
     };
-    let lease = ctx.delivery_lease().to_std().unwrap_or(Duration::MAX);
+    let lease = ctx
+        .config
+        .delivery_lease()
+        .to_std()
+        .unwrap_or(Duration::MAX);
     let stale_after = interval.max(ctx.config.worker.lease).max(lease);
     let mut complained = false;
     loop {

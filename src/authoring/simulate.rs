@@ -15,15 +15,14 @@ use serde::Serialize;
 
 use super::{open_read_only, rfc3339, to_json_line};
 use crate::app::{load_rules, AppError};
-use crate::classify::Histories;
 use crate::config::Config;
+use crate::domain::chain::Chain;
+use crate::domain::chain::CouponStock;
+use crate::domain::{Budget, PastGrants};
 use crate::domain::{Event, History, RequestId, RequestKey, TriggerRequest, UserId};
-use crate::grant::{decide_one, Verdict};
+use crate::pipeline::decide::Histories;
+use crate::pipeline::decide::{self, decide_one, Books, Verdict};
 use crate::rules::{Rules, SELECT_COUPON_FILE, USER_TYPE_FILE};
-use crate::select::{self, Chain};
-use crate::store::catalog::Budget;
-use crate::store::coupons::CouponStock;
-use crate::store::grants::HistoryRow;
 use crate::store::history::GrantRecord;
 use crate::store::{Db, StoreError};
 use crate::with_conn;
@@ -146,7 +145,7 @@ fn request(args: &SimulateArgs) -> Result<TriggerRequest, AppError> {
 
 /// The live state a decision reads.
 struct Live {
-    history: Vec<HistoryRow>,
+    history: Vec<PastGrants>,
     recent: Vec<GrantRecord>,
     chains: HashMap<String, Chain>,
     budgets: HashMap<String, Budget>,
@@ -206,19 +205,22 @@ pub async fn simulate(
     let mut histories = Histories::from_rows(live.history);
     let history = history_view(&histories.of(&request), &live.recent);
     let before = live.chains.clone();
+    let mut books = Books {
+        histories: &mut histories,
+        chains: &mut live.chains,
+        budgets: &mut live.budgets,
+    };
     let decision = decide_one(
         rules,
         &config.campaigns,
-        &mut histories,
-        &mut live.chains,
-        &mut live.budgets,
+        &mut books,
         request.clone(),
         Utc::now(),
     );
     let campaign = decision
         .user_type
         .as_ref()
-        .and_then(|t| select::campaign_for(&config.campaigns, &request, t));
+        .and_then(|t| decide::campaign_for(&config.campaigns, &request, t));
     let coupons = campaign
         .and_then(|c| before.get(c.id.as_str()))
         .map(candidates)
@@ -250,11 +252,9 @@ pub async fn simulate(
             simulation.channel = Some(coupon.channel.to_string());
             simulation.detail = fallback;
         }
-        Verdict::Done {
-            outcome, detail, ..
-        } => {
-            simulation.outcome = outcome.as_str().into();
-            simulation.detail = Some(detail);
+        Verdict::Refused(refusal) => {
+            simulation.outcome = refusal.outcome().as_str().into();
+            simulation.detail = Some(refusal.to_string());
         }
         Verdict::Failed { error } => {
             simulation.outcome = "failed".into();

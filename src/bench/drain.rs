@@ -14,7 +14,7 @@ use super::report::{mib, Goal};
 use super::workload::{self, Catalog, Knobs};
 use super::{Bench, BenchError};
 use crate::config::Config;
-use crate::store::coupons::CouponStock;
+use crate::domain::chain::CouponStock;
 use crate::store::requests::NewRequest;
 use crate::store::StoreError;
 use crate::with_conn;
@@ -208,7 +208,7 @@ async fn read_ledger(db: &crate::store::Db) -> Result<Ledger, BenchError> {
         .and_then(|(a, b)| (b - a).to_std().ok());
     let delivered = deliveries
         .iter()
-        .filter(|(s, _)| s == "delivered")
+        .filter(|(s, _)| *s == crate::domain::DeliveryStatus::Delivered)
         .map(|(_, n)| n)
         .sum();
     Ok(Ledger {

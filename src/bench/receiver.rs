@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::BenchError;
 use crate::config::{signing_key, SigningKey};
-use crate::dispatch::signing::sign;
+use crate::pipeline::dispatch::signing::sign;
 
 /// How far a `webhook-timestamp` may be from now, as Standard Webhooks libraries allow.
 const TIMESTAMP_TOLERANCE_SECS: i64 = 300;

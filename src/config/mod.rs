@@ -8,13 +8,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::domain::{CampaignId, ChannelName, CouponId, Event, Money, UserType};
 
 mod campaigns;
 mod channels;
+mod handle;
 pub use channels::signing_key;
+pub use handle::CatalogHandle;
 mod raw;
 mod validate;
 
@@ -335,6 +337,20 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// How long a claimed delivery is held before another dispatcher may send it: the
+    /// longest channel timeout plus a margin of `worker.lease`, at most 30 s (so that a
+    /// short claim lease also brings back quickly the deliveries of a crashed daemon).
+    pub fn delivery_lease(&self) -> TimeDelta {
+        let longest = self
+            .channels
+            .values()
+            .map(|c| c.timeout)
+            .max()
+            .unwrap_or(Duration::ZERO);
+        let margin = self.worker.lease.min(Duration::from_secs(30));
+        TimeDelta::from_std(longest + margin).unwrap_or(TimeDelta::MAX)
+    }
+
     /// Reads and validates the config file at `path`; `COUPONSD_DATABASE_URL` in the
     /// process environment overrides `database.url`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

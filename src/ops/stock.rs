@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use crate::app::AppError;
 use crate::config::Config;
 use crate::daemon::Context;
+use crate::domain::CouponState;
 use crate::schedule::inventory::{current_rates, predicted_run_out};
-use crate::store::coupons::{ACTIVE, RETIRED};
 use crate::store::schedule::AlertMark;
 use crate::store::{Access, StoreError};
 use crate::with_conn;
@@ -130,12 +130,8 @@ pub async fn activate(ctx: &Context, coupon: &str) -> Result<String, AppError> {
         .coupon_stock()
         .await
         .map_err(StoreError::from)?);
-    match coupons
-        .iter()
-        .find(|c| c.id == coupon)
-        .map(|c| c.state.as_str())
-    {
-        Some(RETIRED) => {}
+    match coupons.iter().find(|c| c.id == coupon).map(|c| c.state) {
+        Some(CouponState::Retired) => {}
         Some(state) => {
             return Err(AppError::Other(format!(
                 "coupon {coupon} is {state}, not retired"
@@ -148,7 +144,7 @@ pub async fn activate(ctx: &Context, coupon: &str) -> Result<String, AppError> {
         }
     }
     with_conn!(ctx.db, |conn| {
-        conn.set_coupon_state(coupon, ACTIVE, crate::store::now())
+        conn.set_coupon_state(coupon, CouponState::Active, crate::store::now())
             .await
             .map_err(StoreError::from)?
     });

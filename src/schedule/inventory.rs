@@ -22,8 +22,9 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::daemon::Context;
-use crate::dispatch::events;
-use crate::store::coupons::{CouponStock, ACTIVE, RETIRED};
+use crate::domain::chain::CouponStock;
+use crate::domain::CouponState;
+use crate::pipeline::dispatch::events;
 use crate::store::prelude::*;
 use crate::store::schedule::{AlertMark, Rotation};
 use crate::store::StoreError;
@@ -112,9 +113,13 @@ fn needs_rotation(coupon: &CouponStock) -> Option<Reason> {
 pub fn plan_rotations(chain: &[CouponStock]) -> Vec<Planned> {
     let reasons: Vec<Option<Reason>> = chain
         .iter()
-        .map(|c| (c.state == ACTIVE).then(|| needs_rotation(c)).flatten())
+        .map(|c| {
+            (c.state == CouponState::Active)
+                .then(|| needs_rotation(c))
+                .flatten()
+        })
         .collect();
-    let usable = |j: usize| chain[j].state == ACTIVE && chain[j].remaining > 0;
+    let usable = |j: usize| chain[j].serves();
     chain
         .iter()
         .enumerate()
@@ -150,7 +155,7 @@ pub fn forecast_running_low(
         .unwrap_or(DateTime::<Utc>::MAX_UTC);
     chain
         .iter()
-        .filter(|c| c.state == ACTIVE && !rotated.iter().any(|p| p.from == c.id))
+        .filter(|c| c.state == CouponState::Active && !rotated.iter().any(|p| p.from == c.id))
         .filter_map(|c| {
             let rate_per_sec = rates.get(&c.id).copied().unwrap_or(0.0);
             let run_out_at = predicted_run_out(c.remaining, rate_per_sec, now)?;
@@ -323,7 +328,8 @@ async fn rotate<C: Store>(
     planned: Planned,
     at: NaiveDateTime,
 ) -> Result<(Rotation, RotatedEvent), StoreError> {
-    conn.set_coupon_state(&planned.from, RETIRED, at).await?;
+    conn.set_coupon_state(&planned.from, CouponState::Retired, at)
+        .await?;
     let rotation = Rotation {
         campaign_id: campaign_id.to_owned(),
         from_coupon: planned.from.clone(),
@@ -365,7 +371,7 @@ pub async fn current_rates(ctx: &Context) -> Result<Rates, StoreError> {
 mod tests {
     use super::*;
 
-    fn coupon(id: &str, remaining: i64, low: i64, state: &str) -> CouponStock {
+    fn coupon(id: &str, remaining: i64, low: i64, state: CouponState) -> CouponStock {
         CouponStock {
             id: id.into(),
             campaign_id: "c".into(),
@@ -376,13 +382,16 @@ mod tests {
             granted: 1000 - remaining,
             remaining,
             low_stock: low,
-            state: state.into(),
+            state,
         }
     }
 
     #[test]
     fn a_coupon_at_its_watermark_rotates_to_the_next() {
-        let chain = [coupon("A", 100, 100, ACTIVE), coupon("B", 500, 10, ACTIVE)];
+        let chain = [
+            coupon("A", 100, 100, CouponState::Active),
+            coupon("B", 500, 10, CouponState::Active),
+        ];
         let plan = plan_rotations(&chain);
         assert_eq!(plan.len(), 1);
         assert_eq!(
@@ -393,7 +402,10 @@ mod tests {
 
     #[test]
     fn a_high_grant_rate_forecasts_a_run_out_but_rotates_nothing() {
-        let chain = [coupon("A", 500, 10, ACTIVE), coupon("B", 5000, 10, ACTIVE)];
+        let chain = [
+            coupon("A", 500, 10, CouponState::Active),
+            coupon("B", 5000, 10, CouponState::Active),
+        ];
         assert!(plan_rotations(&chain).is_empty(), "above its watermark");
         let now = Utc::now();
         let horizon = forecast_horizon(Duration::from_secs(10));
@@ -426,9 +438,9 @@ mod tests {
     #[test]
     fn coupons_rotated_or_retired_are_not_forecast() {
         let chain = [
-            coupon("A", 0, 0, RETIRED),
-            coupon("B", 10, 10, ACTIVE),
-            coupon("C", 500, 10, ACTIVE),
+            coupon("A", 0, 0, CouponState::Retired),
+            coupon("B", 10, 10, CouponState::Active),
+            coupon("C", 500, 10, CouponState::Active),
         ];
         let rates =
             Rates::from([("A", 5.0), ("B", 5.0), ("C", 5.0)].map(|(c, r)| (c.to_owned(), r)));
@@ -444,7 +456,10 @@ mod tests {
 
     #[test]
     fn the_last_coupon_is_never_rotated_and_retired_ones_are_left_alone() {
-        let chain = [coupon("A", 0, 10, RETIRED), coupon("B", 5, 10, ACTIVE)];
+        let chain = [
+            coupon("A", 0, 10, CouponState::Retired),
+            coupon("B", 5, 10, CouponState::Active),
+        ];
         assert!(plan_rotations(&chain).is_empty());
     }
 

@@ -7,8 +7,8 @@ use serde::Serialize;
 use tracing::{error, info};
 
 use crate::daemon::Context;
-use crate::dispatch::events;
-use crate::store::coupons::CouponStock;
+use crate::domain::chain::CouponStock;
+use crate::pipeline::dispatch::events;
 use crate::store::StoreError;
 use crate::with_conn;
 
@@ -89,7 +89,7 @@ mod tests {
             granted,
             remaining,
             low_stock: 0,
-            state: "active".into(),
+            state: crate::domain::CouponState::Active,
         };
         let ledger = HashMap::from([("A".to_owned(), 4)]);
         assert!(find_drift(&[coupon(4, 6)], &ledger).is_empty());

@@ -8,13 +8,13 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::coupons::{ACTIVE, REMOVED};
 use super::prepared::in_list;
 use super::schema::campaigns::dsl as k;
 use super::schema::coupons::dsl as c;
 use super::schema::{campaigns, coupons};
 use super::{backend, MysqlConn, QueryResult, SqliteConn};
 use crate::config::CampaignConfig;
+use crate::domain::{Budget, CouponState};
 
 const RECOUNT_GRANTED_VALUE: &str = "UPDATE campaigns SET granted_cents = \
      (SELECT COALESCE(SUM(face_value_cents), 0) FROM grants WHERE campaign_id = ?) WHERE id = ?";
@@ -30,17 +30,6 @@ pub struct CatalogChanges {
     pub restocked: Vec<(String, i64)>,
     /// Coupons no longer in the config.
     pub removed: Vec<String>,
-}
-
-/// A campaign's budget as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
-pub struct Budget {
-    /// Campaign id.
-    pub campaign_id: String,
-    /// The cap, in cents.
-    pub budget_cents: Option<i64>,
-    /// Face value granted so far, in cents.
-    pub granted_cents: i64,
 }
 
 #[derive(Insertable, AsChangeset)]
@@ -115,6 +104,17 @@ pub trait Catalog {
     ) -> impl Future<Output = QueryResult<bool>> + Send;
 }
 
+/// A budget row as the grant step reads it.
+pub(crate) fn budget(
+    (campaign_id, budget_cents, granted_cents): (String, Option<i64>, i64),
+) -> Budget {
+    Budget {
+        campaign_id,
+        budget_cents,
+        granted_cents,
+    }
+}
+
 macro_rules! impl_catalog {
     ($conn:ty, $backend:ident) => {
         impl Catalog for $conn {
@@ -172,7 +172,7 @@ macro_rules! impl_catalog {
                                             stock: coupon.stock,
                                             remaining: coupon.stock,
                                             low_stock: coupon.low_stock,
-                                            state: ACTIVE,
+                                            state: CouponState::Active.as_str(),
                                             updated_at: now,
                                         })
                                         .execute(conn)
@@ -184,7 +184,7 @@ macro_rules! impl_catalog {
                                 let new_remaining = (remaining + change).max(0);
                                 // A coupon that comes back into the config is active again;
                                 // a retired one stays retired until ops bring it back.
-                                let state = if state == REMOVED { ACTIVE } else { state.as_str() };
+                                let state = if state == CouponState::Removed.as_str() { CouponState::Active.as_str() } else { state.as_str() };
                                 diesel::update(coupons::table.find(id))
                                     .set((
                                         c::campaign_id.eq(campaign.id.as_str()),
@@ -210,9 +210,9 @@ macro_rules! impl_catalog {
                             .flat_map(|k| k.coupons.iter().map(|c| c.id.as_str()))
                             .collect();
                         for id in existing.keys() {
-                            if !configured.contains(&id.as_str()) && existing[id].2 != REMOVED {
+                            if !configured.contains(&id.as_str()) && existing[id].2 != CouponState::Removed.as_str() {
                                 diesel::update(coupons::table.find(id))
-                                    .set((c::state.eq(REMOVED), c::updated_at.eq(now)))
+                                    .set((c::state.eq(CouponState::Removed.as_str()), c::updated_at.eq(now)))
                                     .execute(conn)
                                     .await?;
                                 changes.removed.push(id.clone());
@@ -229,12 +229,14 @@ macro_rules! impl_catalog {
                     .filter(k::budget_cents.is_not_null())
                     .order(k::id)
                     .select((k::id, k::budget_cents, k::granted_cents));
-                if !lock {
-                    return query.load(self).await;
-                }
-                backend!($backend,
-                    mysql => { query.for_update().load(self).await },
-                    sqlite => { query.load(self).await })
+                let rows: Vec<(String, Option<i64>, i64)> = if !lock {
+                    query.load(self).await?
+                } else {
+                    backend!($backend,
+                        mysql => { query.for_update().load(self).await? },
+                        sqlite => { query.load(self).await? })
+                };
+                Ok(rows.into_iter().map(budget).collect())
             }
 
             async fn add_granted_value(&mut self, campaign_id: &str, cents: i64) -> QueryResult<bool> {

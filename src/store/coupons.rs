@@ -11,39 +11,46 @@ use super::prepared::{in_list, Cached};
 use super::schema::coupons::dsl as c;
 use super::schema::coupons::table;
 use super::{backend, MysqlConn, QueryResult, SqliteConn};
+use crate::domain::chain::CouponStock;
+use crate::domain::CouponState;
 
-/// A coupon's state: selectable, rotated out (its remaining stock is a last-resort
-/// reserve), or no longer in the config.
-pub const ACTIVE: &str = "active";
-/// Rotated out by the inventory check; still grantable as a last resort.
-pub const RETIRED: &str = "retired";
-/// Removed from the config; never granted.
-pub const REMOVED: &str = "removed";
-
-/// One coupon with its stock, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+/// A `coupons` row as stored; the stages get it as a [`CouponStock`].
+#[derive(Queryable, Selectable)]
 #[diesel(table_name = super::schema::coupons)]
-pub struct CouponStock {
-    /// Coupon id.
-    pub id: String,
-    /// Its campaign.
-    pub campaign_id: String,
-    /// Place in the chain.
-    pub position: i32,
-    /// Face value in cents.
-    pub face_value_cents: i64,
-    /// Delivery channel.
-    pub channel: String,
-    /// Everything ever made available.
-    pub stock: i64,
-    /// Granted so far.
-    pub granted: i64,
-    /// Left to grant.
-    pub remaining: i64,
-    /// Rotation watermark.
-    pub low_stock: i64,
-    /// `active`, `retired` or `removed`.
-    pub state: String,
+struct CouponRow {
+    id: String,
+    campaign_id: String,
+    position: i32,
+    face_value_cents: i64,
+    channel: String,
+    stock: i64,
+    granted: i64,
+    remaining: i64,
+    low_stock: i64,
+    state: String,
+}
+
+impl CouponRow {
+    /// The row as the stages see it. A state the daemon does not know (written by
+    /// hand) reads as `removed`: such a coupon is never granted.
+    fn stock(self) -> CouponStock {
+        CouponStock {
+            id: self.id,
+            campaign_id: self.campaign_id,
+            position: self.position,
+            face_value_cents: self.face_value_cents,
+            channel: self.channel,
+            stock: self.stock,
+            granted: self.granted,
+            remaining: self.remaining,
+            low_stock: self.low_stock,
+            state: CouponState::parse(&self.state).unwrap_or(CouponState::Removed),
+        }
+    }
+}
+
+fn stocks(rows: Vec<CouponRow>) -> Vec<CouponStock> {
+    rows.into_iter().map(CouponRow::stock).collect()
 }
 
 /// Operations on `coupons`.
@@ -78,7 +85,7 @@ pub trait Coupons {
     fn set_coupon_state(
         &mut self,
         id: &str,
-        state: &str,
+        state: CouponState,
         now: NaiveDateTime,
     ) -> impl Future<Output = QueryResult<bool>> + Send;
 }
@@ -88,25 +95,26 @@ macro_rules! impl_coupons {
         impl Coupons for $conn {
             async fn coupon_stock(&mut self) -> QueryResult<Vec<CouponStock>> {
                 table
-                    .filter(c::state.ne(REMOVED))
+                    .filter(c::state.ne(CouponState::Removed.as_str()))
                     .order((c::campaign_id, c::position))
-                    .select(CouponStock::as_select())
+                    .select(CouponRow::as_select())
                     .load(self)
                     .await
+                    .map(stocks)
             }
 
             async fn chains(&mut self, campaign_ids: &[String], lock: bool) -> QueryResult<Vec<CouponStock>> {
                 let query = table
                     .filter(in_list(c::campaign_id, campaign_ids))
-                    .filter(c::state.ne(REMOVED))
+                    .filter(c::state.ne(CouponState::Removed.as_str()))
                     .order(c::id)
-                    .select(CouponStock::as_select());
+                    .select(CouponRow::as_select());
                 if !lock {
-                    return query.load(self).await;
+                    return query.load(self).await.map(stocks);
                 }
                 backend!($backend,
-                    mysql => { query.for_update().load(self).await },
-                    sqlite => { query.load(self).await })
+                    mysql => { query.for_update().load(self).await.map(stocks) },
+                    sqlite => { query.load(self).await.map(stocks) })
             }
 
             async fn take_stock(&mut self, id: &str, count: i64) -> QueryResult<bool> {
@@ -124,9 +132,9 @@ macro_rules! impl_coupons {
                 Ok(changed == 1)
             }
 
-            async fn set_coupon_state(&mut self, id: &str, state: &str, now: NaiveDateTime) -> QueryResult<bool> {
+            async fn set_coupon_state(&mut self, id: &str, state: CouponState, now: NaiveDateTime) -> QueryResult<bool> {
                 let changed = diesel::update(table.filter(c::id.eq(id)))
-                    .set((c::state.eq(state), c::updated_at.eq(now)))
+                    .set((c::state.eq(state.as_str()), c::updated_at.eq(now)))
                     .execute(self)
                     .await?;
                 Ok(changed == 1)

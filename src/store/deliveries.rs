@@ -12,13 +12,11 @@ use super::schema::channel_states::dsl as cs;
 use super::schema::deliveries::dsl as d;
 use super::schema::{channel_states, deliveries, delivery_attempts};
 use super::{backend, insert_all, write_transaction, MysqlConn, QueryResult, SqliteConn};
+use crate::domain::DeliveryStatus;
 
-/// Waiting to be sent (again).
-pub const PENDING: &str = "pending";
-/// A partner answered 2xx.
-pub const DELIVERED: &str = "delivered";
-/// Given up: permanent failure or out of attempts. Kept, visible and replayable.
-pub const DEAD: &str = "dead";
+const PENDING: &str = DeliveryStatus::Pending.as_str();
+const DELIVERED: &str = DeliveryStatus::Delivered.as_str();
+const DEAD: &str = DeliveryStatus::Dead.as_str();
 
 /// An outbox row to insert.
 #[derive(Debug, Clone, Insertable)]
@@ -73,7 +71,7 @@ pub struct AttemptRecord {
     pub attempt: i32,
     /// `delivered`, `pending` (retry at `next_attempt_at`, or held by its disabled
     /// channel) or `dead`.
-    pub status: &'static str,
+    pub status: DeliveryStatus,
     /// For a retry: when. A `pending` record without one is held by its channel,
     /// which a 410 Gone disabled, until `channels enable`.
     pub next_attempt_at: Option<NaiveDateTime>,
@@ -197,7 +195,9 @@ pub trait Deliveries {
     fn disabled_channels(&mut self) -> impl Future<Output = QueryResult<Vec<String>>> + Send;
 
     /// Deliveries counted by status.
-    fn count_deliveries(&mut self) -> impl Future<Output = QueryResult<Vec<(String, i64)>>> + Send;
+    fn count_deliveries(
+        &mut self,
+    ) -> impl Future<Output = QueryResult<Vec<(DeliveryStatus, i64)>>> + Send;
 
     /// The newest `limit` deliveries (only the dead ones with `dead_only`), newest first.
     fn list_deliveries(
@@ -262,8 +262,10 @@ fn mark_delivered_sql(n: usize) -> String {
 macro_rules! mark_delivered {
     ($backend:ty, $conn:expr, $records:expr) => {{
         use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamp};
-        let delivered: Vec<&AttemptRecord> =
-            $records.iter().filter(|r| r.status == DELIVERED).collect();
+        let delivered: Vec<&AttemptRecord> = $records
+            .iter()
+            .filter(|r| r.status == DeliveryStatus::Delivered)
+            .collect();
         let mut changed = 0;
         for chunk in super::prepared::padded_chunks(&delivered) {
             let n = chunk.len();
@@ -337,7 +339,7 @@ macro_rules! impl_deliveries {
                 }
                 // The common flush, every delivery through at the first attempt, is one
                 // statement: no transaction of its own to open and commit.
-                if records.iter().all(|r| r.status == DELIVERED && r.attempt == 1) {
+                if records.iter().all(|r| r.status == DeliveryStatus::Delivered && r.attempt == 1) {
                     let (sent, changed) = mark_delivered!($backend_ty, self, records)?;
                     return Ok(sent.saturating_sub(changed));
                 }
@@ -345,7 +347,7 @@ macro_rules! impl_deliveries {
                         let (sent, changed) = mark_delivered!($backend_ty, conn, records)?;
                         let mut refused = sent.saturating_sub(changed);
                         let mut logged: Vec<&AttemptRecord> = Vec::new();
-                        for r in records.iter().filter(|r| r.status != DELIVERED) {
+                        for r in records.iter().filter(|r| r.status != DeliveryStatus::Delivered) {
                             let held = deliveries::table
                                 .filter(d::webhook_id.eq(&r.webhook_id))
                                 .filter(d::status.eq(PENDING))
@@ -355,7 +357,7 @@ macro_rules! impl_deliveries {
                             let at = r.next_attempt_at.unwrap_or(r.attempted_at);
                             let changed = diesel::update(held)
                                 .set((
-                                    d::status.eq(r.status),
+                                    d::status.eq(r.status.as_str()),
                                     d::attempts.eq(r.attempt),
                                     d::last_status.eq(r.status_code),
                                     d::last_error.eq(r.error.as_deref()),
@@ -373,7 +375,7 @@ macro_rules! impl_deliveries {
                         // A delivery at a later attempt logs it too, when it was recorded.
                         let later: Vec<&AttemptRecord> = records
                             .iter()
-                            .filter(|r| r.status == DELIVERED && r.attempt > 1)
+                            .filter(|r| r.status == DeliveryStatus::Delivered && r.attempt > 1)
                             .collect();
                         if !later.is_empty() {
                             let ids: Vec<&str> = later.iter().map(|r| r.webhook_id.as_str()).collect();
@@ -491,12 +493,16 @@ macro_rules! impl_deliveries {
                     .await
             }
 
-            async fn count_deliveries(&mut self) -> QueryResult<Vec<(String, i64)>> {
-                deliveries::table
+            async fn count_deliveries(&mut self) -> QueryResult<Vec<(DeliveryStatus, i64)>> {
+                let counts: Vec<(String, i64)> = deliveries::table
                     .group_by(d::status)
                     .select((d::status, diesel::dsl::count_star()))
                     .load(self)
-                    .await
+                    .await?;
+                Ok(counts
+                    .into_iter()
+                    .filter_map(|(status, n)| Some((DeliveryStatus::parse(&status)?, n)))
+                    .collect())
             }
 
             async fn list_deliveries(&mut self, dead_only: bool, limit: i64) -> QueryResult<Vec<DeliveryRow>> {

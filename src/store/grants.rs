@@ -12,6 +12,7 @@ use super::schema::grants::dsl as g;
 use super::schema::participations::dsl as p;
 use super::schema::{grants, participations};
 use super::{backend, insert_all, MysqlConn, QueryResult, SqliteConn};
+use crate::domain::PastGrants;
 
 /// A grant row: written by the grant step, read back by `explain` and `backtest`.
 #[derive(Debug, Clone, PartialEq, Eq, Insertable, Queryable, Selectable)]
@@ -39,21 +40,6 @@ pub struct NewGrant {
     pub granted_at: NaiveDateTime,
 }
 
-/// One user's grants for one event in one campaign.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
-pub struct HistoryRow {
-    /// The user.
-    pub user_id: String,
-    /// The event.
-    pub event: String,
-    /// The campaign.
-    pub campaign_id: String,
-    /// Grants.
-    pub grants: i64,
-    /// The latest.
-    pub last_grant_at: Option<NaiveDateTime>,
-}
-
 #[derive(Insertable)]
 #[diesel(table_name = participations, treat_none_as_default_value = false)]
 struct Participant<'a> {
@@ -77,7 +63,7 @@ pub trait Grants {
     fn history_for(
         &mut self,
         users: &[String],
-    ) -> impl Future<Output = QueryResult<Vec<HistoryRow>>> + Send;
+    ) -> impl Future<Output = QueryResult<Vec<PastGrants>>> + Send;
 
     /// Inserts grants in one statement.
     fn record_grants(
@@ -95,6 +81,24 @@ pub trait Grants {
         &mut self,
         since: NaiveDateTime,
     ) -> impl Future<Output = QueryResult<Vec<(String, i64, Option<NaiveDateTime>)>>> + Send;
+}
+
+fn past_grants(
+    (user_id, event, campaign_id, grants, last_grant_at): (
+        String,
+        String,
+        String,
+        i64,
+        Option<NaiveDateTime>,
+    ),
+) -> PastGrants {
+    PastGrants {
+        user_id,
+        event,
+        campaign_id,
+        grants,
+        last_grant_at,
+    }
 }
 
 macro_rules! impl_grants {
@@ -127,7 +131,7 @@ macro_rules! impl_grants {
                     })
             }
 
-            async fn history_for(&mut self, users: &[String]) -> QueryResult<Vec<HistoryRow>> {
+            async fn history_for(&mut self, users: &[String]) -> QueryResult<Vec<PastGrants>> {
                 grants::table
                     .filter(in_list(g::user_id, users))
                     .group_by((g::user_id, g::event, g::campaign_id))
@@ -138,8 +142,9 @@ macro_rules! impl_grants {
                         diesel::dsl::count_star(),
                         diesel::dsl::max(g::granted_at),
                     ))
-                    .load(self)
+                    .load::<(String, String, String, i64, Option<NaiveDateTime>)>(self)
                     .await
+                    .map(|rows| rows.into_iter().map(past_grants).collect())
             }
 
             async fn record_grants(&mut self, rows: &[NewGrant]) -> QueryResult<usize> {

@@ -9,7 +9,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::catalog::Budget;
+use super::catalog::budget;
 use super::schema::campaigns::dsl as k;
 use super::schema::deliveries::dsl as d;
 use super::schema::delivery_attempts::dsl as a;
@@ -17,6 +17,7 @@ use super::schema::grants::dsl as g;
 use super::schema::trigger_requests::dsl as tr;
 use super::schema::{campaigns, deliveries, delivery_attempts, grants, trigger_requests};
 use super::{MysqlConn, QueryResult, SqliteConn};
+use crate::domain::Budget;
 
 /// A request as `explain` shows it, read defensively like a claim (every text column
 /// as bytes, shown lossily; `attributes` only up to [`INSPECT_ATTRIBUTES`] bytes; times
@@ -359,11 +360,12 @@ macro_rules! impl_history {
             }
 
             async fn campaign_budgets(&mut self) -> QueryResult<Vec<Budget>> {
-                campaigns::table
+                let rows: Vec<(String, Option<i64>, i64)> = campaigns::table
                     .order(k::id)
                     .select((k::id, k::budget_cents, k::granted_cents))
                     .load(self)
-                    .await
+                    .await?;
+                Ok(rows.into_iter().map(budget).collect())
             }
 
             async fn recent_grants_of(

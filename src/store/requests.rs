@@ -15,7 +15,7 @@ use super::prepared::{in_list, Cached};
 use super::schema::trigger_requests::dsl as tr;
 use super::schema::trigger_requests::table;
 use super::{backend, insert_all, write_transaction, MysqlConn, QueryResult, SqliteConn};
-use crate::domain::{MAX_ATTRIBUTES_LEN, MAX_KEY_LEN};
+use crate::domain::{Outcome, RequestStatus, MAX_ATTRIBUTES_LEN, MAX_KEY_LEN};
 
 /// A claimed request as the client wrote it, read defensively: text as bytes (a key
 /// column cut after [`KEY_PREFIX`] bytes), `attributes` only when it is no longer than
@@ -141,10 +141,10 @@ pub struct NewRequest {
 pub struct Finished {
     /// Row id.
     pub id: i64,
-    /// `done`, `rejected` or `failed`.
-    pub status: &'static str,
-    /// For `done`: the outcome.
-    pub outcome: Option<&'static str>,
+    /// `Done`, `Rejected` or `Failed`.
+    pub status: RequestStatus,
+    /// For `Done`: the outcome.
+    pub outcome: Option<Outcome>,
     /// For `rejected` and `failed`: why.
     pub error: Option<String>,
     /// For `done`: why this outcome (the rule or window that decided).
@@ -185,7 +185,15 @@ pub struct Reclaimed {
 }
 
 /// Every status the daemon reads or writes; a client inserts `queued` (the default).
-pub const STATUSES: [&str; 5] = ["queued", "claimed", "done", "rejected", "failed"];
+const STATUSES: [&str; 5] = [
+    RequestStatus::Queued.as_str(),
+    RequestStatus::Claimed.as_str(),
+    RequestStatus::Done.as_str(),
+    RequestStatus::Rejected.as_str(),
+    RequestStatus::Failed.as_str(),
+];
+const QUEUED: &str = RequestStatus::Queued.as_str();
+const CLAIMED: &str = RequestStatus::Claimed.as_str();
 
 /// Operations on `trigger_requests`.
 pub trait Requests {
@@ -231,14 +239,14 @@ pub trait Requests {
     /// Recovers claims taken before `claimed_before` (or with no valid claim time, as a
     /// client may write): back to the queue with their attempt count raised, or
     /// `failed` once they reach `max_attempts`. Rejects requests whose status is none
-    /// of [`STATUSES`], naming the row and the value.
+    /// of the daemon's statuses, naming the row and the value.
     fn reclaim_expired(
         &mut self,
         claimed_before: NaiveDateTime,
         max_attempts: i32,
     ) -> impl Future<Output = QueryResult<Reclaimed>> + Send;
 
-    /// Rejects (at most 1,000 of) the requests whose status is none of [`STATUSES`]:
+    /// Rejects (at most 1,000 of) the requests whose status is none of the daemon's statuses:
     /// a client set it, and no stage would ever take such a row up.
     fn reject_unknown_statuses(&mut self) -> impl Future<Output = QueryResult<usize>> + Send;
 
@@ -284,7 +292,7 @@ macro_rules! impl_requests {
                         }
                         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
                         let claim = diesel::update(table.filter(in_list(tr::id, ids))).set((
-                            tr::status.eq("claimed"),
+                            tr::status.eq(CLAIMED),
                             tr::claim_token.eq(token),
                             tr::claimed_at.eq(now),
                         ));
@@ -295,7 +303,7 @@ macro_rules! impl_requests {
 
             async fn take_queued(&mut self, limit: i64) -> QueryResult<Vec<QueuedRequest>> {
                 let query = table
-                    .filter(tr::status.eq("queued"))
+                    .filter(tr::status.eq(QUEUED))
                     .order(tr::id.asc())
                     .limit(limit)
                     .select(sql::<QueuedSql>(queued_columns!($backend)));
@@ -308,7 +316,7 @@ macro_rules! impl_requests {
                 let query = table
                     .filter(in_list(tr::id, ids.iter().copied()))
                     .filter(tr::claim_token.eq(token))
-                    .filter(tr::status.eq("claimed"))
+                    .filter(tr::status.eq(CLAIMED))
                     .order(tr::id.asc())
                     .select(tr::id);
                 backend!($backend,
@@ -326,8 +334,8 @@ macro_rules! impl_requests {
                 for (result, ids) in &group_finished(finished) {
                     let rows = table.filter(in_list(tr::id, ids.iter().copied()));
                     let outcome = (
-                        tr::status.eq(result.status),
-                        tr::outcome.eq(result.outcome),
+                        tr::status.eq(result.status.as_str()),
+                        tr::outcome.eq(result.outcome.map(Outcome::as_str)),
                         tr::error.eq(result.error.as_deref()),
                         tr::detail.eq(result.detail.as_deref()),
                         tr::user_type.eq(result.user_type.as_deref()),
@@ -355,10 +363,10 @@ macro_rules! impl_requests {
                 diesel::update(
                     table
                         .filter(tr::claim_token.eq(token))
-                        .filter(tr::status.eq("claimed")),
+                        .filter(tr::status.eq(CLAIMED)),
                 )
                 .set((
-                    tr::status.eq("queued"),
+                    tr::status.eq(QUEUED),
                     tr::claim_token.eq(None::<i64>),
                     tr::claimed_at.eq(None::<NaiveDateTime>),
                 ))
@@ -378,7 +386,7 @@ macro_rules! impl_requests {
                             mysql => { "claimed_at IS NULL" },
                             sqlite => { "(claimed_at IS NULL OR julianday(claimed_at) IS NULL)" });
                         let query = table
-                            .filter(tr::status.eq("claimed"))
+                            .filter(tr::status.eq(CLAIMED))
                             .filter(tr::claimed_at.lt(claimed_before).or(sql::<Bool>(no_time)))
                             // Served by (status, id): only claims in flight are 'claimed'.
                             .order(tr::id.asc())
@@ -395,7 +403,7 @@ macro_rules! impl_requests {
                         let retry: Vec<i64> = retry.into_iter().map(|(id, _)| id).collect();
                         let requeued = diesel::update(table.filter(tr::id.eq_any(&retry)))
                             .set((
-                                tr::status.eq("queued"),
+                                tr::status.eq(QUEUED),
                                 tr::attempts.eq(tr::attempts + 1),
                                 tr::claim_token.eq(None::<i64>),
                                 tr::claimed_at.eq(None::<NaiveDateTime>),
@@ -407,7 +415,7 @@ macro_rules! impl_requests {
                         );
                         let failed = diesel::update(table.filter(tr::id.eq_any(&spent)))
                             .set((
-                                tr::status.eq("failed"),
+                                tr::status.eq(RequestStatus::Failed.as_str()),
                                 tr::attempts.eq(tr::attempts + 1),
                                 tr::error.eq(reason),
                                 tr::claim_token.eq(None::<i64>),
@@ -442,7 +450,7 @@ macro_rules! impl_requests {
                     );
                     diesel::update(table.filter(tr::id.eq(id)))
                         .set((
-                            tr::status.eq("rejected"),
+                            tr::status.eq(RequestStatus::Rejected.as_str()),
                             tr::error.eq(reason),
                             tr::claim_token.eq(None::<i64>),
                             tr::processed_at.eq(super::now()),
@@ -464,7 +472,7 @@ macro_rules! impl_requests {
                     mysql => { "CAST(MIN(CASE WHEN created_at >= '1000-01-01' THEN created_at END) AS BINARY)" },
                     sqlite => { "CAST(MIN(CASE WHEN julianday(created_at) IS NOT NULL THEN created_at END) AS BLOB)" });
                 let (count, oldest): (i64, Option<Vec<u8>>) = table
-                    .filter(tr::status.eq("queued"))
+                    .filter(tr::status.eq(QUEUED))
                     .select((diesel::dsl::count_star(), sql::<Nullable<Binary>>(oldest)))
                     .first(self)
                     .await?;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use couponsd::daemon::{Context, Mode};
-use couponsd::grant::{process_batch, process_claimed_batch, BatchOutcome};
+use couponsd::pipeline::grant::{process_batch, process_claimed_batch, BatchOutcome};
 use tokio_util::sync::CancellationToken;
 
 use crate::on_both_backends;
@@ -66,7 +66,10 @@ async fn the_error_of_the_poisoned_request(ctx: &Context) -> String {
 
 async fn one_bad_request_fails_alone_and_the_rest_of_its_batch_finishes(db: TestDb) {
     let (ctx, _receiver) = queue_with_a_poisoned_request(&db, 57, 199).await;
-    assert!(process_batch(&ctx).await.is_err(), "the grant insert fails");
+    assert!(
+        process_batch(&ctx.grant()).await.is_err(),
+        "the grant insert fails"
+    );
     let statuses = counts(&ctx, "status", "trigger_requests").await;
     assert_eq!(
         status_of(&statuses, "queued"),
@@ -76,21 +79,25 @@ async fn one_bad_request_fails_alone_and_the_rest_of_its_batch_finishes(db: Test
     // Claimed first after a failure, the batch is split until the bad request is
     // alone; it alone fails, with the database's own words.
     let started = std::time::Instant::now();
-    let BatchOutcome::Processed(summary) = process_claimed_batch(&ctx).await.unwrap() else {
+    let BatchOutcome::Processed(summary) = process_claimed_batch(&ctx.grant()).await.unwrap()
+    else {
         panic!("the claimed batch is processed");
     };
     // Not asserted (machines differ): what splitting costs against one clean batch.
     let split = started.elapsed();
     good_batch_of_200(&ctx).await;
     let started = std::time::Instant::now();
-    process_batch(&ctx).await.unwrap();
+    process_batch(&ctx.grant()).await.unwrap();
     eprintln!(
         "a batch of 200 with one bad request, split: {split:?}; a clean batch of 200: {:?}",
         started.elapsed()
     );
     assert_eq!((summary.claimed, summary.failed), (200, 1), "{summary:?}");
     assert_eq!(summary.granted, 199);
-    assert_eq!(process_batch(&ctx).await.unwrap(), BatchOutcome::Empty);
+    assert_eq!(
+        process_batch(&ctx.grant()).await.unwrap(),
+        BatchOutcome::Empty
+    );
     let statuses = counts(&ctx, "status", "trigger_requests").await;
     assert_eq!(status_of(&statuses, "done"), 399, "{statuses:?}");
     let error = the_error_of_the_poisoned_request(&ctx).await;
@@ -147,7 +154,7 @@ async fn a_batch_claimed_in_its_transaction_records_its_claim(db: TestDb) {
     ))
     .await;
     insert(&ctx, "one", "u1", "app_open", None).await.unwrap();
-    process_batch(&ctx).await.unwrap();
+    process_batch(&ctx.grant()).await.unwrap();
     let claimed = counts(
         &ctx,
         "status",

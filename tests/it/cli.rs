@@ -412,7 +412,7 @@ async fn an_operator_command_on_a_database_never_migrated_creates_nothing(db: Te
                 couponsd::store::Db::connect(&db.url, 1).unwrap(),
                 std::sync::Arc::new(config),
                 rules.unwrap(),
-                couponsd::dispatch::send::Sender::new().unwrap(),
+                couponsd::pipeline::dispatch::send::Sender::new().unwrap(),
             );
             let tables = snapshot(&writable).await;
             assert!(tables.is_empty(), "tables were created: {tables:?}");

@@ -332,14 +332,16 @@ async fn a_handed_off_delivery_is_held_for_its_daemon_and_sent_by_another_after_
     let dying = context(settings()).await;
     let other = context(settings()).await;
     insert(&dying, "k-1", "u1", "app_open", None).await.unwrap();
-    couponsd::grant::process_batch(&dying).await.unwrap();
+    couponsd::pipeline::grant::process_batch(&dying.grant())
+        .await
+        .unwrap();
     assert_eq!(dying.handoff.len(), 1, "the grant handed its delivery off");
-    let outcome = couponsd::dispatch::worker::dispatch_due(&other)
+    let outcome = couponsd::pipeline::dispatch::worker::dispatch_due(&other)
         .await
         .unwrap();
     assert_eq!(
         outcome,
-        couponsd::dispatch::worker::DispatchOutcome::Empty,
+        couponsd::pipeline::dispatch::worker::DispatchOutcome::Empty,
         "another daemon leaves a handed-off row alone while its lease runs"
     );
     assert!(receiver.seen().is_empty());
@@ -422,8 +424,10 @@ async fn a_stream_of_handed_off_deliveries_leaves_a_quarter_of_each_round_to_ret
     insert(&ctx, "k-retry", "u0", "app_open", None)
         .await
         .unwrap();
-    couponsd::grant::process_batch(&ctx).await.unwrap();
-    couponsd::dispatch::worker::dispatch_due(&ctx)
+    couponsd::pipeline::grant::process_batch(&ctx.grant())
+        .await
+        .unwrap();
+    couponsd::pipeline::dispatch::worker::dispatch_due(&ctx)
         .await
         .unwrap();
     let retried_id = receiver.seen()[0].headers["webhook-id"].clone();
@@ -434,7 +438,9 @@ async fn a_stream_of_handed_off_deliveries_leaves_a_quarter_of_each_round_to_ret
             .await
             .unwrap();
     }
-    couponsd::grant::process_batch(&ctx).await.unwrap();
+    couponsd::pipeline::grant::process_batch(&ctx.grant())
+        .await
+        .unwrap();
     assert_eq!(ctx.handoff.len(), 8, "eight sends' worth waits in memory");
     // The outbox's poll interval passed: its due retry is claimed ahead of the hand-offs
     // (a quarter of the free senders at least, however many hand-offs wait).

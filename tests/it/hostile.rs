@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use couponsd::config::Config;
 use couponsd::daemon::{Context, Mode};
-use couponsd::grant::PANIC_FOR_TESTS;
+use couponsd::pipeline::decide::PANIC_FOR_TESTS;
 use couponsd::store::Db;
 use diesel::sql_types::{BigInt, Nullable, Text};
 use tokio_util::sync::CancellationToken;

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use couponsd::daemon::{run_loops, Context, Mode};
-use couponsd::dispatch::worker::hold_token;
-use couponsd::store::deliveries::{AttemptRecord, DELIVERED, PENDING};
+use couponsd::domain::DeliveryStatus;
+use couponsd::pipeline::dispatch::worker::hold_token;
+use couponsd::store::deliveries::AttemptRecord;
 use tokio_util::sync::CancellationToken;
 
 use crate::on_both_backends;
@@ -186,7 +187,9 @@ async fn a_partner_answering_just_under_the_timeout_gets_each_delivery_once(db: 
             .unwrap();
     }
     // Daemon a grants them all in one batch and hands them off to its own dispatcher.
-    couponsd::grant::process_batch(&a).await.unwrap();
+    couponsd::pipeline::grant::process_batch(&a.grant())
+        .await
+        .unwrap();
     let (stop_a, stop_b) = (serve(&a), serve(&b));
     let all = wait_for_delivered(&a, n, Duration::from_secs(30)).await;
     stop_a.cancel();
@@ -270,7 +273,9 @@ async fn a_late_result_never_overwrites_the_holder_or_lowers_attempts(db: TestDb
     // Written due for any dispatcher (nothing handed off).
     ctx.handoff.mark_slow("wallet");
     insert(&ctx, "k1", "u1", "app_open", None).await.unwrap();
-    couponsd::grant::process_batch(&ctx).await.unwrap();
+    couponsd::pipeline::grant::process_batch(&ctx.grant())
+        .await
+        .unwrap();
     let now = couponsd::store::now();
     let lease = chrono::TimeDelta::seconds(30);
     let (first, second) = (hold_token(), hold_token());
@@ -290,15 +295,19 @@ async fn a_late_result_never_overwrites_the_holder_or_lowers_attempts(db: TestDb
         .await
         .unwrap());
     assert_eq!(again.len(), 1);
-    let record = |token: i64, attempt: i32, status: &'static str| AttemptRecord {
+    let record = |token: i64, attempt: i32, status: DeliveryStatus| AttemptRecord {
         delivery_id: Some(claimed[0].id),
         webhook_id: claimed[0].webhook_id.clone(),
         hold_token: token,
         attempt,
         status,
-        next_attempt_at: (status == PENDING).then(|| now + lease),
-        status_code: Some(if status == DELIVERED { 200 } else { 503 }),
-        error: (status != DELIVERED).then(|| "503".to_owned()),
+        next_attempt_at: (status == DeliveryStatus::Pending).then(|| now + lease),
+        status_code: Some(if status == DeliveryStatus::Delivered {
+            200
+        } else {
+            503
+        }),
+        error: (status != DeliveryStatus::Delivered).then(|| "503".to_owned()),
         attempted_at: now,
         duration_ms: 1,
     };
@@ -307,13 +316,13 @@ async fn a_late_result_never_overwrites_the_holder_or_lowers_attempts(db: TestDb
     };
     // The second holder's attempt fails and is scheduled again …
     let refused = store!(ctx, |c| c
-        .record_attempts(&[record(second, 1, PENDING)])
+        .record_attempts(&[record(second, 1, DeliveryStatus::Pending)])
         .await
         .unwrap());
     assert_eq!(refused, 0);
     // … then the first sender's late 2xx comes back: refused.
     let refused = store!(ctx, |c| c
-        .record_attempts(&[record(first, 1, DELIVERED)])
+        .record_attempts(&[record(first, 1, DeliveryStatus::Delivered)])
         .await
         .unwrap());
     assert_eq!(refused, 1, "a late delivered result is refused");
@@ -335,12 +344,12 @@ async fn a_late_result_never_overwrites_the_holder_or_lowers_attempts(db: TestDb
         .await
         .unwrap());
     let refused = store!(ctx, |c| c
-        .record_attempts(&[record(third, 2, DELIVERED)])
+        .record_attempts(&[record(third, 2, DeliveryStatus::Delivered)])
         .await
         .unwrap());
     assert_eq!(refused, 0);
     let refused = store!(ctx, |c| c
-        .record_attempts(&[record(first, 1, couponsd::store::deliveries::DEAD)])
+        .record_attempts(&[record(first, 1, DeliveryStatus::Dead)])
         .await
         .unwrap());
     assert_eq!(refused, 1, "a late dead result is refused");
@@ -493,10 +502,12 @@ async fn a_record_that_fails_is_made_again_once_the_database_answers() {
         .await
         .unwrap();
     let rules = couponsd::rules::Rules::load(&config.rules.dir, &config.rules.limits).unwrap();
-    let sender = couponsd::dispatch::send::Sender::new().unwrap();
+    let sender = couponsd::pipeline::dispatch::send::Sender::new().unwrap();
     let ctx = Context::new(pool, config, rules, sender);
     insert(&ctx, "k1", "u1", "app_open", None).await.unwrap();
-    couponsd::grant::process_batch(&ctx).await.unwrap();
+    couponsd::pipeline::grant::process_batch(&ctx.grant())
+        .await
+        .unwrap();
     let stop = serve(&ctx);
     let deadline = Instant::now() + Duration::from_secs(10);
     while partner.arrived() == 0 {

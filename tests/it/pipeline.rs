@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use couponsd::grant::{process_batch, BatchOutcome};
+use couponsd::pipeline::grant::{process_batch, BatchOutcome};
 
 use crate::on_both_backends;
 use crate::support::*;
@@ -227,9 +227,12 @@ on_both_backends!(
 
 async fn process_batch_reports_empty_on_an_empty_queue(db: TestDb) {
     let (ctx, _receiver) = standard(&db, 10, "").await;
-    assert_eq!(process_batch(&ctx).await.unwrap(), BatchOutcome::Empty);
+    assert_eq!(
+        process_batch(&ctx.grant()).await.unwrap(),
+        BatchOutcome::Empty
+    );
     insert(&ctx, "one", "u1", "app_open", None).await.unwrap();
-    match process_batch(&ctx).await.unwrap() {
+    match process_batch(&ctx.grant()).await.unwrap() {
         BatchOutcome::Processed(summary) => {
             assert_eq!((summary.claimed, summary.granted), (1, 1));
         }

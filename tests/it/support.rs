@@ -12,7 +12,7 @@ use axum::routing::post;
 use axum::Router;
 use couponsd::config::Config;
 use couponsd::daemon::Context;
-use couponsd::dispatch::send::Sender;
+use couponsd::pipeline::dispatch::send::Sender;
 use couponsd::rules::Rules;
 use couponsd::store::Db;
 use diesel::sql_types::{Nullable, Text};

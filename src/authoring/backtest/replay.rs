@@ -8,15 +8,14 @@ use std::fmt;
 use chrono::NaiveDateTime;
 
 use super::super::SetClock;
-use crate::classify::Histories;
 use crate::config::CampaignConfig;
-use crate::grant::{decide_one, Decision, Verdict};
-use crate::intake;
+use crate::domain::chain::Chain;
+use crate::domain::chain::CouponStock;
+use crate::domain::{Budget, CouponState, PastGrants};
+use crate::pipeline::decide::Histories;
+use crate::pipeline::decide::{decide_one, Books, Decision, Verdict};
+use crate::pipeline::intake;
 use crate::rules::Rules;
-use crate::select::Chain;
-use crate::store::catalog::Budget;
-use crate::store::coupons::{CouponStock, ACTIVE, RETIRED};
-use crate::store::grants::HistoryRow;
 use crate::store::history::{CouponTotal, GrantRecord, RequestRecord};
 use crate::store::requests::QueuedRequest;
 use crate::store::schedule::Rotation;
@@ -62,9 +61,9 @@ impl Summary {
             Verdict::Granted {
                 campaign, coupon, ..
             } => (campaign.to_string(), coupon.id.to_string(), false),
-            Verdict::Done { campaign, .. } => (
-                campaign
-                    .as_ref()
+            Verdict::Refused(refusal) => (
+                refusal
+                    .campaign()
                     .map_or_else(|| "-".to_owned(), ToString::to_string),
                 "none".to_owned(),
                 false,
@@ -162,12 +161,15 @@ pub(super) fn replay(
         let chains = since.chains(&data.stock, &retired_at, at);
         let budgets = since.budgets(&data.budgets);
         let decide = |rules: &Rules| {
+            let mut books = Books {
+                histories: &mut Histories::from_rows(rows.clone()),
+                chains: &mut chains.clone(),
+                budgets: &mut budgets.clone(),
+            };
             Summary::of(&decide_one(
                 rules,
                 campaigns,
-                &mut Histories::from_rows(rows.clone()),
-                &mut chains.clone(),
-                &mut budgets.clone(),
+                &mut books,
                 request.clone(),
                 now,
             ))
@@ -194,7 +196,7 @@ fn queued(record: &RequestRecord) -> QueuedRequest {
 }
 
 /// The user's ledger rows for the event from requests before `id`, by campaign.
-fn history_rows(earlier: &[&GrantRecord], id: i64) -> Vec<HistoryRow> {
+fn history_rows(earlier: &[&GrantRecord], id: i64) -> Vec<PastGrants> {
     let mut by_campaign: HashMap<&str, (i64, Option<NaiveDateTime>)> = HashMap::new();
     for g in earlier.iter().filter(|g| g.request_id < id) {
         let entry = by_campaign.entry(&g.campaign_id).or_default();
@@ -206,7 +208,7 @@ fn history_rows(earlier: &[&GrantRecord], id: i64) -> Vec<HistoryRow> {
     };
     by_campaign
         .into_iter()
-        .map(|(campaign, (grants, last))| HistoryRow {
+        .map(|(campaign, (grants, last))| PastGrants {
             user_id: first.user_id.clone(),
             event: first.event.clone(),
             campaign_id: campaign.to_owned(),
@@ -241,8 +243,9 @@ impl Since {
         for coupon in stock {
             let mut then = coupon.clone();
             then.remaining += self.grants.get(&coupon.id).copied().unwrap_or(0);
-            if then.state == RETIRED && retired_at.get(coupon.id.as_str()) > Some(&at) {
-                then.state = ACTIVE.to_owned();
+            if then.state == CouponState::Retired && retired_at.get(coupon.id.as_str()) > Some(&at)
+            {
+                then.state = CouponState::Active;
             }
             by_campaign
                 .entry(coupon.campaign_id.clone())

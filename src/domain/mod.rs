@@ -11,6 +11,11 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub mod chain;
+pub mod status;
+
+pub use status::{CouponState, DeliveryStatus, RequestStatus};
+
 /// Longest accepted `request_key`, `user_id` and identifiers (bytes): the width of the
 /// indexed `VARCHAR` columns.
 pub const MAX_KEY_LEN: usize = 191;
@@ -235,6 +240,32 @@ pub struct History {
     pub last_grant_at: Option<DateTime<Utc>>,
     /// The user's earlier grants per campaign.
     pub grants_by_campaign: HashMap<CampaignId, i64>,
+}
+
+/// A campaign's budget as the grant step reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    /// Campaign id.
+    pub campaign_id: String,
+    /// The cap, in cents.
+    pub budget_cents: Option<i64>,
+    /// Face value granted so far, in cents.
+    pub granted_cents: i64,
+}
+
+/// One user's grants for one event in one campaign, counted from the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PastGrants {
+    /// The user.
+    pub user_id: String,
+    /// The event.
+    pub event: String,
+    /// The campaign.
+    pub campaign_id: String,
+    /// Grants.
+    pub grants: i64,
+    /// The latest.
+    pub last_grant_at: Option<chrono::NaiveDateTime>,
 }
 
 /// How a request that was processed ended (`trigger_requests.outcome`).

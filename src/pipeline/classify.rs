@@ -1,13 +1,11 @@
-//! Classify: decides the user type for a request with `rules/user_type.rhai`, from the
-//! request and the user's participation history.
+//! The participation histories the user-type rule classifies users by: a batch's
+//! users' grants, kept up to date as the batch decides.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{CampaignId, History, TriggerRequest, UserType};
-use crate::rules::{RuleError, Rules};
-use crate::store::grants::HistoryRow;
+use crate::domain::{CampaignId, History, PastGrants, TriggerRequest};
 
 /// The participation history of the users of one batch, by (user, event), kept up to
 /// date as the batch grants so that a user's second request in a batch sees the first.
@@ -30,7 +28,7 @@ fn key(user: &str, event: &str) -> (String, String) {
 impl Histories {
     /// Builds histories from the ledger's rows; a row whose campaign no longer parses
     /// is skipped.
-    pub fn from_rows(rows: Vec<HistoryRow>) -> Self {
+    pub fn from_rows(rows: Vec<PastGrants>) -> Self {
         let mut map: HashMap<(String, String), History> = HashMap::new();
         for row in rows {
             let Ok(campaign) = CampaignId::parse(&row.campaign_id) else {
@@ -66,13 +64,4 @@ impl Histories {
             .entry(campaign.clone())
             .or_default() += 1;
     }
-}
-
-/// Runs the user-type rule for one request.
-pub fn user_type(
-    rules: &Rules,
-    request: &TriggerRequest,
-    history: &History,
-) -> Result<UserType, RuleError> {
-    rules.user_type(request, history)
 }

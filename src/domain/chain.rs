@@ -1,44 +1,50 @@
-//! Select: the user type picks the campaign; `rules/select_coupon.rhai` picks the
-//! coupon from the campaign's rotation chain; the chain then yields a coupon that has
-//! stock — the chosen one, or the next one after it, or a retired coupon's reserve as a
-//! last resort — so a user never receives a coupon that cannot be used.
+//! A campaign's rotation chain and its allocation: the chain yields a coupon that has
+//! stock — the one the rule chose, or the next one after it, or a retired coupon's
+//! reserve as a last resort — so a user never receives a coupon that cannot be used.
+//! The grant step allocates from it and the inventory check plans rotations over it,
+//! with one rule of what "serves" means ([`CouponStock::serves`], [`ChainCoupon::serves`]).
 
-use chrono::{DateTime, Utc};
+use std::collections::HashSet;
 
-use crate::config::CampaignConfig;
-use crate::domain::{
-    CampaignView, ChannelName, CouponId, CouponView, Money, TriggerRequest, UserType,
-};
-use crate::rules::{RuleError, Rules};
-use crate::store::coupons::{CouponStock, RETIRED};
+use super::status::CouponState;
+use super::{ChannelName, CouponId, CouponView, Money};
 
-/// The first campaign, in config order, that answers the request's event for the
-/// user type.
-pub fn campaign_for<'a>(
-    campaigns: &'a [CampaignConfig],
-    request: &TriggerRequest,
-    user_type: &UserType,
-) -> Option<&'a CampaignConfig> {
-    campaigns
-        .iter()
-        .find(|c| c.event == request.event && &c.audience == user_type)
+/// One coupon with its stock, as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CouponStock {
+    /// Coupon id.
+    pub id: String,
+    /// Its campaign.
+    pub campaign_id: String,
+    /// Place in the chain.
+    pub position: i32,
+    /// Face value in cents.
+    pub face_value_cents: i64,
+    /// Delivery channel.
+    pub channel: String,
+    /// Everything ever made available.
+    pub stock: i64,
+    /// Granted so far.
+    pub granted: i64,
+    /// Left to grant.
+    pub remaining: i64,
+    /// Rotation watermark.
+    pub low_stock: i64,
+    /// Active, retired or removed.
+    pub state: CouponState,
 }
 
-/// Why the campaign's window refuses a grant at `now`, if it does.
-pub fn window_refusal(campaign: &CampaignConfig, now: DateTime<Utc>) -> Option<String> {
-    match (campaign.starts_at, campaign.ends_at) {
-        (Some(start), _) if now < start => Some(format!(
-            "campaign {} starts at {}",
-            campaign.id,
-            start.to_rfc3339()
-        )),
-        (_, Some(end)) if now > end => Some(format!(
-            "campaign {} ended at {}",
-            campaign.id,
-            end.to_rfc3339()
-        )),
-        _ => None,
+impl CouponStock {
+    /// True when it serves its chain: active, with stock left.
+    pub fn serves(&self) -> bool {
+        serving(self.state != CouponState::Active, self.remaining)
     }
+}
+
+/// The one rule of a coupon that serves its chain: not rotated out, with stock it can
+/// grant. Rotation hands over only to such a coupon; allocation prefers them.
+fn serving(retired: bool, stock: i64) -> bool {
+    !retired && stock > 0
 }
 
 /// One coupon of a chain during a batch, with the stock left in this batch.
@@ -67,6 +73,11 @@ impl ChainCoupon {
         } else {
             self.remaining
         }
+    }
+
+    /// True when it serves its chain now: active, with stock it can grant.
+    pub fn serves(&self) -> bool {
+        serving(self.retired, self.usable())
     }
 
     /// Why it cannot be granted now.
@@ -107,7 +118,7 @@ impl Chain {
                         face_value: Money::from_cents(r.face_value_cents),
                         channel: ChannelName::parse(&r.channel).ok()?,
                         remaining: r.remaining,
-                        retired: r.state == RETIRED,
+                        retired: r.state == CouponState::Retired,
                         channel_disabled: false,
                     })
                 })
@@ -116,7 +127,7 @@ impl Chain {
     }
 
     /// Marks the coupons whose channel is in `disabled`: they count as out of stock.
-    pub fn close_channels(&mut self, disabled: &std::collections::HashSet<String>) {
+    pub fn close_channels(&mut self, disabled: &HashSet<String>) {
         for c in &mut self.0 {
             c.channel_disabled = disabled.contains(c.channel.as_str());
         }
@@ -139,7 +150,7 @@ impl Chain {
 
     /// True when an active (not retired) coupon has stock.
     pub fn has_active_stock(&self) -> bool {
-        self.0.iter().any(|c| !c.retired && c.usable() > 0)
+        self.0.iter().any(ChainCoupon::serves)
     }
 
     /// Why no coupon of the chain can be granted: out of stock, or some only because
@@ -181,27 +192,6 @@ impl Chain {
         });
         Some(Allocation { index, fallback })
     }
-}
-
-/// The campaign as the selection rule sees it.
-pub fn campaign_view(campaign: &CampaignConfig) -> CampaignView {
-    CampaignView {
-        id: campaign.id.clone(),
-        event: campaign.event.clone(),
-        audience: campaign.audience.clone(),
-        per_user_limit: campaign.per_user_limit,
-    }
-}
-
-/// Runs the coupon-selection rule for one request.
-pub fn coupon_for(
-    rules: &Rules,
-    request: &TriggerRequest,
-    user_type: &UserType,
-    campaign: &CampaignConfig,
-    chain: &Chain,
-) -> Result<Option<CouponId>, RuleError> {
-    rules.select_coupon(request, user_type, &campaign_view(campaign), &chain.views())
 }
 
 #[cfg(test)]

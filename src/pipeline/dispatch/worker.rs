@@ -23,7 +23,8 @@ use super::events;
 use super::handoff::Outgoing;
 use super::send::{Attempt, Verdict};
 use crate::daemon::Context;
-use crate::store::deliveries::{AttemptRecord, DEAD, DELIVERED, PENDING};
+use crate::domain::DeliveryStatus;
+use crate::store::deliveries::AttemptRecord;
 use crate::store::{self, StoreError};
 use crate::with_conn;
 
@@ -236,7 +237,7 @@ async fn start_sends(ctx: &Context) -> Result<(), StoreError> {
     let concurrency = ctx.config.dispatch.concurrency.max(1);
     let batch = ctx.config.dispatch.batch_size.max(1);
     let interval = ctx.config.worker.poll_interval;
-    let lease = ctx.delivery_lease();
+    let lease = ctx.config.delivery_lease();
     let hold = lease.to_std().unwrap_or_default();
     let mut disabled = ctx.handoff.disabled();
     if ctx.handoff.disabled_due(interval) {
@@ -356,9 +357,9 @@ async fn record(ctx: &Context, finished: Vec<Sent>) -> Result<DispatchSummary, S
         ctx.metrics
             .record_delivery(&sent.channel, sent.record.status);
         match sent.record.status {
-            DELIVERED => summary.delivered += 1,
-            PENDING => summary.retrying += 1,
-            _ => summary.dead += 1,
+            DeliveryStatus::Delivered => summary.delivered += 1,
+            DeliveryStatus::Pending => summary.retrying += 1,
+            DeliveryStatus::Dead => summary.dead += 1,
         }
         if sent.gone && !gone.iter().any(|(c, _)| *c == sent.channel) {
             let reason = sent.record.error.unwrap_or_default();
@@ -450,7 +451,7 @@ async fn attempt(ctx: &Context, delivery: Outgoing) -> Sent {
             base_record(
                 &delivery,
                 number,
-                PENDING,
+                DeliveryStatus::Pending,
                 status_code,
                 Some(reason),
                 duration,
@@ -468,7 +469,7 @@ async fn attempt(ctx: &Context, delivery: Outgoing) -> Sent {
 fn base_record(
     delivery: &Outgoing,
     attempt: i32,
-    status: &'static str,
+    status: DeliveryStatus,
     status_code: Option<u16>,
     error: Option<String>,
     duration: Duration,
@@ -488,7 +489,7 @@ fn base_record(
 }
 
 fn delivered(d: &Outgoing, attempt: i32, code: Option<u16>, took: Duration) -> AttemptRecord {
-    base_record(d, attempt, DELIVERED, code, None, took)
+    base_record(d, attempt, DeliveryStatus::Delivered, code, None, took)
 }
 
 fn retry(
@@ -502,7 +503,14 @@ fn retry(
     let at: NaiveDateTime = store::now() + delay;
     AttemptRecord {
         next_attempt_at: Some(at),
-        ..base_record(d, attempt, PENDING, code, Some(reason), took)
+        ..base_record(
+            d,
+            attempt,
+            DeliveryStatus::Pending,
+            code,
+            Some(reason),
+            took,
+        )
     }
 }
 
@@ -513,7 +521,7 @@ fn dead(
     reason: String,
     took: Duration,
 ) -> AttemptRecord {
-    base_record(d, attempt, DEAD, code, Some(reason), took)
+    base_record(d, attempt, DeliveryStatus::Dead, code, Some(reason), took)
 }
 
 /// The channels whose deliveries a drain waits for: configured and not disabled.

@@ -3,8 +3,8 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
+use crate::domain::chain::ChainCoupon;
 use crate::domain::TriggerRequest;
-use crate::select::ChainCoupon;
 use crate::store::deliveries::NewDelivery;
 use crate::store::grants::NewGrant;
 
