@@ -11,10 +11,10 @@ use tracing::{error, info, warn};
 
 use crate::authoring::reload::Reloader;
 use crate::config::{Config, ConfigError};
-use crate::daemon::{self, Context, Mode};
-use crate::notify;
 use crate::pipeline::dispatch::send::Sender;
 use crate::rules::{RuleError, Rules};
+use crate::runtime::notify;
+use crate::runtime::{self, Daemon, Mode};
 use crate::store::{Access, Db, StoreError};
 
 /// Why a command failed.
@@ -75,7 +75,7 @@ pub async fn migrate(config: &Config) -> Result<(), AppError> {
     } else {
         info!(migrations = ?applied, "schema migrated");
     }
-    daemon::apply_catalog(&db, config).await?;
+    runtime::apply_catalog(&db, config).await?;
     Ok(())
 }
 
@@ -109,7 +109,7 @@ pub async fn open_read_only(config: &Config) -> Result<Db, AppError> {
 /// operator command run with another config must not change the live campaigns (only
 /// `migrate` and `run` apply it). With [`Access::ReadOnly`] the database refuses any
 /// write, so an inspection cannot change anything.
-pub async fn connect(config: Arc<Config>, access: Access) -> Result<Context, AppError> {
+pub async fn connect(config: Arc<Config>, access: Access) -> Result<Daemon, AppError> {
     let rules = load_rules(&config)?;
     let db = open_existing(&config, access).await?;
     if !db.is_migrated().await? {
@@ -118,13 +118,13 @@ pub async fn connect(config: Arc<Config>, access: Access) -> Result<Context, App
         ));
     }
     let sender = Sender::new().map_err(|e| AppError::Other(format!("HTTP client: {e}")))?;
-    Ok(Context::new(db, config, rules, sender))
+    Ok(Daemon::new(db, config, rules, sender))
 }
 
 /// Start-up shared by `run` and the demo: [`connect`], then the catalog applied.
-pub async fn start(config: Arc<Config>) -> Result<Context, AppError> {
+pub async fn start(config: Arc<Config>) -> Result<Daemon, AppError> {
     let ctx = connect(config, Access::ReadWrite).await?;
-    daemon::apply_catalog(&ctx.db, &ctx.config).await?;
+    runtime::apply_catalog(&ctx.db, &ctx.config).await?;
     info!(rules_version = %ctx.rules.current().version(), "rules compiled");
     Ok(ctx)
 }
@@ -149,19 +149,19 @@ pub async fn run(config: Arc<Config>, config_path: &Path, drain: bool) -> Result
     }
     let scheduler = match mode {
         Mode::Serve => Some(
-            crate::schedule::start(ctx.clone())
+            crate::runtime::scheduler::start(ctx.clone())
                 .await
                 .map_err(|e| AppError::Other(format!("scheduler: {e}")))?,
         ),
         Mode::Drain => None,
     };
     if let Some(address) = ctx.config.http.listen {
-        let listener = crate::http::bind(address).await.map_err(|e| {
+        let listener = crate::runtime::http::bind(address).await.map_err(|e| {
             AppError::Other(format!("http.listen: cannot listen on {address}: {e}"))
         })?;
-        crate::http::serve(ctx.clone(), listener, shutdown.clone());
+        crate::runtime::http::serve(ctx.clone(), listener, shutdown.clone());
     }
-    let loops = tokio::spawn(daemon::run_loops(ctx.clone(), mode, shutdown.clone()));
+    let loops = tokio::spawn(runtime::run_loops(ctx.clone(), mode, shutdown.clone()));
     notify::ready();
     tokio::spawn(notify::report_status(ctx.clone(), shutdown.clone()));
     tokio::spawn(notify::watchdog(ctx.clone(), shutdown.clone()));
@@ -187,7 +187,7 @@ pub async fn run(config: Arc<Config>, config_path: &Path, drain: bool) -> Result
 /// Starts the database probe ([`crate::store::health`]) on a connection of its own:
 /// `/readyz`, `couponsd_database_up` and the loops' heartbeats read what it finds, and
 /// it keeps the database's clock.
-fn watch_database(ctx: &Context, shutdown: CancellationToken) {
+fn watch_database(ctx: &Daemon, shutdown: CancellationToken) {
     let metrics = ctx.metrics.clone();
     tokio::spawn(crate::store::health::watch(
         ctx.health.clone(),
@@ -221,9 +221,9 @@ async fn stop_within_grace(
 }
 
 /// Puts back in the queue the claims of batches not finished, within 2 s.
-async fn release_claims_left(ctx: &Context) {
+async fn release_claims_left(ctx: &Daemon) {
     let ctx = ctx.clone();
-    let release = tokio::spawn(async move { daemon::release_claims(&ctx).await });
+    let release = tokio::spawn(async move { runtime::release_claims(&ctx).await });
     match tokio::time::timeout(Duration::from_secs(2), release).await {
         Ok(Ok(Ok(0))) => {}
         Ok(Ok(Ok(n))) => info!(
@@ -243,7 +243,7 @@ async fn release_claims_left(ctx: &Context) {
 /// exits at once. SIGHUP: recompile the rules and swap them in if they compile and
 /// their tests pass, and re-apply the catalog.
 fn spawn_signal_handlers(
-    ctx: Context,
+    ctx: Daemon,
     config_path: std::path::PathBuf,
     reloader: Reloader,
     shutdown: CancellationToken,
@@ -285,7 +285,7 @@ fn spawn_signal_handlers(
 /// puts them in force for the batches that start from then on. Only the campaigns (and
 /// the rules, see [`Reloader`]) change; other settings need a restart. A config that does
 /// not load, or whose coupons name a channel the daemon does not run, changes nothing.
-async fn reload_catalog(ctx: &Context, config_path: &Path) {
+async fn reload_catalog(ctx: &Daemon, config_path: &Path) {
     let fresh = match Config::load(config_path) {
         Ok(config) => config,
         Err(e) => {
@@ -294,7 +294,7 @@ async fn reload_catalog(ctx: &Context, config_path: &Path) {
         }
     };
     let mut coupons = fresh.campaigns.iter().flat_map(|k| &k.coupons);
-    if let Some(c) = coupons.find(|c| ctx.channel(c.channel.as_str()).is_none()) {
+    if let Some(c) = coupons.find(|c| ctx.config.channel_named(c.channel.as_str()).is_none()) {
         error!(coupon = %c.id, channel = %c.channel, "catalog not reloaded: the coupon's channel is new, and channels change only at a restart");
         return;
     }
@@ -302,7 +302,7 @@ async fn reload_catalog(ctx: &Context, config_path: &Path) {
         campaigns: fresh.campaigns,
         ..(*ctx.config).clone()
     };
-    match daemon::apply_catalog(&ctx.db, &next).await {
+    match runtime::apply_catalog(&ctx.db, &next).await {
         Ok(_) => ctx.catalog.swap(Arc::new(next)),
         Err(e) => error!(error = %e, "catalog not reloaded: the running catalog stays in force"),
     }

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, AppError};
 use crate::config::{Config, SigningKey};
-use crate::daemon::{self, Mode};
 use crate::pipeline::dispatch::signing::sign;
+use crate::runtime::{self, Mode};
 use crate::schedule::inventory;
 use crate::store::requests::NewRequest;
 use crate::store::StoreError;
@@ -71,14 +71,14 @@ pub async fn run(users: usize) -> Result<(), AppError> {
     );
     let started = Instant::now();
     enqueue(&ctx, &wave1).await?;
-    daemon::run_loops(ctx.clone(), Mode::Drain, CancellationToken::new()).await;
+    runtime::run_loops(ctx.clone(), Mode::Drain, CancellationToken::new()).await;
     // Between the waves the scheduled inventory check runs, as it would every 10 s: the
     // hot newcomer coupon is at its watermark and rotates before it runs out.
-    let first_check = inventory::check(&ctx).await?;
+    let first_check = inventory::check(&ctx.schedule()).await?;
     enqueue(&ctx, &wave2).await?;
-    daemon::run_loops(ctx.clone(), Mode::Drain, CancellationToken::new()).await;
-    let second_check = inventory::check(&ctx).await?;
-    daemon::run_loops(ctx.clone(), Mode::Drain, CancellationToken::new()).await;
+    runtime::run_loops(ctx.clone(), Mode::Drain, CancellationToken::new()).await;
+    let second_check = inventory::check(&ctx.schedule()).await?;
+    runtime::run_loops(ctx.clone(), Mode::Drain, CancellationToken::new()).await;
     let elapsed = started.elapsed();
     println!("\nrotations by the inventory check");
     for r in first_check.rotations.iter().chain(&second_check.rotations) {
@@ -95,7 +95,7 @@ pub async fn run(users: usize) -> Result<(), AppError> {
 }
 
 async fn report(
-    ctx: &daemon::Context,
+    ctx: &runtime::Daemon,
     received: &Received,
     total: usize,
     elapsed: std::time::Duration,
@@ -201,7 +201,7 @@ campaigns:
     )
 }
 
-async fn enqueue(ctx: &daemon::Context, rows: &[NewRequest]) -> Result<(), AppError> {
+async fn enqueue(ctx: &runtime::Daemon, rows: &[NewRequest]) -> Result<(), AppError> {
     with_conn!(ctx.db, |conn| {
         for chunk in rows.chunks(1000) {
             conn.enqueue(chunk).await.map_err(StoreError::from)?;

@@ -23,9 +23,9 @@ use tracing::{error, info, warn};
 
 use super::fixtures::{self, TESTS_DIR};
 use crate::config::{CampaignConfig, Config, RuleLimits};
-use crate::daemon::Context;
 use crate::domain::RulesVersion;
 use crate::rules::{RuleError, Rules};
+use crate::runtime::Daemon;
 
 /// How often the rules folder is looked at. A change is acted on once the folder has
 /// stayed the same for one more look, so that a save in several steps reloads once.
@@ -66,7 +66,7 @@ pub struct Reloaded {
 /// when both pass, swaps them into `ctx`. Logs the outcome, naming file and
 /// line of every problem: this is where a failed reload is handled.
 pub async fn reload_rules(
-    ctx: &Context,
+    ctx: &Daemon,
     dir: &Path,
     limits: &RuleLimits,
 ) -> Result<Reloaded, ReloadError> {
@@ -138,14 +138,14 @@ fn log_refusal(error: &ReloadError, running: &RulesVersion, dir: &Path) {
 /// newer one. Cheap to clone.
 #[derive(Clone)]
 pub struct Reloader {
-    ctx: Context,
+    ctx: Daemon,
     config_path: PathBuf,
     one_at_a_time: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Reloader {
     /// A reloader for the daemon of `ctx`, started with the config at `config_path`.
-    pub fn new(ctx: Context, config_path: PathBuf) -> Self {
+    pub fn new(ctx: Daemon, config_path: PathBuf) -> Self {
         Self {
             ctx,
             config_path,

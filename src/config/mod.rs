@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::TimeDelta;
 
-use crate::domain::{CampaignId, ChannelName, CouponId, Event, Money, UserType};
+use crate::domain::ChannelName;
 
 mod campaigns;
 mod channels;
@@ -251,41 +251,7 @@ impl fmt::Debug for SigningKey {
     }
 }
 
-/// `campaigns[i]`
-#[derive(Debug, Clone)]
-pub struct CampaignConfig {
-    /// `id`
-    pub id: CampaignId,
-    /// `event`
-    pub event: Event,
-    /// `audience`
-    pub audience: UserType,
-    /// `per_user_limit` [1]
-    pub per_user_limit: i64,
-    /// `starts_at` (optional window start)
-    pub starts_at: Option<DateTime<Utc>>,
-    /// `ends_at` (optional window end)
-    pub ends_at: Option<DateTime<Utc>>,
-    /// `budget` (optional cap on face value granted)
-    pub budget: Option<Money>,
-    /// `coupons`: the rotation chain, in order; never empty.
-    pub coupons: Vec<CouponConfig>,
-}
-
-/// `campaigns[i].coupons[j]`
-#[derive(Debug, Clone)]
-pub struct CouponConfig {
-    /// `id`, unique across all campaigns.
-    pub id: CouponId,
-    /// `face_value`
-    pub face_value: Money,
-    /// `stock`
-    pub stock: i64,
-    /// `low_stock` [0]: the watermark at which the inventory check rotates it.
-    pub low_stock: i64,
-    /// `channel`: a key of `channels:`.
-    pub channel: ChannelName,
-}
+pub use crate::domain::campaign::{CampaignConfig, CouponConfig};
 
 /// `schedule:`: 6-field cron expressions (seconds first).
 #[derive(Debug, Clone)]
@@ -337,6 +303,14 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// The channel named `name`.
+    pub fn channel_named(&self, name: &str) -> Option<&ChannelConfig> {
+        self.channels
+            .iter()
+            .find(|(k, _)| k.as_str() == name)
+            .map(|(_, v)| v)
+    }
+
     /// How long a claimed delivery is held before another dispatcher may send it: the
     /// longest channel timeout plus a margin of `worker.lease`, at most 30 s (so that a
     /// short claim lease also brings back quickly the deliveries of a crashed daemon).

@@ -2,6 +2,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
+use crate::domain::Money;
 
 const WALLET_KEY: &str = "whsec_ZXhhbXBsZSB3YWxsZXQga2V5OiByZXBsYWNlIG1lISE=";
 const OPS_KEY: &str = "whsec_ZXhhbXBsZSBvcHMga2V5IC0tLSByZXBsYWNlIG1lISE=";

@@ -11,6 +11,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub mod campaign;
 pub mod chain;
 pub mod status;
 

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use clap::Subcommand;
 
 use crate::app::AppError;
-use crate::daemon::Context;
+use crate::runtime::Daemon;
 use crate::store::deliveries::{DeliveryRow, DisabledChannel, Replay};
 use crate::store::{self, Access, StoreError};
 use crate::with_conn;
@@ -82,7 +82,7 @@ impl ChannelsAction {
 }
 
 /// Runs a `deliveries` command; returns what to print.
-pub async fn deliveries(ctx: &Context, action: DeliveriesAction) -> Result<String, AppError> {
+pub async fn deliveries(ctx: &Daemon, action: DeliveriesAction) -> Result<String, AppError> {
     match action {
         DeliveriesAction::List { dead, limit } => list(ctx, dead, limit).await,
         DeliveriesAction::Replay { id: Some(id), .. } => replay(ctx, Replay::One(id)).await,
@@ -95,7 +95,7 @@ pub async fn deliveries(ctx: &Context, action: DeliveriesAction) -> Result<Strin
 }
 
 /// Runs a `channels` command; returns what to print.
-pub async fn channels(ctx: &Context, action: ChannelsAction) -> Result<String, AppError> {
+pub async fn channels(ctx: &Daemon, action: ChannelsAction) -> Result<String, AppError> {
     match action {
         ChannelsAction::List => list_channels(ctx).await,
         ChannelsAction::Enable { name } => enable(ctx, &name).await,
@@ -103,7 +103,7 @@ pub async fn channels(ctx: &Context, action: ChannelsAction) -> Result<String, A
 }
 
 /// The deliveries table.
-pub async fn list(ctx: &Context, dead_only: bool, limit: i64) -> Result<String, AppError> {
+pub async fn list(ctx: &Daemon, dead_only: bool, limit: i64) -> Result<String, AppError> {
     let rows = with_conn!(ctx.db, |conn| conn
         .list_deliveries(dead_only, limit.max(1))
         .await
@@ -152,7 +152,7 @@ fn table_row(row: &DeliveryRow) -> String {
 
 /// Replays the dead deliveries `which` selects, after checking that each one's channel
 /// is configured and not disabled.
-pub async fn replay(ctx: &Context, which: Replay<'_>) -> Result<String, AppError> {
+pub async fn replay(ctx: &Daemon, which: Replay<'_>) -> Result<String, AppError> {
     let (targets, disabled) = with_conn!(ctx.db, |conn| {
         let targets = conn
             .dead_deliveries(which)
@@ -184,11 +184,14 @@ pub async fn replay(ctx: &Context, which: Replay<'_>) -> Result<String, AppError
 }
 
 fn refuse_unsendable(
-    ctx: &Context,
+    ctx: &Daemon,
     targets: &[DeliveryRow],
     disabled: &[DisabledChannel],
 ) -> Result<(), AppError> {
-    if let Some(row) = targets.iter().find(|r| ctx.channel(&r.channel).is_none()) {
+    if let Some(row) = targets
+        .iter()
+        .find(|r| ctx.config.channel_named(&r.channel).is_none())
+    {
         return Err(AppError::Other(format!(
             "delivery {} goes to channel {}, which is not in the config: add the channel first",
             row.id, row.channel
@@ -211,7 +214,7 @@ fn refuse_unsendable(
 }
 
 /// The channels table: configured channels and disabled state.
-pub async fn list_channels(ctx: &Context) -> Result<String, AppError> {
+pub async fn list_channels(ctx: &Daemon) -> Result<String, AppError> {
     let (disabled, held) = with_conn!(ctx.db, |conn| {
         let disabled = conn
             .disabled_channel_states()
@@ -230,7 +233,7 @@ pub async fn list_channels(ctx: &Context) -> Result<String, AppError> {
         disabled
             .iter()
             .map(|d| d.channel.clone())
-            .filter(|c| ctx.channel(c).is_none()),
+            .filter(|c| ctx.config.channel_named(c).is_none()),
     );
     for name in names {
         let line = match disabled.iter().find(|d| d.channel == name) {
@@ -252,8 +255,8 @@ pub async fn list_channels(ctx: &Context) -> Result<String, AppError> {
 }
 
 /// Enables a channel a 410 Gone disabled.
-pub async fn enable(ctx: &Context, name: &str) -> Result<String, AppError> {
-    if ctx.channel(name).is_none() {
+pub async fn enable(ctx: &Daemon, name: &str) -> Result<String, AppError> {
+    if ctx.config.channel_named(name).is_none() {
         return Err(AppError::Other(format!(
             "unknown channel {name:?}: not in the config's channels"
         )));

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use crate::app::AppError;
 use crate::config::Config;
-use crate::daemon::Context;
 use crate::domain::CouponState;
+use crate::runtime::Daemon;
 use crate::schedule::inventory::{current_rates, predicted_run_out};
 use crate::store::schedule::AlertMark;
 use crate::store::{Access, StoreError};
@@ -42,7 +42,7 @@ impl StockAction {
 }
 
 /// Runs a `stock` command and returns what to print.
-pub async fn run(ctx: &Context, action: StockAction) -> Result<String, AppError> {
+pub async fn run(ctx: &Daemon, action: StockAction) -> Result<String, AppError> {
     match action {
         StockAction::Show => show(ctx).await,
         StockAction::Add { coupon, count } => add(ctx, &coupon, count).await,
@@ -51,12 +51,12 @@ pub async fn run(ctx: &Context, action: StockAction) -> Result<String, AppError>
 }
 
 /// Renders the stock table.
-pub async fn show(ctx: &Context) -> Result<String, AppError> {
+pub async fn show(ctx: &Daemon) -> Result<String, AppError> {
     let coupons = with_conn!(ctx.db, |conn| conn
         .coupon_stock()
         .await
         .map_err(StoreError::from)?);
-    let rates = current_rates(ctx).await?;
+    let rates = current_rates(&ctx.db).await?;
     let now = crate::store::now().and_utc();
     let mut out = format!("rules version {}\n", ctx.rules.current().version());
     let _ = writeln!(
@@ -105,7 +105,7 @@ fn campaign_of(config: &Config, coupon: &str) -> Result<String, AppError> {
 }
 
 /// Adds `count` to a coupon's stock. A retired coupon stays retired.
-pub async fn add(ctx: &Context, coupon: &str, count: i64) -> Result<String, AppError> {
+pub async fn add(ctx: &Daemon, coupon: &str, count: i64) -> Result<String, AppError> {
     if count <= 0 {
         return Err(AppError::Other(format!(
             "stock add {coupon}: the count must be positive, got {count}"
@@ -124,7 +124,7 @@ pub async fn add(ctx: &Context, coupon: &str, count: i64) -> Result<String, AppE
 }
 
 /// Brings a retired coupon back into selection.
-pub async fn activate(ctx: &Context, coupon: &str) -> Result<String, AppError> {
+pub async fn activate(ctx: &Daemon, coupon: &str) -> Result<String, AppError> {
     campaign_of(&ctx.config, coupon)?;
     let coupons = with_conn!(ctx.db, |conn| conn
         .coupon_stock()

@@ -20,14 +20,14 @@ use futures_util::FutureExt;
 use serde::Serialize;
 use tracing::{info, warn};
 
+use super::Deps;
 use crate::config::Config;
-use crate::daemon::Context;
 use crate::domain::chain::CouponStock;
 use crate::domain::CouponState;
 use crate::pipeline::dispatch::events;
 use crate::store::prelude::*;
 use crate::store::schedule::{AlertMark, Rotation};
-use crate::store::StoreError;
+use crate::store::{Db, StoreError};
 use crate::with_conn;
 
 /// How far back the grant rate is measured.
@@ -170,16 +170,16 @@ pub fn forecast_running_low(
 }
 
 /// Runs the check over every campaign.
-pub async fn check(ctx: &Context) -> Result<InventoryReport, StoreError> {
+pub async fn check(deps: &Deps) -> Result<InventoryReport, StoreError> {
     let now = crate::store::now().and_utc();
-    let horizon = forecast_horizon(super::tick_interval(&ctx.config.schedule.inventory_check));
-    let rates = grant_rates(ctx, now).await?;
+    let horizon = forecast_horizon(super::tick_interval(&deps.config.schedule.inventory_check));
+    let rates = grant_rates(&deps.db, now).await?;
     let mut report = InventoryReport::default();
     // The campaigns of the last reload, like the grant step.
-    let catalog = ctx.catalog.current();
+    let catalog = deps.catalog.current();
     for campaign in &catalog.campaigns {
         let (config, rates, id) = (catalog.clone(), rates.clone(), campaign.id.to_string());
-        let checked = with_conn!(ctx.db, |conn| {
+        let checked = with_conn!(deps.db, |conn| {
             check_campaign(conn, config, id, rates, horizon, now).await?
         });
         for low in &checked.running_low {
@@ -201,14 +201,14 @@ pub async fn check(ctx: &Context) -> Result<InventoryReport, StoreError> {
         || !report.running_low.is_empty()
         || !report.exhausted.is_empty()
     {
-        ctx.outbox_ready.notify_one();
+        deps.outbox_ready.notify_one();
     }
     Ok(report)
 }
 
-async fn grant_rates(ctx: &Context, now: DateTime<Utc>) -> Result<Rates, StoreError> {
+async fn grant_rates(db: &Db, now: DateTime<Utc>) -> Result<Rates, StoreError> {
     let since = (now - RATE_WINDOW).naive_utc();
-    let rows = with_conn!(ctx.db, |conn| conn.grants_since(since).await?);
+    let rows = with_conn!(db, |conn| conn.grants_since(since).await?);
     Ok(rows
         .into_iter()
         .map(|(coupon, count, first)| {
@@ -363,8 +363,8 @@ pub fn predicted_run_out(
 }
 
 /// The current grant rates (per second), for `stock show`.
-pub async fn current_rates(ctx: &Context) -> Result<Rates, StoreError> {
-    grant_rates(ctx, crate::store::now().and_utc()).await
+pub async fn current_rates(db: &Db) -> Result<Rates, StoreError> {
+    grant_rates(db, crate::store::now().and_utc()).await
 }
 
 #[cfg(test)]

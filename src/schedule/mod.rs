@@ -18,16 +18,17 @@ pub mod inventory;
 pub mod reconcile;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
-use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
-use crate::daemon::Context;
-use crate::store::{self, StoreError};
+use crate::config::{CatalogHandle, Config};
+use crate::store::{self, Db, StoreError};
 use crate::with_conn;
 
 /// The scheduled jobs, as named in `job_leases`.
@@ -37,72 +38,19 @@ pub const RECLAIM_LEASES: &str = "reclaim_leases";
 /// See [`INVENTORY_CHECK`].
 pub const RECONCILE: &str = "reconcile";
 
-/// Starts the scheduler with the three jobs; stop it with `shutdown`.
-pub async fn start(ctx: Context) -> Result<JobScheduler, JobSchedulerError> {
-    let scheduler = JobScheduler::new().await?;
-    let schedule = ctx.config.schedule.clone();
-    add(
-        &scheduler,
-        &ctx,
-        INVENTORY_CHECK,
-        &schedule.inventory_check,
-        |ctx| async move {
-            let rotated = inventory::check(&ctx).await.map(|r| r.rotations.len());
-            if let Ok(n) = rotated {
-                ctx.metrics.record_rotations(n);
-            }
-            rotated
-        },
-    )
-    .await?;
-    add(
-        &scheduler,
-        &ctx,
-        RECLAIM_LEASES,
-        &schedule.reclaim_leases,
-        |ctx| async move { reclaim(&ctx).await },
-    )
-    .await?;
-    add(
-        &scheduler,
-        &ctx,
-        RECONCILE,
-        &schedule.reconcile,
-        |ctx| async move { reconcile::run(&ctx).await.map(|drift| drift.len()) },
-    )
-    .await?;
-    scheduler.start().await?;
-    Ok(scheduler)
-}
-
-async fn add<F, Fut>(
-    scheduler: &JobScheduler,
-    ctx: &Context,
-    name: &'static str,
-    cron: &str,
-    job: F,
-) -> Result<(), JobSchedulerError>
-where
-    F: Fn(Context) -> Fut + Send + Sync + Clone + 'static,
-    Fut: Future<Output = Result<usize, StoreError>> + Send + 'static,
-{
-    let ctx = ctx.clone();
-    let schedule = parse_cron(cron).ok_or(JobSchedulerError::ParseSchedule)?;
-    scheduler
-        .add(Job::new_async(cron, move |_, _| {
-            let (ctx, job, schedule) = (ctx.clone(), job.clone(), schedule.clone());
-            Box::pin(async move {
-                // In a task of its own, waited for to the end (see `wait_on_database`).
-                let unit = ctx.clone();
-                let run = tokio::spawn(async move {
-                    let fired_at = store::now().and_utc();
-                    run_once_per_tick(&unit, name, &schedule, fired_at, || job(unit.clone())).await
-                });
-                crate::notify::wait_on_database(&ctx, None, name, run).await;
-            })
-        })?)
-        .await?;
-    Ok(())
+/// What the scheduled jobs use, built by the runtime.
+#[derive(Clone)]
+pub struct Deps {
+    /// The database.
+    pub db: Db,
+    /// The start-up config (`worker.*`, `schedule.*`, channels).
+    pub config: Arc<Config>,
+    /// The config whose campaigns are in force.
+    pub catalog: CatalogHandle,
+    /// This daemon's name in `job_leases`.
+    pub instance: Arc<String>,
+    /// Signalled when a job wrote outbox rows (alerts).
+    pub outbox_ready: Arc<Notify>,
 }
 
 /// Parses a `schedule.*` cron expression (six fields, seconds first) exactly as
@@ -139,7 +87,7 @@ pub fn tick_of(schedule: &Cron, fired_at: DateTime<Utc>) -> DateTime<Utc> {
 /// Runs `job` if this daemon wins the lease of the tick of `schedule` that a firing at
 /// `fired_at` (the database's clock) belongs to ([`tick_of`]); returns whether it ran.
 pub async fn run_once_per_tick<F, Fut>(
-    ctx: &Context,
+    deps: &Deps,
     name: &str,
     schedule: &Cron,
     fired_at: DateTime<Utc>,
@@ -151,10 +99,10 @@ where
 {
     let tick = tick_of(schedule, fired_at).naive_utc();
     let now = store::now();
-    let held_until = now + TimeDelta::from_std(ctx.config.worker.lease).unwrap_or(TimeDelta::MAX);
-    let holder = ctx.instance.as_str();
+    let held_until = now + TimeDelta::from_std(deps.config.worker.lease).unwrap_or(TimeDelta::MAX);
+    let holder = deps.instance.as_str();
     let won = async {
-        Ok::<_, StoreError>(with_conn!(ctx.db, |conn| {
+        Ok::<_, StoreError>(with_conn!(deps.db, |conn| {
             conn.acquire_job(name, holder, tick, now, held_until)
                 .await?
         }))
@@ -178,7 +126,7 @@ where
         Err(e) => error!(job = name, error = %e, "scheduled job failed"),
     }
     let released = async {
-        with_conn!(ctx.db, |conn| {
+        with_conn!(deps.db, |conn| {
             conn.release_job(name, holder, store::now()).await?;
         });
         Ok::<_, StoreError>(())
@@ -190,11 +138,11 @@ where
 }
 
 /// Recovers claims older than `worker.lease`.
-pub async fn reclaim(ctx: &Context) -> Result<usize, StoreError> {
-    let lease = TimeDelta::from_std(ctx.config.worker.lease).unwrap_or(TimeDelta::MAX);
+pub async fn reclaim(deps: &Deps) -> Result<usize, StoreError> {
+    let lease = TimeDelta::from_std(deps.config.worker.lease).unwrap_or(TimeDelta::MAX);
     let before = store::now() - lease;
-    let max = ctx.config.worker.max_attempts as i32;
-    let reclaimed = with_conn!(ctx.db, |conn| conn.reclaim_expired(before, max).await?);
+    let max = deps.config.worker.max_attempts as i32;
+    let reclaimed = with_conn!(deps.db, |conn| conn.reclaim_expired(before, max).await?);
     if reclaimed.requeued + reclaimed.failed > 0 {
         info!(
             requeued = reclaimed.requeued,

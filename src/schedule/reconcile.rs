@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use tracing::{error, info};
 
-use crate::daemon::Context;
+use super::Deps;
 use crate::domain::chain::CouponStock;
 use crate::pipeline::dispatch::events;
 use crate::store::StoreError;
@@ -46,9 +46,9 @@ pub fn find_drift(coupons: &[CouponStock], ledger: &HashMap<String, i64>) -> Vec
 }
 
 /// Runs the reconciliation and alerts on every drift found.
-pub async fn run(ctx: &Context) -> Result<Vec<Drift>, StoreError> {
+pub async fn run(deps: &Deps) -> Result<Vec<Drift>, StoreError> {
     let now = crate::store::now().and_utc();
-    let (coupons, per_coupon) = with_conn!(ctx.db, |conn| {
+    let (coupons, per_coupon) = with_conn!(deps.db, |conn| {
         (conn.coupon_stock().await?, conn.grants_per_coupon().await?)
     });
     let mut ledger: HashMap<String, i64> = HashMap::new();
@@ -66,10 +66,10 @@ pub async fn run(ctx: &Context) -> Result<Vec<Drift>, StoreError> {
     let alerts: Vec<_> = drift
         .iter()
         .inspect(|d| error!(?d, "reconciliation: stock disagrees with the ledger"))
-        .filter_map(|d| events::alert(&ctx.config, events::INVENTORY_DRIFT, d, now))
+        .filter_map(|d| events::alert(&deps.config, events::INVENTORY_DRIFT, d, now))
         .collect();
-    with_conn!(ctx.db, |conn| conn.record_deliveries(&alerts).await?);
-    ctx.outbox_ready.notify_one();
+    with_conn!(deps.db, |conn| conn.record_deliveries(&alerts).await?);
+    deps.outbox_ready.notify_one();
     Ok(drift)
 }
 

@@ -13,7 +13,7 @@ use super::schema::campaigns::dsl as k;
 use super::schema::coupons::dsl as c;
 use super::schema::{campaigns, coupons};
 use super::{backend, MysqlConn, QueryResult, SqliteConn};
-use crate::config::CampaignConfig;
+use crate::domain::campaign::CampaignConfig;
 use crate::domain::{Budget, CouponState};
 
 const RECOUNT_GRANTED_VALUE: &str = "UPDATE campaigns SET granted_cents = \

@@ -13,7 +13,7 @@ use couponsd::authoring::backtest::{self, BacktestArgs};
 use couponsd::authoring::reload::{self, ReloadError};
 use couponsd::authoring::simulate::{self, SimulateArgs};
 use couponsd::config::Config;
-use couponsd::daemon::{Context, Mode};
+use couponsd::runtime::{Daemon, Mode};
 use couponsd::store::Db;
 use diesel::sql_types::{Nullable, Text};
 use tokio_util::sync::CancellationToken;
@@ -181,7 +181,7 @@ fn a_failing_rule_test_shows_expected_and_got_and_exits_2() {
 }
 
 /// Every value of every table, by table, as text: equal snapshots mean nothing changed.
-async fn snapshot(ctx: &Context) -> BTreeMap<String, Vec<Vec<Option<String>>>> {
+async fn snapshot(ctx: &Daemon) -> BTreeMap<String, Vec<Vec<Option<String>>>> {
     let mysql = matches!(ctx.db, Db::Mysql(_));
     let tables = if mysql {
         "SELECT table_name AS k, 0 AS n FROM information_schema.tables WHERE table_schema = DATABASE()"
@@ -350,7 +350,7 @@ on_both_backends!(
 
 /// Sixteen requests with the shipped rules: ten newcomers (five get NEW10, five NEW8),
 /// four of them come back (BACK5), two a third time (loyalty limit reached).
-async fn recorded_history(db: &TestDb, dir: &Path) -> (Context, PathBuf) {
+async fn recorded_history(db: &TestDb, dir: &Path) -> (Daemon, PathBuf) {
     let receiver = Receiver::ok().await;
     let path = write_config(dir, &db.url, &shipped_rules(), &receiver.base_url(), 5);
     let ctx = context(Config::load(&path).unwrap()).await;
@@ -393,7 +393,9 @@ async fn backtest_counts_the_decisions_a_candidate_changes(db: TestDb) {
     let dir = TempDir::new("backtest");
     let (ctx, path) = recorded_history(&db, &dir.0).await;
     // NEW10 is exhausted: the inventory check retires it, after the requests it served.
-    couponsd::schedule::inventory::check(&ctx).await.unwrap();
+    couponsd::schedule::inventory::check(&ctx.schedule())
+        .await
+        .unwrap();
     let state = counts(&ctx, "state", "coupons WHERE id = 'NEW10'").await;
     assert_eq!(state.get("retired"), Some(&1));
     let shipped_select =
@@ -500,11 +502,11 @@ struct Decided {
     claim: String,
 }
 
-async fn decided(ctx: &Context) -> Vec<Decided> {
+async fn decided(ctx: &Daemon) -> Vec<Decided> {
     query_rows(ctx, "SELECT status, COALESCE(rules_version, '') AS version, COALESCE(user_type, '') AS user_type, CAST(COALESCE(claim_token, 0) AS CHAR) AS claim FROM trigger_requests ORDER BY id").await
 }
 
-async fn wait_until_all_done(ctx: &Context, expected: usize) -> Vec<Decided> {
+async fn wait_until_all_done(ctx: &Daemon, expected: usize) -> Vec<Decided> {
     for _ in 0..500 {
         let rows = decided(ctx).await;
         if rows.len() == expected
@@ -521,7 +523,7 @@ async fn wait_until_all_done(ctx: &Context, expected: usize) -> Vec<Decided> {
 
 /// A context on `db` whose rules are a copy of the shipped ones in a folder of its own,
 /// to change and reload; the receiver and the folder live as long as the test needs.
-async fn with_own_rules(db: &TestDb, name: &str) -> (Context, PathBuf, Receiver, TempDir) {
+async fn with_own_rules(db: &TestDb, name: &str) -> (Daemon, PathBuf, Receiver, TempDir) {
     let receiver = Receiver::ok().await;
     let dir = TempDir::new(name);
     let rules = copy_shipped_rules(&dir.0);
@@ -533,7 +535,7 @@ async fn reload_keeps_the_running_rules_until_a_change_compiles_and_passes_its_t
     let (ctx, rules, _receiver, _dir) = with_own_rules(&db, "reload").await;
     let old = ctx.rules.current().version().clone();
     let shutdown = CancellationToken::new();
-    let daemon = tokio::spawn(couponsd::daemon::run_loops(
+    let daemon = tokio::spawn(couponsd::runtime::run_loops(
         ctx.clone(),
         Mode::Serve,
         shutdown.clone(),

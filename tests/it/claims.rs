@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use couponsd::daemon::{Context, Mode};
 use couponsd::pipeline::grant::{process_batch, process_claimed_batch, BatchOutcome};
+use couponsd::runtime::{Daemon, Mode};
 use tokio_util::sync::CancellationToken;
 
 use crate::on_both_backends;
@@ -19,7 +19,7 @@ async fn queue_with_a_poisoned_request(
     db: &TestDb,
     before: usize,
     good: usize,
-) -> (Context, Receiver) {
+) -> (Daemon, Receiver) {
     let receiver = Receiver::ok().await;
     let mut cfg = config(
         db,
@@ -47,7 +47,7 @@ async fn queue_with_a_poisoned_request(
     (ctx, receiver)
 }
 
-async fn good_batch_of_200(ctx: &Context) {
+async fn good_batch_of_200(ctx: &Daemon) {
     for i in 0..200 {
         let (key, user) = (format!("clean-{i}"), format!("clean-u{i}"));
         insert(ctx, &key, &user, "app_open", None).await.unwrap();
@@ -58,7 +58,7 @@ fn status_of(statuses: &std::collections::HashMap<String, i64>, status: &str) ->
     statuses.get(status).copied().unwrap_or(0)
 }
 
-async fn the_error_of_the_poisoned_request(ctx: &Context) -> String {
+async fn the_error_of_the_poisoned_request(ctx: &Daemon) -> String {
     let failed = counts(ctx, "error", "trigger_requests WHERE status = 'failed'").await;
     assert_eq!(failed.len(), 1, "{failed:?}");
     failed.into_keys().next().unwrap()
@@ -114,7 +114,7 @@ on_both_backends!(
 async fn a_running_daemon_finishes_every_request_around_a_bad_one(db: TestDb) {
     let (ctx, _receiver) = queue_with_a_poisoned_request(&db, 120, 399).await;
     let shutdown = CancellationToken::new();
-    let loops = tokio::spawn(couponsd::daemon::run_loops(
+    let loops = tokio::spawn(couponsd::runtime::run_loops(
         ctx.clone(),
         Mode::Serve,
         shutdown.clone(),

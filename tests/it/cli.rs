@@ -167,7 +167,7 @@ struct TextRow {
 /// sorted, by table name.
 type Snapshot = std::collections::BTreeMap<String, Vec<(String, String)>>;
 
-async fn snapshot(ctx: &couponsd::daemon::Context) -> Snapshot {
+async fn snapshot(ctx: &couponsd::runtime::Daemon) -> Snapshot {
     let mysql = ctx.db.is_mysql();
     let tables = if mysql {
         "SELECT table_name AS k, '' AS v FROM information_schema.tables WHERE table_schema = DATABASE()"
@@ -239,7 +239,7 @@ async fn live_database_and_another_config(
     db: &TestDb,
     dir: &Path,
     receiver: &Receiver,
-) -> (couponsd::daemon::Context, PathBuf) {
+) -> (couponsd::runtime::Daemon, PathBuf) {
     let a = write_named_config(dir, "a.yaml", db, receiver, &standard_campaigns(100_000));
     couponsd_ok(&a, &["migrate"]).await;
     let ctx = context(couponsd::config::Config::load(&a).unwrap()).await;
@@ -292,7 +292,7 @@ on_both_backends!(
 /// rows of `table` whose first column is `key` (outside `table` at all for `None`);
 /// returns the database as it is afterwards.
 async fn assert_changes_only(
-    ctx: &couponsd::daemon::Context,
+    ctx: &couponsd::runtime::Daemon,
     b: &Path,
     args: &[&str],
     before: &Snapshot,
@@ -322,7 +322,7 @@ async fn assert_changes_only(
 }
 
 /// A coupon's (stock, remaining).
-async fn stock_of(ctx: &couponsd::daemon::Context, coupon: &str) -> (i64, i64) {
+async fn stock_of(ctx: &couponsd::runtime::Daemon, coupon: &str) -> (i64, i64) {
     let sql = format!(
         "SELECT 'stock' AS k, stock AS n FROM coupons WHERE id = '{coupon}' \
          UNION ALL SELECT 'remaining' AS k, remaining AS n FROM coupons WHERE id = '{coupon}'"
@@ -368,7 +368,7 @@ async fn a_read_only_connection_refuses_every_write(db: TestDb) {
     let read_only =
         couponsd::store::Db::connect_with(&db.url, 2, couponsd::store::Access::ReadOnly).unwrap();
     assert!(read_only.is_migrated().await.unwrap());
-    let ctx = couponsd::daemon::Context {
+    let ctx = couponsd::runtime::Daemon {
         db: read_only,
         ..writable.clone()
     };
@@ -408,7 +408,7 @@ async fn an_operator_command_on_a_database_never_migrated_creates_nothing(db: Te
         None => {
             let config = couponsd::config::Config::load(&path).unwrap();
             let rules = couponsd::rules::Rules::load(&config.rules.dir, &config.rules.limits);
-            let writable = couponsd::daemon::Context::new(
+            let writable = couponsd::runtime::Daemon::new(
                 couponsd::store::Db::connect(&db.url, 1).unwrap(),
                 std::sync::Arc::new(config),
                 rules.unwrap(),

@@ -336,7 +336,7 @@ async fn a_handed_off_delivery_is_held_for_its_daemon_and_sent_by_another_after_
         .await
         .unwrap();
     assert_eq!(dying.handoff.len(), 1, "the grant handed its delivery off");
-    let outcome = couponsd::pipeline::dispatch::worker::dispatch_due(&other)
+    let outcome = couponsd::pipeline::dispatch::worker::dispatch_due(&other.dispatch())
         .await
         .unwrap();
     assert_eq!(
@@ -427,7 +427,7 @@ async fn a_stream_of_handed_off_deliveries_leaves_a_quarter_of_each_round_to_ret
     couponsd::pipeline::grant::process_batch(&ctx.grant())
         .await
         .unwrap();
-    couponsd::pipeline::dispatch::worker::dispatch_due(&ctx)
+    couponsd::pipeline::dispatch::worker::dispatch_due(&ctx.dispatch())
         .await
         .unwrap();
     let retried_id = receiver.seen()[0].headers["webhook-id"].clone();

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use couponsd::config::Config;
-use couponsd::daemon::{Context, Mode};
 use couponsd::pipeline::decide::PANIC_FOR_TESTS;
+use couponsd::runtime::{Daemon, Mode};
 use couponsd::store::Db;
 use diesel::sql_types::{BigInt, Nullable, Text};
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,7 @@ use crate::support::*;
 /// production, so that one bad row shares its batch with good ones.
 const SHIPPED_BATCH_SIZE: usize = 200;
 
-async fn hostile_context(db: &TestDb, receiver: &Receiver) -> Context {
+async fn hostile_context(db: &TestDb, receiver: &Receiver) -> Daemon {
     let mut cfg: Config = config(
         db,
         receiver,
@@ -32,10 +32,10 @@ async fn hostile_context(db: &TestDb, receiver: &Receiver) -> Context {
 }
 
 /// Runs the grant workers and the dispatcher until the queue is empty, within a minute.
-async fn drain_within_a_minute(ctx: &Context) {
+async fn drain_within_a_minute(ctx: &Daemon) {
     let drained = tokio::time::timeout(
         Duration::from_secs(60),
-        couponsd::daemon::run_loops(ctx.clone(), Mode::Drain, CancellationToken::new()),
+        couponsd::runtime::run_loops(ctx.clone(), Mode::Drain, CancellationToken::new()),
     )
     .await;
     assert!(
@@ -44,7 +44,7 @@ async fn drain_within_a_minute(ctx: &Context) {
     );
 }
 
-async fn good_requests(ctx: &Context, tag: &str, n: usize) {
+async fn good_requests(ctx: &Daemon, tag: &str, n: usize) {
     for i in 0..n {
         let (key, user) = (format!("{tag}-{i}"), format!("{tag}-user-{i}"));
         insert(ctx, &key, &user, "app_open", None).await.unwrap();
@@ -62,7 +62,7 @@ struct StatusRow {
     error: Option<String>,
 }
 
-async fn status_of_key(ctx: &Context, key: &str) -> StatusRow {
+async fn status_of_key(ctx: &Daemon, key: &str) -> StatusRow {
     let rows: Vec<StatusRow> = query_rows(
         ctx,
         &format!("SELECT id, status, error FROM trigger_requests WHERE request_key = '{key}'"),
@@ -75,7 +75,7 @@ async fn status_of_key(ctx: &Context, key: &str) -> StatusRow {
 
 /// Inserts the rows a client can write and no stage can decode, with the column each
 /// rejection must name.
-async fn insert_unreadable_rows(ctx: &Context) -> Vec<(&'static str, &'static str)> {
+async fn insert_unreadable_rows(ctx: &Daemon) -> Vec<(&'static str, &'static str)> {
     let mysql = matches!(ctx.db, Db::Mysql(_));
     let mut bad = vec![("padded-user", "user_id")];
     insert(ctx, "padded-user", "alice ", "app_open", None)
@@ -117,7 +117,7 @@ async fn unreadable_rows_are_rejected_by_id_and_never_block_the_rows_behind_them
     good_requests(&ctx, "after", 250).await;
     let queued = 270 + bad.len() as i64;
 
-    couponsd::metrics::refresh(&ctx)
+    couponsd::metrics::refresh(&ctx.db, &ctx.metrics, &ctx.config)
         .await
         .expect("the gauges read the queue");
     assert_eq!(ctx.metrics.snapshot().queue_depth, queued);
@@ -157,7 +157,7 @@ async fn a_status_the_client_set_itself_is_taken_up_or_rejected(db: TestDb) {
          ('claimed-by-nobody', 'u2', 'app_open', 'claimed')",
     )
     .await;
-    couponsd::schedule::reclaim(&ctx).await.unwrap();
+    couponsd::schedule::reclaim(&ctx.schedule()).await.unwrap();
     let made_up = status_of_key(&ctx, "made-up").await;
     assert_eq!(made_up.status, "rejected");
     let error = made_up.error.unwrap();
@@ -181,7 +181,7 @@ on_both_backends!(
 );
 
 /// The user type the daemon decided for a request.
-async fn user_type_of(ctx: &Context, key: &str) -> Option<String> {
+async fn user_type_of(ctx: &Daemon, key: &str) -> Option<String> {
     #[derive(diesel::QueryableByName)]
     struct Row {
         #[diesel(sql_type = Nullable<Text>)]
@@ -196,7 +196,7 @@ async fn user_type_of(ctx: &Context, key: &str) -> Option<String> {
 }
 
 /// Whether the database finds a grant of `user` under its own comparison rules.
-async fn database_has_granted(ctx: &Context, user: &str) -> bool {
+async fn database_has_granted(ctx: &Daemon, user: &str) -> bool {
     let sql = format!(
         "SELECT user_id AS k, COUNT(*) AS n FROM grants WHERE user_id = '{}' GROUP BY user_id",
         user.replace('\'', "''")
@@ -418,15 +418,15 @@ fn run_drain_measuring_peak(config: &std::path::Path) -> (std::process::ExitStat
 async fn a_queue_that_does_not_move_is_not_ready(db: TestDb) {
     let receiver = Receiver::ok().await;
     let ctx = hostile_context(&db, &receiver).await;
-    let listener = couponsd::http::bind("127.0.0.1:0".parse().unwrap())
+    let listener = couponsd::runtime::http::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let url = format!("http://{}/readyz", listener.local_addr().unwrap());
     let stopping = CancellationToken::new();
-    let server = couponsd::http::serve(ctx.clone(), listener, stopping.clone());
+    let server = couponsd::runtime::http::serve(ctx.clone(), listener, stopping.clone());
     let ready = async || reqwest::get(&url).await.unwrap().status().as_u16();
     assert_eq!(ready().await, 200);
-    for _ in 0..couponsd::http::FAILED_BATCHES_NOT_READY {
+    for _ in 0..couponsd::runtime::http::FAILED_BATCHES_NOT_READY {
         ctx.liveness.batch_failed();
     }
     assert_eq!(

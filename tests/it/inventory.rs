@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use couponsd::daemon::Context;
+use couponsd::runtime::Daemon;
 use couponsd::schedule::{inventory, parse_cron, run_once_per_tick};
 use couponsd::store::StoreError;
 use croner::Cron;
@@ -28,7 +28,7 @@ fn chain(new10_stock: i64, new10_low: i64) -> String {
     )
 }
 
-async fn wave(ctx: &Context, prefix: &str, n: usize) {
+async fn wave(ctx: &Daemon, prefix: &str, n: usize) {
     for i in 0..n {
         insert(
             ctx,
@@ -43,7 +43,7 @@ async fn wave(ctx: &Context, prefix: &str, n: usize) {
     drain(ctx).await;
 }
 
-async fn remaining_of(ctx: &Context, coupon: &str) -> i64 {
+async fn remaining_of(ctx: &Daemon, coupon: &str) -> i64 {
     let all = store!(ctx, |c| c.coupon_stock().await?);
     all.iter().find(|c| c.id == coupon).unwrap().remaining
 }
@@ -72,7 +72,7 @@ async fn a_hot_coupon_rotates_at_its_watermark_and_its_replacement_serves(db: Te
     ))
     .await;
     wave(&ctx, "w1", 85).await;
-    let report = inventory::check(&ctx).await.unwrap();
+    let report = inventory::check(&ctx.schedule()).await.unwrap();
     assert_eq!(report.rotations.len(), 1);
     let r = &report.rotations[0];
     assert_eq!(
@@ -102,7 +102,11 @@ async fn a_hot_coupon_rotates_at_its_watermark_and_its_replacement_serves(db: Te
     assert_eq!(rotated[0]["data"]["to"], "NEW8");
     assert_eq!(rotated[0]["data"]["remaining"], 15);
     assert!(
-        inventory::check(&ctx).await.unwrap().rotations.is_empty(),
+        inventory::check(&ctx.schedule())
+            .await
+            .unwrap()
+            .rotations
+            .is_empty(),
         "rotates once"
     );
 }
@@ -123,7 +127,7 @@ async fn a_burst_is_forecast_but_rotates_only_at_the_watermark(db: TestDb) {
     let ctx = context(cfg).await;
     let check = async |wave_name: &str, left: i64| {
         wave(&ctx, wave_name, 200).await;
-        let report = inventory::check(&ctx).await.unwrap();
+        let report = inventory::check(&ctx.schedule()).await.unwrap();
         assert_eq!(remaining_of(&ctx, "NEW10").await, left);
         report
     };
@@ -133,7 +137,11 @@ async fn a_burst_is_forecast_but_rotates_only_at_the_watermark(db: TestDb) {
         assert!(report.rotations.is_empty(), "{left} left: {report:?}");
         running_low.extend(report.running_low);
     }
-    assert!(inventory::check(&ctx).await.unwrap().running_low.is_empty());
+    assert!(inventory::check(&ctx.schedule())
+        .await
+        .unwrap()
+        .running_low
+        .is_empty());
     assert_eq!(running_low, ["NEW10"], "announced once, not at every check");
     couponsd::ops::stock::add(&ctx, "NEW10", 200).await.unwrap();
     for (n, left) in [(3, 600), (4, 400)] {
@@ -196,7 +204,14 @@ async fn a_retired_reserve_is_granted_only_when_nothing_else_is_left(db: TestDb)
       - { id: NEW, face_value: "8.00", stock: 3, channel: wallet }"#;
     let ctx = context(config(&db, &receiver, &shipped_rules(), campaigns, ALERTS)).await;
     wave(&ctx, "a", 2).await;
-    assert_eq!(inventory::check(&ctx).await.unwrap().rotations.len(), 1);
+    assert_eq!(
+        inventory::check(&ctx.schedule())
+            .await
+            .unwrap()
+            .rotations
+            .len(),
+        1
+    );
     wave(&ctx, "b", 6).await;
     let per_coupon = counts(&ctx, "coupon_id", "grants").await;
     assert_eq!(per_coupon["NEW"], 3);
@@ -223,7 +238,7 @@ async fn an_exhausted_chain_alerts_once(db: TestDb) {
     let outcomes = counts(&ctx, "outcome", "trigger_requests").await;
     assert_eq!((outcomes["granted"], outcomes["out_of_stock"]), (2, 3));
     for _ in 0..3 {
-        inventory::check(&ctx).await.unwrap();
+        inventory::check(&ctx.schedule()).await.unwrap();
     }
     drain(&ctx).await;
     assert_eq!(
@@ -233,7 +248,7 @@ async fn an_exhausted_chain_alerts_once(db: TestDb) {
     );
     couponsd::ops::stock::add(&ctx, "ONLY", 5).await.unwrap();
     wave(&ctx, "y", 6).await;
-    inventory::check(&ctx).await.unwrap();
+    inventory::check(&ctx.schedule()).await.unwrap();
     drain(&ctx).await;
     assert_eq!(
         alerts_of(&receiver, "campaign.exhausted").len(),
@@ -350,10 +365,16 @@ async fn three_daemons_run_each_scheduled_job_once_per_tick() {
                 let runs = runs.clone();
                 let fired = fired + TimeDelta::milliseconds(i as i64 * 40);
                 async move {
-                    run_once_per_tick(ctx, "test_job", every_second, fired, || async move {
-                        runs.fetch_add(1, Ordering::SeqCst);
-                        Ok::<usize, StoreError>(0)
-                    })
+                    run_once_per_tick(
+                        &ctx.schedule(),
+                        "test_job",
+                        every_second,
+                        fired,
+                        || async move {
+                            runs.fetch_add(1, Ordering::SeqCst);
+                            Ok::<usize, StoreError>(0)
+                        },
+                    )
                     .await
                 }
             }))
@@ -389,8 +410,14 @@ async fn a_late_or_early_firing_runs_the_job_once_per_scheduled_time(db: TestDb)
                 runs.fetch_add(1, Ordering::SeqCst);
                 Ok::<usize, StoreError>(0)
             };
-            ran +=
-                run_once_per_tick(ctx, "test_job", &every_10s, tick + ms(late), job).await as usize;
+            ran += run_once_per_tick(
+                &ctx.schedule(),
+                "test_job",
+                &every_10s,
+                tick + ms(late),
+                job,
+            )
+            .await as usize;
         }
         assert_eq!(ran, 1, "scheduled time {tick}: one run, not one per firing");
     }
@@ -402,8 +429,8 @@ on_both_backends!(
 );
 
 /// Fires a job that does nothing; true when this daemon ran it.
-async fn idle_run(ctx: &Context, job: &str, schedule: &Cron, fired_at: DateTime<Utc>) -> bool {
-    run_once_per_tick(ctx, job, schedule, fired_at, || async {
+async fn idle_run(ctx: &Daemon, job: &str, schedule: &Cron, fired_at: DateTime<Utc>) -> bool {
+    run_once_per_tick(&ctx.schedule(), job, schedule, fired_at, || async {
         Ok::<usize, StoreError>(0)
     })
     .await
@@ -421,7 +448,7 @@ async fn a_job_still_running_skips_the_next_tick_and_a_dead_holder_gives_it_up()
     let slow = tokio::spawn({
         let (a, every_second) = (a.clone(), every_second.clone());
         async move {
-            run_once_per_tick(&a, "slow", &every_second, t0, || async {
+            run_once_per_tick(&a.schedule(), "slow", &every_second, t0, || async {
                 tokio::time::sleep(Duration::from_millis(600)).await;
                 Ok::<usize, StoreError>(0)
             })
@@ -551,7 +578,7 @@ async fn stock_show_add_and_activate(db: TestDb) {
     ))
     .await;
     wave(&ctx, "s", 85).await;
-    inventory::check(&ctx).await.unwrap();
+    inventory::check(&ctx.schedule()).await.unwrap();
     let table = couponsd::ops::stock::show(&ctx).await.unwrap();
     let new10 = table
         .lines()
@@ -607,7 +634,7 @@ async fn reconciliation_reports_drift_between_stock_and_the_ledger(db: TestDb) {
     .await;
     wave(&ctx, "r", 5).await;
     assert!(
-        couponsd::schedule::reconcile::run(&ctx)
+        couponsd::schedule::reconcile::run(&ctx.schedule())
             .await
             .unwrap()
             .is_empty(),
@@ -617,7 +644,9 @@ async fn reconciliation_reports_drift_between_stock_and_the_ledger(db: TestDb) {
     let tamper = diesel::sql_query("UPDATE coupons SET granted = granted + 2 WHERE id = 'NEW10'");
     store!(ctx, |c| diesel_async::RunQueryDsl::execute(tamper, c)
         .await?);
-    let drift = couponsd::schedule::reconcile::run(&ctx).await.unwrap();
+    let drift = couponsd::schedule::reconcile::run(&ctx.schedule())
+        .await
+        .unwrap();
     assert_eq!(drift.len(), 1);
     assert_eq!((drift[0].granted, drift[0].ledger_granted), (7, 5));
     drain(&ctx).await;
@@ -651,7 +680,7 @@ async fn a_budget_set_later_counts_what_was_granted_before(db: TestDb) {
         &campaigns("budget: \"45.00\""),
         "",
     );
-    couponsd::daemon::apply_catalog(&ctx.db, &with_budget)
+    couponsd::runtime::apply_catalog(&ctx.db, &with_budget)
         .await
         .unwrap();
     let ctx = context(with_budget).await;

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
-use couponsd::daemon::{run_loops, Context, Mode};
 use couponsd::domain::DeliveryStatus;
 use couponsd::pipeline::dispatch::worker::hold_token;
+use couponsd::runtime::{run_loops, Daemon, Mode};
 use couponsd::store::deliveries::AttemptRecord;
 use tokio_util::sync::CancellationToken;
 
@@ -146,13 +146,13 @@ campaigns:
 }
 
 /// Runs a daemon's loops until the returned token is cancelled.
-fn serve(ctx: &Context) -> CancellationToken {
+fn serve(ctx: &Daemon) -> CancellationToken {
     let stop = CancellationToken::new();
     tokio::spawn(run_loops(ctx.clone(), Mode::Serve, stop.clone()));
     stop
 }
 
-async fn wait_for_delivered(ctx: &Context, n: i64, within: Duration) -> bool {
+async fn wait_for_delivered(ctx: &Daemon, n: i64, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         let delivered = counts(ctx, "status", "deliveries").await;
@@ -391,7 +391,7 @@ fn p99(
 }
 
 /// Inserts `n` app_open requests 20 ms apart; returns when each was inserted.
-async fn trickle(ctx: &Context, prefix: &str, n: usize) -> HashMap<String, Instant> {
+async fn trickle(ctx: &Daemon, prefix: &str, n: usize) -> HashMap<String, Instant> {
     let mut at = HashMap::new();
     for i in 0..n {
         let key = format!("{prefix}-{i}");
@@ -405,7 +405,7 @@ async fn trickle(ctx: &Context, prefix: &str, n: usize) -> HashMap<String, Insta
 }
 
 /// webhook-id → request key, from the outbox.
-async fn keys_by_webhook(ctx: &Context) -> HashMap<String, String> {
+async fn keys_by_webhook(ctx: &Daemon) -> HashMap<String, String> {
     #[derive(diesel::QueryableByName)]
     struct Row {
         #[diesel(sql_type = diesel::sql_types::Text)]
@@ -498,12 +498,12 @@ async fn a_record_that_fails_is_made_again_once_the_database_answers() {
     };
     let pool = couponsd::store::Db::open(&db.url, settings).unwrap();
     pool.migrate().await.unwrap();
-    couponsd::daemon::apply_catalog(&pool, &config)
+    couponsd::runtime::apply_catalog(&pool, &config)
         .await
         .unwrap();
     let rules = couponsd::rules::Rules::load(&config.rules.dir, &config.rules.limits).unwrap();
     let sender = couponsd::pipeline::dispatch::send::Sender::new().unwrap();
-    let ctx = Context::new(pool, config, rules, sender);
+    let ctx = Daemon::new(pool, config, rules, sender);
     insert(&ctx, "k1", "u1", "app_open", None).await.unwrap();
     couponsd::pipeline::grant::process_batch(&ctx.grant())
         .await

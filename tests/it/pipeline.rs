@@ -8,7 +8,7 @@ use couponsd::pipeline::grant::{process_batch, BatchOutcome};
 use crate::on_both_backends;
 use crate::support::*;
 
-async fn standard(db: &TestDb, hot: i64, extra: &str) -> (couponsd::daemon::Context, Receiver) {
+async fn standard(db: &TestDb, hot: i64, extra: &str) -> (couponsd::runtime::Daemon, Receiver) {
     let receiver = Receiver::ok().await;
     let config = config(
         db,
@@ -119,7 +119,7 @@ struct Status {
     error: String,
 }
 
-async fn statuses(ctx: &couponsd::daemon::Context) -> HashMap<String, (String, String)> {
+async fn statuses(ctx: &couponsd::runtime::Daemon) -> HashMap<String, (String, String)> {
     let rows: Vec<Status> = query_rows(
         ctx,
         "SELECT request_key AS k, status, COALESCE(error, '') AS error FROM trigger_requests",

@@ -11,9 +11,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use couponsd::config::Config;
-use couponsd::daemon::Context;
 use couponsd::pipeline::dispatch::send::Sender;
 use couponsd::rules::Rules;
+use couponsd::runtime::Daemon;
 use couponsd::store::Db;
 use diesel::sql_types::{Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl, SimpleAsyncConnection};
@@ -202,7 +202,7 @@ pub fn standard_campaigns(hot: i64) -> String {
 }
 
 /// A migrated database with the catalog applied, and a context on it.
-pub async fn context(config: Config) -> Context {
+pub async fn context(config: Config) -> Daemon {
     let config = Arc::new(config);
     let db = Db::connect(
         config.database.url.expose(),
@@ -210,14 +210,16 @@ pub async fn context(config: Config) -> Context {
     )
     .unwrap();
     db.migrate().await.unwrap();
-    couponsd::daemon::apply_catalog(&db, &config).await.unwrap();
+    couponsd::runtime::apply_catalog(&db, &config)
+        .await
+        .unwrap();
     let rules = Rules::load(&config.rules.dir, &config.rules.limits).expect("rules compile");
-    Context::new(db, config, rules, Sender::new().unwrap())
+    Daemon::new(db, config, rules, Sender::new().unwrap())
 }
 
 /// Inserts a trigger request the way a client app does: plain SQL.
 pub async fn insert(
-    ctx: &Context,
+    ctx: &Daemon,
     key: &str,
     user: &str,
     event: &str,
@@ -239,7 +241,7 @@ pub async fn insert(
 
 /// Writes a grant for the request `key` straight into the ledger, as if an earlier
 /// version had granted it; a batch that holds the request then fails on its insert.
-pub async fn plant_grant(ctx: &Context, key: &str) {
+pub async fn plant_grant(ctx: &Daemon, key: &str) {
     let sql = format!(
         "INSERT INTO grants (id, request_id, user_id, event, campaign_id, coupon_id, \
          face_value_cents, user_type, rules_version, granted_at) \
@@ -250,7 +252,7 @@ pub async fn plant_grant(ctx: &Context, key: &str) {
 }
 
 /// Runs one SQL statement on either backend.
-pub async fn execute(ctx: &Context, sql: &str) -> usize {
+pub async fn execute(ctx: &Daemon, sql: &str) -> usize {
     let query = diesel::sql_query(sql.to_owned());
     match ctx.db.get().await.unwrap() {
         couponsd::store::Conn::Mysql(mut c) => query.execute(&mut *c).await.unwrap(),
@@ -259,7 +261,7 @@ pub async fn execute(ctx: &Context, sql: &str) -> usize {
 }
 
 /// Runs a query returning rows of (String, Option<String>, i64)-like text, for asserts.
-pub async fn query_rows<T>(ctx: &Context, sql: &str) -> Vec<T>
+pub async fn query_rows<T>(ctx: &Daemon, sql: &str) -> Vec<T>
 where
     T: diesel::QueryableByName<diesel::mysql::Mysql>
         + diesel::QueryableByName<diesel::sqlite::Sqlite>
@@ -283,7 +285,7 @@ pub struct KeyCount {
 }
 
 /// Counts rows grouped by one text expression: `counts(ctx, "outcome", "trigger_requests")`.
-pub async fn counts(ctx: &Context, expr: &str, from: &str) -> HashMap<String, i64> {
+pub async fn counts(ctx: &Daemon, expr: &str, from: &str) -> HashMap<String, i64> {
     let sql = format!("SELECT COALESCE({expr}, '') AS k, CAST(COUNT(*) AS SIGNED) AS n FROM {from} GROUP BY COALESCE({expr}, '')");
     let sql = if matches!(ctx.db, Db::Sqlite(_)) {
         sql.replace("AS SIGNED", "AS INTEGER")
@@ -389,10 +391,10 @@ async fn receive(
 
 /// Calls `process_batch` until the queue is empty, then `dispatch_due` until nothing
 /// is due; returns the number of batches.
-pub async fn drain(ctx: &Context) -> usize {
-    couponsd::daemon::run_loops(
+pub async fn drain(ctx: &Daemon) -> usize {
+    couponsd::runtime::run_loops(
         ctx.clone(),
-        couponsd::daemon::Mode::Drain,
+        couponsd::runtime::Mode::Drain,
         tokio_util::sync::CancellationToken::new(),
     )
     .await;

@@ -2,7 +2,7 @@
 //! them straight to this daemon's dispatcher, in memory, once that transaction commits.
 //!
 //! Their outbox rows are written due at `now + delivery lease` (see
-//! [`crate::daemon::Context::delivery_lease`]) under the batch's hold token, exactly as
+//! [`crate::config::Config::delivery_lease`]) under the batch's hold token, exactly as
 //! if this dispatcher had claimed them, so no other dispatcher sends them meanwhile; if
 //! this daemon dies before sending them they come due after the lease like any claimed
 //! delivery, and nothing is lost. What it saves is the outbox claim (a locking read, an

@@ -22,7 +22,7 @@ use super::backoff::retry_delay;
 use super::events;
 use super::handoff::Outgoing;
 use super::send::{Attempt, Verdict};
-use crate::daemon::Context;
+use super::Deps;
 use crate::domain::DeliveryStatus;
 use crate::store::deliveries::AttemptRecord;
 use crate::store::{self, StoreError};
@@ -153,13 +153,13 @@ const RECORD_WITHIN: Duration = Duration::from_millis(50);
 /// freed senders start more sends. `Empty` when nothing was due and nothing is in
 /// flight.
 #[instrument(skip_all)]
-pub async fn dispatch_due(ctx: &Context) -> Result<DispatchOutcome, StoreError> {
-    let gather = ctx.config.dispatch.batch_size.max(1);
+pub async fn dispatch_due(deps: &Deps) -> Result<DispatchOutcome, StoreError> {
+    let gather = deps.config.dispatch.batch_size.max(1);
     // Results a failed record left go first: their holds are running out.
-    let mut finished: Vec<Sent> = ctx.lanes.take_unrecorded();
+    let mut finished: Vec<Sent> = deps.lanes.take_unrecorded();
     let mut first_at: Option<Instant> = (!finished.is_empty()).then(Instant::now);
     loop {
-        if let Err(e) = start_sends(ctx).await {
+        if let Err(e) = start_sends(deps).await {
             if finished.is_empty() {
                 return Err(e);
             }
@@ -168,7 +168,7 @@ pub async fn dispatch_due(ctx: &Context) -> Result<DispatchOutcome, StoreError> 
             warn!(error = %e, "could not start more sends; recording what finished");
             break;
         }
-        let mut sends = ctx.lanes.sends.lock().await;
+        let mut sends = deps.lanes.sends.lock().await;
         if sends.is_empty() {
             if finished.is_empty() {
                 return Ok(DispatchOutcome::Empty);
@@ -177,12 +177,12 @@ pub async fn dispatch_due(ctx: &Context) -> Result<DispatchOutcome, StoreError> 
         }
         let wait = match first_at {
             Some(at) => RECORD_WITHIN.saturating_sub(at.elapsed()),
-            None => ctx.config.worker.poll_interval,
+            None => deps.config.worker.poll_interval,
         };
         // `join_next` is cancel-safe: a wake-up for new work loses no finished send.
         let first = tokio::select! {
             sent = sends.join_next() => sent,
-            _ = ctx.outbox_ready.notified() => None,
+            _ = deps.outbox_ready.notified() => None,
             _ = tokio::time::sleep(wait) => None,
         };
         finished.extend(first.into_iter().filter_map(joined));
@@ -199,15 +199,15 @@ pub async fn dispatch_due(ctx: &Context) -> Result<DispatchOutcome, StoreError> 
     }
     // The record runs as a task of its own (a transaction is never dropped half-way),
     // while the lanes go on: a fast partner's senders do not idle for the commit.
-    let unit = ctx.clone();
+    let unit = deps.clone();
     let mut recording = tokio::spawn(async move { record(&unit, finished).await });
     let recorded = loop {
         tokio::select! {
             recorded = &mut recording => break recorded,
-            _ = ctx.lanes.freed.notified() => {}
-            _ = ctx.outbox_ready.notified() => {}
+            _ = deps.lanes.freed.notified() => {}
+            _ = deps.outbox_ready.notified() => {}
         }
-        if let Err(e) = start_sends(ctx).await {
+        if let Err(e) = start_sends(deps).await {
             // The record goes on by itself; the next round gathers what it started.
             warn!(error = %e, "could not start more sends while recording");
         }
@@ -233,27 +233,27 @@ fn joined(sent: Result<Sent, tokio::task::JoinError>) -> Option<Sent> {
 
 /// Fills every enabled channel's lane from its queue in memory (hand-offs and claimed
 /// rows), claiming due outbox rows into that queue first when the outbox is due for it.
-async fn start_sends(ctx: &Context) -> Result<(), StoreError> {
-    let concurrency = ctx.config.dispatch.concurrency.max(1);
-    let batch = ctx.config.dispatch.batch_size.max(1);
-    let interval = ctx.config.worker.poll_interval;
-    let lease = ctx.config.delivery_lease();
+async fn start_sends(deps: &Deps) -> Result<(), StoreError> {
+    let concurrency = deps.config.dispatch.concurrency.max(1);
+    let batch = deps.config.dispatch.batch_size.max(1);
+    let interval = deps.config.worker.poll_interval;
+    let lease = deps.config.delivery_lease();
     let hold = lease.to_std().unwrap_or_default();
-    let mut disabled = ctx.handoff.disabled();
-    if ctx.handoff.disabled_due(interval) {
-        let now_disabled = with_conn!(ctx.db, |conn| conn.disabled_channels().await?);
-        ctx.handoff.read_disabled(now_disabled);
-        disabled = ctx.handoff.disabled();
+    let mut disabled = deps.handoff.disabled();
+    if deps.handoff.disabled_due(interval) {
+        let now_disabled = with_conn!(deps.db, |conn| conn.disabled_channels().await?);
+        deps.handoff.read_disabled(now_disabled);
+        disabled = deps.handoff.disabled();
         for channel in &disabled {
-            ctx.handoff.drop_channel(channel);
+            deps.handoff.drop_channel(channel);
         }
     }
-    for (name, channel) in &ctx.config.channels {
+    for (name, channel) in &deps.config.channels {
         let name = name.as_str();
         if disabled.contains(name) {
             continue;
         }
-        let room = concurrency.saturating_sub(ctx.lanes.in_flight(name));
+        let room = concurrency.saturating_sub(deps.lanes.in_flight(name));
         // A whole attempt and a second to record it must fit in what is left of a hold.
         let whole_attempt = channel.timeout + Duration::from_secs(1);
         // The outbox is polled when rows due at once may wait there, and at least once
@@ -264,15 +264,15 @@ async fn start_sends(ctx: &Context) -> Result<(), StoreError> {
         // a steady stream of hand-offs never starves retries, alerts and other daemons'
         // expired holds.
         let window = hold.saturating_sub(whole_attempt);
-        let sendable = room + ctx.lanes.sendable_within(name, concurrency, window);
-        let limit = ctx.handoff.claim_limit(name, sendable, batch);
+        let sendable = room + deps.lanes.sendable_within(name, concurrency, window);
+        let limit = deps.handoff.claim_limit(name, sendable, batch);
         let limit = if limit > 0 && 2 * limit >= sendable.min(batch) {
-            if ctx.handoff.outbox_due(name, interval) {
+            if deps.handoff.outbox_due(name, interval) {
                 limit
             } else {
                 0
             }
-        } else if ctx.handoff.poll_overdue(name, interval) {
+        } else if deps.handoff.poll_overdue(name, interval) {
             limit.max(room.div_ceil(4)).min(batch)
         } else {
             0
@@ -281,32 +281,32 @@ async fn start_sends(ctx: &Context) -> Result<(), StoreError> {
             let token = hold_token();
             let now = store::now();
             let held_until = Instant::now() + hold;
-            let claimed = with_conn!(ctx.db, |conn| {
+            let claimed = with_conn!(deps.db, |conn| {
                 conn.claim_due(name, limit as i64, (now, now + lease), token)
                     .await?
             });
-            ctx.handoff.polled(name, claimed.len() == limit);
-            ctx.handoff.push_front(
+            deps.handoff.polled(name, claimed.len() == limit);
+            deps.handoff.push_front(
                 claimed
                     .into_iter()
                     .map(|d| Outgoing::claimed(d, token, held_until)),
             );
         }
-        let due = ctx.handoff.take(name, room, whole_attempt);
+        let due = deps.handoff.take(name, room, whole_attempt);
         if due.is_empty() {
             continue;
         }
-        ctx.lanes.add(name, due.len());
-        let mut sends = ctx.lanes.sends.lock().await;
+        deps.lanes.add(name, due.len());
+        let mut sends = deps.lanes.sends.lock().await;
         for delivery in due {
-            let ctx = ctx.clone();
+            let deps = deps.clone();
             sends.spawn(async move {
                 let mut sender = Sender {
-                    lanes: &ctx.lanes,
+                    lanes: &deps.lanes,
                     channel: delivery.channel.clone(),
                     took: None,
                 };
-                let sent = attempt(&ctx, delivery).await;
+                let sent = attempt(&deps, delivery).await;
                 sender.took = Some(Duration::from_millis(sent.record.duration_ms.max(0) as u64));
                 sent
             });
@@ -322,7 +322,7 @@ pub fn hold_token() -> i64 {
 
 /// Records what finished, fenced by each hold; disables the channels that answered 410
 /// Gone, with one `channel.disabled` alert each.
-async fn record(ctx: &Context, finished: Vec<Sent>) -> Result<DispatchSummary, StoreError> {
+async fn record(deps: &Deps, finished: Vec<Sent>) -> Result<DispatchSummary, StoreError> {
     let mut summary = DispatchSummary {
         attempted: finished.len(),
         ..DispatchSummary::default()
@@ -332,7 +332,7 @@ async fn record(ctx: &Context, finished: Vec<Sent>) -> Result<DispatchSummary, S
     }
     let records: Vec<AttemptRecord> = finished.iter().map(|sent| sent.record.clone()).collect();
     let recorded: Result<usize, StoreError> = async {
-        Ok(with_conn!(ctx.db, |conn| conn
+        Ok(with_conn!(deps.db, |conn| conn
             .record_attempts(&records)
             .await?))
     }
@@ -342,7 +342,7 @@ async fn record(ctx: &Context, finished: Vec<Sent>) -> Result<DispatchSummary, S
         Err(e) => {
             // Kept for the next round: dropped, these deliveries would be sent again
             // once their holds ran out. The fence refuses any the holds no longer cover.
-            ctx.lanes.keep_unrecorded(finished);
+            deps.lanes.keep_unrecorded(finished);
             return Err(e);
         }
     };
@@ -354,7 +354,7 @@ async fn record(ctx: &Context, finished: Vec<Sent>) -> Result<DispatchSummary, S
     }
     let mut gone: Vec<(String, String)> = Vec::new();
     for sent in finished {
-        ctx.metrics
+        deps.metrics
             .record_delivery(&sent.channel, sent.record.status);
         match sent.record.status {
             DeliveryStatus::Delivered => summary.delivered += 1,
@@ -367,23 +367,23 @@ async fn record(ctx: &Context, finished: Vec<Sent>) -> Result<DispatchSummary, S
         }
     }
     for (channel, reason) in gone {
-        disable(ctx, &channel, &reason).await?;
+        disable(deps, &channel, &reason).await?;
     }
     Ok(summary)
 }
 
 /// Disables `channel` after a 410 Gone: its deliveries stay pending, held, and one
 /// `channel.disabled` alert goes to ops (by the dispatcher that disabled it first).
-async fn disable(ctx: &Context, channel: &str, reason: &str) -> Result<(), StoreError> {
-    ctx.handoff.disable(channel);
-    let dropped = ctx.handoff.drop_channel(channel);
+async fn disable(deps: &Deps, channel: &str, reason: &str) -> Result<(), StoreError> {
+    deps.handoff.disable(channel);
+    let dropped = deps.handoff.drop_channel(channel);
     let now = chrono::Utc::now();
-    let alert = (ctx.config.alerts.channel.as_ref()).filter(|c| c.as_str() != channel);
+    let alert = (deps.config.alerts.channel.as_ref()).filter(|c| c.as_str() != channel);
     let alert = alert.and_then(|_| {
         let data = serde_json::json!({ "channel": channel, "reason": reason });
-        events::alert(&ctx.config, events::CHANNEL_DISABLED, data, now)
+        events::alert(&deps.config, events::CHANNEL_DISABLED, data, now)
     });
-    let first = with_conn!(ctx.db, |conn| {
+    let first = with_conn!(deps.db, |conn| {
         conn.disable_channel(channel, reason, store::now(), alert)
             .await?
     });
@@ -394,10 +394,10 @@ async fn disable(ctx: &Context, channel: &str, reason: &str) -> Result<(), Store
 }
 
 /// Sends one delivery and turns the answer into its record.
-async fn attempt(ctx: &Context, delivery: Outgoing) -> Sent {
+async fn attempt(deps: &Deps, delivery: Outgoing) -> Sent {
     let number = delivery.attempts + 1;
     let name = delivery.channel.clone();
-    let Some(channel) = ctx.channel(&delivery.channel) else {
+    let Some(channel) = deps.config.channel_named(&delivery.channel) else {
         // Lanes exist for configured channels only.
         let reason = format!("channel {} is not configured", delivery.channel);
         let record = dead(&delivery, number, None, reason, Duration::ZERO);
@@ -411,24 +411,24 @@ async fn attempt(ctx: &Context, delivery: Outgoing) -> Sent {
         status_code,
         duration,
         verdict,
-    } = ctx
+    } = deps
         .sender
         .send(
             channel,
             &delivery.webhook_id,
             &delivery.payload,
-            ctx.config.dispatch.retry_max,
+            deps.config.dispatch.retry_max,
         )
         .await;
-    ctx.metrics.observe_attempt(&delivery.channel, duration);
-    ctx.liveness.dispatcher.beat();
+    deps.metrics.observe_attempt(&delivery.channel, duration);
+    deps.heartbeat.beat();
     let (record, gone) = match verdict {
         Verdict::Delivered => (delivered(&delivery, number, status_code, duration), false),
         Verdict::Retryable { after, reason } if (number as u32) < channel.max_attempts => {
             let delay = retry_delay(
                 number as u32,
-                ctx.config.dispatch.retry_base,
-                ctx.config.dispatch.retry_max,
+                deps.config.dispatch.retry_base,
+                deps.config.dispatch.retry_max,
                 after,
             );
             let record = retry(&delivery, number, status_code, reason, duration, delay);
@@ -525,9 +525,9 @@ fn dead(
 }
 
 /// The channels whose deliveries a drain waits for: configured and not disabled.
-pub fn live_channels(ctx: &Context) -> HashSet<String> {
-    let disabled = ctx.handoff.disabled();
-    ctx.config
+pub fn live_channels(deps: &Deps) -> HashSet<String> {
+    let disabled = deps.handoff.disabled();
+    deps.config
         .channels
         .keys()
         .map(|c| c.to_string())

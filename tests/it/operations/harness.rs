@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use couponsd::config::Config;
-use couponsd::daemon::Context;
+use couponsd::runtime::Daemon as InProcess;
 use diesel_async::{AsyncConnection, AsyncMysqlConnection};
 
 use crate::support::*;
@@ -190,7 +190,7 @@ pub fn wallet_channel(base: &str) -> String {
 }
 
 /// Migrates through the binary, then a context for inserts and asserts.
-pub async fn migrated(config: &Path) -> Context {
+pub async fn migrated(config: &Path) -> InProcess {
     let out = Command::new(BIN)
         .arg("--config")
         .arg(config)
@@ -207,7 +207,7 @@ pub async fn migrated(config: &Path) -> Context {
 }
 
 /// Queues `n` requests in multi-row inserts: users `u0…`, every fifth user twice.
-pub async fn burst(ctx: &Context, tag: &str, n: usize) {
+pub async fn burst(ctx: &InProcess, tag: &str, n: usize) {
     let rows: Vec<String> = (0..n)
         .map(|i| format!("('{tag}-{i}', 'u{tag}{}', 'app_open')", i - i / 5))
         .collect();
@@ -220,7 +220,7 @@ pub async fn burst(ctx: &Context, tag: &str, n: usize) {
     }
 }
 
-pub async fn with_sql(ctx: &Context, sql: &str) {
+pub async fn with_sql(ctx: &InProcess, sql: &str) {
     use diesel_async::RunQueryDsl;
     let query = diesel::sql_query(sql.to_owned());
     let result = match ctx.db.get().await.unwrap() {
@@ -230,7 +230,7 @@ pub async fn with_sql(ctx: &Context, sql: &str) {
     result.unwrap();
 }
 
-pub async fn count(ctx: &Context, from_where: &str) -> i64 {
+pub async fn count(ctx: &InProcess, from_where: &str) -> i64 {
     counts(ctx, "'n'", from_where)
         .await
         .get("n")
@@ -240,7 +240,7 @@ pub async fn count(ctx: &Context, from_where: &str) -> i64 {
 
 /// Waits until `n` requests are finished and every coupon.granted delivery is
 /// delivered; panics with the daemons' logs otherwise.
-pub async fn wait_until_all_done(ctx: &Context, n: i64, within: Duration, daemons: &[&Daemon]) {
+pub async fn wait_until_all_done(ctx: &InProcess, n: i64, within: Duration, daemons: &[&Daemon]) {
     let done = wait_for("all requests done and delivered", within, || async {
         let finished = count(ctx, "trigger_requests WHERE status = 'done'").await;
         let open = count(
@@ -269,7 +269,7 @@ pub fn tail(log: &str) -> String {
 
 /// Every request granted once, no coupon oversold, every grant delivered, and every
 /// repeat of a delivery carried the same `webhook-id`.
-pub async fn assert_the_books_balance(ctx: &Context, n: i64, receiver: &Receiver) {
+pub async fn assert_the_books_balance(ctx: &InProcess, n: i64, receiver: &Receiver) {
     assert_eq!(count(ctx, "grants").await, n, "one grant per request");
     assert_eq!(
         count(ctx, "trigger_requests WHERE outcome = 'granted'").await,

@@ -4,8 +4,6 @@
 //! shutdown, and `WATCHDOG=1` pings sent only while every worker loop still comes
 //! round. Without `NOTIFY_SOCKET` (not started by systemd) every call is a no-op.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
@@ -13,130 +11,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::daemon::Context;
-use crate::metrics::{self, Snapshot};
+use crate::metrics::{self, Heartbeat, Snapshot};
+use crate::runtime::Daemon;
 use crate::store::StoreError;
-
-/// A heartbeat that has not been started, or was stopped on purpose.
-const IDLE: u64 = u64::MAX;
-
-/// When one loop last came round.
-#[derive(Debug)]
-pub struct Heartbeat {
-    epoch: Instant,
-    /// Milliseconds since `epoch` at the last beat, or [`IDLE`].
-    last: AtomicU64,
-}
-
-impl Heartbeat {
-    fn new(epoch: Instant) -> Self {
-        Self {
-            epoch,
-            last: AtomicU64::new(IDLE),
-        }
-    }
-
-    /// The loop made progress.
-    pub fn beat(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last.store(ms.min(IDLE - 1), Ordering::Relaxed);
-    }
-
-    /// The loop ended on purpose (shutdown or drain): it no longer counts.
-    pub fn stop(&self) {
-        self.last.store(IDLE, Ordering::Relaxed);
-    }
-
-    /// How long ago the last beat was; `None` for a loop not running.
-    fn age(&self, now: Instant) -> Option<Duration> {
-        match self.last.load(Ordering::Relaxed) {
-            IDLE => None,
-            // A beat may land after `now` was read: saturate rather than underflow.
-            ms => Some(
-                now.saturating_duration_since(self.epoch)
-                    .saturating_sub(Duration::from_millis(ms)),
-            ),
-        }
-    }
-}
-
-/// The heartbeats of the grant workers and the dispatcher, read by the watchdog.
-#[derive(Debug)]
-pub struct Liveness {
-    epoch: Instant,
-    /// The dispatcher's heartbeat; the outbox worker beats it after every attempt, so
-    /// that a long round of slow partners does not look like a stuck loop.
-    pub dispatcher: Heartbeat,
-    grant_workers: Mutex<Vec<Arc<Heartbeat>>>,
-    /// Grant batches failed in a row, across this daemon's workers (any success resets
-    /// it): a queue that does not move is seen by `/readyz`, not only in the log.
-    failed_batches: std::sync::atomic::AtomicU32,
-}
-
-impl Default for Liveness {
-    fn default() -> Self {
-        let epoch = Instant::now();
-        Self {
-            epoch,
-            dispatcher: Heartbeat::new(epoch),
-            grant_workers: Mutex::new(Vec::new()),
-            failed_batches: Default::default(),
-        }
-    }
-}
-
-impl Liveness {
-    /// A grant batch failed (and was rolled back or left to lease recovery).
-    pub fn batch_failed(&self) {
-        self.failed_batches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// A grant batch committed, or found the queue empty: the queue moves.
-    pub fn batch_done(&self) {
-        self.failed_batches
-            .store(0, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Grant batches failed in a row since the last one that committed.
-    pub fn failed_batches(&self) -> u32 {
-        self.failed_batches
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// A new grant worker's heartbeat, beaten once.
-    pub fn grant_worker(&self) -> Arc<Heartbeat> {
-        let heartbeat = Arc::new(Heartbeat::new(self.epoch));
-        heartbeat.beat();
-        let mut workers = self.grant_workers.lock().unwrap_or_else(|p| p.into_inner());
-        workers.push(heartbeat.clone());
-        heartbeat
-    }
-
-    /// The loops that have not come round within `stale_after`, by name; empty when
-    /// all are alive. Before the loops start, or with no grant worker, nothing is alive.
-    pub fn stale(&self, stale_after: Duration, grant_workers: usize) -> Vec<String> {
-        let now = Instant::now();
-        let workers = self.grant_workers.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stale = Vec::new();
-        if workers.len() < grant_workers {
-            stale.push(format!(
-                "grant workers: {} of {grant_workers} started",
-                workers.len()
-            ));
-        }
-        for (i, worker) in workers.iter().enumerate() {
-            if worker.age(now).is_some_and(|age| age > stale_after) {
-                stale.push(format!("grant worker {i}"));
-            }
-        }
-        match self.dispatcher.age(now) {
-            Some(age) if age <= stale_after => {}
-            _ => stale.push("dispatcher".to_owned()),
-        }
-        stale
-    }
-}
 
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(false, states) {
@@ -183,7 +60,7 @@ pub fn status_line(snapshot: &Snapshot, grants_per_sec: f64) -> String {
 /// status line, until `shutdown`. The refresh runs in a task of its own: a stalled
 /// database holds it back, never the status line, and no second refresh starts while
 /// one hangs.
-pub async fn report_status(ctx: Context, shutdown: CancellationToken) {
+pub async fn report_status(ctx: Daemon, shutdown: CancellationToken) {
     let mut granted = ctx.metrics.granted();
     let mut since = Instant::now();
     let mut refreshing: Option<JoinHandle<Result<(), StoreError>>> = None;
@@ -191,9 +68,9 @@ pub async fn report_status(ctx: Context, shutdown: CancellationToken) {
     loop {
         if refreshing.as_ref().is_none_or(JoinHandle::is_finished) {
             let refresh = ctx.clone();
-            refreshing = Some(tokio::spawn(
-                async move { metrics::refresh(&refresh).await },
-            ));
+            refreshing = Some(tokio::spawn(async move {
+                metrics::refresh(&refresh.db, &refresh.metrics, &refresh.config).await
+            }));
         }
         if let Some(task) = refreshing.as_mut() {
             match tokio::time::timeout(bound, task).await {
@@ -239,7 +116,7 @@ pub async fn report_status(ctx: Context, shutdown: CancellationToken) {
 /// the unit finishes (commits, or fails and rolls back), and the loop goes on by
 /// itself. A panic in the unit is resumed here, as if the loop had run it.
 pub async fn wait_on_database<T>(
-    ctx: &Context,
+    ctx: &Daemon,
     heartbeat: Option<&Heartbeat>,
     what: &str,
     mut work: JoinHandle<T>,
@@ -277,7 +154,7 @@ const STALL_LOOK: Duration = Duration::from_millis(500);
 /// is stale when it has not come round for longer than its work may legitimately
 /// take: the watchdog interval, the claim lease, or the delivery lease, whichever is
 /// longest. Returns at once when systemd set no watchdog.
-pub async fn watchdog(ctx: Context, shutdown: CancellationToken) {
+pub async fn watchdog(ctx: Daemon, shutdown: CancellationToken) {
     let Some(interval) = watchdog_interval() else {
         return;
     };
@@ -310,7 +187,7 @@ mod tests {
 
     #[test]
     fn loops_are_alive_only_when_all_have_beaten_recently() {
-        let liveness = Liveness::default();
+        let liveness = crate::metrics::Liveness::default();
         assert!(
             !liveness.stale(Duration::from_secs(1), 2).is_empty(),
             "nothing started yet"

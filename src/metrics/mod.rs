@@ -1,5 +1,5 @@
 //! Metrics in the Prometheus text format (`prometheus-client`), served on `/metrics`
-//! by [`crate::http`].
+//! by the runtime's listener (`runtime::http`).
 //!
 //! Counters and histograms are recorded where things happen (a committed batch in
 //! `grant`, an attempt in `dispatch::worker`) and count this daemon's work only: sum
@@ -17,12 +17,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::daemon::Context;
+use crate::config::Config;
 use crate::domain::{DeliveryStatus, Outcome, RequestStatus};
 use crate::store::grants::NewGrant;
 use crate::store::requests::Finished;
-use crate::store::{self, StoreError};
+use crate::store::{self, Db, StoreError};
 use crate::with_conn;
+
+mod liveness;
+pub use liveness::{Heartbeat, Liveness};
 
 /// How often [`refresh`] reads the database gauges.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
@@ -310,11 +313,10 @@ pub struct Snapshot {
 /// and dead deliveries, disabled channels. On failure nothing changes: whether the
 /// database answers is `database_up`, which the daemon's probe keeps
 /// ([`crate::store::health`]).
-pub async fn refresh(ctx: &Context) -> Result<(), StoreError> {
-    let metrics = &ctx.metrics;
+pub async fn refresh(db: &Db, metrics: &Metrics, config: &Config) -> Result<(), StoreError> {
     metrics.refreshed.store(true, Ordering::Relaxed);
     let read = async {
-        Ok::<_, StoreError>(with_conn!(ctx.db, |conn| {
+        Ok::<_, StoreError>(with_conn!(db, |conn| {
             let queue = conn.queue_depth().await?;
             let stock = conn.coupon_stock().await?;
             let outbox = conn.count_deliveries().await?;
@@ -350,7 +352,7 @@ pub async fn refresh(ctx: &Context) -> Result<(), StoreError> {
         .deliveries_pending
         .set(count(DeliveryStatus::Pending));
     metrics.deliveries_dead.set(count(DeliveryStatus::Dead));
-    for name in ctx.config.channels.keys() {
+    for name in config.channels.keys() {
         let labels = ChannelLabels {
             channel: name.to_string(),
         };

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::daemon::Context;
+use crate::runtime::Daemon;
 use crate::store::health::Status;
 
 pub mod listener;
@@ -38,7 +38,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 
 #[derive(Clone)]
 struct Http {
-    ctx: Context,
+    ctx: Daemon,
     stopping: CancellationToken,
 }
 
@@ -50,7 +50,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves the endpoints on `listener` within `http.max_connections` and
 /// `http.header_timeout` until the process exits; `/readyz` says 503 once `stopping`
 /// is cancelled.
-pub fn serve(ctx: Context, listener: TcpListener, stopping: CancellationToken) -> JoinHandle<()> {
+pub fn serve(ctx: Daemon, listener: TcpListener, stopping: CancellationToken) -> JoinHandle<()> {
     let bounds = listener::Bounds {
         max_connections: ctx.config.http.max_connections,
         header_timeout: ctx.config.http.header_timeout,
@@ -62,7 +62,7 @@ pub fn serve(ctx: Context, listener: TcpListener, stopping: CancellationToken) -
     tokio::spawn(listener::accept_loop(listener, app, bounds))
 }
 
-fn router(ctx: Context, stopping: CancellationToken) -> Router {
+fn router(ctx: Daemon, stopping: CancellationToken) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -1,165 +1,19 @@
-//! The daemon: the context every stage shares, start-up (connect, check migrations,
-//! apply the catalog, compile rules) and the loops that run the stages until shutdown
-//! or, with `--drain`, until nothing is left to do.
+//! The loops that run the stages: grant workers and the dispatcher, until shutdown or,
+//! with `--drain`, until nothing is left to do.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::error;
 
-use crate::config::{CatalogHandle, ChannelConfig, Config};
-use crate::metrics::Metrics;
-use crate::notify::{wait_on_database, Heartbeat, Liveness};
-use crate::pipeline::dispatch::handoff::Handoff;
-use crate::pipeline::dispatch::send::Sender;
-use crate::pipeline::dispatch::worker::{dispatch_due, live_channels, DispatchOutcome, Lanes};
-use crate::pipeline::grant::{
-    self, process_batch, process_claimed_batch, BatchOutcome, ClaimsInHand,
-};
-use crate::rules::{Rules, RulesHandle};
-use crate::store::catalog::CatalogChanges;
-use crate::store::health::Health;
-use crate::store::{Db, StoreError};
+use super::notify::wait_on_database;
+use super::Daemon;
+use crate::metrics::Heartbeat;
+use crate::pipeline::dispatch::worker::{dispatch_due, live_channels, DispatchOutcome};
+use crate::pipeline::grant::{process_batch, process_claimed_batch, BatchOutcome};
+use crate::store::StoreError;
 use crate::with_conn;
-
-/// The hand-off holds at most this many dispatch rounds (`dispatch.batch_size` each);
-/// beyond it grants leave their deliveries to the outbox.
-const HANDOFF_BATCHES: usize = 4;
-
-/// Everything the stages share. Built once; cheap to clone.
-#[derive(Clone)]
-pub struct Context {
-    /// The database.
-    pub db: Db,
-    /// The validated config, as at start-up.
-    pub config: Arc<Config>,
-    /// The config whose campaigns are in force (changed by a reload).
-    pub catalog: CatalogHandle,
-    /// The rules in force.
-    pub rules: RulesHandle,
-    /// The webhook client.
-    pub sender: Sender,
-    /// Signalled when a batch committed new outbox rows.
-    pub outbox_ready: Arc<Notify>,
-    /// This daemon's name in leases: host, process and a random part.
-    pub instance: Arc<String>,
-    /// What `/metrics` exports.
-    pub metrics: Arc<Metrics>,
-    /// The worker loops' heartbeats, for the systemd watchdog.
-    pub liveness: Arc<Liveness>,
-    /// Batches claimed and not finished.
-    pub claims: Arc<ClaimsInHand>,
-    /// Deliveries handed from committed grants to this daemon's dispatcher.
-    pub handoff: Arc<Handoff>,
-    /// The dispatcher's sends in flight, per channel.
-    pub lanes: Arc<Lanes>,
-    /// Whether the database answers, as the daemon's probe last found
-    /// ([`crate::store::health`]); up when no probe runs.
-    pub health: Arc<Health>,
-}
-
-impl Context {
-    /// Builds a context from its parts.
-    pub fn new(db: Db, config: Arc<Config>, rules: Rules, sender: Sender) -> Self {
-        let metrics = Metrics::new();
-        // Like `health`: up until a probe says otherwise.
-        metrics.set_database_up(true);
-        Self {
-            handoff: Arc::new(Handoff::new(
-                HANDOFF_BATCHES * config.dispatch.batch_size.max(1),
-            )),
-            db,
-            catalog: CatalogHandle::new(config.clone()),
-            config,
-            rules: RulesHandle::new(rules),
-            sender,
-            outbox_ready: Arc::new(Notify::new()),
-            instance: Arc::new(instance_name()),
-            metrics: Arc::new(metrics),
-            liveness: Arc::new(Liveness::default()),
-            claims: Arc::new(ClaimsInHand::default()),
-            lanes: Arc::new(Lanes::default()),
-            health: Arc::new(Health::default()),
-        }
-    }
-
-    /// The channel named `name` in the config.
-    pub fn channel(&self, name: &str) -> Option<&ChannelConfig> {
-        self.config
-            .channels
-            .iter()
-            .find(|(k, _)| k.as_str() == name)
-            .map(|(_, v)| v)
-    }
-
-    /// What the grant step uses.
-    pub fn grant(&self) -> grant::Deps {
-        grant::Deps {
-            db: self.db.clone(),
-            catalog: self.catalog.clone(),
-            rules: self.rules.clone(),
-            handoff: self.handoff.clone(),
-            outbox_ready: self.outbox_ready.clone(),
-            metrics: self.metrics.clone(),
-            claims: self.claims.clone(),
-        }
-    }
-
-    /// Grant workers to run: one for SQLite (one writer), else enough to keep the
-    /// pool busy while leaving connections for the dispatcher and the scheduler.
-    pub fn grant_workers(&self) -> usize {
-        match self.db {
-            Db::Sqlite(_) => 1,
-            Db::Mysql(_) => self.config.worker.concurrency.max(1),
-        }
-    }
-}
-
-fn instance_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "host".into());
-    format!(
-        "{host}-{}-{:04x}",
-        std::process::id(),
-        rand::random::<u16>()
-    )
-}
-
-/// Applies the config's catalog and logs what changed.
-pub async fn apply_catalog(db: &Db, config: &Config) -> Result<CatalogChanges, StoreError> {
-    let mut tries = 0;
-    loop {
-        let result = with_conn!(db, |conn| {
-            conn.apply_catalog(&config.campaigns, crate::store::now())
-                .await
-        });
-        match result {
-            Ok(changes) => {
-                info!(
-                    campaigns_added = ?changes.campaigns_added,
-                    coupons_added = ?changes.coupons_added,
-                    restocked = ?changes.restocked,
-                    removed = ?changes.removed,
-                    "catalog applied"
-                );
-                return Ok(changes);
-            }
-            // Two daemons starting together may both insert a new coupon: one loses
-            // the race, and its second try sees the row.
-            Err(e) if tries < 10 && crate::store::is_retryable(&e) || tries < 3 => {
-                tries += 1;
-                warn!(error = %e, "applying the catalog will be tried again");
-                let jitter = rand::random::<u64>() % 100;
-                tokio::time::sleep(Duration::from_millis(50 * tries + jitter)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
 
 /// How the loops end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,7 +27,7 @@ pub enum Mode {
 /// Runs the grant workers and the dispatcher until shutdown (or drained). At shutdown
 /// the grant workers finish the batch in hand and stop claiming; then the dispatcher
 /// sends what is due and stops. The caller bounds that with `worker.shutdown_grace`.
-pub async fn run_loops(ctx: Context, mode: Mode, shutdown: CancellationToken) {
+pub async fn run_loops(ctx: Daemon, mode: Mode, shutdown: CancellationToken) {
     let grants_done = CancellationToken::new();
     let mut workers = JoinSet::new();
     for worker in 0..ctx.grant_workers() {
@@ -187,7 +41,7 @@ pub async fn run_loops(ctx: Context, mode: Mode, shutdown: CancellationToken) {
     }
 }
 
-async fn grant_loop(ctx: Context, mode: Mode, shutdown: CancellationToken, worker: usize) {
+async fn grant_loop(ctx: Daemon, mode: Mode, shutdown: CancellationToken, worker: usize) {
     let heartbeat = ctx.liveness.grant_worker();
     let mut failures = 0u32;
     let mut idle_looks = IdleLooks::new(ctx.config.worker.poll_interval);
@@ -236,14 +90,14 @@ async fn grant_loop(ctx: Context, mode: Mode, shutdown: CancellationToken, worke
     heartbeat.stop();
 }
 
-async fn dispatch_loop(ctx: Context, mode: Mode, grants_done: CancellationToken) {
+async fn dispatch_loop(ctx: Daemon, mode: Mode, grants_done: CancellationToken) {
     let mut failures = 0u32;
     loop {
         ctx.liveness.dispatcher.beat();
         // Once the grant workers stopped: serving, send what is due now and stop;
         // draining, go on until nothing is pending.
         let finishing = grants_done.is_cancelled();
-        let unit = ctx.clone();
+        let unit = ctx.dispatch();
         let round = tokio::spawn(async move { dispatch_due(&unit).await });
         match wait_on_database(&ctx, Some(&ctx.liveness.dispatcher), "dispatcher", round).await {
             Ok(DispatchOutcome::Attempted(summary)) => {
@@ -281,7 +135,7 @@ async fn dispatch_loop(ctx: Context, mode: Mode, grants_done: CancellationToken)
 /// Puts back in the queue the requests of every batch this daemon claimed and did not
 /// finish (a batch that failed, or one cut short at shutdown). A batch still inside
 /// its transaction is safe: its fence finds the requests no longer held by its token.
-pub async fn release_claims(ctx: &Context) -> Result<usize, StoreError> {
+pub async fn release_claims(ctx: &Daemon) -> Result<usize, StoreError> {
     let mut released = 0;
     for token in ctx.claims.tokens() {
         released += with_conn!(ctx.db, |conn| conn.release_claims(token).await?);
@@ -293,8 +147,8 @@ pub async fn release_claims(ctx: &Context) -> Result<usize, StoreError> {
 /// True while a delivery of a configured channel that is not disabled is pending: a
 /// disabled channel's deliveries are held until it is enabled, and a channel this
 /// daemon does not know is left to a daemon that does.
-async fn pending_deliveries(ctx: &Context) -> bool {
-    let live = live_channels(ctx);
+async fn pending_deliveries(ctx: &Daemon) -> bool {
+    let live = live_channels(&ctx.dispatch());
     let counts =
         async { Ok::<_, StoreError>(with_conn!(ctx.db, |conn| conn.pending_by_channel().await?)) };
     match counts.await {

@@ -1,0 +1,42 @@
+//! The catalog: campaigns and their rotation chains as configured (`campaigns:`),
+//! validated by `config`, applied to the database by the store, read by every stage.
+
+use chrono::{DateTime, Utc};
+
+use super::{CampaignId, ChannelName, CouponId, Event, Money, UserType};
+
+/// `campaigns[i]`
+#[derive(Debug, Clone)]
+pub struct CampaignConfig {
+    /// `id`
+    pub id: CampaignId,
+    /// `event`
+    pub event: Event,
+    /// `audience`
+    pub audience: UserType,
+    /// `per_user_limit` [1]
+    pub per_user_limit: i64,
+    /// `starts_at` (optional window start)
+    pub starts_at: Option<DateTime<Utc>>,
+    /// `ends_at` (optional window end)
+    pub ends_at: Option<DateTime<Utc>>,
+    /// `budget` (optional cap on face value granted)
+    pub budget: Option<Money>,
+    /// `coupons`: the rotation chain, in order; never empty.
+    pub coupons: Vec<CouponConfig>,
+}
+
+/// `campaigns[i].coupons[j]`
+#[derive(Debug, Clone)]
+pub struct CouponConfig {
+    /// `id`, unique across all campaigns.
+    pub id: CouponId,
+    /// `face_value`
+    pub face_value: Money,
+    /// `stock`
+    pub stock: i64,
+    /// `low_stock` [0]: the watermark at which the inventory check rotates it.
+    pub low_stock: i64,
+    /// `channel`: a key of `channels:`.
+    pub channel: ChannelName,
+}
