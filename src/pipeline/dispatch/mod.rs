@@ -2,9 +2,11 @@
 //! claims due ones from the outbox, signs them per the Standard Webhooks spec, sends
 //! them, and records each attempt: delivered, retry at a time, or dead.
 
+mod attempt;
 pub mod backoff;
 pub mod events;
 pub mod handoff;
+pub mod lanes;
 pub mod send;
 pub mod signing;
 pub mod worker;
@@ -29,7 +31,7 @@ pub struct Deps {
     /// Deliveries handed from committed grants to this daemon's dispatcher.
     pub handoff: Arc<handoff::Handoff>,
     /// The sends in flight, per channel.
-    pub lanes: Arc<worker::Lanes>,
+    pub lanes: Arc<lanes::Lanes>,
     /// Signalled when a batch committed new outbox rows.
     pub outbox_ready: Arc<Notify>,
     /// What `/metrics` exports.

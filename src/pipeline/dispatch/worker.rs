@@ -10,18 +10,15 @@
 //! moves `pending → delivered | pending (retry at a time) | dead`; a 410 Gone disables
 //! the channel, and its deliveries stay `pending`, held, until `channels enable`.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use chrono::NaiveDateTime;
-use tokio::task::JoinSet;
 use tracing::{error, instrument, warn};
 
-use super::backoff::retry_delay;
+use super::attempt::attempt;
 use super::events;
 use super::handoff::Outgoing;
-use super::send::{Attempt, Verdict};
+use super::lanes::{Sender, Sent};
 use super::Deps;
 use crate::domain::DeliveryStatus;
 use crate::store::deliveries::AttemptRecord;
@@ -50,96 +47,6 @@ pub struct DispatchSummary {
     pub dead: usize,
     /// Results not recorded because their hold had been taken over.
     pub refused: usize,
-}
-
-/// The sends in flight, per channel.
-#[derive(Debug, Default)]
-pub struct Lanes {
-    sends: tokio::sync::Mutex<JoinSet<Sent>>,
-    lanes: Mutex<HashMap<String, Lane>>,
-    /// Wakes the dispatcher when a send ends and its sender is free again.
-    freed: tokio::sync::Notify,
-    /// Results whose record failed (the database was unreachable, locked or slow):
-    /// recorded with the next round's, while their holds last.
-    unrecorded: Mutex<Vec<Sent>>,
-}
-
-/// A sender of a lane, freed when its send ends (even by a panic, which took no time
-/// worth counting: `took` stays `None`).
-struct Sender<'a> {
-    lanes: &'a Lanes,
-    channel: String,
-    took: Option<Duration>,
-}
-
-impl Drop for Sender<'_> {
-    fn drop(&mut self) {
-        self.lanes.done(&self.channel, self.took);
-        self.lanes.freed.notify_one();
-    }
-}
-
-/// One channel's lane.
-#[derive(Debug, Default)]
-struct Lane {
-    in_flight: usize,
-    /// A moving average of its attempts' durations; `None` before the first.
-    pace: Option<Duration>,
-}
-
-impl Lanes {
-    fn in_flight(&self, channel: &str) -> usize {
-        self.lanes().get(channel).map_or(0, |lane| lane.in_flight)
-    }
-
-    fn add(&self, channel: &str, n: usize) {
-        self.lanes()
-            .entry(channel.to_owned())
-            .or_default()
-            .in_flight += n;
-    }
-
-    fn done(&self, channel: &str, took: Option<Duration>) {
-        let mut lanes = self.lanes();
-        let lane = lanes.entry(channel.to_owned()).or_default();
-        lane.in_flight = lane.in_flight.saturating_sub(1);
-        // Each attempt weighs a fifth: a partner that slows down shows within a few.
-        if let Some(took) = took {
-            lane.pace = Some(lane.pace.map_or(took, |pace| (pace * 4 + took) / 5));
-        }
-    }
-
-    /// How many deliveries `channel`'s lane of `concurrency` senders is expected to
-    /// start within `window`, at half its pace so far (0 before its first attempt): what
-    /// a claim may take beyond the free senders, so that no claimed delivery waits in
-    /// memory until its hold is too short to send it.
-    fn sendable_within(&self, channel: &str, concurrency: usize, window: Duration) -> usize {
-        let pace = self.lanes().get(channel).and_then(|lane| lane.pace);
-        let Some(pace) = pace else { return 0 };
-        let per_sender = window.as_secs_f64() / pace.as_secs_f64().max(0.000_1);
-        (per_sender * concurrency as f64 / 2.0).min(u32::MAX as f64) as usize
-    }
-
-    fn keep_unrecorded(&self, sent: Vec<Sent>) {
-        let mut kept = self.unrecorded.lock().unwrap_or_else(|p| p.into_inner());
-        kept.extend(sent);
-    }
-
-    fn take_unrecorded(&self) -> Vec<Sent> {
-        std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn lanes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lane>> {
-        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// A finished send: its record and, for a 410, the channel to disable.
-#[derive(Debug)]
-struct Sent {
-    record: AttemptRecord,
-    channel: String,
-    gone: bool,
 }
 
 /// Results wait at most this long to be recorded together: the partner has them
@@ -197,8 +104,15 @@ pub async fn dispatch_due(deps: &Deps) -> Result<DispatchOutcome, StoreError> {
             }
         }
     }
-    // The record runs as a task of its own (a transaction is never dropped half-way),
-    // while the lanes go on: a fast partner's senders do not idle for the commit.
+    record_while_sending(deps, finished).await
+}
+
+/// Records `finished` in a task of its own (a transaction is never dropped half-way)
+/// while the lanes go on: a fast partner's senders do not idle for the commit.
+async fn record_while_sending(
+    deps: &Deps,
+    finished: Vec<Sent>,
+) -> Result<DispatchOutcome, StoreError> {
     let unit = deps.clone();
     let mut recording = tokio::spawn(async move { record(&unit, finished).await });
     let recorded = loop {
@@ -265,54 +179,77 @@ async fn start_sends(deps: &Deps) -> Result<(), StoreError> {
         // expired holds.
         let window = hold.saturating_sub(whole_attempt);
         let sendable = room + deps.lanes.sendable_within(name, concurrency, window);
-        let limit = deps.handoff.claim_limit(name, sendable, batch);
-        let limit = if limit > 0 && 2 * limit >= sendable.min(batch) {
-            if deps.handoff.outbox_due(name, interval) {
-                limit
-            } else {
-                0
-            }
-        } else if deps.handoff.poll_overdue(name, interval) {
-            limit.max(room.div_ceil(4)).min(batch)
-        } else {
-            0
-        };
+        let limit = claim_size(deps, name, (room, sendable), batch);
         if room > 0 && limit > 0 {
-            let token = hold_token();
-            let now = store::now();
-            let held_until = Instant::now() + hold;
-            let claimed = with_conn!(deps.db, |conn| {
-                conn.claim_due(name, limit as i64, (now, now + lease), token)
-                    .await?
-            });
-            deps.handoff.polled(name, claimed.len() == limit);
-            deps.handoff.push_front(
-                claimed
-                    .into_iter()
-                    .map(|d| Outgoing::claimed(d, token, held_until)),
-            );
+            claim(deps, name, limit, lease).await?;
         }
         let due = deps.handoff.take(name, room, whole_attempt);
-        if due.is_empty() {
-            continue;
-        }
-        deps.lanes.add(name, due.len());
-        let mut sends = deps.lanes.sends.lock().await;
-        for delivery in due {
-            let deps = deps.clone();
-            sends.spawn(async move {
-                let mut sender = Sender {
-                    lanes: &deps.lanes,
-                    channel: delivery.channel.clone(),
-                    took: None,
-                };
-                let sent = attempt(&deps, delivery).await;
-                sender.took = Some(Duration::from_millis(sent.record.duration_ms.max(0) as u64));
-                sent
-            });
+        if !due.is_empty() {
+            spawn_sends(deps, name, due).await;
         }
     }
     Ok(())
+}
+
+/// How many due rows `channel`'s lane claims now, with `room` free senders and
+/// `sendable` deliveries it can start while a hold lasts.
+fn claim_size(deps: &Deps, channel: &str, (room, sendable): (usize, usize), batch: usize) -> usize {
+    let interval = deps.config.worker.poll_interval;
+    let limit = deps.handoff.claim_limit(channel, sendable, batch);
+    if limit > 0 && 2 * limit >= sendable.min(batch) {
+        if deps.handoff.outbox_due(channel, interval) {
+            limit
+        } else {
+            0
+        }
+    } else if deps.handoff.poll_overdue(channel, interval) {
+        limit.max(room.div_ceil(4)).min(batch)
+    } else {
+        0
+    }
+}
+
+/// Claims up to `limit` due rows of `channel` into its queue in memory, ahead of
+/// hand-offs.
+async fn claim(
+    deps: &Deps,
+    channel: &str,
+    limit: usize,
+    lease: chrono::TimeDelta,
+) -> Result<(), StoreError> {
+    let token = hold_token();
+    let now = store::now();
+    let held_until = Instant::now() + lease.to_std().unwrap_or_default();
+    let claimed = with_conn!(deps.db, |conn| {
+        conn.claim_due(channel, limit as i64, (now, now + lease), token)
+            .await?
+    });
+    deps.handoff.polled(channel, claimed.len() == limit);
+    deps.handoff.push_front(
+        claimed
+            .into_iter()
+            .map(|d| Outgoing::claimed(d, token, held_until)),
+    );
+    Ok(())
+}
+
+/// Starts one send per delivery in `channel`'s lane, each a task of its own.
+async fn spawn_sends(deps: &Deps, channel: &str, due: Vec<Outgoing>) {
+    deps.lanes.add(channel, due.len());
+    let mut sends = deps.lanes.sends.lock().await;
+    for delivery in due {
+        let deps = deps.clone();
+        sends.spawn(async move {
+            let mut sender = Sender {
+                lanes: &deps.lanes,
+                channel: delivery.channel.clone(),
+                took: None,
+            };
+            let sent = attempt(&deps, delivery).await;
+            sender.took = Some(Duration::from_millis(sent.record.duration_ms.max(0) as u64));
+            sent
+        });
+    }
 }
 
 /// A fresh hold token for a claim.
@@ -393,137 +330,6 @@ async fn disable(deps: &Deps, channel: &str, reason: &str) -> Result<(), StoreEr
     Ok(())
 }
 
-/// Sends one delivery and turns the answer into its record.
-async fn attempt(deps: &Deps, delivery: Outgoing) -> Sent {
-    let number = delivery.attempts + 1;
-    let name = delivery.channel.clone();
-    let Some(channel) = deps.config.channel_named(&delivery.channel) else {
-        // Lanes exist for configured channels only.
-        let reason = format!("channel {} is not configured", delivery.channel);
-        let record = dead(&delivery, number, None, reason, Duration::ZERO);
-        return Sent {
-            record,
-            channel: name,
-            gone: false,
-        };
-    };
-    let Attempt {
-        status_code,
-        duration,
-        verdict,
-    } = deps
-        .sender
-        .send(
-            channel,
-            &delivery.webhook_id,
-            &delivery.payload,
-            deps.config.dispatch.retry_max,
-        )
-        .await;
-    deps.metrics.observe_attempt(&delivery.channel, duration);
-    deps.heartbeat.beat();
-    let (record, gone) = match verdict {
-        Verdict::Delivered => (delivered(&delivery, number, status_code, duration), false),
-        Verdict::Retryable { after, reason } if (number as u32) < channel.max_attempts => {
-            let delay = retry_delay(
-                number as u32,
-                deps.config.dispatch.retry_base,
-                deps.config.dispatch.retry_max,
-                after,
-            );
-            let record = retry(&delivery, number, status_code, reason, duration, delay);
-            (record, false)
-        }
-        Verdict::Retryable { reason, .. } => {
-            warn!(webhook_id = %delivery.webhook_id, attempts = number, "delivery is dead: out of attempts");
-            let reason = format!("{reason} (gave up after {number} attempts)");
-            (
-                dead(&delivery, number, status_code, reason, duration),
-                false,
-            )
-        }
-        Verdict::Permanent { reason } => (
-            dead(&delivery, number, status_code, reason, duration),
-            false,
-        ),
-        // Held, not dead: the delivery waits for `channels enable`.
-        Verdict::Gone { reason } => (
-            base_record(
-                &delivery,
-                number,
-                DeliveryStatus::Pending,
-                status_code,
-                Some(reason),
-                duration,
-            ),
-            true,
-        ),
-    };
-    Sent {
-        record,
-        channel: name,
-        gone,
-    }
-}
-
-fn base_record(
-    delivery: &Outgoing,
-    attempt: i32,
-    status: DeliveryStatus,
-    status_code: Option<u16>,
-    error: Option<String>,
-    duration: Duration,
-) -> AttemptRecord {
-    AttemptRecord {
-        delivery_id: delivery.id,
-        webhook_id: delivery.webhook_id.clone(),
-        hold_token: delivery.hold_token,
-        attempt,
-        status,
-        next_attempt_at: None,
-        status_code: status_code.map(i32::from),
-        error,
-        attempted_at: store::now(),
-        duration_ms: duration.as_millis() as i64,
-    }
-}
-
-fn delivered(d: &Outgoing, attempt: i32, code: Option<u16>, took: Duration) -> AttemptRecord {
-    base_record(d, attempt, DeliveryStatus::Delivered, code, None, took)
-}
-
-fn retry(
-    d: &Outgoing,
-    attempt: i32,
-    code: Option<u16>,
-    reason: String,
-    took: Duration,
-    delay: Duration,
-) -> AttemptRecord {
-    let at: NaiveDateTime = store::now() + delay;
-    AttemptRecord {
-        next_attempt_at: Some(at),
-        ..base_record(
-            d,
-            attempt,
-            DeliveryStatus::Pending,
-            code,
-            Some(reason),
-            took,
-        )
-    }
-}
-
-fn dead(
-    d: &Outgoing,
-    attempt: i32,
-    code: Option<u16>,
-    reason: String,
-    took: Duration,
-) -> AttemptRecord {
-    base_record(d, attempt, DeliveryStatus::Dead, code, Some(reason), took)
-}
-
 /// The channels whose deliveries a drain waits for: configured and not disabled.
 pub fn live_channels(deps: &Deps) -> HashSet<String> {
     let disabled = deps.handoff.disabled();
@@ -533,32 +339,4 @@ pub fn live_channels(deps: &Deps) -> HashSet<String> {
         .map(|c| c.to_string())
         .filter(|c| !disabled.contains(c))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_lane_expects_to_send_at_half_its_pace_within_a_window() {
-        let lanes = Lanes::default();
-        let window = Duration::from_secs(1);
-        assert_eq!(lanes.sendable_within("wallet", 2, window), 0, "no pace yet");
-        lanes.add("wallet", 2);
-        lanes.done("wallet", Some(Duration::from_millis(900)));
-        assert_eq!(lanes.in_flight("wallet"), 1);
-        // Two senders, 0.9 s a send: 2.2 in a second, half of it expected.
-        assert_eq!(lanes.sendable_within("wallet", 2, window), 1);
-        lanes.done("wallet", Some(Duration::from_millis(10)));
-        // The average moves a fifth of the way: (4 × 900 + 10) / 5 = 722 ms.
-        assert_eq!(lanes.sendable_within("wallet", 64, window), 44);
-        assert_eq!(lanes.in_flight("wallet"), 0);
-        lanes.done("wallet", None);
-        assert_eq!(lanes.in_flight("wallet"), 0, "never below zero");
-        assert_eq!(
-            lanes.sendable_within("wallet", 64, window),
-            44,
-            "a send that panicked does not count"
-        );
-    }
 }
