@@ -4,6 +4,8 @@
 //!
 //! The modules below are declared in the order data flows through the pipeline.
 
+#![forbid(unsafe_code)]
+
 pub mod classify;
 pub mod dispatch;
 pub mod grant;
@@ -12,7 +14,6 @@ pub mod schedule;
 pub mod select;
 
 pub mod app;
-pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod demo;

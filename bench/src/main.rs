@@ -1,4 +1,4 @@
-//! `couponsd bench`: benchmarks of the whole pipeline, end to end, against a real
+//! `couponsd-bench`: benchmarks of the whole pipeline, end to end, against a real
 //! MariaDB (or, with `--sqlite`, a throwaway SQLite file) and a loopback partner that
 //! verifies every signature. These are measurements to read, not timed tests: nothing
 //! here fails a build, and every loop is bounded in count and in time.
@@ -14,8 +14,10 @@
 //! | `memory`   | peak RSS of the daemons of `steady` and `flash` |
 //! | `rules`    | one evaluation of each shipped rule, in process |
 //!
-//! Daemons are separate processes of this same binary (`run --drain`, or `run` then
-//! SIGTERM), so that each one's CPU time and peak RSS are its own (see `process`).
+//! Daemons are separate processes of the `couponsd` binary (`run --drain`, or `run`
+//! then SIGTERM), so that each one's CPU time and peak RSS are its own (see `process`).
+//! The bench finds it with `--daemon`, `COUPONSD_BIN`, or beside its own executable:
+//! `cargo build --release --workspace` puts both in `target/release/`.
 
 mod database;
 mod drain;
@@ -30,11 +32,13 @@ mod throughput;
 mod workload;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::app::AppError;
-use crate::store::StoreError;
+use clap::Parser;
+use couponsd::app::AppError;
+use couponsd::store::StoreError;
 use database::Target;
 use receiver::Receiver;
 use report::Figures;
@@ -80,15 +84,6 @@ impl From<AppError> for BenchError {
     }
 }
 
-impl From<BenchError> for AppError {
-    fn from(e: BenchError) -> Self {
-        match e {
-            BenchError::Store(e) => AppError::Store(e),
-            other => AppError::Other(other.to_string()),
-        }
-    }
-}
-
 /// Which benchmark to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -108,9 +103,15 @@ pub enum Scenario {
     Rules,
 }
 
-/// `couponsd bench` arguments.
-#[derive(Debug, Clone, clap::Args)]
+/// Benchmarks of couponsd against MariaDB (or `--sqlite`) and a verifying loopback
+/// receiver.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about)]
 pub struct BenchArgs {
+    /// The `couponsd` binary to start the daemons from [default: `couponsd` beside
+    /// this executable].
+    #[arg(long, env = "COUPONSD_BIN")]
+    pub daemon: Option<PathBuf>,
     /// The MariaDB/MySQL server, without a database: the bench creates and drops its own.
     #[arg(
         long,
@@ -172,6 +173,8 @@ impl BenchArgs {
 
 /// What every scenario shares.
 pub(crate) struct Bench {
+    /// The `couponsd` binary the daemons are started from.
+    daemon: PathBuf,
     target: Target,
     /// The MariaDB server, when the target is one.
     server: Option<String>,
@@ -196,8 +199,19 @@ impl Bench {
     }
 }
 
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(BenchArgs::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("couponsd-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the chosen scenarios and prints every figure, then the summary.
-pub async fn run(args: BenchArgs) -> Result<(), AppError> {
+async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let mut bench = setup(&args).await?;
     let outcome = run_scenarios(&mut bench, &args).await;
     print!("{}", bench.figures.summary());
@@ -213,7 +227,7 @@ pub async fn run(args: BenchArgs) -> Result<(), AppError> {
         }
         Err(e) => {
             println!("\nlogs and configs kept in {}", bench.dir.display());
-            Err(e.into())
+            Err(e)
         }
     }
 }
@@ -263,11 +277,12 @@ async fn run_scenarios(bench: &mut Bench, args: &BenchArgs) -> Result<(), BenchE
 }
 
 async fn setup(args: &BenchArgs) -> Result<Bench, BenchError> {
+    let daemon = daemon_binary(args.daemon.as_deref())?;
     let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
     let dir = std::env::temp_dir().join(format!("couponsd-bench-{}-{stamp}", std::process::id()));
     std::fs::create_dir_all(&dir)
         .map_err(|e| BenchError::Setup(format!("{}: {e}", dir.display())))?;
-    crate::logging::init(Default::default(), "warn");
+    couponsd::logging::init(Default::default(), "warn");
     let server = (!args.sqlite).then(|| args.mysql_url.trim_end_matches('/').to_owned());
     let target = match &server {
         Some(server) => Target::Mysql {
@@ -279,7 +294,7 @@ async fn setup(args: &BenchArgs) -> Result<Bench, BenchError> {
         Some(server) => database::server_settings(server).await?,
         None => BTreeMap::new(),
     };
-    print_machine(&settings, args);
+    print_machine(&settings, args, &daemon);
     let trace = match (&server, args.trace_sql) {
         (Some(server), true) => Some(sqltrace::SqlTrace::start(server).await?),
         (None, true) => return Err(BenchError::Setup("--trace-sql needs MariaDB".into())),
@@ -291,6 +306,7 @@ async fn setup(args: &BenchArgs) -> Result<Bench, BenchError> {
     ])
     .await?;
     Ok(Bench {
+        daemon,
         target,
         db_pid: server.as_ref().and_then(|_| process::database_server_pid()),
         server,
@@ -303,10 +319,29 @@ async fn setup(args: &BenchArgs) -> Result<Bench, BenchError> {
     })
 }
 
-fn print_machine(settings: &BTreeMap<String, String>, args: &BenchArgs) {
-    println!("couponsd bench");
+/// The `couponsd` binary: `given`, or the one beside this executable; an error that
+/// says how to build it when it is not there.
+fn daemon_binary(given: Option<&Path>) -> Result<PathBuf, BenchError> {
+    let path = match given {
+        Some(path) => path.to_owned(),
+        None => std::env::current_exe()
+            .map_err(|e| BenchError::Setup(format!("cannot find this executable's folder: {e}")))?
+            .with_file_name("couponsd"),
+    };
+    if !path.is_file() {
+        return Err(BenchError::Setup(format!(
+            "no couponsd binary at {}: build it with `cargo build --release --workspace` \
+             (or name one with --daemon or COUPONSD_BIN)",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+fn print_machine(settings: &BTreeMap<String, String>, args: &BenchArgs, daemon: &Path) {
+    println!("couponsd-bench");
     if cfg!(debug_assertions) {
-        println!("  WARNING    a debug build: build with `cargo build --release` for figures that mean anything");
+        println!("  WARNING    a debug build: build with `cargo build --release --workspace` for figures that mean anything");
     }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
@@ -320,6 +355,7 @@ fn print_machine(settings: &BTreeMap<String, String>, args: &BenchArgs) {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("  machine    {cores} cores ({model}), {memory}");
     println!("  load avg   {}", load.trim());
+    println!("  daemon     {}", daemon.display());
     if args.sqlite {
         println!("  database   SQLite (a throwaway file; WAL, synchronous=NORMAL)");
     } else {
@@ -337,5 +373,14 @@ fn print_machine(settings: &BTreeMap<String, String>, args: &BenchArgs) {
     println!("  knobs      {}", args.knobs().describe());
     if args.trace_sql {
         println!("  NOTE       --trace-sql: the daemons talk to MariaDB through a timing relay; rates are lower than without it");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn verify_cli() {
+        use clap::CommandFactory;
+        super::BenchArgs::command().debug_assert();
     }
 }

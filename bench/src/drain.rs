@@ -13,11 +13,11 @@ use super::process::{self, Exit};
 use super::report::{mib, Goal};
 use super::workload::{self, Catalog, Knobs};
 use super::{Bench, BenchError};
-use crate::config::Config;
-use crate::store::coupons::CouponStock;
-use crate::store::requests::NewRequest;
-use crate::store::StoreError;
-use crate::with_conn;
+use couponsd::config::Config;
+use couponsd::store::coupons::CouponStock;
+use couponsd::store::requests::NewRequest;
+use couponsd::store::StoreError;
+use couponsd::with_conn;
 
 /// Peak RSS a daemon must stay under.
 const RSS_TARGET_MIB: f64 = 64.0;
@@ -126,7 +126,7 @@ async fn drain_in(
     }
     let started = Instant::now();
     let limit = Duration::from_secs(60) + Duration::from_millis(5 * requests as u64);
-    let supervised = (1..=daemons).map(|i| supervise(&dir, &path, i, limit));
+    let supervised = (1..=daemons).map(|i| supervise(&bench.daemon, &dir, &path, i, limit));
     let exits = futures_util::future::join_all(supervised).await;
     let wall = started.elapsed();
     let exits = exits.into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -175,12 +175,12 @@ async fn prepare(
     dir: &std::path::Path,
     catalog: Catalog,
     knobs: Knobs,
-) -> Result<(std::path::PathBuf, crate::store::Db), BenchError> {
+) -> Result<(std::path::PathBuf, couponsd::store::Db), BenchError> {
     let url = bench.daemon_url(&scratch.url);
     let path = workload::write_config(dir, &url, &bench.receiver, knobs, catalog)?;
-    let config = Arc::new(Config::load(&path).map_err(crate::app::AppError::from)?);
-    crate::app::migrate(&config).await?;
-    let db = crate::app::open_db(&config)?;
+    let config = Arc::new(Config::load(&path).map_err(couponsd::app::AppError::from)?);
+    couponsd::app::migrate(&config).await?;
+    let db = couponsd::app::open_db(&config)?;
     Ok((path, db))
 }
 
@@ -193,7 +193,7 @@ struct Ledger {
     grant_span: Option<Duration>,
 }
 
-async fn read_ledger(db: &crate::store::Db) -> Result<Ledger, BenchError> {
+async fn read_ledger(db: &couponsd::store::Db) -> Result<Ledger, BenchError> {
     let (outcomes, per_coupon, deliveries, stock) = with_conn!(db, |conn| {
         let e = StoreError::from;
         (
@@ -232,6 +232,7 @@ const MAX_RESTARTS: u32 = 5;
 /// BENCHMARKS.md). That is counted and reported, and the daemon started again, so
 /// that the drain is still measured with all its daemons; the clock keeps running.
 async fn supervise(
+    exe: &std::path::Path,
     dir: &std::path::Path,
     config: &std::path::Path,
     i: usize,
@@ -240,7 +241,13 @@ async fn supervise(
     let mut restarts = 0;
     loop {
         let log = dir.join(format!("daemon-{i}-start-{}.log", restarts + 1));
-        let daemon = process::spawn(&format!("daemon {i}"), config, &["run", "--drain"], &log)?;
+        let daemon = process::spawn(
+            exe,
+            &format!("daemon {i}"),
+            config,
+            &["run", "--drain"],
+            &log,
+        )?;
         match daemon.wait(limit).await {
             Ok(exit) => return Ok((exit, restarts)),
             Err(e) => {
