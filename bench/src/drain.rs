@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::database::{self, ScratchDb};
 use super::process::{self, Exit};
-use super::report::{mib, Goal};
+use super::report::{mib, Figures, Goal};
 use super::workload::{self, Catalog, Knobs};
 use super::{Bench, BenchError};
 use couponsd::config::Config;
@@ -70,14 +70,6 @@ impl Drained {
 
     pub fn daemon_cpu(&self) -> Duration {
         self.exits.iter().map(Exit::cpu).sum()
-    }
-
-    pub fn server(&self, name: &str) -> Option<i64> {
-        self.server
-            .as_ref()?
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| *v)
     }
 }
 
@@ -169,7 +161,7 @@ async fn drain_in(
 
 /// Writes the config into `dir`, migrates the scratch database and applies the
 /// catalog; returns the config file and a pool for the bench's own statements.
-async fn prepare(
+pub(super) async fn prepare(
     bench: &Bench,
     scratch: &ScratchDb,
     dir: &std::path::Path,
@@ -185,15 +177,20 @@ async fn prepare(
 }
 
 /// What the database says was done.
-struct Ledger {
-    outcomes: Vec<(String, Option<String>, i64)>,
-    per_coupon: Vec<(String, String, i64)>,
-    stock: Vec<CouponStock>,
-    delivered: i64,
-    grant_span: Option<Duration>,
+pub(super) struct Ledger {
+    /// Requests by status and outcome.
+    pub outcomes: Vec<(String, Option<String>, i64)>,
+    /// Grants by campaign and coupon.
+    pub per_coupon: Vec<(String, String, i64)>,
+    /// Every coupon's stock.
+    pub stock: Vec<CouponStock>,
+    /// Deliveries delivered.
+    pub delivered: i64,
+    /// The first claim to the last decision.
+    pub grant_span: Option<Duration>,
 }
 
-async fn read_ledger(db: &couponsd::store::Db) -> Result<Ledger, BenchError> {
+pub(super) async fn read_ledger(db: &couponsd::store::Db) -> Result<Ledger, BenchError> {
     let (outcomes, per_coupon, deliveries, stock) = with_conn!(db, |conn| {
         let e = StoreError::from;
         (
@@ -366,7 +363,21 @@ pub(super) fn report_resources(bench: &mut Bench, scenario: &str, d: &Drained) {
         100.0 * busy.as_secs_f64() / (d.wall.as_secs_f64() * cores),
         "%",
     );
-    let n = d.requests as f64;
+    if let Some(server) = &d.server {
+        report_server(figures, scenario, server, d.requests);
+    }
+}
+
+/// The server's counters over a timed part of `requests` requests: statements, prepares,
+/// COMMITs, redo writes and fsyncs per request; row lock waits and deadlocks.
+pub(super) fn report_server(
+    figures: &mut Figures,
+    scenario: &str,
+    server: &[(String, i64)],
+    requests: usize,
+) {
+    let value = |name: &str| server.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    let n = requests as f64;
     for (name, label) in [
         ("Questions", "statements per request (server-wide)"),
         (
@@ -380,7 +391,7 @@ pub(super) fn report_resources(bench: &mut Bench, scenario: &str, d: &Drained) {
         ),
         ("Innodb_data_fsyncs", "fsyncs per request (server-wide)"),
     ] {
-        if let Some(v) = d.server(name) {
+        if let Some(v) = value(name) {
             figures.note(scenario, label, v as f64 / n, "per request");
         }
     }
@@ -397,7 +408,7 @@ pub(super) fn report_resources(bench: &mut Bench, scenario: &str, d: &Drained) {
         ),
         ("Innodb_deadlocks", "deadlocks (server-wide)", "deadlocks"),
     ] {
-        if let Some(v) = d.server(name) {
+        if let Some(v) = value(name) {
             figures.note(scenario, label, v as f64, unit);
         }
     }

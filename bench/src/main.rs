@@ -9,6 +9,7 @@
 //! |------------|------------------|
 //! | `steady`   | 100,000 queued triggers drained by one daemon: requests/s, grants/s, deliveries/s, CPU |
 //! | `baseline` | the same with `worker.batch_size: 1` (one transaction per request), for the ratio |
+//! | `floor`    | the rows `steady` writes, in plain SQL from the bench: no daemon, rules or HTTP, for the ratio |
 //! | `flash`    | one hot coupon, three daemons at once: grants/s, exactly the stock granted |
 //! | `latency`  | 1,000 triggers/s into a running daemon for 30 s: insert to delivery p50/p99/max |
 //! | `memory`   | peak RSS of the daemons of `steady` and `flash` |
@@ -22,6 +23,7 @@
 mod database;
 mod drain;
 mod flash;
+mod floor;
 mod latency;
 mod process;
 mod receiver;
@@ -93,6 +95,8 @@ pub enum Scenario {
     Steady,
     /// `steady` with `worker.batch_size: 1`.
     Baseline,
+    /// The rows `steady` writes, in plain SQL with no daemon.
+    Floor,
     /// A hot coupon and three daemons.
     Flash,
     /// Insert-to-delivery latency at 1,000 triggers/s.
@@ -122,10 +126,11 @@ pub struct BenchArgs {
     /// Run against a throwaway SQLite file instead (steady, baseline and rules only).
     #[arg(long)]
     pub sqlite: bool,
-    /// Which scenario.
-    #[arg(long, value_enum, default_value_t = Scenario::All)]
-    pub scenario: Scenario,
-    /// Requests per drain of steady, baseline and flash [100000 on MariaDB, 10000 on
+    /// Which scenarios, comma-separated: the ratios need their two in one run
+    /// (`steady,baseline`, `steady,floor`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    pub scenario: Vec<Scenario>,
+    /// Requests per drain of steady, baseline, floor and flash [100000 on MariaDB, 10000 on
     /// SQLite]; latency inserts 30000 unless set.
     #[arg(long)]
     pub requests: Option<usize>,
@@ -183,7 +188,7 @@ pub(crate) struct Bench {
     knobs: Knobs,
     figures: Figures,
     db_pid: Option<u32>,
-    /// Requests/s of `steady` in this run, for the baseline's ratio.
+    /// Requests/s of `steady` in this run, for the ratios of `baseline` and `floor`.
     steady_rate: Option<f64>,
     /// The statement-timing relay, with `--trace-sql`.
     trace: Option<sqltrace::SqlTrace>,
@@ -233,8 +238,9 @@ async fn run(args: BenchArgs) -> Result<(), BenchError> {
 }
 
 async fn run_scenarios(bench: &mut Bench, args: &BenchArgs) -> Result<(), BenchError> {
-    let all = args.scenario == Scenario::All;
-    let wants = |s: Scenario| all || args.scenario == s;
+    let picked = |s: Scenario| args.scenario.contains(&s);
+    let all = picked(Scenario::All);
+    let wants = |s: Scenario| all || picked(s);
     let n = args.requests.unwrap_or(if args.sqlite {
         SQLITE_REQUESTS
     } else {
@@ -243,7 +249,7 @@ async fn run_scenarios(bench: &mut Bench, args: &BenchArgs) -> Result<(), BenchE
     if wants(Scenario::Rules) {
         rules::run(bench).await?;
     }
-    if wants(Scenario::Steady) || args.scenario == Scenario::Memory {
+    if wants(Scenario::Steady) || picked(Scenario::Memory) {
         throughput::steady(bench, n).await?;
     }
     if wants(Scenario::Baseline) {
@@ -252,9 +258,16 @@ async fn run_scenarios(bench: &mut Bench, args: &BenchArgs) -> Result<(), BenchE
         throughput::baseline(bench, n).await?;
     }
     let mysql_only = |name: &str| {
-        println!("\n[{name}] skipped: it needs MariaDB (several daemons, or a running one)");
+        println!("\n[{name}] skipped: it needs MariaDB");
     };
-    if wants(Scenario::Flash) || args.scenario == Scenario::Memory {
+    if wants(Scenario::Floor) {
+        if args.sqlite {
+            mysql_only("floor");
+        } else {
+            floor::run(bench, n).await?;
+        }
+    }
+    if wants(Scenario::Flash) || picked(Scenario::Memory) {
         if args.sqlite {
             mysql_only("flash");
         } else {
