@@ -7,6 +7,8 @@
 //! (`pipeline`: intake → decide → grant → dispatch) and the scheduled jobs around them;
 //! then what runs them and what operators use.
 
+#![forbid(unsafe_code)]
+
 pub mod domain;
 pub mod config;
 pub mod rules;
@@ -20,4 +22,3 @@ pub mod authoring;
 pub mod ops;
 pub mod demo;
 pub mod logging;
-pub mod bench;

@@ -1,6 +1,8 @@
 //! The `couponsd` command line: parse arguments, set up logging, load the config, and
 //! hand over to the library.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -72,8 +74,6 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         users: usize,
     },
-    /// Benchmarks against MariaDB (or `--sqlite`) and a verifying loopback receiver.
-    Bench(couponsd::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -91,7 +91,6 @@ fn main() -> ExitCode {
                 couponsd::logging::init(Default::default(), "warn");
                 couponsd::demo::run(users).await
             }
-            Command::Bench(args) => couponsd::bench::run(args).await,
             command => {
                 let config = Arc::new(Config::load(&cli.config)?);
                 couponsd::logging::init(config.logging.format, "info");
@@ -118,7 +117,7 @@ fn main() -> ExitCode {
                     } => print(authoring::fixtures::run(&config, &args)),
                     Command::Backtest(args) => print(backtest::run(&config, &args).await),
                     Command::Explain(args) => print(explain::run(&config, &args).await),
-                    Command::Demo { .. } | Command::Bench(_) => unreachable!("handled above"),
+                    Command::Demo { .. } => unreachable!("handled above"),
                 }
             }
         }

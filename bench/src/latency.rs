@@ -16,10 +16,10 @@ use super::process;
 use super::report::{mib, ms, percentile, Goal};
 use super::workload::{self, Catalog};
 use super::{Bench, BenchError};
-use crate::config::Config;
-use crate::store::requests::NewRequest;
-use crate::store::StoreError;
-use crate::with_conn;
+use couponsd::config::Config;
+use couponsd::store::requests::NewRequest;
+use couponsd::store::StoreError;
+use couponsd::with_conn;
 
 /// Triggers per second.
 const RATE: usize = 1_000;
@@ -74,12 +74,18 @@ async fn run_in(bench: &mut Bench, scratch: &ScratchDb, count: usize) -> Result<
         bench.knobs,
         catalog,
     )?;
-    let config = Arc::new(Config::load(&path).map_err(crate::app::AppError::from)?);
-    crate::app::migrate(&config).await?;
-    let db = crate::app::open_db(&config)?;
+    let config = Arc::new(Config::load(&path).map_err(couponsd::app::AppError::from)?);
+    couponsd::app::migrate(&config).await?;
+    let db = couponsd::app::open_db(&config)?;
     let received = bench.receiver.received.clone();
     received.reset();
-    let daemon = process::spawn("daemon", &path, &["run"], &dir.join("daemon.log"))?;
+    let daemon = process::spawn(
+        &bench.daemon,
+        "daemon",
+        &path,
+        &["run"],
+        &dir.join("daemon.log"),
+    )?;
     // Ready when a first request has gone all the way through.
     let warm = vec![NewRequest {
         request_key: "warm-0".into(),

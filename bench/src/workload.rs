@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use super::receiver::Receiver;
 use super::BenchError;
-use crate::demo::{SHIPPED_SELECT_COUPON, SHIPPED_USER_TYPE};
-use crate::store::requests::NewRequest;
-use crate::store::{Db, StoreError};
-use crate::with_conn;
+use couponsd::demo::{SHIPPED_SELECT_COUPON, SHIPPED_USER_TYPE};
+use couponsd::store::requests::NewRequest;
+use couponsd::store::{Db, StoreError};
+use couponsd::with_conn;
 
 /// The signing secret of the `wallet` channel (a benchmark's; it may be printed).
 pub const WALLET_SECRET: &str = "whsec_YmVuY2gtd2FsbGV0LWtleS1mb3ItY291cG9uc2QtYmVuY2g=";
@@ -144,7 +144,7 @@ pub fn write_config(
     std::fs::write(dir.join("rules/user_type.rhai"), SHIPPED_USER_TYPE).map_err(io)?;
     std::fs::write(dir.join("rules/select_coupon.rhai"), SHIPPED_SELECT_COUPON).map_err(io)?;
     let yaml = format!(
-        r#"# Written by `couponsd bench`.
+        r#"# Written by `couponsd-bench`.
 database:
   url: "{db_url}"
   max_connections: {max_connections}
@@ -240,7 +240,7 @@ pub fn flash_triggers(prefix: &str, n: usize) -> Vec<NewRequest> {
 /// Queues `rows` with multi-row INSERTs of 1,000 through [`Requests::enqueue`], two
 /// at a time; returns how long it took.
 ///
-/// [`Requests::enqueue`]: crate::store::requests::Requests::enqueue
+/// [`Requests::enqueue`]: couponsd::store::requests::Requests::enqueue
 pub async fn bulk_load(db: &Db, rows: Vec<NewRequest>) -> Result<Duration, BenchError> {
     let started = Instant::now();
     let chunks: Vec<Vec<NewRequest>> = rows.chunks(LOAD_CHUNK).map(<[_]>::to_vec).collect();

@@ -1,5 +1,5 @@
-//! Daemons as OS processes: the bench spawns its own binary (`couponsd --config FILE
-//! run [--drain]`) so that each daemon's CPU time and peak RSS are its own.
+//! Daemons as OS processes: the bench spawns the `couponsd` binary (`couponsd --config
+//! FILE run [--drain]`) so that each daemon's CPU time and peak RSS are its own.
 //!
 //! CPU time comes from the kernel with `wait4(2)` when the daemon exits
 //! (`ru_utime + ru_stime`); the children are waited for here, never through
@@ -50,10 +50,15 @@ impl Exit {
     }
 }
 
-/// Spawns `couponsd --config <config> <args>`, its output appended to `log`.
-pub fn spawn(name: &str, config: &Path, args: &[&str], log: &Path) -> Result<Daemon, BenchError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| BenchError::Setup(format!("cannot find the couponsd binary: {e}")))?;
+/// Spawns `<exe> --config <config> <args>`, `exe` being the `couponsd` binary, its
+/// output appended to `log`.
+pub fn spawn(
+    exe: &Path,
+    name: &str,
+    config: &Path,
+    args: &[&str],
+    log: &Path,
+) -> Result<Daemon, BenchError> {
     let open = |what: &str| {
         std::fs::OpenOptions::new()
             .create(true)
@@ -61,13 +66,13 @@ pub fn spawn(name: &str, config: &Path, args: &[&str], log: &Path) -> Result<Dae
             .open(log)
             .map_err(|e| BenchError::Setup(format!("{what} {}: {e}", log.display())))
     };
-    let child = Command::new(&exe)
+    let child = Command::new(exe)
         .arg("--config")
         .arg(config)
         .args(args)
         // The config file names the database; a variable left in the shell must not
         // point the daemon elsewhere.
-        .env_remove(crate::config::DATABASE_URL_ENV)
+        .env_remove(couponsd::config::DATABASE_URL_ENV)
         .env_remove("COUPONSD_CONFIG")
         .stdin(Stdio::null())
         .stdout(open("daemon log")?)

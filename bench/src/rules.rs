@@ -10,13 +10,13 @@ use chrono::Utc;
 
 use super::report::{percentile, Goal};
 use super::{Bench, BenchError};
-use crate::config::RuleLimits;
-use crate::demo::{SHIPPED_SELECT_COUPON, SHIPPED_USER_TYPE};
-use crate::domain::{
+use couponsd::config::RuleLimits;
+use couponsd::demo::{SHIPPED_SELECT_COUPON, SHIPPED_USER_TYPE};
+use couponsd::domain::{
     CampaignId, CampaignView, ChannelName, CouponId, CouponView, Event, History, InvalidValue,
     Money, RequestId, RequestKey, TriggerRequest, UserId, UserType,
 };
-use crate::rules::Rules;
+use couponsd::rules::Rules;
 
 const WARM_UP: usize = 1_000;
 const SAMPLES: usize = 20_000;

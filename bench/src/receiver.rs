@@ -19,8 +19,8 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 
 use super::BenchError;
-use crate::config::{signing_key, SigningKey};
-use crate::pipeline::dispatch::signing::sign;
+use couponsd::config::{signing_key, SigningKey};
+use couponsd::pipeline::dispatch::signing::sign;
 
 /// How far a `webhook-timestamp` may be from now, as Standard Webhooks libraries allow.
 const TIMESTAMP_TOLERANCE_SECS: i64 = 300;

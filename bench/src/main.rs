@@ -1,4 +1,4 @@
-//! `couponsd bench`: benchmarks of the whole pipeline, end to end, against a real
+//! `couponsd-bench`: benchmarks of the whole pipeline, end to end, against a real
 //! MariaDB (or, with `--sqlite`, a throwaway SQLite file) and a loopback partner that
 //! verifies every signature. These are measurements to read, not timed tests: nothing
 //! here fails a build, and every loop is bounded in count and in time.
@@ -9,17 +9,21 @@
 //! |------------|------------------|
 //! | `steady`   | 100,000 queued triggers drained by one daemon: requests/s, grants/s, deliveries/s, CPU |
 //! | `baseline` | the same with `worker.batch_size: 1` (one transaction per request), for the ratio |
+//! | `floor`    | the rows `steady` writes, in plain SQL from the bench: no daemon, rules or HTTP, for the ratio |
 //! | `flash`    | one hot coupon, three daemons at once: grants/s, exactly the stock granted |
 //! | `latency`  | 1,000 triggers/s into a running daemon for 30 s: insert to delivery p50/p99/max |
 //! | `memory`   | peak RSS of the daemons of `steady` and `flash` |
 //! | `rules`    | one evaluation of each shipped rule, in process |
 //!
-//! Daemons are separate processes of this same binary (`run --drain`, or `run` then
-//! SIGTERM), so that each one's CPU time and peak RSS are its own (see `process`).
+//! Daemons are separate processes of the `couponsd` binary (`run --drain`, or `run`
+//! then SIGTERM), so that each one's CPU time and peak RSS are its own (see `process`).
+//! The bench finds it with `--daemon`, `COUPONSD_BIN`, or beside its own executable:
+//! `cargo build --release --workspace` puts both in `target/release/`.
 
 mod database;
 mod drain;
 mod flash;
+mod floor;
 mod latency;
 mod process;
 mod receiver;
@@ -30,11 +34,13 @@ mod throughput;
 mod workload;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::app::AppError;
-use crate::store::StoreError;
+use clap::Parser;
+use couponsd::app::AppError;
+use couponsd::store::StoreError;
 use database::Target;
 use receiver::Receiver;
 use report::Figures;
@@ -80,15 +86,6 @@ impl From<AppError> for BenchError {
     }
 }
 
-impl From<BenchError> for AppError {
-    fn from(e: BenchError) -> Self {
-        match e {
-            BenchError::Store(e) => AppError::Store(e),
-            other => AppError::Other(other.to_string()),
-        }
-    }
-}
-
 /// Which benchmark to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -98,6 +95,8 @@ pub enum Scenario {
     Steady,
     /// `steady` with `worker.batch_size: 1`.
     Baseline,
+    /// The rows `steady` writes, in plain SQL with no daemon.
+    Floor,
     /// A hot coupon and three daemons.
     Flash,
     /// Insert-to-delivery latency at 1,000 triggers/s.
@@ -108,9 +107,15 @@ pub enum Scenario {
     Rules,
 }
 
-/// `couponsd bench` arguments.
-#[derive(Debug, Clone, clap::Args)]
+/// Benchmarks of couponsd against MariaDB (or `--sqlite`) and a verifying loopback
+/// receiver.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about)]
 pub struct BenchArgs {
+    /// The `couponsd` binary to start the daemons from [default: `couponsd` beside
+    /// this executable].
+    #[arg(long, env = "COUPONSD_BIN")]
+    pub daemon: Option<PathBuf>,
     /// The MariaDB/MySQL server, without a database: the bench creates and drops its own.
     #[arg(
         long,
@@ -121,10 +126,11 @@ pub struct BenchArgs {
     /// Run against a throwaway SQLite file instead (steady, baseline and rules only).
     #[arg(long)]
     pub sqlite: bool,
-    /// Which scenario.
-    #[arg(long, value_enum, default_value_t = Scenario::All)]
-    pub scenario: Scenario,
-    /// Requests per drain of steady, baseline and flash [100000 on MariaDB, 10000 on
+    /// Which scenarios, comma-separated: the ratios need their two in one run
+    /// (`steady,baseline`, `steady,floor`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    pub scenario: Vec<Scenario>,
+    /// Requests per drain of steady, baseline, floor and flash [100000 on MariaDB, 10000 on
     /// SQLite]; latency inserts 30000 unless set.
     #[arg(long)]
     pub requests: Option<usize>,
@@ -172,6 +178,8 @@ impl BenchArgs {
 
 /// What every scenario shares.
 pub(crate) struct Bench {
+    /// The `couponsd` binary the daemons are started from.
+    daemon: PathBuf,
     target: Target,
     /// The MariaDB server, when the target is one.
     server: Option<String>,
@@ -180,7 +188,7 @@ pub(crate) struct Bench {
     knobs: Knobs,
     figures: Figures,
     db_pid: Option<u32>,
-    /// Requests/s of `steady` in this run, for the baseline's ratio.
+    /// Requests/s of `steady` in this run, for the ratios of `baseline` and `floor`.
     steady_rate: Option<f64>,
     /// The statement-timing relay, with `--trace-sql`.
     trace: Option<sqltrace::SqlTrace>,
@@ -196,8 +204,19 @@ impl Bench {
     }
 }
 
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(BenchArgs::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("couponsd-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the chosen scenarios and prints every figure, then the summary.
-pub async fn run(args: BenchArgs) -> Result<(), AppError> {
+async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let mut bench = setup(&args).await?;
     let outcome = run_scenarios(&mut bench, &args).await;
     print!("{}", bench.figures.summary());
@@ -213,14 +232,15 @@ pub async fn run(args: BenchArgs) -> Result<(), AppError> {
         }
         Err(e) => {
             println!("\nlogs and configs kept in {}", bench.dir.display());
-            Err(e.into())
+            Err(e)
         }
     }
 }
 
 async fn run_scenarios(bench: &mut Bench, args: &BenchArgs) -> Result<(), BenchError> {
-    let all = args.scenario == Scenario::All;
-    let wants = |s: Scenario| all || args.scenario == s;
+    let picked = |s: Scenario| args.scenario.contains(&s);
+    let all = picked(Scenario::All);
+    let wants = |s: Scenario| all || picked(s);
     let n = args.requests.unwrap_or(if args.sqlite {
         SQLITE_REQUESTS
     } else {
@@ -229,7 +249,7 @@ async fn run_scenarios(bench: &mut Bench, args: &BenchArgs) -> Result<(), BenchE
     if wants(Scenario::Rules) {
         rules::run(bench).await?;
     }
-    if wants(Scenario::Steady) || args.scenario == Scenario::Memory {
+    if wants(Scenario::Steady) || picked(Scenario::Memory) {
         throughput::steady(bench, n).await?;
     }
     if wants(Scenario::Baseline) {
@@ -238,9 +258,16 @@ async fn run_scenarios(bench: &mut Bench, args: &BenchArgs) -> Result<(), BenchE
         throughput::baseline(bench, n).await?;
     }
     let mysql_only = |name: &str| {
-        println!("\n[{name}] skipped: it needs MariaDB (several daemons, or a running one)");
+        println!("\n[{name}] skipped: it needs MariaDB");
     };
-    if wants(Scenario::Flash) || args.scenario == Scenario::Memory {
+    if wants(Scenario::Floor) {
+        if args.sqlite {
+            mysql_only("floor");
+        } else {
+            floor::run(bench, n).await?;
+        }
+    }
+    if wants(Scenario::Flash) || picked(Scenario::Memory) {
         if args.sqlite {
             mysql_only("flash");
         } else {
@@ -263,11 +290,12 @@ async fn run_scenarios(bench: &mut Bench, args: &BenchArgs) -> Result<(), BenchE
 }
 
 async fn setup(args: &BenchArgs) -> Result<Bench, BenchError> {
+    let daemon = daemon_binary(args.daemon.as_deref())?;
     let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
     let dir = std::env::temp_dir().join(format!("couponsd-bench-{}-{stamp}", std::process::id()));
     std::fs::create_dir_all(&dir)
         .map_err(|e| BenchError::Setup(format!("{}: {e}", dir.display())))?;
-    crate::logging::init(Default::default(), "warn");
+    couponsd::logging::init(Default::default(), "warn");
     let server = (!args.sqlite).then(|| args.mysql_url.trim_end_matches('/').to_owned());
     let target = match &server {
         Some(server) => Target::Mysql {
@@ -279,7 +307,7 @@ async fn setup(args: &BenchArgs) -> Result<Bench, BenchError> {
         Some(server) => database::server_settings(server).await?,
         None => BTreeMap::new(),
     };
-    print_machine(&settings, args);
+    print_machine(&settings, args, &daemon);
     let trace = match (&server, args.trace_sql) {
         (Some(server), true) => Some(sqltrace::SqlTrace::start(server).await?),
         (None, true) => return Err(BenchError::Setup("--trace-sql needs MariaDB".into())),
@@ -291,6 +319,7 @@ async fn setup(args: &BenchArgs) -> Result<Bench, BenchError> {
     ])
     .await?;
     Ok(Bench {
+        daemon,
         target,
         db_pid: server.as_ref().and_then(|_| process::database_server_pid()),
         server,
@@ -303,10 +332,29 @@ async fn setup(args: &BenchArgs) -> Result<Bench, BenchError> {
     })
 }
 
-fn print_machine(settings: &BTreeMap<String, String>, args: &BenchArgs) {
-    println!("couponsd bench");
+/// The `couponsd` binary: `given`, or the one beside this executable; an error that
+/// says how to build it when it is not there.
+fn daemon_binary(given: Option<&Path>) -> Result<PathBuf, BenchError> {
+    let path = match given {
+        Some(path) => path.to_owned(),
+        None => std::env::current_exe()
+            .map_err(|e| BenchError::Setup(format!("cannot find this executable's folder: {e}")))?
+            .with_file_name("couponsd"),
+    };
+    if !path.is_file() {
+        return Err(BenchError::Setup(format!(
+            "no couponsd binary at {}: build it with `cargo build --release --workspace` \
+             (or name one with --daemon or COUPONSD_BIN)",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+fn print_machine(settings: &BTreeMap<String, String>, args: &BenchArgs, daemon: &Path) {
+    println!("couponsd-bench");
     if cfg!(debug_assertions) {
-        println!("  WARNING    a debug build: build with `cargo build --release` for figures that mean anything");
+        println!("  WARNING    a debug build: build with `cargo build --release --workspace` for figures that mean anything");
     }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
@@ -320,6 +368,7 @@ fn print_machine(settings: &BTreeMap<String, String>, args: &BenchArgs) {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("  machine    {cores} cores ({model}), {memory}");
     println!("  load avg   {}", load.trim());
+    println!("  daemon     {}", daemon.display());
     if args.sqlite {
         println!("  database   SQLite (a throwaway file; WAL, synchronous=NORMAL)");
     } else {
@@ -337,5 +386,14 @@ fn print_machine(settings: &BTreeMap<String, String>, args: &BenchArgs) {
     println!("  knobs      {}", args.knobs().describe());
     if args.trace_sql {
         println!("  NOTE       --trace-sql: the daemons talk to MariaDB through a timing relay; rates are lower than without it");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn verify_cli() {
+        use clap::CommandFactory;
+        super::BenchArgs::command().debug_assert();
     }
 }

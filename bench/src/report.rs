@@ -88,7 +88,8 @@ impl Figures {
         self.0.push(figure);
     }
 
-    /// The summary: every figure that has a target, and whether it was met.
+    /// The summary: every figure that has a target, and whether it was met; then the
+    /// ratios of this run (unit `x`: steady against baseline and against the floor).
     pub fn summary(&self) -> String {
         let mut out = String::from("\nsummary (targets)\n");
         let with_goal: Vec<&Figure> = self.0.iter().filter(|f| f.goal.is_some()).collect();
@@ -106,6 +107,19 @@ impl Figures {
                 number(f.value),
                 f.unit,
                 goal.describe(),
+            );
+        }
+        let ratios: Vec<&Figure> = self.0.iter().filter(|f| f.unit == "x").collect();
+        if !ratios.is_empty() {
+            out.push_str("\nratios (this run)\n");
+        }
+        for f in ratios {
+            let _ = writeln!(
+                out,
+                "  {:<9} {:<56} {:>12} x",
+                f.scenario,
+                f.name,
+                number(f.value)
             );
         }
         out

@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 
 use super::database::{self, ScratchDb};
 use super::process::{self, Exit};
-use super::report::{mib, Goal};
+use super::report::{mib, Figures, Goal};
 use super::workload::{self, Catalog, Knobs};
 use super::{Bench, BenchError};
-use crate::config::Config;
-use crate::domain::chain::CouponStock;
-use crate::store::requests::NewRequest;
-use crate::store::StoreError;
-use crate::with_conn;
+use couponsd::config::Config;
+use couponsd::domain::chain::CouponStock;
+use couponsd::store::requests::NewRequest;
+use couponsd::store::StoreError;
+use couponsd::with_conn;
 
 /// Peak RSS a daemon must stay under.
 const RSS_TARGET_MIB: f64 = 64.0;
@@ -71,14 +71,6 @@ impl Drained {
     pub fn daemon_cpu(&self) -> Duration {
         self.exits.iter().map(Exit::cpu).sum()
     }
-
-    pub fn server(&self, name: &str) -> Option<i64> {
-        self.server
-            .as_ref()?
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| *v)
-    }
 }
 
 pub(super) async fn drain(
@@ -126,7 +118,7 @@ async fn drain_in(
     }
     let started = Instant::now();
     let limit = Duration::from_secs(60) + Duration::from_millis(5 * requests as u64);
-    let supervised = (1..=daemons).map(|i| supervise(&dir, &path, i, limit));
+    let supervised = (1..=daemons).map(|i| supervise(&bench.daemon, &dir, &path, i, limit));
     let exits = futures_util::future::join_all(supervised).await;
     let wall = started.elapsed();
     let exits = exits.into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -169,31 +161,36 @@ async fn drain_in(
 
 /// Writes the config into `dir`, migrates the scratch database and applies the
 /// catalog; returns the config file and a pool for the bench's own statements.
-async fn prepare(
+pub(super) async fn prepare(
     bench: &Bench,
     scratch: &ScratchDb,
     dir: &std::path::Path,
     catalog: Catalog,
     knobs: Knobs,
-) -> Result<(std::path::PathBuf, crate::store::Db), BenchError> {
+) -> Result<(std::path::PathBuf, couponsd::store::Db), BenchError> {
     let url = bench.daemon_url(&scratch.url);
     let path = workload::write_config(dir, &url, &bench.receiver, knobs, catalog)?;
-    let config = Arc::new(Config::load(&path).map_err(crate::app::AppError::from)?);
-    crate::app::migrate(&config).await?;
-    let db = crate::app::open_db(&config)?;
+    let config = Arc::new(Config::load(&path).map_err(couponsd::app::AppError::from)?);
+    couponsd::app::migrate(&config).await?;
+    let db = couponsd::app::open_db(&config)?;
     Ok((path, db))
 }
 
 /// What the database says was done.
-struct Ledger {
-    outcomes: Vec<(String, Option<String>, i64)>,
-    per_coupon: Vec<(String, String, i64)>,
-    stock: Vec<CouponStock>,
-    delivered: i64,
-    grant_span: Option<Duration>,
+pub(super) struct Ledger {
+    /// Requests by status and outcome.
+    pub outcomes: Vec<(String, Option<String>, i64)>,
+    /// Grants by campaign and coupon.
+    pub per_coupon: Vec<(String, String, i64)>,
+    /// Every coupon's stock.
+    pub stock: Vec<CouponStock>,
+    /// Deliveries delivered.
+    pub delivered: i64,
+    /// The first claim to the last decision.
+    pub grant_span: Option<Duration>,
 }
 
-async fn read_ledger(db: &crate::store::Db) -> Result<Ledger, BenchError> {
+pub(super) async fn read_ledger(db: &couponsd::store::Db) -> Result<Ledger, BenchError> {
     let (outcomes, per_coupon, deliveries, stock) = with_conn!(db, |conn| {
         let e = StoreError::from;
         (
@@ -208,7 +205,7 @@ async fn read_ledger(db: &crate::store::Db) -> Result<Ledger, BenchError> {
         .and_then(|(a, b)| (b - a).to_std().ok());
     let delivered = deliveries
         .iter()
-        .filter(|(s, _)| *s == crate::domain::DeliveryStatus::Delivered)
+        .filter(|(s, _)| *s == couponsd::domain::DeliveryStatus::Delivered)
         .map(|(_, n)| n)
         .sum();
     Ok(Ledger {
@@ -232,6 +229,7 @@ const MAX_RESTARTS: u32 = 5;
 /// BENCHMARKS.md). That is counted and reported, and the daemon started again, so
 /// that the drain is still measured with all its daemons; the clock keeps running.
 async fn supervise(
+    exe: &std::path::Path,
     dir: &std::path::Path,
     config: &std::path::Path,
     i: usize,
@@ -240,7 +238,13 @@ async fn supervise(
     let mut restarts = 0;
     loop {
         let log = dir.join(format!("daemon-{i}-start-{}.log", restarts + 1));
-        let daemon = process::spawn(&format!("daemon {i}"), config, &["run", "--drain"], &log)?;
+        let daemon = process::spawn(
+            exe,
+            &format!("daemon {i}"),
+            config,
+            &["run", "--drain"],
+            &log,
+        )?;
         match daemon.wait(limit).await {
             Ok(exit) => return Ok((exit, restarts)),
             Err(e) => {
@@ -359,7 +363,21 @@ pub(super) fn report_resources(bench: &mut Bench, scenario: &str, d: &Drained) {
         100.0 * busy.as_secs_f64() / (d.wall.as_secs_f64() * cores),
         "%",
     );
-    let n = d.requests as f64;
+    if let Some(server) = &d.server {
+        report_server(figures, scenario, server, d.requests);
+    }
+}
+
+/// The server's counters over a timed part of `requests` requests: statements, prepares,
+/// COMMITs, redo writes and fsyncs per request; row lock waits and deadlocks.
+pub(super) fn report_server(
+    figures: &mut Figures,
+    scenario: &str,
+    server: &[(String, i64)],
+    requests: usize,
+) {
+    let value = |name: &str| server.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    let n = requests as f64;
     for (name, label) in [
         ("Questions", "statements per request (server-wide)"),
         (
@@ -373,7 +391,7 @@ pub(super) fn report_resources(bench: &mut Bench, scenario: &str, d: &Drained) {
         ),
         ("Innodb_data_fsyncs", "fsyncs per request (server-wide)"),
     ] {
-        if let Some(v) = d.server(name) {
+        if let Some(v) = value(name) {
             figures.note(scenario, label, v as f64 / n, "per request");
         }
     }
@@ -390,7 +408,7 @@ pub(super) fn report_resources(bench: &mut Bench, scenario: &str, d: &Drained) {
         ),
         ("Innodb_deadlocks", "deadlocks (server-wide)", "deadlocks"),
     ] {
-        if let Some(v) = d.server(name) {
+        if let Some(v) = value(name) {
             figures.note(scenario, label, v as f64, unit);
         }
     }

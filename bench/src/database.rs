@@ -17,9 +17,9 @@ use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl, SimpleAsyncConnection};
 
 use super::BenchError;
-use crate::store::schema::trigger_requests;
-use crate::store::Db;
-use crate::with_conn;
+use couponsd::store::schema::trigger_requests;
+use couponsd::store::Db;
+use couponsd::with_conn;
 
 /// Server status counters read before and after a timed part. They are global: other
 /// clients of the same server add to them, which the report says.
@@ -191,7 +191,7 @@ pub async fn grant_span(db: &Db) -> Result<Option<(NaiveDateTime, NaiveDateTime)
             .select((min(tr::claimed_at), max(tr::processed_at)))
             .first(conn)
             .await
-            .map_err(crate::store::StoreError::from)?
+            .map_err(couponsd::store::StoreError::from)?
     });
     Ok(first.zip(last))
 }
@@ -207,7 +207,7 @@ pub async fn request_times(
             .select((tr::request_key, tr::created_at, tr::processed_at))
             .load(conn)
             .await
-            .map_err(crate::store::StoreError::from)?
+            .map_err(couponsd::store::StoreError::from)?
     });
     Ok(rows
         .into_iter()
