@@ -82,6 +82,26 @@ async fn request_by_key_reads_a_request_as_recorded<C: Store + PlainSql>(conn: &
 }
 conformance!(request_by_key_reads_a_request_as_recorded);
 
+/// The key is compared byte for byte: MariaDB's PAD SPACE collation alone would find
+/// `k1` for `k1 ` and the reverse, where SQLite finds nothing.
+async fn request_by_key_finds_the_exact_key_only<C: Store + PlainSql>(conn: &mut C) {
+    conn.exec(
+        "INSERT INTO trigger_requests (request_key, user_id, event) \
+         VALUES ('k1', 'u1', 'app_open'), ('k2 ', 'u2', 'app_open')",
+    )
+    .await;
+    let key = async |conn: &mut C, key: &str| {
+        let found = conn.request_by_key(key).await.unwrap();
+        found.and_then(|r| r.request_key)
+    };
+    assert_eq!(key(conn, "k1").await.as_deref(), Some("k1"));
+    assert_eq!(key(conn, "k1 ").await, None);
+    assert_eq!(key(conn, "k2").await, None);
+    assert_eq!(key(conn, "k2 ").await.as_deref(), Some("k2 "));
+    assert_eq!(key(conn, "K1").await, None);
+}
+conformance!(request_by_key_finds_the_exact_key_only);
+
 async fn grant_of_request_finds_the_grant_a_request_earned<C: Store + PlainSql>(conn: &mut C) {
     let ids = granted(conn, &["u1"]).await;
     let ungranted = queue_requests(conn, &["none"]).await;
