@@ -24,12 +24,13 @@ use futures_util::FutureExt;
 
 use crate::support::{fresh_db, Backend, TestDb};
 
-/// Calls the generic `$body` with a connection of `$db`, whichever its backend.
+/// Calls the generic `$body` with a connection of `$db`, whichever its backend, and
+/// the arguments that follow.
 macro_rules! on_connection {
-    ($db:expr, $body:path) => {
+    ($db:expr, $body:path $(, $arg:expr)*) => {
         match $db.get().await.unwrap() {
-            couponsd::store::Conn::Mysql(mut c) => $body(&mut *c).await,
-            couponsd::store::Conn::Sqlite(mut c) => $body(&mut *c).await,
+            couponsd::store::Conn::Mysql(mut c) => $body(&mut *c $(, $arg)*).await,
+            couponsd::store::Conn::Sqlite(mut c) => $body(&mut *c $(, $arg)*).await,
         }
     };
 }
@@ -72,36 +73,31 @@ mod history;
 mod requests;
 mod schedule;
 
-/// Runs `test` on a fresh SQLite database, then on a fresh MariaDB database (skipped
+/// Runs `test` on a fresh SQLite database and on a fresh MariaDB database (skipped
 /// outside CI when MariaDB is unreachable, as `fresh_db` says), given its URL; with
 /// `migrate`, the databases are migrated first. A panic on one backend does not keep the
 /// other from running; the test then fails naming the backends it failed on.
 pub async fn on_each_backend(migrate: bool, test: impl AsyncFn(&str)) {
-    // Both are made at once: MariaDB's DDL is most of a test's time.
-    let (sqlite, mysql) = tokio::join!(
-        prepare(Backend::Sqlite, migrate),
+    let run = async |backend: Backend, database: Option<TestDb>| {
+        let database = database?;
+        eprintln!("---- on {backend:?}");
+        let outcome = AssertUnwindSafe(test(&database.url)).catch_unwind().await;
+        outcome.is_err().then_some(backend)
+    };
+    // SQLite runs while MariaDB is made and migrated: its DDL is most of a test's time.
+    let (on_sqlite, mariadb) = tokio::join!(
+        async { run(Backend::Sqlite, prepare(Backend::Sqlite, migrate).await).await },
         prepare(Backend::Mysql, migrate)
     );
-    let mut failed = Vec::new();
-    for (backend, database) in [(Backend::Sqlite, sqlite), (Backend::Mysql, mysql)] {
-        let Some(database) = database else {
-            continue;
-        };
-        eprintln!("---- on {backend:?}");
-        if AssertUnwindSafe(test(&database.url))
-            .catch_unwind()
-            .await
-            .is_err()
-        {
-            failed.push(backend);
-        }
-    }
+    let on_mariadb = run(Backend::Mysql, mariadb).await;
+    let failed: Vec<Backend> = [on_sqlite, on_mariadb].into_iter().flatten().collect();
     assert!(
         failed.is_empty(),
         "failed on {failed:?}: the panic printed under \"---- on …\" says why"
     );
 }
 
+/// A fresh database of `backend` (see `fresh_db`), migrated when `migrate` is set.
 async fn prepare(backend: Backend, migrate: bool) -> Option<TestDb> {
     let database = fresh_db(backend).await?;
     if migrate {

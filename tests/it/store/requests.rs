@@ -1,10 +1,10 @@
 //! `Requests`: the intake queue.
 
 use couponsd::store::requests::{parse_time, Claim, Finished, NewRequest, Reclaimed, KEY_PREFIX};
-use couponsd::store::Store;
+use couponsd::store::{Db, Store};
 use diesel::result::Error;
 
-use super::{at, queue_requests, requests, PlainSql};
+use super::{at, migrated, queue_requests, requests, PlainSql};
 
 /// A `done` result for request `id`.
 fn done(id: i64, outcome: &'static str) -> Finished {
@@ -64,6 +64,15 @@ async fn enqueue_inserts_requests_that_wait_in_the_queue<C: Store + PlainSql>(co
         (taken[1].attributes_len, &taken[1].attributes),
         (None, &None)
     );
+    // 200 rows: on MySQL one statement each of 128, 64 and 8 rows.
+    let many: Vec<NewRequest> = (0..200)
+        .map(|i| NewRequest {
+            request_key: format!("many-{i}"),
+            ..rows[1].clone()
+        })
+        .collect();
+    assert_eq!(conn.enqueue(&many).await.unwrap(), 200);
+    assert_eq!(conn.queue_depth().await.unwrap().0, 202);
 }
 conformance!(enqueue_inserts_requests_that_wait_in_the_queue);
 
@@ -90,6 +99,41 @@ async fn claim_batch_claims_the_oldest_queued_requests_under_its_token<C: Store 
     assert!(conn.claim_batch(10, 9, at(2)).await.unwrap().is_empty());
 }
 conformance!(claim_batch_claims_the_oldest_queued_requests_under_its_token);
+
+/// Claims batches of one under `token` until the queue is empty; returns their ids.
+async fn claim_until_empty<C: Store>(conn: &mut C, token: i64) -> Vec<i64> {
+    let mut claimed = Vec::new();
+    loop {
+        let batch = conn.claim_batch(1, token, at(0)).await.unwrap();
+        if batch.is_empty() {
+            return claimed;
+        }
+        claimed.extend(batch.iter().map(|r| r.id));
+    }
+}
+
+/// Two daemons, each with a pool of its own, claim at the same time. On MySQL each
+/// skips the rows the other has locked; on SQLite the second writer waits for the
+/// first. Either way no request is handed out twice and none is left behind.
+async fn claim_batch_never_hands_one_request_to_two_daemons(url: &str) {
+    let (one, two) = (migrated(url).await, Db::connect(url, 2).unwrap());
+    let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let ids = on_connection!(one, queue_requests, &keys);
+    let (by_one, by_two) =
+        tokio::join!(async { on_connection!(one, claim_until_empty, 1) }, async {
+            on_connection!(two, claim_until_empty, 2)
+        },);
+    let mut all = [by_one.clone(), by_two].concat();
+    all.sort();
+    assert_eq!(all, ids, "each request claimed once");
+    let rows = on_connection!(one, requests);
+    for r in rows {
+        let token = if by_one.contains(&r.id) { 1 } else { 2 };
+        assert_eq!((r.status.as_str(), r.claim_token), ("claimed", Some(token)));
+    }
+}
+conformance!(url: claim_batch_never_hands_one_request_to_two_daemons);
 
 /// What a client may write that no valid request holds is still read, cut to size, so
 /// that intake rejects it by id. How differs (MySQL keeps the first bytes of an

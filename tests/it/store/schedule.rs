@@ -92,6 +92,18 @@ async fn acquire_job_takes_over_a_lease_that_ran_out<C: Store>(conn: &mut C) {
 }
 conformance!(acquire_job_takes_over_a_lease_that_ran_out);
 
+/// The daemon's ticks are whole seconds, but a tick is a tick to the nanosecond: MySQL
+/// keeps microseconds, and a tick it cut short must still count as run.
+async fn acquire_job_runs_a_tick_finer_than_a_microsecond_once<C: Store>(conn: &mut C) {
+    let tick = at(0) + chrono::TimeDelta::nanoseconds(123_456_789);
+    let first = conn.acquire_job(JOB, "a", tick, at(1), at(31)).await;
+    assert!(first.unwrap());
+    conn.release_job(JOB, "a", at(2)).await.unwrap();
+    let again = conn.acquire_job(JOB, "b", tick, at(3), at(33)).await;
+    assert!(!again.unwrap(), "this tick ran");
+}
+conformance!(acquire_job_runs_a_tick_finer_than_a_microsecond_once);
+
 async fn release_job_frees_the_lease_of_its_holder_only<C: Store + PlainSql>(conn: &mut C) {
     acquire(conn, (JOB, "a"), [0, 1, 31]).await;
     conn.release_job(JOB, "b", at(2)).await.unwrap();
