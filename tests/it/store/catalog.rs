@@ -1,10 +1,10 @@
 //! `Catalog`: the config's campaigns and chains, and the campaign budgets.
 
-use couponsd::store::catalog::{Budget, CatalogChanges};
+use couponsd::store::catalog::{Budget, Catalog, CatalogChanges};
 use couponsd::store::Store;
 use diesel::result::Error;
 
-use super::{at, campaign, grant, queue_requests, two_campaigns, PlainSql};
+use super::{at, campaign, grant, migrated, queue_requests, two_campaigns, PlainSql};
 
 fn owned(ids: &[&str]) -> Vec<String> {
     ids.iter().map(|s| (*s).to_owned()).collect()
@@ -58,6 +58,16 @@ async fn apply_catalog_inserts_new_campaigns_and_coupons<C: Store>(conn: &mut C)
     assert_eq!(again, CatalogChanges::default(), "nothing changed");
 }
 conformance!(apply_catalog_inserts_new_campaigns_and_coupons);
+
+/// It reads the coupons, then writes; a client committing in between (a reload while
+/// requests come in) must not fail it.
+async fn apply_catalog_completes_while_a_client_commits_a_request(url: &str) {
+    let daemon = migrated(url).await;
+    let wanted = two_campaigns();
+    let changes = while_a_client_commits!(daemon, url, Catalog::apply_catalog, &wanted, at(0));
+    assert_eq!(changes.unwrap().campaigns_added.len(), 2);
+}
+conformance!(url: apply_catalog_completes_while_a_client_commits_a_request);
 
 async fn apply_catalog_moves_stock_by_the_config_change_and_never_below_zero<C: Store>(
     conn: &mut C,

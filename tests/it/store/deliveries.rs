@@ -1,13 +1,14 @@
 //! `Deliveries`: the outbox, its attempts and the channels' states.
 
 use chrono::NaiveDateTime;
+use couponsd::store::deliveries::Deliveries;
 use couponsd::store::deliveries::{
     AttemptRecord, DeliveryRow, DisabledChannel, NewDelivery, Replay, DEAD, DELIVERED, PENDING,
 };
 use couponsd::store::Store;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamp};
 
-use super::{at, PlainSql};
+use super::{at, migrated, PlainSql};
 
 /// A `coupon.granted` delivery `webhook_id` on `channel`, due at `due`, held by nobody.
 fn delivery(webhook_id: &str, channel: &str, due: NaiveDateTime) -> NewDelivery {
@@ -325,6 +326,24 @@ async fn disable_channel_disables_once_and_writes_its_alert_with_it<C: Store + P
         .unwrap());
 }
 conformance!(disable_channel_disables_once_and_writes_its_alert_with_it);
+
+/// It reads whether the channel is disabled, then writes; a client committing in between
+/// must not fail it.
+async fn disable_channel_completes_while_a_client_commits_a_request(url: &str) {
+    let daemon = migrated(url).await;
+    let alert = Some(delivery("alert-1", "ops", at(3)));
+    let disabled = while_a_client_commits!(
+        daemon,
+        url,
+        Deliveries::disable_channel,
+        "wallet",
+        "410 Gone",
+        at(3),
+        alert
+    );
+    assert!(disabled.unwrap());
+}
+conformance!(url: disable_channel_completes_while_a_client_commits_a_request);
 
 async fn disabled_channels_lists_the_channels_disabled<C: Store>(conn: &mut C) {
     assert_eq!(

@@ -35,6 +35,27 @@ macro_rules! on_connection {
     };
 }
 
+/// Runs the store operation `$op` (with the arguments that follow) on a connection of
+/// `$daemon` while a client, on a connection of its own to `$url`, holds a transaction
+/// that wrote open and then commits it; returns what `$op` returned. An operation that
+/// reads and then writes must not fail for it: MySQL locks rows, and on SQLite the one
+/// writer must be taken before the read, since a transaction that read first cannot wait
+/// for the writer to finish (see `write_transaction!` in `src/store/mod.rs`).
+macro_rules! while_a_client_commits {
+    ($daemon:expr, $url:expr, $op:path $(, $arg:expr)*) => {{
+        let client = couponsd::store::Db::connect($url, 1).unwrap();
+        let (wrote, written) = tokio::sync::oneshot::channel();
+        let (_, done) = tokio::join!(
+            async { on_connection!(client, $crate::store::insert_and_commit_a_moment_later, wrote) },
+            async {
+                written.await.unwrap();
+                on_connection!($daemon, $op $(, $arg)*)
+            },
+        );
+        done
+    }};
+}
+
 /// Declares the test `$body::on_sqlite_and_mariadb`, which runs the function `$body`
 /// on each backend: with a connection of a migrated database (`conformance!(body)`), or
 /// with the URL of a database not yet migrated (`conformance!(url: body)`). In the first
@@ -104,6 +125,26 @@ async fn prepare(backend: Backend, migrate: bool) -> Option<TestDb> {
         migrated(&database.url).await;
     }
     Some(database)
+}
+
+/// A client's insert, in a transaction held open a moment after it wrote (said on
+/// `wrote`), as a client app busy inserting requests may.
+pub async fn insert_and_commit_a_moment_later<C: Store + PlainSql>(
+    conn: &mut C,
+    wrote: tokio::sync::oneshot::Sender<()>,
+) {
+    conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+        conn.exec(
+            "INSERT INTO trigger_requests (request_key, user_id, event) \
+             VALUES ('late', 'u', 'app_open')",
+        )
+        .await;
+        wrote.send(()).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        Ok(())
+    })
+    .await
+    .unwrap();
 }
 
 /// A fresh pool on `url`, migrated.

@@ -1,6 +1,8 @@
 //! `Requests`: the intake queue.
 
-use couponsd::store::requests::{parse_time, Claim, Finished, NewRequest, Reclaimed, KEY_PREFIX};
+use couponsd::store::requests::{
+    parse_time, Claim, Finished, NewRequest, Reclaimed, Requests, KEY_PREFIX,
+};
 use couponsd::store::{Db, Store};
 use diesel::result::Error;
 
@@ -337,6 +339,15 @@ async fn reclaim_expired_requeues_old_claims_and_fails_those_out_of_attempts<
     );
 }
 conformance!(reclaim_expired_requeues_old_claims_and_fails_those_out_of_attempts);
+
+/// Lease recovery reads, then writes; a client committing in between must not fail it.
+async fn reclaim_expired_completes_while_a_client_commits_a_request(url: &str) {
+    let daemon = migrated(url).await;
+    on_connection!(daemon, claimed_by_two_tokens);
+    let reclaimed = while_a_client_commits!(daemon, url, Requests::reclaim_expired, at(100), 5);
+    assert_eq!(reclaimed.unwrap().requeued, 3);
+}
+conformance!(url: reclaim_expired_completes_while_a_client_commits_a_request);
 
 /// A client may write `claimed` with no claim time, or a zero date: such a claim has no
 /// lease to wait for.
