@@ -12,7 +12,7 @@ use super::prepared::in_list;
 use super::schema::campaigns::dsl as k;
 use super::schema::coupons::dsl as c;
 use super::schema::{campaigns, coupons};
-use super::{backend, MysqlConn, QueryResult, SqliteConn};
+use super::{backend, write_transaction, MysqlConn, QueryResult, SqliteConn};
 use crate::domain::campaign::CampaignConfig;
 use crate::domain::{Budget, CouponState};
 
@@ -123,7 +123,7 @@ macro_rules! impl_catalog {
                 wanted: &[CampaignConfig],
                 now: NaiveDateTime,
             ) -> QueryResult<CatalogChanges> {
-                self.transaction(async |conn| {
+                write_transaction!($backend, self, async |conn| {
                         // Coupons first, then campaigns: the order the grant step
                         // takes them in, so a start during traffic cannot deadlock.
                         let query = coupons::table.select((c::id, c::config_stock, c::remaining, c::state));
@@ -220,7 +220,6 @@ macro_rules! impl_catalog {
                         }
                         Ok(changes)
                 })
-                .await
             }
 
             async fn budgets(&mut self, campaign_ids: &[String], lock: bool) -> QueryResult<Vec<Budget>> {

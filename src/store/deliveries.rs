@@ -435,7 +435,7 @@ macro_rules! impl_deliveries {
                 now: NaiveDateTime,
                 alert: Option<NewDelivery>,
             ) -> QueryResult<bool> {
-                let disabled = self.transaction(async |conn| {
+                let disabled = write_transaction!($backend, self, async |conn| {
                         let known: i64 = channel_states::table
                             .filter(cs::channel.eq(channel))
                             .filter(cs::disabled_at.is_not_null())
@@ -454,8 +454,7 @@ macro_rules! impl_deliveries {
                             diesel::insert_into(deliveries::table).values(alert).execute(conn).await?;
                         }
                         Ok(true)
-                })
-                .await;
+                });
                 match disabled {
                     // Another dispatcher disabled it at the same moment: its alert stands.
                     Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => Ok(false),

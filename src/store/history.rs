@@ -312,8 +312,17 @@ macro_rules! impl_history {
         impl History for $conn {
             async fn request_by_key(&mut self, key: &str) -> QueryResult<Option<InspectedRequest>> {
                 let columns = inspected_columns($cast, $byte_length);
+                // The bytes decide: MariaDB's PAD SPACE collation alone takes `k1 ` for
+                // `k1`, where SQLite does not. The first filter keeps the unique index.
+                let exact = diesel::dsl::sql::<diesel::sql_types::Bool>(concat!(
+                    "CAST(request_key AS ",
+                    $cast,
+                    ") = "
+                ))
+                .bind::<diesel::sql_types::Binary, _>(key.as_bytes());
                 let row: Option<InspectedRow> = trigger_requests::table
                     .filter(tr::request_key.eq(key))
+                    .filter(exact)
                     .select(diesel::dsl::sql::<InspectedSql>(&columns))
                     .first(self)
                     .await

@@ -379,7 +379,7 @@ macro_rules! impl_requests {
                 claimed_before: NaiveDateTime,
                 max_attempts: i32,
             ) -> QueryResult<Reclaimed> {
-                self.transaction(async |conn| {
+                write_transaction!($backend, self, async |conn| {
                         // A claim time the client wrote may be NULL or, on SQLite, text
                         // that is no time at all: such a claim has no lease to wait for.
                         let no_time = backend!($backend,
@@ -426,7 +426,6 @@ macro_rules! impl_requests {
                         let rejected = conn.reject_unknown_statuses().await?;
                         Ok(Reclaimed { requeued, failed, rejected })
                 })
-                .await
             }
 
             async fn reject_unknown_statuses(&mut self) -> QueryResult<usize> {

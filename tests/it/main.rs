@@ -15,4 +15,5 @@ mod partners;
 mod pipeline;
 mod schema;
 mod stalls;
+mod store;
 mod tls;
