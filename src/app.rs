@@ -135,7 +135,11 @@ pub async fn start(config: Arc<Config>) -> Result<Context, AppError> {
 pub async fn run(config: Arc<Config>, config_path: &Path, drain: bool) -> Result<(), AppError> {
     let ctx = start(config).await?;
     let shutdown = CancellationToken::new();
-    let reloader = Reloader::new(ctx.clone(), config_path.to_owned());
+    let reloader = Reloader::new(
+        ctx.rules.clone(),
+        ctx.catalog.clone(),
+        config_path.to_owned(),
+    );
     spawn_signal_handlers(
         ctx.clone(),
         config_path.to_owned(),

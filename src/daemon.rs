@@ -3,7 +3,7 @@
 //! or, with `--drain`, until nothing is left to do.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::TimeDelta;
@@ -17,6 +17,7 @@ use crate::dispatch::handoff::Handoff;
 use crate::dispatch::send::Sender;
 use crate::dispatch::worker::{dispatch_due, live_channels, DispatchOutcome, Lanes};
 use crate::grant::{process_batch, process_claimed_batch, BatchOutcome};
+use crate::in_force::InForce;
 use crate::metrics::Metrics;
 use crate::notify::{wait_on_database, Heartbeat, Liveness};
 use crate::rules::Rules;
@@ -28,49 +29,6 @@ use crate::with_conn;
 /// The hand-off holds at most this many dispatch rounds (`dispatch.batch_size` each);
 /// beyond it grants leave their deliveries to the outbox.
 const HANDOFF_BATCHES: usize = 4;
-
-/// The compiled rules in force; swapped whole between batches on reload.
-#[derive(Clone)]
-pub struct RulesHandle(Arc<RwLock<Arc<Rules>>>);
-
-impl RulesHandle {
-    /// Wraps a compiled rule set.
-    pub fn new(rules: Rules) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(rules))))
-    }
-
-    /// The rules in force now.
-    pub fn current(&self) -> Arc<Rules> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Puts `rules` in force for every batch that starts from now on.
-    pub fn swap(&self, rules: Rules) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
-    }
-}
-
-/// The running config with the catalog (`campaigns`) of the last reload: the
-/// start-up config with its campaigns replaced, swapped whole between batches.
-#[derive(Clone)]
-pub struct CatalogHandle(Arc<RwLock<Arc<Config>>>);
-
-impl CatalogHandle {
-    /// Wraps the start-up config.
-    pub fn new(config: Arc<Config>) -> Self {
-        Self(Arc::new(RwLock::new(config)))
-    }
-
-    /// The config whose campaigns are in force now.
-    pub fn current(&self) -> Arc<Config> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Puts `config`'s campaigns in force for every batch that starts from now on.
-    pub fn swap(&self, config: Arc<Config>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = config;
-    }
-}
 
 /// The claim tokens of batches this daemon claimed and has not finished: released at
 /// shutdown so that the next daemon need not wait for their lease to run out.
@@ -108,10 +66,11 @@ pub struct Context {
     pub db: Db,
     /// The validated config, as at start-up.
     pub config: Arc<Config>,
-    /// The config whose campaigns are in force (changed by a reload).
-    pub catalog: CatalogHandle,
-    /// The rules in force.
-    pub rules: RulesHandle,
+    /// The config whose campaigns are in force: the start-up config with the campaigns
+    /// of the last reload, swapped whole between batches.
+    pub catalog: InForce<Config>,
+    /// The compiled rules in force, swapped whole between batches on reload.
+    pub rules: InForce<Rules>,
     /// The webhook client.
     pub sender: Sender,
     /// Signalled when a batch committed new outbox rows.
@@ -144,9 +103,9 @@ impl Context {
                 HANDOFF_BATCHES * config.dispatch.batch_size.max(1),
             )),
             db,
-            catalog: CatalogHandle::new(config.clone()),
+            catalog: InForce::new(config.clone()),
             config,
-            rules: RulesHandle::new(rules),
+            rules: InForce::new(rules),
             sender,
             outbox_ready: Arc::new(Notify::new()),
             instance: Arc::new(instance_name()),

@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod demo;
 pub mod domain;
 pub mod http;
+pub mod in_force;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

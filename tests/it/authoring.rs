@@ -573,7 +573,8 @@ async fn reload_keeps_the_running_rules_until_a_change_compiles_and_passes_its_t
         "if history.grants_for_event == 0 {\n  \"first_time\"\n} else {\n",
     )
     .unwrap();
-    let Err(ReloadError::Rejected(problems)) = reload::reload_rules(&ctx, &rules, limits).await
+    let Err(ReloadError::Rejected(problems)) =
+        reload::reload_rules(&ctx.rules, &ctx.catalog, &rules, limits).await
     else {
         panic!("a rule that does not compile must not be swapped in");
     };
@@ -587,7 +588,8 @@ async fn reload_keeps_the_running_rules_until_a_change_compiles_and_passes_its_t
 
     // Compiles, but newcomers become "returning": the shipped first-time tests fail.
     std::fs::write(rules.join("user_type.rhai"), "\"returning\"\n").unwrap();
-    let Err(ReloadError::Rejected(problems)) = reload::reload_rules(&ctx, &rules, limits).await
+    let Err(ReloadError::Rejected(problems)) =
+        reload::reload_rules(&ctx.rules, &ctx.catalog, &rules, limits).await
     else {
         panic!("rules failing their tests must not be swapped in");
     };
@@ -608,7 +610,9 @@ async fn reload_keeps_the_running_rules_until_a_change_compiles_and_passes_its_t
     let vip = "if request.attributes.vip == true { return \"returning\"; }\n";
     let shipped = std::fs::read_to_string(shipped_rules().join("user_type.rhai")).unwrap();
     std::fs::write(rules.join("user_type.rhai"), format!("{vip}{shipped}")).unwrap();
-    let reloaded = reload::reload_rules(&ctx, &rules, limits).await.unwrap();
+    let reloaded = reload::reload_rules(&ctx.rules, &ctx.catalog, &rules, limits)
+        .await
+        .unwrap();
     assert_eq!((&reloaded.previous, reloaded.tests), (&old, 4));
     assert_ne!(reloaded.version, old);
     assert_eq!(ctx.rules.current().version(), &reloaded.version);
@@ -712,7 +716,11 @@ async fn the_daemons_watcher_swaps_in_an_edited_rule() {
     let old = ctx.rules.current().version().clone();
     let shutdown = CancellationToken::new();
     // The config path does not exist: the reload falls back to the running config.
-    let reloader = reload::Reloader::new(ctx.clone(), dir.0.join("missing.yaml"));
+    let reloader = reload::Reloader::new(
+        ctx.rules.clone(),
+        ctx.catalog.clone(),
+        dir.0.join("missing.yaml"),
+    );
     let watcher = reloader.watch(shutdown.clone());
     let edited = format!(
         "// edited\n{}",
@@ -756,7 +764,7 @@ async fn a_rules_reload_tests_against_the_catalog_in_force_not_the_start_up_one(
     let db = fresh_db(Backend::Sqlite).await.unwrap();
     let (ctx, rules, receiver, _dir) = with_own_rules(&db, "reload-catalog").await;
     let limits = ctx.config.rules.limits.clone();
-    reload::reload_rules(&ctx, &rules, &limits)
+    reload::reload_rules(&ctx.rules, &ctx.catalog, &rules, &limits)
         .await
         .expect("the shipped rules pass their tests against the start-up campaigns");
     // A config reload takes the loyalty campaign away; the shipped tests expect it.
@@ -767,7 +775,8 @@ async fn a_rules_reload_tests_against_the_catalog_in_force_not_the_start_up_one(
         .to_owned();
     let reloaded = config(&db, &receiver, &rules, &newcomers_only, "");
     ctx.catalog.swap(Arc::new(reloaded));
-    let Err(ReloadError::Rejected(problems)) = reload::reload_rules(&ctx, &rules, &limits).await
+    let Err(ReloadError::Rejected(problems)) =
+        reload::reload_rules(&ctx.rules, &ctx.catalog, &rules, &limits).await
     else {
         panic!("the shipped tests expect the loyalty campaign, which is no longer in force");
     };
