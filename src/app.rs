@@ -1,5 +1,5 @@
 //! The commands behind the CLI: each loads what it needs, does its work, and returns
-//! an error that says which exit code it deserves.
+//! an error; the command line (`cli/exit.rs`) gives each its exit code.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,16 +20,16 @@ use crate::store::{Access, Db, StoreError};
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// The config is bad (exit 2).
+    /// The config is bad.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// A rule does not compile (exit 2).
+    /// A rule does not compile.
     #[error("{}", join_rule_errors(.0))]
     Rules(Vec<RuleError>),
-    /// The database failed (exit 1).
+    /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Anything else (exit 1).
+    /// Anything else.
     #[error("{0}")]
     Other(String),
 }
@@ -40,17 +40,6 @@ fn join_rule_errors(errors: &[RuleError]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-impl AppError {
-    /// The process exit code: 2 for bad config or rules, 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            AppError::Config(_) | AppError::Rules(_) => 2,
-            AppError::Store(StoreError::Url(_)) => 2,
-            AppError::Store(_) | AppError::Other(_) => 1,
-        }
-    }
 }
 
 /// Compiles the rules named by the config.

@@ -1,0 +1,141 @@
+//! The commands of the `couponsd` binary: `main.rs` parses the arguments into a
+//! [`Command`], and [`run`] loads the config, opens what the command works on, calls into
+//! the library, prints what it returns and tells the exit code.
+//!
+//! `exit.rs` holds every exit code.
+
+mod exit;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Subcommand;
+
+use crate::app::{self, AppError};
+use crate::authoring::{backtest, check, explain, simulate};
+use crate::config::Config;
+use crate::logging;
+use crate::ops::deliveries::{self, ChannelsAction, DeliveriesAction};
+use crate::ops::stock::{self, StockAction};
+
+/// What `couponsd` is asked to do.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create or upgrade the schema and apply the config's catalog.
+    Migrate,
+    /// Run the daemon.
+    Run {
+        /// Process everything queued and every pending delivery, then exit.
+        #[arg(long)]
+        drain: bool,
+    },
+    /// Inventory: show stock, add stock, bring a retired coupon back.
+    Stock {
+        /// What to do.
+        #[command(subcommand)]
+        action: StockAction,
+    },
+    /// The outbox: list deliveries, replay dead ones with their original webhook-id.
+    Deliveries {
+        /// What to do.
+        #[command(subcommand)]
+        action: DeliveriesAction,
+    },
+    /// Partner channels: list them, enable one a 410 Gone disabled.
+    Channels {
+        /// What to do.
+        #[command(subcommand)]
+        action: ChannelsAction,
+    },
+    /// Load the config, compile every rule and run the rule tests; needs no database.
+    Check(check::RulesDirArgs),
+    /// Decide one request against the live database as the daemon would; writes nothing.
+    Simulate(simulate::SimulateArgs),
+    /// Rule tests: the fixtures in `rules/tests/*.yaml`.
+    Rules {
+        /// What to do.
+        #[command(subcommand)]
+        action: RulesAction,
+    },
+    /// Replay recorded requests through candidate rules and count changed decisions.
+    Backtest(backtest::BacktestArgs),
+    /// What happened to one request: decision, grant, delivery and every attempt.
+    Explain(explain::ExplainArgs),
+    /// Show the whole pipeline on a throwaway SQLite database; needs no config.
+    Demo {
+        /// New users to simulate (half of them come back).
+        #[arg(long, default_value_t = 2000)]
+        users: usize,
+    },
+    /// Benchmarks against MariaDB (or `--sqlite`) and a verifying loopback receiver.
+    Bench(crate::bench::BenchArgs),
+}
+
+/// `couponsd rules …`
+#[derive(Subcommand)]
+pub enum RulesAction {
+    /// Run every rule test; exit 2 when one fails.
+    Test(check::RulesDirArgs),
+}
+
+/// Runs `command` with the config at `config_path` (`demo` and `bench` read none),
+/// prints what it says, and returns the process's exit code; a failure is reported on
+/// stderr first.
+pub async fn run(command: Command, config_path: &Path) -> ExitCode {
+    match dispatch(command, config_path).await {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => exit::report(&error),
+    }
+}
+
+/// Runs `command`; returns what to print.
+async fn dispatch(command: Command, config_path: &Path) -> Result<String, AppError> {
+    let config = match command {
+        Command::Demo { users } => {
+            logging::init(Default::default(), "warn");
+            crate::demo::run(users).await?;
+            return Ok(String::new());
+        }
+        Command::Bench(args) => {
+            crate::bench::run(args).await?;
+            return Ok(String::new());
+        }
+        _ => Arc::new(Config::load(config_path)?),
+    };
+    logging::init(config.logging.format, "info");
+    Ok(match command {
+        Command::Migrate => {
+            app::migrate(&config).await?;
+            String::new()
+        }
+        Command::Run { drain } => {
+            app::run(config, config_path, drain).await?;
+            String::new()
+        }
+        // Operator commands never apply the catalog; `list` and `show` only read.
+        Command::Stock { action } => {
+            let ctx = app::connect(config, action.access()).await?;
+            stock::run(&ctx, action).await?
+        }
+        Command::Deliveries { action } => {
+            let ctx = app::connect(config, action.access()).await?;
+            deliveries::deliveries(&ctx, action).await?
+        }
+        Command::Channels { action } => {
+            let ctx = app::connect(config, action.access()).await?;
+            deliveries::channels(&ctx, action).await?
+        }
+        Command::Check(args) => check::run(&config, config_path, &args)?,
+        Command::Simulate(args) => simulate::run(&config, &args).await?,
+        Command::Rules {
+            action: RulesAction::Test(args),
+        } => crate::authoring::fixtures::run(&config, &args)?,
+        Command::Backtest(args) => backtest::run(&config, &args).await?,
+        Command::Explain(args) => explain::run(&config, &args).await?,
+        Command::Demo { .. } | Command::Bench(_) => unreachable!("handled above"),
+    })
+}
