@@ -1,5 +1,5 @@
-//! The commands behind the CLI: each loads what it needs, does its work, and returns
-//! an error; the command line (`cli/exit.rs`) gives each its exit code.
+//! The daemon's start-up and its commands: `migrate`, and `run` with its signals,
+//! reloads and shutdown; and the start-up of the operator commands.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,46 +13,27 @@ use crate::authoring::reload::Reloader;
 use crate::config::{Config, ConfigError};
 use crate::daemon::{self, Context, Mode};
 use crate::dispatch::send::Sender;
+use crate::installation::{load_rules, open_db, open_migrated, OpenError};
 use crate::notify;
-use crate::rules::{RuleError, Rules};
-use crate::store::{Access, Db, StoreError};
+use crate::store::{Access, StoreError};
 
-/// Why a command failed.
+/// Why the daemon's start-up, `migrate` or the demo failed. The exit code each
+/// deserves is the command line's business (`cli/exit.rs`).
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// The config is bad.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// A rule does not compile.
-    #[error("{}", join_rule_errors(.0))]
-    Rules(Vec<RuleError>),
+    /// The installation cannot be opened: a rule does not compile, or the database is
+    /// unreachable or not migrated.
+    #[error(transparent)]
+    Open(#[from] OpenError),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Anything else.
     #[error("{0}")]
     Other(String),
-}
-
-fn join_rule_errors(errors: &[RuleError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Compiles the rules named by the config.
-pub fn load_rules(config: &Config) -> Result<Rules, AppError> {
-    Rules::load(&config.rules.dir, &config.rules.limits).map_err(AppError::Rules)
-}
-
-/// Opens the database named by the config.
-pub fn open_db(config: &Config) -> Result<Db, AppError> {
-    Ok(Db::open(
-        config.database.url.expose(),
-        config.database.settings(Access::ReadWrite),
-    )?)
 }
 
 /// `couponsd migrate`: creates or upgrades the schema, then applies the catalog.
@@ -68,31 +49,6 @@ pub async fn migrate(config: &Config) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Opens the database of an installation for a command other than `migrate`: a SQLite
-/// file that does not exist is refused rather than created, and the database must
-/// answer.
-async fn open_existing(config: &Config, access: Access) -> Result<Db, AppError> {
-    let url = config.database.url.expose();
-    if let Some(path) = url.strip_prefix("sqlite://") {
-        if !Path::new(path).exists() {
-            return Err(AppError::Other(format!(
-                "database.url: the SQLite file {path} does not exist (run `couponsd migrate` first)"
-            )));
-        }
-    }
-    let db = Db::open(url, config.database.settings(access))?;
-    // Proves the database answers, and sets the clock leases and holds are read from.
-    db.sync_clock().await?;
-    Ok(db)
-}
-
-/// Opens the configured database for reading only (`explain`, `simulate`,
-/// `backtest`): nothing is migrated, no catalog is applied, and the database itself
-/// refuses any write.
-pub async fn open_read_only(config: &Config) -> Result<Db, AppError> {
-    open_existing(config, Access::ReadOnly).await
-}
-
 /// Start-up of the operator commands (`stock`, `deliveries`, `channels`): rules
 /// compiled, database reachable and migrated. The catalog is *not* applied: an
 /// operator command run with another config must not change the live campaigns (only
@@ -100,12 +56,7 @@ pub async fn open_read_only(config: &Config) -> Result<Db, AppError> {
 /// write, so an inspection cannot change anything.
 pub async fn connect(config: Arc<Config>, access: Access) -> Result<Context, AppError> {
     let rules = load_rules(&config)?;
-    let db = open_existing(&config, access).await?;
-    if !db.is_migrated().await? {
-        return Err(AppError::Other(
-            "the database schema is not up to date: run `couponsd migrate` first".into(),
-        ));
-    }
+    let db = open_migrated(&config, access).await?;
     let sender = Sender::new().map_err(|e| AppError::Other(format!("HTTP client: {e}")))?;
     Ok(Context::new(db, config, rules, sender))
 }

@@ -20,6 +20,7 @@ pub mod demo;
 pub mod domain;
 pub mod http;
 pub mod in_force;
+pub mod installation;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

@@ -180,7 +180,7 @@ async fn prepare(
     let path = workload::write_config(dir, &url, &bench.receiver, knobs, catalog)?;
     let config = Arc::new(Config::load(&path).map_err(crate::app::AppError::from)?);
     crate::app::migrate(&config).await?;
-    let db = crate::app::open_db(&config)?;
+    let db = crate::installation::open_db(&config).map_err(crate::app::AppError::from)?;
     Ok((path, db))
 }
 

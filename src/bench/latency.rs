@@ -76,7 +76,7 @@ async fn run_in(bench: &mut Bench, scratch: &ScratchDb, count: usize) -> Result<
     )?;
     let config = Arc::new(Config::load(&path).map_err(crate::app::AppError::from)?);
     crate::app::migrate(&config).await?;
-    let db = crate::app::open_db(&config)?;
+    let db = crate::installation::open_db(&config).map_err(crate::app::AppError::from)?;
     let received = bench.receiver.received.clone();
     received.reset();
     let daemon = process::spawn("daemon", &path, &["run"], &dir.join("daemon.log"))?;

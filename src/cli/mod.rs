@@ -2,8 +2,13 @@
 //! [`Command`], and [`run`] loads the config, opens what the command works on, calls into
 //! the library, prints what it returns and tells the exit code.
 //!
-//! `exit.rs` holds every exit code.
+//! One file per group of commands: `authoring.rs` (`check`, `rules test`, `simulate`,
+//! `backtest`, `explain`) opens the installation the way its commands need it; `exit.rs`
+//! holds every exit code. The daemon's commands (`migrate`, `run`), the operator
+//! commands and `demo` start from [`crate::app`], so their whole command line is one call
+//! in [`run`].
 
+mod authoring;
 mod exit;
 
 use std::path::Path;
@@ -12,12 +17,13 @@ use std::sync::Arc;
 
 use clap::Subcommand;
 
-use crate::app::{self, AppError};
+use crate::app;
 use crate::authoring::{backtest, check, explain, simulate};
 use crate::config::Config;
 use crate::logging;
 use crate::ops::deliveries::{self, ChannelsAction, DeliveriesAction};
 use crate::ops::stock::{self, StockAction};
+pub use exit::CliError;
 
 /// What `couponsd` is asked to do.
 #[derive(Subcommand)]
@@ -93,7 +99,7 @@ pub async fn run(command: Command, config_path: &Path) -> ExitCode {
 }
 
 /// Runs `command`; returns what to print.
-async fn dispatch(command: Command, config_path: &Path) -> Result<String, AppError> {
+async fn dispatch(command: Command, config_path: &Path) -> Result<String, CliError> {
     let config = match command {
         Command::Demo { users } => {
             logging::init(Default::default(), "warn");
@@ -130,12 +136,12 @@ async fn dispatch(command: Command, config_path: &Path) -> Result<String, AppErr
             deliveries::channels(&ctx, action).await?
         }
         Command::Check(args) => check::run(&config, config_path, &args)?,
-        Command::Simulate(args) => simulate::run(&config, &args).await?,
+        Command::Simulate(args) => authoring::simulate(&config, &args).await?,
         Command::Rules {
             action: RulesAction::Test(args),
         } => crate::authoring::fixtures::run(&config, &args)?,
-        Command::Backtest(args) => backtest::run(&config, &args).await?,
-        Command::Explain(args) => explain::run(&config, &args).await?,
+        Command::Backtest(args) => authoring::backtest(&config, &args).await?,
+        Command::Explain(args) => authoring::explain(&config, &args).await?,
         Command::Demo { .. } | Command::Bench(_) => unreachable!("handled above"),
     })
 }

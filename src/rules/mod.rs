@@ -54,6 +54,16 @@ pub struct RuleError {
     pub message: String,
 }
 
+/// Rule problems one per line, each `file:line:column: message`: how an error that
+/// carries several reads as text.
+pub fn one_per_line(problems: &[RuleError]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// One compiled script and the file it came from.
 struct Script {
     file: PathBuf,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use couponsd::authoring::backtest::{self, BacktestArgs};
+use couponsd::authoring::backtest::{self, BacktestArgs, Backtester};
 use couponsd::authoring::reload::{self, ReloadError};
 use couponsd::authoring::simulate::{self, SimulateArgs};
 use couponsd::config::Config;
@@ -235,13 +235,17 @@ async fn simulate_writes_nothing_and_shows_the_decision(db: TestDb) {
     drain(&ctx).await;
     let before = snapshot(&ctx).await;
     assert!(before["grants"][0].len() == 3 && before["deliveries"][0].len() == 3);
-    let args = |user: &str, json| SimulateArgs {
-        user: user.into(),
-        event: "app_open".into(),
-        attrs: Some(r#"{"country":"DE"}"#.into()),
-        json,
+    let request = |user: &str| {
+        simulate::request(&SimulateArgs {
+            user: user.into(),
+            event: "app_open".into(),
+            attrs: Some(r#"{"country":"DE"}"#.into()),
+            json: false,
+        })
+        .unwrap()
     };
-    let out = simulate::run(&ctx.config, &args("cid", false))
+    let rules = ctx.rules.current();
+    let out = simulate::run(&ctx.db, &ctx.config, &rules, request("cid"), false)
         .await
         .unwrap();
     assert!(out.contains("user type first_time"), "{out}");
@@ -255,7 +259,7 @@ async fn simulate_writes_nothing_and_shows_the_decision(db: TestDb) {
             .any(|l| columns(l) == ["NEW10", "10.00", "0", "wallet", "active"]),
         "{out}"
     );
-    let out = simulate::run(&ctx.config, &args("bob", true))
+    let out = simulate::run(&ctx.db, &ctx.config, &rules, request("bob"), true)
         .await
         .unwrap();
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -265,7 +269,7 @@ async fn simulate_writes_nothing_and_shows_the_decision(db: TestDb) {
         (Some("loyalty"), Some("BACK5"))
     );
     assert_eq!(json["history"]["grants_by_campaign"]["newcomer"], 1);
-    let out = simulate::run(&ctx.config, &args("ann", false))
+    let out = simulate::run(&ctx.db, &ctx.config, &rules, request("ann"), false)
         .await
         .unwrap();
     assert!(out.contains("outcome   limit_reached"), "{out}");
@@ -389,6 +393,12 @@ fn row(r: &backtest::CouponRow) -> (&str, &str, usize, usize, usize, usize) {
     )
 }
 
+/// `couponsd backtest` as the command runs it, on the context's database.
+async fn compare(ctx: &Context, args: &BacktestArgs) -> backtest::Backtest {
+    let backtester = Backtester::new(&ctx.config, args).unwrap();
+    backtester.compare(&ctx.db, &ctx.config).await.unwrap()
+}
+
 async fn backtest_counts_the_decisions_a_candidate_changes(db: TestDb) {
     let dir = TempDir::new("backtest");
     let (ctx, path) = recorded_history(&db, &dir.0).await;
@@ -407,9 +417,7 @@ async fn backtest_counts_the_decisions_a_candidate_changes(db: TestDb) {
         limit: 10_000,
         json: false,
     };
-    let report = backtest::backtest(&ctx.config, &args(&everyone_returns))
-        .await
-        .unwrap();
+    let report = compare(&ctx, &args(&everyone_returns)).await;
     assert_eq!(report.requests, 16);
     assert_eq!(
         report.reproduced, 16,
@@ -472,16 +480,10 @@ async fn backtest_counts_the_decisions_a_candidate_changes(db: TestDb) {
 
     let mut limited = args(&everyone_returns);
     limited.limit = 4;
-    let report = backtest::backtest(&ctx.config, &limited).await.unwrap();
+    let report = compare(&ctx, &limited).await;
     assert_eq!((report.requests, report.changed), (4, 4));
     limited.since = Some("2999-01-01".into());
-    assert_eq!(
-        backtest::backtest(&ctx.config, &limited)
-            .await
-            .unwrap()
-            .requests,
-        0
-    );
+    assert_eq!(compare(&ctx, &limited).await.requests, 0);
 }
 on_both_backends!(
     backtest_counts_the_decisions_a_candidate_changes,
