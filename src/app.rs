@@ -1,5 +1,5 @@
 //! The daemon's start-up and its commands: `migrate`, and `run` with its signals,
-//! reloads and shutdown; and the start-up of the operator commands.
+//! reloads and shutdown.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -49,21 +49,13 @@ pub async fn migrate(config: &Config) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Start-up of the operator commands (`stock`, `deliveries`, `channels`): rules
-/// compiled, database reachable and migrated. The catalog is *not* applied: an
-/// operator command run with another config must not change the live campaigns (only
-/// `migrate` and `run` apply it). With [`Access::ReadOnly`] the database refuses any
-/// write, so an inspection cannot change anything.
-pub async fn connect(config: Arc<Config>, access: Access) -> Result<Context, AppError> {
-    let rules = load_rules(&config)?;
-    let db = open_migrated(&config, access).await?;
-    let sender = Sender::new().map_err(|e| AppError::Other(format!("HTTP client: {e}")))?;
-    Ok(Context::new(db, config, rules, sender))
-}
-
-/// Start-up shared by `run` and the demo: [`connect`], then the catalog applied.
+/// Start-up shared by `run` and the demo: rules compiled, database reachable and
+/// migrated, then the catalog applied.
 pub async fn start(config: Arc<Config>) -> Result<Context, AppError> {
-    let ctx = connect(config, Access::ReadWrite).await?;
+    let rules = load_rules(&config)?;
+    let db = open_migrated(&config, Access::ReadWrite).await?;
+    let sender = Sender::new().map_err(|e| AppError::Other(format!("HTTP client: {e}")))?;
+    let ctx = Context::new(db, config, rules, sender);
     daemon::apply_catalog(&ctx.db, &ctx.config).await?;
     info!(rules_version = %ctx.rules.current().version(), "rules compiled");
     Ok(ctx)

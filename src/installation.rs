@@ -2,12 +2,15 @@
 //! what the command may do, and the rules its config names, compiled.
 //!
 //! The daemon's start-up (`app`) and the command line (`cli`) open an installation the
-//! same way. This module sits below both and names neither, so that the commands reach
-//! the database without the daemon's start-up.
+//! same way; the operator commands (`ops`) work on the plain [`Installation`] the
+//! command line opens for them. This module sits below all three and names none of
+//! them, so that the commands reach the database without the daemon's start-up.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::config::Config;
+use crate::domain::RulesVersion;
 use crate::rules::{self, RuleError, Rules};
 use crate::store::{Access, Db, StoreError};
 
@@ -72,4 +75,35 @@ pub async fn open_migrated(config: &Config, access: Access) -> Result<Db, OpenEr
         ));
     }
     Ok(db)
+}
+
+/// What an operator command (`stock`, `deliveries`, `channels`) works on: a plain
+/// handle on the database, and the config the command was run with. Nothing of a
+/// running daemon: no loops, no catalog applied (an operator command run with another
+/// config must not change the live campaigns; only `migrate` and `run` apply them).
+#[derive(Clone)]
+pub struct Installation {
+    /// The database, opened for what the command may do: read-only for `list` and
+    /// `show`.
+    pub db: Db,
+    /// The config; its campaigns and channels name what a command may touch.
+    pub config: Arc<Config>,
+    /// The version of the config's rules, compiled when the installation was opened
+    /// (the stock table names it).
+    pub rules_version: RulesVersion,
+}
+
+impl Installation {
+    /// Opens the installation `config` names for an operator command: the rules
+    /// compiled (a broken rule is refused here, as at the daemon's start), the database
+    /// migrated and opened for `access`.
+    pub async fn open(config: Arc<Config>, access: Access) -> Result<Self, OpenError> {
+        let rules = load_rules(&config)?;
+        let db = open_migrated(&config, access).await?;
+        Ok(Self {
+            db,
+            config,
+            rules_version: rules.version().clone(),
+        })
+    }
 }

@@ -17,6 +17,7 @@ use crate::app::AppError;
 use crate::authoring::AuthoringError;
 use crate::config::ConfigError;
 use crate::installation::OpenError;
+use crate::ops::OpsError;
 use crate::rules::RuleError;
 use crate::store::StoreError;
 
@@ -34,10 +35,13 @@ pub enum CliError {
     /// The installation cannot be opened.
     #[error(transparent)]
     Open(#[from] OpenError),
+    /// An operator command failed.
+    #[error(transparent)]
+    Ops(#[from] OpsError),
     /// An authoring command failed.
     #[error(transparent)]
     Authoring(#[from] AuthoringError),
-    /// `migrate`, the daemon, an operator command, the demo or a benchmark failed.
+    /// `migrate`, the daemon, the demo or a benchmark failed.
     #[error(transparent)]
     App(#[from] AppError),
 }
@@ -49,10 +53,11 @@ fn code(error: &CliError) -> u8 {
         CliError::Config(_) | CliError::App(AppError::Config(_)) => CONFIG_OR_RULES,
         CliError::Open(e) | CliError::App(AppError::Open(e)) => open(e),
         CliError::Authoring(AuthoringError::Rules(_)) => CONFIG_OR_RULES,
-        CliError::Authoring(AuthoringError::Store(e)) | CliError::App(AppError::Store(e)) => {
-            store(e)
-        }
-        CliError::Authoring(AuthoringError::Refused(_) | AuthoringError::Stopped(_))
+        CliError::Ops(OpsError::Store(e))
+        | CliError::Authoring(AuthoringError::Store(e))
+        | CliError::App(AppError::Store(e)) => store(e),
+        CliError::Ops(OpsError::Refused(_))
+        | CliError::Authoring(AuthoringError::Refused(_) | AuthoringError::Stopped(_))
         | CliError::App(AppError::Other(_)) => FAILED,
     }
 }
@@ -106,7 +111,7 @@ mod tests {
         let cases = [
             (CliError::Open(OpenError::Rules(Vec::new())), 2),
             (
-                CliError::App(AppError::Store(StoreError::Url(refused()))),
+                CliError::Ops(OpsError::Store(StoreError::Url(refused()))),
                 2,
             ),
             (
@@ -119,6 +124,7 @@ mod tests {
                 CliError::App(AppError::Store(StoreError::Connect(refused()))),
                 1,
             ),
+            (CliError::Ops(OpsError::Refused(refused())), 1),
             (CliError::Authoring(AuthoringError::Refused(refused())), 1),
             (CliError::App(AppError::Other(refused())), 1),
         ];

@@ -2,14 +2,15 @@
 //! [`Command`], and [`run`] loads the config, opens what the command works on, calls into
 //! the library, prints what it returns and tells the exit code.
 //!
-//! One file per group of commands: `authoring.rs` (`check`, `rules test`, `simulate`,
-//! `backtest`, `explain`) opens the installation the way its commands need it; `exit.rs`
-//! holds every exit code. The daemon's commands (`migrate`, `run`), the operator
-//! commands and `demo` start from [`crate::app`], so their whole command line is one call
-//! in [`run`].
+//! One file per group of commands: `ops.rs` (`stock`, `deliveries`, `channels`) and
+//! `authoring.rs` (`check`, `rules test`, `simulate`, `backtest`, `explain`) open the
+//! installation the way their commands need it; `exit.rs` holds every exit code. The
+//! daemon's commands (`migrate`, `run`) and `demo` open what they need themselves
+//! ([`crate::app`]), so their whole command line is one call in [`run`].
 
 mod authoring;
 mod exit;
+mod ops;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -17,12 +18,11 @@ use std::sync::Arc;
 
 use clap::Subcommand;
 
-use crate::app;
 use crate::authoring::{backtest, check, explain, simulate};
 use crate::config::Config;
-use crate::logging;
-use crate::ops::deliveries::{self, ChannelsAction, DeliveriesAction};
-use crate::ops::stock::{self, StockAction};
+use crate::ops::deliveries::{ChannelsAction, DeliveriesAction};
+use crate::ops::stock::StockAction;
+use crate::{app, logging};
 pub use exit::CliError;
 
 /// What `couponsd` is asked to do.
@@ -122,19 +122,9 @@ async fn dispatch(command: Command, config_path: &Path) -> Result<String, CliErr
             app::run(config, config_path, drain).await?;
             String::new()
         }
-        // Operator commands never apply the catalog; `list` and `show` only read.
-        Command::Stock { action } => {
-            let ctx = app::connect(config, action.access()).await?;
-            stock::run(&ctx, action).await?
-        }
-        Command::Deliveries { action } => {
-            let ctx = app::connect(config, action.access()).await?;
-            deliveries::deliveries(&ctx, action).await?
-        }
-        Command::Channels { action } => {
-            let ctx = app::connect(config, action.access()).await?;
-            deliveries::channels(&ctx, action).await?
-        }
+        Command::Stock { action } => ops::stock(config, action).await?,
+        Command::Deliveries { action } => ops::deliveries(config, action).await?,
+        Command::Channels { action } => ops::channels(config, action).await?,
         Command::Check(args) => check::run(&config, config_path, &args)?,
         Command::Simulate(args) => authoring::simulate(&config, &args).await?,
         Command::Rules {

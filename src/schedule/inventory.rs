@@ -26,7 +26,7 @@ use crate::dispatch::events;
 use crate::store::coupons::{CouponStock, ACTIVE, RETIRED};
 use crate::store::prelude::*;
 use crate::store::schedule::{AlertMark, Rotation};
-use crate::store::StoreError;
+use crate::store::{Db, StoreError};
 use crate::with_conn;
 
 /// How far back the grant rate is measured.
@@ -168,7 +168,7 @@ pub fn forecast_running_low(
 pub async fn check(ctx: &Context) -> Result<InventoryReport, StoreError> {
     let now = crate::store::now().and_utc();
     let horizon = forecast_horizon(super::tick_interval(&ctx.config.schedule.inventory_check));
-    let rates = grant_rates(ctx, now).await?;
+    let rates = grant_rates(&ctx.db, now).await?;
     let mut report = InventoryReport::default();
     // The campaigns of the last reload, like the grant step.
     let catalog = ctx.catalog.current();
@@ -201,9 +201,9 @@ pub async fn check(ctx: &Context) -> Result<InventoryReport, StoreError> {
     Ok(report)
 }
 
-async fn grant_rates(ctx: &Context, now: DateTime<Utc>) -> Result<Rates, StoreError> {
+async fn grant_rates(db: &Db, now: DateTime<Utc>) -> Result<Rates, StoreError> {
     let since = (now - RATE_WINDOW).naive_utc();
-    let rows = with_conn!(ctx.db, |conn| conn.grants_since(since).await?);
+    let rows = with_conn!(db, |conn| conn.grants_since(since).await?);
     Ok(rows
         .into_iter()
         .map(|(coupon, count, first)| {
@@ -357,8 +357,8 @@ pub fn predicted_run_out(
 }
 
 /// The current grant rates (per second), for `stock show`.
-pub async fn current_rates(ctx: &Context) -> Result<Rates, StoreError> {
-    grant_rates(ctx, crate::store::now().and_utc()).await
+pub async fn current_rates(db: &Db) -> Result<Rates, StoreError> {
+    grant_rates(db, crate::store::now().and_utc()).await
 }
 
 #[cfg(test)]

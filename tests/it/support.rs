@@ -13,6 +13,7 @@ use axum::Router;
 use couponsd::config::Config;
 use couponsd::daemon::Context;
 use couponsd::dispatch::send::Sender;
+use couponsd::installation::Installation;
 use couponsd::rules::Rules;
 use couponsd::store::Db;
 use diesel::sql_types::{Nullable, Text};
@@ -213,6 +214,15 @@ pub async fn context(config: Config) -> Context {
     couponsd::daemon::apply_catalog(&db, &config).await.unwrap();
     let rules = Rules::load(&config.rules.dir, &config.rules.limits).expect("rules compile");
     Context::new(db, config, rules, Sender::new().unwrap())
+}
+
+/// The plain handle an operator command works on: the context's database and config.
+pub fn installation(ctx: &Context) -> Installation {
+    Installation {
+        db: ctx.db.clone(),
+        config: ctx.config.clone(),
+        rules_version: ctx.rules.current().version().clone(),
+    }
 }
 
 /// Inserts a trigger request the way a client app does: plain SQL.
