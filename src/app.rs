@@ -1,5 +1,5 @@
-//! The commands behind the CLI: each loads what it needs, does its work, and returns
-//! an error that says which exit code it deserves.
+//! The daemon's start-up and its commands: `migrate`, and `run` with its signals,
+//! reloads and shutdown.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,59 +11,29 @@ use tracing::{error, info, warn};
 
 use crate::authoring::reload::Reloader;
 use crate::config::{Config, ConfigError};
+use crate::installation::{load_rules, open_db, open_migrated, OpenError};
 use crate::pipeline::dispatch::send::Sender;
-use crate::rules::{RuleError, Rules};
 use crate::runtime::notify;
 use crate::runtime::{self, Daemon, Mode};
-use crate::store::{Access, Db, StoreError};
+use crate::store::{Access, StoreError};
 
-/// Why a command failed.
+/// Why the daemon's start-up, `migrate` or the demo failed. The exit code each
+/// deserves is the command line's business (`cli/exit.rs`).
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// The config is bad (exit 2).
+    /// The config is bad.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// A rule does not compile (exit 2).
-    #[error("{}", join_rule_errors(.0))]
-    Rules(Vec<RuleError>),
-    /// The database failed (exit 1).
+    /// The installation cannot be opened: a rule does not compile, or the database is
+    /// unreachable or not migrated.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Anything else (exit 1).
+    /// Anything else.
     #[error("{0}")]
     Other(String),
-}
-
-fn join_rule_errors(errors: &[RuleError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-impl AppError {
-    /// The process exit code: 2 for bad config or rules, 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            AppError::Config(_) | AppError::Rules(_) => 2,
-            AppError::Store(StoreError::Url(_)) => 2,
-            AppError::Store(_) | AppError::Other(_) => 1,
-        }
-    }
-}
-
-/// Compiles the rules named by the config.
-pub fn load_rules(config: &Config) -> Result<Rules, AppError> {
-    Rules::load(&config.rules.dir, &config.rules.limits).map_err(AppError::Rules)
-}
-
-/// Opens the database named by the config.
-pub fn open_db(config: &Config) -> Result<Db, AppError> {
-    Ok(Db::open(
-        config.database.url.expose(),
-        config.database.settings(Access::ReadWrite),
-    )?)
 }
 
 /// `couponsd migrate`: creates or upgrades the schema, then applies the catalog.
@@ -79,51 +49,13 @@ pub async fn migrate(config: &Config) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Opens the database of an installation for a command other than `migrate`: a SQLite
-/// file that does not exist is refused rather than created, and the database must
-/// answer.
-async fn open_existing(config: &Config, access: Access) -> Result<Db, AppError> {
-    let url = config.database.url.expose();
-    if let Some(path) = url.strip_prefix("sqlite://") {
-        if !Path::new(path).exists() {
-            return Err(AppError::Other(format!(
-                "database.url: the SQLite file {path} does not exist (run `couponsd migrate` first)"
-            )));
-        }
-    }
-    let db = Db::open(url, config.database.settings(access))?;
-    // Proves the database answers, and sets the clock leases and holds are read from.
-    db.sync_clock().await?;
-    Ok(db)
-}
-
-/// Opens the configured database for reading only (`explain`, `simulate`,
-/// `backtest`): nothing is migrated, no catalog is applied, and the database itself
-/// refuses any write.
-pub async fn open_read_only(config: &Config) -> Result<Db, AppError> {
-    open_existing(config, Access::ReadOnly).await
-}
-
-/// Start-up of the operator commands (`stock`, `deliveries`, `channels`): rules
-/// compiled, database reachable and migrated. The catalog is *not* applied: an
-/// operator command run with another config must not change the live campaigns (only
-/// `migrate` and `run` apply it). With [`Access::ReadOnly`] the database refuses any
-/// write, so an inspection cannot change anything.
-pub async fn connect(config: Arc<Config>, access: Access) -> Result<Daemon, AppError> {
-    let rules = load_rules(&config)?;
-    let db = open_existing(&config, access).await?;
-    if !db.is_migrated().await? {
-        return Err(AppError::Other(
-            "the database schema is not up to date: run `couponsd migrate` first".into(),
-        ));
-    }
-    let sender = Sender::new().map_err(|e| AppError::Other(format!("HTTP client: {e}")))?;
-    Ok(Daemon::new(db, config, rules, sender))
-}
-
-/// Start-up shared by `run` and the demo: [`connect`], then the catalog applied.
+/// Start-up shared by `run` and the demo: rules compiled, database reachable and
+/// migrated, then the catalog applied.
 pub async fn start(config: Arc<Config>) -> Result<Daemon, AppError> {
-    let ctx = connect(config, Access::ReadWrite).await?;
+    let rules = load_rules(&config)?;
+    let db = open_migrated(&config, Access::ReadWrite).await?;
+    let sender = Sender::new().map_err(|e| AppError::Other(format!("HTTP client: {e}")))?;
+    let ctx = Daemon::new(db, config, rules, sender);
     runtime::apply_catalog(&ctx.db, &ctx.config).await?;
     info!(rules_version = %ctx.rules.current().version(), "rules compiled");
     Ok(ctx)
@@ -135,7 +67,11 @@ pub async fn start(config: Arc<Config>) -> Result<Daemon, AppError> {
 pub async fn run(config: Arc<Config>, config_path: &Path, drain: bool) -> Result<(), AppError> {
     let ctx = start(config).await?;
     let shutdown = CancellationToken::new();
-    let reloader = Reloader::new(ctx.clone(), config_path.to_owned());
+    let reloader = Reloader::new(
+        ctx.rules.clone(),
+        ctx.catalog.clone(),
+        config_path.to_owned(),
+    );
     spawn_signal_handlers(
         ctx.clone(),
         config_path.to_owned(),

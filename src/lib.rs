@@ -11,14 +11,17 @@
 
 pub mod domain;
 pub mod config;
+pub mod in_force;
 pub mod rules;
 pub mod store;
 pub mod pipeline;
 pub mod schedule;
 pub mod metrics;
 pub mod runtime;
+pub mod installation;
 pub mod app;
 pub mod authoring;
 pub mod ops;
 pub mod demo;
+pub mod cli;
 pub mod logging;

@@ -172,7 +172,7 @@ pub(super) async fn prepare(
     let path = workload::write_config(dir, &url, &bench.receiver, knobs, catalog)?;
     let config = Arc::new(Config::load(&path).map_err(couponsd::app::AppError::from)?);
     couponsd::app::migrate(&config).await?;
-    let db = couponsd::app::open_db(&config)?;
+    let db = couponsd::installation::open_db(&config).map_err(couponsd::app::AppError::from)?;
     Ok((path, db))
 }
 

@@ -76,7 +76,7 @@ async fn run_in(bench: &mut Bench, scratch: &ScratchDb, count: usize) -> Result<
     )?;
     let config = Arc::new(Config::load(&path).map_err(couponsd::app::AppError::from)?);
     couponsd::app::migrate(&config).await?;
-    let db = couponsd::app::open_db(&config)?;
+    let db = couponsd::installation::open_db(&config).map_err(couponsd::app::AppError::from)?;
     let received = bench.receiver.received.clone();
     received.reset();
     let daemon = process::spawn(

@@ -29,11 +29,10 @@ use std::path::PathBuf;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::Serialize;
 
-use super::{open_read_only, to_json_line, SetClock};
-use crate::app::AppError;
+use super::{to_json_line, AuthoringError, SetClock};
 use crate::config::Config;
 use crate::rules::Rules;
-use crate::store::StoreError;
+use crate::store::{Db, StoreError};
 use crate::with_conn;
 use replay::{Recorded, Replayed};
 
@@ -126,64 +125,102 @@ pub struct Example {
     pub new: String,
 }
 
-/// `couponsd backtest`.
-pub async fn run(config: &Config, args: &BacktestArgs) -> Result<String, AppError> {
-    let report = backtest(config, args).await?;
-    if args.json {
+/// `couponsd backtest`: `backtester` run on `db` (opened read-only by the caller); the
+/// report as text, or as one JSON line with `json`.
+pub async fn run(
+    db: &Db,
+    config: &Config,
+    backtester: Backtester,
+    json: bool,
+) -> Result<String, AuthoringError> {
+    let report = backtester.compare(db, config).await?;
+    if json {
         return to_json_line(&report);
     }
     Ok(render(&report))
 }
 
-/// Replays and compares; see the module docs.
-pub async fn backtest(config: &Config, args: &BacktestArgs) -> Result<Backtest, AppError> {
-    if args.limit < 1 {
-        return Err(AppError::Other(format!(
-            "--limit: must be at least 1, got {}",
-            args.limit
-        )));
-    }
-    let since = parse_since(args.since.as_deref(), Utc::now())?;
-    let clock = SetClock::new(Utc::now());
-    let limits = &config.rules.limits;
-    let live_dir = &config.rules.dir;
-    let live = Rules::load_with_clock(live_dir, limits, clock.clock());
-    let candidate = Rules::load_with_clock(&args.rules, limits, clock.clock());
-    let (live, candidate) = match (live, candidate) {
-        (Ok(live), Ok(candidate)) => (live, candidate),
-        (live, candidate) => {
-            let errors = [live.err(), candidate.err()].into_iter().flatten();
-            return Err(AppError::Rules(errors.flatten().collect()));
-        }
-    };
-    let db = open_read_only(config).await?;
-    let recorded = read(&db, since, args.limit).await?;
-    let mut report = Backtest {
-        live: RulesRef {
-            dir: live_dir.display().to_string(),
-            version: live.version().to_string(),
-        },
-        candidate: RulesRef {
-            dir: args.rules.display().to_string(),
-            version: candidate.version().to_string(),
-        },
-        ..Backtest::default()
-    };
-    let config = config.clone();
-    let replayed = tokio::task::spawn_blocking(move || {
-        replay::replay(&config.campaigns, &live, &candidate, &clock, &recorded)
-    })
-    .await
-    .map_err(|e| AppError::Other(format!("replay stopped unexpectedly: {e}")))?;
-    tally(&mut report, &replayed);
-    Ok(report)
-}
-
-async fn read(
-    db: &crate::store::Db,
+/// A backtest ready to run: `--limit` and `--since` checked, and the live rules
+/// (`rules.dir`) and the candidate compiled with a clock the replay sets, all before the
+/// database is read, so that a bad argument or a rule that does not compile is reported
+/// first.
+pub struct Backtester {
+    live: Rules,
+    candidate: Rules,
+    clock: SetClock,
     since: NaiveDateTime,
     limit: i64,
-) -> Result<Recorded, AppError> {
+    /// The report so far: which rules are compared.
+    report: Backtest,
+}
+
+impl Backtester {
+    /// Checks `args` and compiles both rule sets; every rule problem is reported at once.
+    pub fn new(config: &Config, args: &BacktestArgs) -> Result<Self, AuthoringError> {
+        if args.limit < 1 {
+            return Err(AuthoringError::Refused(format!(
+                "--limit: must be at least 1, got {}",
+                args.limit
+            )));
+        }
+        let since = parse_since(args.since.as_deref(), Utc::now())?;
+        let clock = SetClock::new(Utc::now());
+        let limits = &config.rules.limits;
+        let live_dir = &config.rules.dir;
+        let live = Rules::load_with_clock(live_dir, limits, clock.clock());
+        let candidate = Rules::load_with_clock(&args.rules, limits, clock.clock());
+        let (live, candidate) = match (live, candidate) {
+            (Ok(live), Ok(candidate)) => (live, candidate),
+            (live, candidate) => {
+                let errors = [live.err(), candidate.err()].into_iter().flatten();
+                return Err(AuthoringError::Rules(errors.flatten().collect()));
+            }
+        };
+        let report = Backtest {
+            live: RulesRef {
+                dir: live_dir.display().to_string(),
+                version: live.version().to_string(),
+            },
+            candidate: RulesRef {
+                dir: args.rules.display().to_string(),
+                version: candidate.version().to_string(),
+            },
+            ..Backtest::default()
+        };
+        Ok(Self {
+            live,
+            candidate,
+            clock,
+            since,
+            limit: args.limit,
+            report,
+        })
+    }
+
+    /// Replays the requests recorded in `db` through both rule sets, with `config`'s
+    /// campaigns, and compares; see the module docs.
+    pub async fn compare(self, db: &Db, config: &Config) -> Result<Backtest, AuthoringError> {
+        let Self {
+            live,
+            candidate,
+            clock,
+            since,
+            limit,
+            mut report,
+        } = self;
+        let recorded = read(db, since, limit).await?;
+        let campaigns = config.campaigns.clone();
+        let replayed = tokio::task::spawn_blocking(move || {
+            replay::replay(&campaigns, &live, &candidate, &clock, &recorded)
+        })
+        .await
+        .map_err(|e| AuthoringError::Stopped(format!("replay stopped unexpectedly: {e}")))?;
+        tally(&mut report, &replayed);
+        Ok(report)
+    }
+}
+
+async fn read(db: &Db, since: NaiveDateTime, limit: i64) -> Result<Recorded, AuthoringError> {
     Ok(with_conn!(db, |conn| {
         let requests = conn
             .done_requests_since(since, limit)
@@ -219,7 +256,7 @@ async fn read(
 }
 
 /// `--since`: RFC 3339, a date (midnight UTC), or a duration before `now`.
-fn parse_since(text: Option<&str>, now: DateTime<Utc>) -> Result<NaiveDateTime, AppError> {
+fn parse_since(text: Option<&str>, now: DateTime<Utc>) -> Result<NaiveDateTime, AuthoringError> {
     let Some(text) = text.map(str::trim) else {
         return Ok(DateTime::UNIX_EPOCH.naive_utc());
     };
@@ -231,7 +268,7 @@ fn parse_since(text: Option<&str>, now: DateTime<Utc>) -> Result<NaiveDateTime, 
     }
     match humantime::parse_duration(text) {
         Ok(ago) => Ok(now.naive_utc() - chrono::TimeDelta::from_std(ago).unwrap_or_default()),
-        Err(_) => Err(AppError::Other(format!(
+        Err(_) => Err(AuthoringError::Refused(format!(
             "--since: {text:?} is not an RFC 3339 time (2025-03-01T00:00:00Z), a date (2025-03-01) or a duration (36h, 7days)"
         ))),
     }

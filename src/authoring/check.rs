@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::fixtures::{self, TESTS_DIR};
-use crate::app::AppError;
+use super::AuthoringError;
 use crate::config::Config;
 use crate::rules::{SELECT_COUPON_FILE, USER_TYPE_FILE};
 
@@ -22,10 +22,14 @@ pub struct RulesDirArgs {
 /// Every problem is returned at once, each as `file:line:column: message` (exit 2):
 /// compile errors in both rule files, rule test files that do not parse, and failed
 /// rule tests.
-pub fn run(config: &Config, config_path: &Path, args: &RulesDirArgs) -> Result<String, AppError> {
+pub fn run(
+    config: &Config,
+    config_path: &Path,
+    args: &RulesDirArgs,
+) -> Result<String, AuthoringError> {
     let dir = args.rules.as_ref().unwrap_or(&config.rules.dir);
     let passed = fixtures::test_dir(dir, &config.rules.limits, &config.campaigns)
-        .map_err(AppError::Rules)?;
+        .map_err(AuthoringError::Rules)?;
     Ok(format!(
         "ok  config {}: {} campaign(s), {} channel(s)\n\
          ok  rules {}, {} compile (rules version {})\n\

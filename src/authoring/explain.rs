@@ -6,9 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{open_read_only, rfc3339, to_json_line};
-use crate::app::AppError;
-use crate::config::Config;
+use super::{rfc3339, to_json_line, AuthoringError};
 use crate::store::history::{AttemptRecord, DeliveryRecord, GrantRecord, InspectedRequest};
 use crate::store::requests::parse_time;
 use crate::store::{Db, StoreError};
@@ -125,10 +123,9 @@ pub struct AttemptView {
     pub duration_ms: i64,
 }
 
-/// `couponsd explain`.
-pub async fn run(config: &Config, args: &ExplainArgs) -> Result<String, AppError> {
-    let db = open_read_only(config).await?;
-    let explanation = explain(&db, &args.request_key).await?;
+/// `couponsd explain`, on `db` (opened read-only by the caller).
+pub async fn run(db: &Db, args: &ExplainArgs) -> Result<String, AuthoringError> {
+    let explanation = explain(db, &args.request_key).await?;
     if args.json {
         return to_json_line(&explanation);
     }
@@ -137,10 +134,10 @@ pub async fn run(config: &Config, args: &ExplainArgs) -> Result<String, AppError
 
 /// Reads everything recorded about the request with `key`; an unknown key is an error
 /// naming it.
-pub async fn explain(db: &Db, key: &str) -> Result<Explanation, AppError> {
+pub async fn explain(db: &Db, key: &str) -> Result<Explanation, AuthoringError> {
     let found = with_conn!(db, |conn| {
         let Some(request) = conn.request_by_key(key).await.map_err(StoreError::from)? else {
-            return Err(AppError::Other(format!(
+            return Err(AuthoringError::Refused(format!(
                 "request_key {key:?}: no such request in trigger_requests"
             )));
         };

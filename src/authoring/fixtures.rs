@@ -12,8 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::check::RulesDirArgs;
-use super::{problem, SetClock};
-use crate::app::AppError;
+use super::{problem, AuthoringError, SetClock};
 use crate::config::{CampaignConfig, Config, RuleLimits};
 use crate::domain::RulesVersion;
 use crate::rules::{RuleError, Rules};
@@ -157,9 +156,10 @@ pub fn test_dir(
 /// `couponsd rules test`: exit 0 with one line per case, or exit 2 listing every failure
 /// as `file:line:column: case "NAME": expected …, got …`. Tests `rules.dir`, or the
 /// folder in `args.rules`.
-pub fn run(config: &Config, args: &RulesDirArgs) -> Result<String, AppError> {
+pub fn run(config: &Config, args: &RulesDirArgs) -> Result<String, AuthoringError> {
     let dir = args.rules.as_ref().unwrap_or(&config.rules.dir);
-    let passed = test_dir(dir, &config.rules.limits, &config.campaigns).map_err(AppError::Rules)?;
+    let passed =
+        test_dir(dir, &config.rules.limits, &config.campaigns).map_err(AuthoringError::Rules)?;
     let mut out = passed.cases.join("\n");
     if !out.is_empty() {
         out.push('\n');

@@ -11,7 +11,8 @@
 //!
 //! Every decision here is made by [`crate::pipeline::grant::decide_one`], the function the batch
 //! transaction uses, so a dry run cannot drift from what the daemon does. Nothing in
-//! this module writes to the database.
+//! this module writes to the database; the commands read it through the plain handle
+//! their caller opened (read-only), never through a running daemon's context.
 
 pub mod backtest;
 pub mod check;
@@ -26,8 +27,29 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::app::AppError;
-use crate::rules::{Clock, RuleError};
+use crate::rules::{self, Clock, RuleError};
+use crate::store::StoreError;
+
+/// Why an authoring command failed. The module's own rather than one error shared by
+/// every command: it says only what can go wrong here, and it keeps `authoring` free of
+/// the modules above it (the daemon's start-up, the command line). The command line maps
+/// it to an exit code (`cli/exit.rs`); hot reload has its own [`reload::ReloadError`].
+#[derive(Debug, thiserror::Error)]
+pub enum AuthoringError {
+    /// Rules that do not compile, rule test files that do not parse, rule tests that
+    /// fail: every problem, each as `file:line:column: message`.
+    #[error("{}", rules::one_per_line(.0))]
+    Rules(Vec<RuleError>),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An argument or a request key the command cannot use; the message names it.
+    #[error("{0}")]
+    Refused(String),
+    /// The work stopped unexpectedly (a bug in couponsd).
+    #[error("{0}")]
+    Stopped(String),
+}
 
 /// A clock the caller sets: rule tests and replays evaluate the rules "as of" a time of
 /// their choosing, so `now()` and `days_since` see that time.
@@ -52,8 +74,6 @@ impl SetClock {
     }
 }
 
-pub(crate) use crate::app::open_read_only;
-
 /// A problem located in a file of the rules folder (a rule or a rule test), reported as
 /// `file:line:column: message`; line and column are 0 when unknown.
 pub(crate) fn problem(
@@ -76,8 +96,8 @@ pub(crate) fn rfc3339(at: NaiveDateTime) -> String {
 }
 
 /// One JSON object on one line.
-pub(crate) fn to_json_line<T: Serialize>(value: &T) -> Result<String, AppError> {
+pub(crate) fn to_json_line<T: Serialize>(value: &T) -> Result<String, AuthoringError> {
     serde_json::to_string(value)
         .map(|text| text + "\n")
-        .map_err(|e| AppError::Other(format!("cannot render JSON: {e}")))
+        .map_err(|e| AuthoringError::Stopped(format!("cannot render JSON: {e}")))
 }

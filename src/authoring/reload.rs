@@ -24,8 +24,8 @@ use tracing::{error, info, warn};
 use super::fixtures::{self, TESTS_DIR};
 use crate::config::{CampaignConfig, Config, RuleLimits};
 use crate::domain::RulesVersion;
+use crate::in_force::InForce;
 use crate::rules::{RuleError, Rules};
-use crate::runtime::Daemon;
 
 /// How often the rules folder is looked at. A change is acted on once the folder has
 /// stayed the same for one more look, so that a save in several steps reloads once.
@@ -62,36 +62,38 @@ pub struct Reloaded {
     pub tests: usize,
 }
 
-/// Compiles the rules in `dir` and runs their tests (with the campaigns in force now);
-/// when both pass, swaps them into `ctx`. Logs the outcome, naming file and
-/// line of every problem: this is where a failed reload is handled.
+/// Compiles the rules in `dir` and runs their tests (with the campaigns of `catalog`,
+/// those in force now); when both pass, puts them in force in `rules`. Logs the
+/// outcome, naming file and line of every problem: this is where a failed reload is
+/// handled.
 pub async fn reload_rules(
-    ctx: &Daemon,
+    rules: &InForce<Rules>,
+    catalog: &InForce<Config>,
     dir: &Path,
     limits: &RuleLimits,
 ) -> Result<Reloaded, ReloadError> {
-    let previous = ctx.rules.current().version().clone();
+    let previous = rules.current().version().clone();
     let (folder, limits) = (dir.to_owned(), limits.clone());
     // The campaigns in force now (a config reload may have changed them since start-up):
     // the rules will decide with these.
-    let campaigns = ctx.catalog.current().campaigns.clone();
+    let campaigns = catalog.current().campaigns.clone();
     // Compiling and running the tests is CPU work: keep it off the runtime's workers.
     let candidate = tokio::task::spawn_blocking(move || candidate(&folder, &limits, &campaigns))
         .await
         .map_err(|e| ReloadError::Stopped(e.to_string()))
         .and_then(|r| r);
-    let (rules, tests) = match candidate {
+    let (compiled, tests) = match candidate {
         Ok(found) => found,
         Err(e) => {
             log_refusal(&e, &previous, dir);
             return Err(e);
         }
     };
-    let version = rules.version().clone();
+    let version = compiled.version().clone();
     if version == previous {
         info!(rules_version = %version, tests, "rules reloaded: unchanged");
     } else {
-        ctx.rules.swap(rules);
+        rules.swap(compiled);
         info!(rules_version = %version, previous = %previous, tests, dir = %dir.display(), "rules reloaded: new rules in force");
     }
     Ok(Reloaded {
@@ -138,16 +140,19 @@ fn log_refusal(error: &ReloadError, running: &RulesVersion, dir: &Path) {
 /// newer one. Cheap to clone.
 #[derive(Clone)]
 pub struct Reloader {
-    ctx: Daemon,
+    rules: InForce<Rules>,
+    catalog: InForce<Config>,
     config_path: PathBuf,
     one_at_a_time: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Reloader {
-    /// A reloader for the daemon of `ctx`, started with the config at `config_path`.
-    pub fn new(ctx: Daemon, config_path: PathBuf) -> Self {
+    /// A reloader for the daemon whose `rules` and `catalog` are in force, started with
+    /// the config at `config_path`.
+    pub fn new(rules: InForce<Rules>, catalog: InForce<Config>, config_path: PathBuf) -> Self {
         Self {
-            ctx,
+            rules,
+            catalog,
             config_path,
             one_at_a_time: Arc::default(),
         }
@@ -162,18 +167,19 @@ impl Reloader {
             Ok(config) => (config.rules.dir, config.rules.limits),
             Err(e) => {
                 warn!(error = %e, "config does not load; reloading rules from the running config's folder");
-                let rules = &self.ctx.config.rules;
-                (rules.dir.clone(), rules.limits.clone())
+                // A catalog reload changes only the campaigns: these are the start-up's.
+                let running = self.catalog.current();
+                (running.rules.dir.clone(), running.rules.limits.clone())
             }
         };
-        reload_rules(&self.ctx, &dir, &limits).await
+        reload_rules(&self.rules, &self.catalog, &dir, &limits).await
     }
 
     /// Watches the running config's rules folder until `shutdown`, reloading on a
     /// change (see the module docs).
     pub fn watch(&self, shutdown: CancellationToken) -> JoinHandle<()> {
         let reloader = self.clone();
-        let dir = self.ctx.config.rules.dir.clone();
+        let dir = self.catalog.current().rules.dir.clone();
         watch(dir, POLL_EVERY, shutdown, move || {
             let reloader = reloader.clone();
             async move {

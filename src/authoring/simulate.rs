@@ -2,8 +2,8 @@
 //! would decide it now, without writing anything: the user's history, the user type,
 //! the campaign, its coupons with their stock, the coupon chosen and its channel.
 //!
-//! Read-only by construction: the database is opened without migrating or applying the
-//! catalog, only the plain `SELECT`s of `store::history`, `Grants::history_for` and
+//! Read-only by construction: the caller opens the database read-only, without
+//! migrating or applying the catalog, only the plain `SELECT`s of `store::history`, `Grants::history_for` and
 //! `Coupons::coupon_stock` run (no locking reads), and the decision is made in memory
 //! by [`decide_one`].
 
@@ -13,8 +13,7 @@ use std::fmt::Write as _;
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
 
-use super::{open_read_only, rfc3339, to_json_line};
-use crate::app::{load_rules, AppError};
+use super::{rfc3339, to_json_line, AuthoringError};
 use crate::config::Config;
 use crate::domain::chain::Chain;
 use crate::domain::chain::CouponStock;
@@ -111,20 +110,27 @@ pub struct CandidateCoupon {
     pub retired: bool,
 }
 
-/// `couponsd simulate`.
-pub async fn run(config: &Config, args: &SimulateArgs) -> Result<String, AppError> {
-    let request = request(args)?;
-    let rules = load_rules(config)?;
-    let db = open_read_only(config).await?;
-    let simulation = simulate(&db, config, &rules, request).await?;
-    if args.json {
+/// `couponsd simulate`: `request` decided on `db` (opened read-only by the caller) with
+/// the config's compiled `rules`; the simulation as text, or as one JSON line with
+/// `json`.
+pub async fn run(
+    db: &Db,
+    config: &Config,
+    rules: &Rules,
+    request: TriggerRequest,
+    json: bool,
+) -> Result<String, AuthoringError> {
+    let simulation = simulate(db, config, rules, request).await?;
+    if json {
         return to_json_line(&simulation);
     }
     Ok(render(&simulation))
 }
 
-fn request(args: &SimulateArgs) -> Result<TriggerRequest, AppError> {
-    let bad = |what: &str, e: String| AppError::Other(format!("{what}: {e}"));
+/// The request `args` describe, checked before anything is opened: a bad `--attrs`,
+/// `--user` or `--event` is refused, naming the flag.
+pub fn request(args: &SimulateArgs) -> Result<TriggerRequest, AuthoringError> {
+    let bad = |what: &str, e: String| AuthoringError::Refused(format!("{what}: {e}"));
     let attributes = match args.attrs.as_deref() {
         None => serde_json::Map::new(),
         Some(text) => match serde_json::from_str(text) {
@@ -151,7 +157,7 @@ struct Live {
     budgets: HashMap<String, Budget>,
 }
 
-async fn read_live(db: &Db, user: &str, event: &str) -> Result<Live, AppError> {
+async fn read_live(db: &Db, user: &str, event: &str) -> Result<Live, AuthoringError> {
     let (history, recent, stock, budgets, disabled) = with_conn!(db, |conn| {
         let history = conn.history_for(&[user.to_owned()]).await;
         let recent = conn.recent_grants_of(user, event, RECENT_GRANTS).await;
@@ -199,7 +205,7 @@ pub async fn simulate(
     config: &Config,
     rules: &Rules,
     request: TriggerRequest,
-) -> Result<Simulation, AppError> {
+) -> Result<Simulation, AuthoringError> {
     let (user, event) = (request.user_id.to_string(), request.event.to_string());
     let mut live = read_live(db, &user, &event).await?;
     let mut histories = Histories::from_rows(live.history);

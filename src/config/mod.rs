@@ -14,9 +14,8 @@ use crate::domain::ChannelName;
 
 mod campaigns;
 mod channels;
-mod handle;
+
 pub use channels::signing_key;
-pub use handle::CatalogHandle;
 mod raw;
 mod validate;
 

@@ -11,8 +11,9 @@ use std::fmt::Write as _;
 
 use clap::Subcommand;
 
-use crate::app::AppError;
-use crate::runtime::Daemon;
+use super::OpsError;
+use crate::config::Config;
+use crate::installation::Installation;
 use crate::store::deliveries::{DeliveryRow, DisabledChannel, Replay};
 use crate::store::{self, Access, StoreError};
 use crate::with_conn;
@@ -82,29 +83,41 @@ impl ChannelsAction {
 }
 
 /// Runs a `deliveries` command; returns what to print.
-pub async fn deliveries(ctx: &Daemon, action: DeliveriesAction) -> Result<String, AppError> {
+pub async fn deliveries(
+    installation: &Installation,
+    action: DeliveriesAction,
+) -> Result<String, OpsError> {
     match action {
-        DeliveriesAction::List { dead, limit } => list(ctx, dead, limit).await,
-        DeliveriesAction::Replay { id: Some(id), .. } => replay(ctx, Replay::One(id)).await,
+        DeliveriesAction::List { dead, limit } => list(installation, dead, limit).await,
+        DeliveriesAction::Replay { id: Some(id), .. } => {
+            replay(installation, Replay::One(id)).await
+        }
         DeliveriesAction::Replay {
             channel: Some(channel),
             ..
-        } => replay(ctx, Replay::Channel(&channel)).await,
-        DeliveriesAction::Replay { .. } => replay(ctx, Replay::AllDead).await,
+        } => replay(installation, Replay::Channel(&channel)).await,
+        DeliveriesAction::Replay { .. } => replay(installation, Replay::AllDead).await,
     }
 }
 
 /// Runs a `channels` command; returns what to print.
-pub async fn channels(ctx: &Daemon, action: ChannelsAction) -> Result<String, AppError> {
+pub async fn channels(
+    installation: &Installation,
+    action: ChannelsAction,
+) -> Result<String, OpsError> {
     match action {
-        ChannelsAction::List => list_channels(ctx).await,
-        ChannelsAction::Enable { name } => enable(ctx, &name).await,
+        ChannelsAction::List => list_channels(installation).await,
+        ChannelsAction::Enable { name } => enable(installation, &name).await,
     }
 }
 
 /// The deliveries table.
-pub async fn list(ctx: &Daemon, dead_only: bool, limit: i64) -> Result<String, AppError> {
-    let rows = with_conn!(ctx.db, |conn| conn
+pub async fn list(
+    installation: &Installation,
+    dead_only: bool,
+    limit: i64,
+) -> Result<String, OpsError> {
+    let rows = with_conn!(installation.db, |conn| conn
         .list_deliveries(dead_only, limit.max(1))
         .await
         .map_err(StoreError::from)?);
@@ -152,8 +165,8 @@ fn table_row(row: &DeliveryRow) -> String {
 
 /// Replays the dead deliveries `which` selects, after checking that each one's channel
 /// is configured and not disabled.
-pub async fn replay(ctx: &Daemon, which: Replay<'_>) -> Result<String, AppError> {
-    let (targets, disabled) = with_conn!(ctx.db, |conn| {
+pub async fn replay(installation: &Installation, which: Replay<'_>) -> Result<String, OpsError> {
+    let (targets, disabled) = with_conn!(installation.db, |conn| {
         let targets = conn
             .dead_deliveries(which)
             .await
@@ -166,14 +179,14 @@ pub async fn replay(ctx: &Daemon, which: Replay<'_>) -> Result<String, AppError>
     });
     if targets.is_empty() {
         return match which {
-            Replay::One(id) => Err(AppError::Other(format!(
+            Replay::One(id) => Err(OpsError::Refused(format!(
                 "delivery {id} is not dead (or does not exist): `couponsd deliveries list` shows it"
             ))),
             _ => Ok("no dead deliveries to replay\n".into()),
         };
     }
-    refuse_unsendable(ctx, &targets, &disabled)?;
-    let replayed = with_conn!(ctx.db, |conn| conn
+    refuse_unsendable(installation, &targets, &disabled)?;
+    let replayed = with_conn!(installation.db, |conn| conn
         .replay_dead(which, store::now())
         .await
         .map_err(StoreError::from)?);
@@ -184,15 +197,15 @@ pub async fn replay(ctx: &Daemon, which: Replay<'_>) -> Result<String, AppError>
 }
 
 fn refuse_unsendable(
-    ctx: &Daemon,
+    installation: &Installation,
     targets: &[DeliveryRow],
     disabled: &[DisabledChannel],
-) -> Result<(), AppError> {
+) -> Result<(), OpsError> {
     if let Some(row) = targets
         .iter()
-        .find(|r| ctx.config.channel_named(&r.channel).is_none())
+        .find(|r| !configured(&installation.config, &r.channel))
     {
-        return Err(AppError::Other(format!(
+        return Err(OpsError::Refused(format!(
             "delivery {} goes to channel {}, which is not in the config: add the channel first",
             row.id, row.channel
         )));
@@ -201,7 +214,7 @@ fn refuse_unsendable(
         .iter()
         .find_map(|r| disabled.iter().find(|d| d.channel == r.channel));
     if let Some(d) = off {
-        return Err(AppError::Other(format!(
+        return Err(OpsError::Refused(format!(
             "channel {} is disabled (its partner answered 410 Gone{}): once the partner has fixed the endpoint, run `couponsd channels enable {}` and replay again",
             d.channel,
             d.disabled_at
@@ -213,9 +226,14 @@ fn refuse_unsendable(
     Ok(())
 }
 
+/// Whether the config has a channel called `name`.
+fn configured(config: &Config, name: &str) -> bool {
+    config.channels.keys().any(|c| c.as_str() == name)
+}
+
 /// The channels table: configured channels and disabled state.
-pub async fn list_channels(ctx: &Daemon) -> Result<String, AppError> {
-    let (disabled, held) = with_conn!(ctx.db, |conn| {
+pub async fn list_channels(installation: &Installation) -> Result<String, OpsError> {
+    let (disabled, held) = with_conn!(installation.db, |conn| {
         let disabled = conn
             .disabled_channel_states()
             .await
@@ -227,13 +245,18 @@ pub async fn list_channels(ctx: &Daemon) -> Result<String, AppError> {
         "{:<16}  {:<8}  {:<19}  {:>6}  REASON\n",
         "CHANNEL", "STATE", "SINCE", "HELD"
     );
-    let mut names: Vec<String> = ctx.config.channels.keys().map(|c| c.to_string()).collect();
+    let mut names: Vec<String> = installation
+        .config
+        .channels
+        .keys()
+        .map(|c| c.to_string())
+        .collect();
     // A channel disabled while configured and since removed from the config still shows.
     names.extend(
         disabled
             .iter()
             .map(|d| d.channel.clone())
-            .filter(|c| ctx.config.channel_named(c).is_none()),
+            .filter(|c| !configured(&installation.config, c)),
     );
     for name in names {
         let line = match disabled.iter().find(|d| d.channel == name) {
@@ -255,13 +278,13 @@ pub async fn list_channels(ctx: &Daemon) -> Result<String, AppError> {
 }
 
 /// Enables a channel a 410 Gone disabled.
-pub async fn enable(ctx: &Daemon, name: &str) -> Result<String, AppError> {
-    if ctx.config.channel_named(name).is_none() {
-        return Err(AppError::Other(format!(
+pub async fn enable(installation: &Installation, name: &str) -> Result<String, OpsError> {
+    if !configured(&installation.config, name) {
+        return Err(OpsError::Refused(format!(
             "unknown channel {name:?}: not in the config's channels"
         )));
     }
-    let released = with_conn!(ctx.db, |conn| conn
+    let released = with_conn!(installation.db, |conn| conn
         .enable_channel(name, store::now())
         .await
         .map_err(StoreError::from)?);

@@ -3,10 +3,10 @@
 
 use std::fmt::Write as _;
 
-use crate::app::AppError;
+use super::OpsError;
 use crate::config::Config;
 use crate::domain::CouponState;
-use crate::runtime::Daemon;
+use crate::installation::Installation;
 use crate::schedule::inventory::{current_rates, predicted_run_out};
 use crate::store::schedule::AlertMark;
 use crate::store::{Access, StoreError};
@@ -42,23 +42,23 @@ impl StockAction {
 }
 
 /// Runs a `stock` command and returns what to print.
-pub async fn run(ctx: &Daemon, action: StockAction) -> Result<String, AppError> {
+pub async fn run(installation: &Installation, action: StockAction) -> Result<String, OpsError> {
     match action {
-        StockAction::Show => show(ctx).await,
-        StockAction::Add { coupon, count } => add(ctx, &coupon, count).await,
-        StockAction::Activate { coupon } => activate(ctx, &coupon).await,
+        StockAction::Show => show(installation).await,
+        StockAction::Add { coupon, count } => add(installation, &coupon, count).await,
+        StockAction::Activate { coupon } => activate(installation, &coupon).await,
     }
 }
 
 /// Renders the stock table.
-pub async fn show(ctx: &Daemon) -> Result<String, AppError> {
-    let coupons = with_conn!(ctx.db, |conn| conn
+pub async fn show(installation: &Installation) -> Result<String, OpsError> {
+    let coupons = with_conn!(installation.db, |conn| conn
         .coupon_stock()
         .await
         .map_err(StoreError::from)?);
-    let rates = current_rates(&ctx.db).await?;
+    let rates = current_rates(&installation.db).await?;
     let now = crate::store::now().and_utc();
-    let mut out = format!("rules version {}\n", ctx.rules.current().version());
+    let mut out = format!("rules version {}\n", installation.rules_version);
     let _ = writeln!(
         out,
         "{:<12} {:<10} {:<8} {:>9} {:>9} {:>9} {:>9}  PREDICTED RUN-OUT",
@@ -91,28 +91,32 @@ pub async fn show(ctx: &Daemon) -> Result<String, AppError> {
     Ok(out)
 }
 
-fn campaign_of(config: &Config, coupon: &str) -> Result<String, AppError> {
+fn campaign_of(config: &Config, coupon: &str) -> Result<String, OpsError> {
     config
         .campaigns
         .iter()
         .find(|k| k.coupons.iter().any(|c| c.id.as_str() == coupon))
         .map(|k| k.id.to_string())
         .ok_or_else(|| {
-            AppError::Other(format!(
+            OpsError::Refused(format!(
                 "unknown coupon {coupon:?}: not in the config's campaigns"
             ))
         })
 }
 
 /// Adds `count` to a coupon's stock. A retired coupon stays retired.
-pub async fn add(ctx: &Daemon, coupon: &str, count: i64) -> Result<String, AppError> {
+pub async fn add(
+    installation: &Installation,
+    coupon: &str,
+    count: i64,
+) -> Result<String, OpsError> {
     if count <= 0 {
-        return Err(AppError::Other(format!(
+        return Err(OpsError::Refused(format!(
             "stock add {coupon}: the count must be positive, got {count}"
         )));
     }
-    let campaign = campaign_of(&ctx.config, coupon)?;
-    with_conn!(ctx.db, |conn| {
+    let campaign = campaign_of(&installation.config, coupon)?;
+    with_conn!(installation.db, |conn| {
         conn.add_stock(coupon, count)
             .await
             .map_err(StoreError::from)?;
@@ -120,33 +124,39 @@ pub async fn add(ctx: &Daemon, coupon: &str, count: i64) -> Result<String, AppEr
             .await
             .map_err(StoreError::from)?;
     });
-    Ok(format!("added {count} to {coupon}\n{}", show(ctx).await?))
+    Ok(format!(
+        "added {count} to {coupon}\n{}",
+        show(installation).await?
+    ))
 }
 
 /// Brings a retired coupon back into selection.
-pub async fn activate(ctx: &Daemon, coupon: &str) -> Result<String, AppError> {
-    campaign_of(&ctx.config, coupon)?;
-    let coupons = with_conn!(ctx.db, |conn| conn
+pub async fn activate(installation: &Installation, coupon: &str) -> Result<String, OpsError> {
+    campaign_of(&installation.config, coupon)?;
+    let coupons = with_conn!(installation.db, |conn| conn
         .coupon_stock()
         .await
         .map_err(StoreError::from)?);
     match coupons.iter().find(|c| c.id == coupon).map(|c| c.state) {
         Some(CouponState::Retired) => {}
         Some(state) => {
-            return Err(AppError::Other(format!(
+            return Err(OpsError::Refused(format!(
                 "coupon {coupon} is {state}, not retired"
             )))
         }
         None => {
-            return Err(AppError::Other(format!(
+            return Err(OpsError::Refused(format!(
                 "coupon {coupon} is not in the database: run `couponsd migrate`"
             )))
         }
     }
-    with_conn!(ctx.db, |conn| {
+    with_conn!(installation.db, |conn| {
         conn.set_coupon_state(coupon, CouponState::Active, crate::store::now())
             .await
             .map_err(StoreError::from)?
     });
-    Ok(format!("{coupon} is active again\n{}", show(ctx).await?))
+    Ok(format!(
+        "{coupon} is active again\n{}",
+        show(installation).await?
+    ))
 }

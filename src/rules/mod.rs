@@ -14,7 +14,7 @@ mod sandbox;
 mod tests;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use rhai::{Dynamic, Engine, ImmutableString, Scope, AST};
@@ -52,6 +52,16 @@ pub struct RuleError {
     pub column: usize,
     /// What went wrong.
     pub message: String,
+}
+
+/// Rule problems one per line, each `file:line:column: message`: how an error that
+/// carries several reads as text.
+pub fn one_per_line(problems: &[RuleError]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// One compiled script and the file it came from.
@@ -249,25 +259,4 @@ fn show(value: &Dynamic) -> String {
         text.push('…');
     }
     format!("{text} ({})", value.type_name())
-}
-
-/// The compiled rules in force; swapped whole between batches on reload.
-#[derive(Clone)]
-pub struct RulesHandle(Arc<RwLock<Arc<Rules>>>);
-
-impl RulesHandle {
-    /// Wraps a compiled rule set.
-    pub fn new(rules: Rules) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(rules))))
-    }
-
-    /// The rules in force now.
-    pub fn current(&self) -> Arc<Rules> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Puts `rules` in force for every batch that starts from now on.
-    pub fn swap(&self, rules: Rules) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
-    }
 }

@@ -16,14 +16,15 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::config::{CatalogHandle, Config};
+use crate::config::Config;
+use crate::in_force::InForce;
 use crate::metrics::{Liveness, Metrics};
 use crate::pipeline::dispatch;
 use crate::pipeline::dispatch::handoff::Handoff;
 use crate::pipeline::dispatch::lanes::Lanes;
 use crate::pipeline::dispatch::send::Sender;
 use crate::pipeline::grant::{self, ClaimsInHand};
-use crate::rules::{Rules, RulesHandle};
+use crate::rules::Rules;
 use crate::schedule;
 use crate::store::catalog::CatalogChanges;
 use crate::store::health::Health;
@@ -43,9 +44,9 @@ pub struct Daemon {
     /// The validated config, as at start-up.
     pub config: Arc<Config>,
     /// The config whose campaigns are in force (changed by a reload).
-    pub catalog: CatalogHandle,
+    pub catalog: InForce<Config>,
     /// The rules in force.
-    pub rules: RulesHandle,
+    pub rules: InForce<Rules>,
     /// The webhook client.
     pub sender: Sender,
     /// Signalled when a batch committed new outbox rows.
@@ -78,9 +79,9 @@ impl Daemon {
                 HANDOFF_BATCHES * config.dispatch.batch_size.max(1),
             )),
             db,
-            catalog: CatalogHandle::new(config.clone()),
+            catalog: InForce::new(config.clone()),
             config,
-            rules: RulesHandle::new(rules),
+            rules: InForce::new(rules),
             sender,
             outbox_ready: Arc::new(Notify::new()),
             instance: Arc::new(instance_name()),

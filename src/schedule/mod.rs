@@ -27,7 +27,8 @@ use croner::Cron;
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{CatalogHandle, Config};
+use crate::config::Config;
+use crate::in_force::InForce;
 use crate::store::{self, Db, StoreError};
 use crate::with_conn;
 
@@ -46,7 +47,7 @@ pub struct Deps {
     /// The start-up config (`worker.*`, `schedule.*`, channels).
     pub config: Arc<Config>,
     /// The config whose campaigns are in force.
-    pub catalog: CatalogHandle,
+    pub catalog: InForce<Config>,
     /// This daemon's name in `job_leases`.
     pub instance: Arc<String>,
     /// Signalled when a job wrote outbox rows (alerts).

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use couponsd::authoring::backtest::{self, BacktestArgs};
+use couponsd::authoring::backtest::{self, BacktestArgs, Backtester};
 use couponsd::authoring::reload::{self, ReloadError};
 use couponsd::authoring::simulate::{self, SimulateArgs};
 use couponsd::config::Config;
@@ -235,13 +235,17 @@ async fn simulate_writes_nothing_and_shows_the_decision(db: TestDb) {
     drain(&ctx).await;
     let before = snapshot(&ctx).await;
     assert!(before["grants"][0].len() == 3 && before["deliveries"][0].len() == 3);
-    let args = |user: &str, json| SimulateArgs {
-        user: user.into(),
-        event: "app_open".into(),
-        attrs: Some(r#"{"country":"DE"}"#.into()),
-        json,
+    let request = |user: &str| {
+        simulate::request(&SimulateArgs {
+            user: user.into(),
+            event: "app_open".into(),
+            attrs: Some(r#"{"country":"DE"}"#.into()),
+            json: false,
+        })
+        .unwrap()
     };
-    let out = simulate::run(&ctx.config, &args("cid", false))
+    let rules = ctx.rules.current();
+    let out = simulate::run(&ctx.db, &ctx.config, &rules, request("cid"), false)
         .await
         .unwrap();
     assert!(out.contains("user type first_time"), "{out}");
@@ -255,7 +259,7 @@ async fn simulate_writes_nothing_and_shows_the_decision(db: TestDb) {
             .any(|l| columns(l) == ["NEW10", "10.00", "0", "wallet", "active"]),
         "{out}"
     );
-    let out = simulate::run(&ctx.config, &args("bob", true))
+    let out = simulate::run(&ctx.db, &ctx.config, &rules, request("bob"), true)
         .await
         .unwrap();
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -265,7 +269,7 @@ async fn simulate_writes_nothing_and_shows_the_decision(db: TestDb) {
         (Some("loyalty"), Some("BACK5"))
     );
     assert_eq!(json["history"]["grants_by_campaign"]["newcomer"], 1);
-    let out = simulate::run(&ctx.config, &args("ann", false))
+    let out = simulate::run(&ctx.db, &ctx.config, &rules, request("ann"), false)
         .await
         .unwrap();
     assert!(out.contains("outcome   limit_reached"), "{out}");
@@ -389,6 +393,12 @@ fn row(r: &backtest::CouponRow) -> (&str, &str, usize, usize, usize, usize) {
     )
 }
 
+/// `couponsd backtest` as the command runs it, on the context's database.
+async fn compare(ctx: &Daemon, args: &BacktestArgs) -> backtest::Backtest {
+    let backtester = Backtester::new(&ctx.config, args).unwrap();
+    backtester.compare(&ctx.db, &ctx.config).await.unwrap()
+}
+
 async fn backtest_counts_the_decisions_a_candidate_changes(db: TestDb) {
     let dir = TempDir::new("backtest");
     let (ctx, path) = recorded_history(&db, &dir.0).await;
@@ -409,9 +419,7 @@ async fn backtest_counts_the_decisions_a_candidate_changes(db: TestDb) {
         limit: 10_000,
         json: false,
     };
-    let report = backtest::backtest(&ctx.config, &args(&everyone_returns))
-        .await
-        .unwrap();
+    let report = compare(&ctx, &args(&everyone_returns)).await;
     assert_eq!(report.requests, 16);
     assert_eq!(
         report.reproduced, 16,
@@ -474,16 +482,10 @@ async fn backtest_counts_the_decisions_a_candidate_changes(db: TestDb) {
 
     let mut limited = args(&everyone_returns);
     limited.limit = 4;
-    let report = backtest::backtest(&ctx.config, &limited).await.unwrap();
+    let report = compare(&ctx, &limited).await;
     assert_eq!((report.requests, report.changed), (4, 4));
     limited.since = Some("2999-01-01".into());
-    assert_eq!(
-        backtest::backtest(&ctx.config, &limited)
-            .await
-            .unwrap()
-            .requests,
-        0
-    );
+    assert_eq!(compare(&ctx, &limited).await.requests, 0);
 }
 on_both_backends!(
     backtest_counts_the_decisions_a_candidate_changes,
@@ -575,7 +577,8 @@ async fn reload_keeps_the_running_rules_until_a_change_compiles_and_passes_its_t
         "if history.grants_for_event == 0 {\n  \"first_time\"\n} else {\n",
     )
     .unwrap();
-    let Err(ReloadError::Rejected(problems)) = reload::reload_rules(&ctx, &rules, limits).await
+    let Err(ReloadError::Rejected(problems)) =
+        reload::reload_rules(&ctx.rules, &ctx.catalog, &rules, limits).await
     else {
         panic!("a rule that does not compile must not be swapped in");
     };
@@ -589,7 +592,8 @@ async fn reload_keeps_the_running_rules_until_a_change_compiles_and_passes_its_t
 
     // Compiles, but newcomers become "returning": the shipped first-time tests fail.
     std::fs::write(rules.join("user_type.rhai"), "\"returning\"\n").unwrap();
-    let Err(ReloadError::Rejected(problems)) = reload::reload_rules(&ctx, &rules, limits).await
+    let Err(ReloadError::Rejected(problems)) =
+        reload::reload_rules(&ctx.rules, &ctx.catalog, &rules, limits).await
     else {
         panic!("rules failing their tests must not be swapped in");
     };
@@ -610,7 +614,9 @@ async fn reload_keeps_the_running_rules_until_a_change_compiles_and_passes_its_t
     let vip = "if request.attributes.vip == true { return \"returning\"; }\n";
     let shipped = std::fs::read_to_string(shipped_rules().join("user_type.rhai")).unwrap();
     std::fs::write(rules.join("user_type.rhai"), format!("{vip}{shipped}")).unwrap();
-    let reloaded = reload::reload_rules(&ctx, &rules, limits).await.unwrap();
+    let reloaded = reload::reload_rules(&ctx.rules, &ctx.catalog, &rules, limits)
+        .await
+        .unwrap();
     assert_eq!((&reloaded.previous, reloaded.tests), (&old, 4));
     assert_ne!(reloaded.version, old);
     assert_eq!(ctx.rules.current().version(), &reloaded.version);
@@ -714,7 +720,11 @@ async fn the_daemons_watcher_swaps_in_an_edited_rule() {
     let old = ctx.rules.current().version().clone();
     let shutdown = CancellationToken::new();
     // The config path does not exist: the reload falls back to the running config.
-    let reloader = reload::Reloader::new(ctx.clone(), dir.0.join("missing.yaml"));
+    let reloader = reload::Reloader::new(
+        ctx.rules.clone(),
+        ctx.catalog.clone(),
+        dir.0.join("missing.yaml"),
+    );
     let watcher = reloader.watch(shutdown.clone());
     let edited = format!(
         "// edited\n{}",
@@ -758,7 +768,7 @@ async fn a_rules_reload_tests_against_the_catalog_in_force_not_the_start_up_one(
     let db = fresh_db(Backend::Sqlite).await.unwrap();
     let (ctx, rules, receiver, _dir) = with_own_rules(&db, "reload-catalog").await;
     let limits = ctx.config.rules.limits.clone();
-    reload::reload_rules(&ctx, &rules, &limits)
+    reload::reload_rules(&ctx.rules, &ctx.catalog, &rules, &limits)
         .await
         .expect("the shipped rules pass their tests against the start-up campaigns");
     // A config reload takes the loyalty campaign away; the shipped tests expect it.
@@ -769,7 +779,8 @@ async fn a_rules_reload_tests_against_the_catalog_in_force_not_the_start_up_one(
         .to_owned();
     let reloaded = config(&db, &receiver, &rules, &newcomers_only, "");
     ctx.catalog.swap(Arc::new(reloaded));
-    let Err(ReloadError::Rejected(problems)) = reload::reload_rules(&ctx, &rules, &limits).await
+    let Err(ReloadError::Rejected(problems)) =
+        reload::reload_rules(&ctx.rules, &ctx.catalog, &rules, &limits).await
     else {
         panic!("the shipped tests expect the loyalty campaign, which is no longer in force");
     };

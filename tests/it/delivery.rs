@@ -298,7 +298,7 @@ async fn a_client_error_is_permanent_and_410_disables_the_channel(db: TestDb) {
     // The partner fixes its endpoint; ops enable the channel: what was held goes out
     // with its original webhook-id.
     fixed.store(true, Ordering::SeqCst);
-    let said = couponsd::ops::deliveries::enable(&ctx, "wallet")
+    let said = couponsd::ops::deliveries::enable(&installation(&ctx), "wallet")
         .await
         .unwrap();
     assert!(said.contains("the 1 deliveries it held"), "{said}");

@@ -143,7 +143,9 @@ async fn a_burst_is_forecast_but_rotates_only_at_the_watermark(db: TestDb) {
         .running_low
         .is_empty());
     assert_eq!(running_low, ["NEW10"], "announced once, not at every check");
-    couponsd::ops::stock::add(&ctx, "NEW10", 200).await.unwrap();
+    couponsd::ops::stock::add(&installation(&ctx), "NEW10", 200)
+        .await
+        .unwrap();
     for (n, left) in [(3, 600), (4, 400)] {
         let report = check(&format!("w{n}"), left).await;
         assert!(report.rotations.is_empty(), "{left} left: {report:?}");
@@ -246,7 +248,9 @@ async fn an_exhausted_chain_alerts_once(db: TestDb) {
         1,
         "once, not every tick"
     );
-    couponsd::ops::stock::add(&ctx, "ONLY", 5).await.unwrap();
+    couponsd::ops::stock::add(&installation(&ctx), "ONLY", 5)
+        .await
+        .unwrap();
     wave(&ctx, "y", 6).await;
     inventory::check(&ctx.schedule()).await.unwrap();
     drain(&ctx).await;
@@ -579,7 +583,9 @@ async fn stock_show_add_and_activate(db: TestDb) {
     .await;
     wave(&ctx, "s", 85).await;
     inventory::check(&ctx.schedule()).await.unwrap();
-    let table = couponsd::ops::stock::show(&ctx).await.unwrap();
+    let table = couponsd::ops::stock::show(&installation(&ctx))
+        .await
+        .unwrap();
     let new10 = table
         .lines()
         .find(|l| l.contains(" NEW10 "))
@@ -596,7 +602,9 @@ async fn stock_show_add_and_activate(db: TestDb) {
             && table.contains("PREDICTED RUN-OUT")
             && table.starts_with("rules version ")
     );
-    let added = couponsd::ops::stock::add(&ctx, "NEW10", 50).await.unwrap();
+    let added = couponsd::ops::stock::add(&installation(&ctx), "NEW10", 50)
+        .await
+        .unwrap();
     let row = added
         .lines()
         .find(|l| l.contains(" NEW10 "))
@@ -608,8 +616,12 @@ async fn stock_show_add_and_activate(db: TestDb) {
         &["retired", "150", "85", "65"],
         "a restock never brings a retired coupon back"
     );
-    assert!(couponsd::ops::stock::add(&ctx, "NOPE", 5).await.is_err());
-    let back = couponsd::ops::stock::activate(&ctx, "NEW10").await.unwrap();
+    assert!(couponsd::ops::stock::add(&installation(&ctx), "NOPE", 5)
+        .await
+        .is_err());
+    let back = couponsd::ops::stock::activate(&installation(&ctx), "NEW10")
+        .await
+        .unwrap();
     assert!(back
         .lines()
         .any(|l| l.contains("NEW10") && l.contains("active")));

@@ -552,7 +552,8 @@ async fn a_replay_resends_dead_deliveries_with_their_webhook_id_once_the_channel
     insert(&ctx, "b", "u-b", "app_open", None).await.unwrap();
     drain(&ctx).await;
     assert_eq!(count(&ctx, "deliveries WHERE status = 'dead'").await, 2);
-    let table = list(&ctx, true, 10).await.unwrap();
+    let operator = installation(&ctx);
+    let table = list(&operator, true, 10).await.unwrap();
     assert_eq!(table.lines().count(), 3, "a header and two rows:\n{table}");
     assert!(
         table.contains("coupon.granted") && table.contains("400"),
@@ -566,22 +567,25 @@ async fn a_replay_resends_dead_deliveries_with_their_webhook_id_once_the_channel
         "held"
     );
 
-    let refused = replay(&ctx, Replay::AllDead).await.unwrap_err().to_string();
+    let refused = replay(&operator, Replay::AllDead)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         refused.contains("couponsd channels enable wallet"),
         "{refused}"
     );
-    let enabled = enable(&ctx, "wallet").await.unwrap();
+    let enabled = enable(&operator, "wallet").await.unwrap();
     assert!(
         enabled.contains("is enabled") && enabled.contains("the 1 deliveries it held"),
         "{enabled}"
     );
     ctx.handoff.read_disabled(Vec::<String>::new());
     assert!(
-        replay(&ctx, Replay::One(999_999)).await.is_err(),
+        replay(&operator, Replay::One(999_999)).await.is_err(),
         "not a dead delivery"
     );
-    let done = replay(&ctx, Replay::Channel("wallet")).await.unwrap();
+    let done = replay(&operator, Replay::Channel("wallet")).await.unwrap();
     assert!(done.starts_with("replayed 2 "), "{done}");
     drain(&ctx).await;
     assert_eq!(

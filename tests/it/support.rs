@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use couponsd::config::Config;
+use couponsd::installation::Installation;
 use couponsd::pipeline::dispatch::send::Sender;
 use couponsd::rules::Rules;
 use couponsd::runtime::Daemon;
@@ -215,6 +216,15 @@ pub async fn context(config: Config) -> Daemon {
         .unwrap();
     let rules = Rules::load(&config.rules.dir, &config.rules.limits).expect("rules compile");
     Daemon::new(db, config, rules, Sender::new().unwrap())
+}
+
+/// The plain handle an operator command works on: the context's database and config.
+pub fn installation(ctx: &Daemon) -> Installation {
+    Installation {
+        db: ctx.db.clone(),
+        config: ctx.config.clone(),
+        rules_version: ctx.rules.current().version().clone(),
+    }
 }
 
 /// Inserts a trigger request the way a client app does: plain SQL.

@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tracing::{debug, instrument, warn};
 
-use crate::config::CatalogHandle;
+use crate::config::Config;
 use crate::domain::RequestStatus;
+use crate::in_force::InForce;
 use crate::metrics::Metrics;
-use crate::rules::RulesHandle;
+use crate::rules::Rules;
 use crate::store::requests::{Claim, Finished};
 use crate::store::{self, Db, StoreError};
 use crate::with_conn;
@@ -45,9 +46,9 @@ pub struct Deps {
     /// The database.
     pub db: Db,
     /// The config whose campaigns are in force.
-    pub catalog: CatalogHandle,
+    pub catalog: InForce<Config>,
     /// The rules in force.
-    pub rules: RulesHandle,
+    pub rules: InForce<Rules>,
     /// Where committed grants' deliveries go to this daemon's dispatcher.
     pub handoff: Arc<Handoff>,
     /// Signalled when a batch committed new outbox rows.
