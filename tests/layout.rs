@@ -60,7 +60,7 @@ const LONG_FILES: &[(&str, &str)] = &[
         "the outbox's statements on both backends (macro bodies, to be written out)",
     ),
     (
-        "src/store/history.rs",
+        "src/store/records.rs",
         "the read side of explain and backtest on both backends (macro bodies)",
     ),
     (

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{rfc3339, to_json_line, AuthoringError};
-use crate::store::history::{AttemptRecord, DeliveryRecord, GrantRecord, InspectedRequest};
+use crate::store::records::{DeliveryRecord, GrantRecord, InspectedRequest, PastAttempt};
 use crate::store::requests::parse_time;
 use crate::store::{Db, StoreError};
 use crate::with_conn;
@@ -209,7 +209,7 @@ fn grant_view(g: GrantRecord) -> GrantView {
     }
 }
 
-fn delivery_view(d: DeliveryRecord, attempts: &[AttemptRecord]) -> DeliveryView {
+fn delivery_view(d: DeliveryRecord, attempts: &[PastAttempt]) -> DeliveryView {
     DeliveryView {
         next_attempt_at: (d.status == "pending").then(|| rfc3339(d.next_attempt_at)),
         delivered_at: d.delivered_at.map(rfc3339),

@@ -1,6 +1,6 @@
 //! `couponsd rules test`: the rule tests in `rules/tests/*.yaml`. Each case is a
 //! request, the user's history and optionally the campaign's coupons with their stock;
-//! it is decided by [`crate::pipeline::grant::decide_one`], the batch's own decision, with the config's
+//! it is decided by [`crate::pipeline::decide::decide_one`], the batch's own decision, with the config's
 //! campaigns, and the user type, campaign, coupon and outcome are compared with what
 //! the case expects. `check` and hot reload run the same tests.
 

@@ -9,7 +9,7 @@
 //! - hot reload (`reload.rs`): SIGHUP or a change in the rules folder recompiles the
 //!   rules and runs their tests before anything is swapped in.
 //!
-//! Every decision here is made by [`crate::pipeline::grant::decide_one`], the function the batch
+//! Every decision here is made by [`crate::pipeline::decide::decide_one`], the function the batch
 //! transaction uses, so a dry run cannot drift from what the daemon does. Nothing in
 //! this module writes to the database; the commands read it through the plain handle
 //! their caller opened (read-only), never through a running daemon's context.

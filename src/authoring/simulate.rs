@@ -3,7 +3,7 @@
 //! the campaign, its coupons with their stock, the coupon chosen and its channel.
 //!
 //! Read-only by construction: the caller opens the database read-only, without
-//! migrating or applying the catalog, only the plain `SELECT`s of `store::history`, `Grants::history_for` and
+//! migrating or applying the catalog, only the plain `SELECT`s of `store::records`, `Grants::history_for` and
 //! `Coupons::coupon_stock` run (no locking reads), and the decision is made in memory
 //! by [`decide_one`].
 
@@ -22,7 +22,7 @@ use crate::domain::{Event, History, RequestId, RequestKey, TriggerRequest, UserI
 use crate::pipeline::decide::Histories;
 use crate::pipeline::decide::{self, decide_one, Books, Verdict};
 use crate::rules::{Rules, SELECT_COUPON_FILE, USER_TYPE_FILE};
-use crate::store::history::GrantRecord;
+use crate::store::records::GrantRecord;
 use crate::store::{Db, StoreError};
 use crate::with_conn;
 

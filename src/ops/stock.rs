@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::domain::CouponState;
 use crate::installation::Installation;
 use crate::schedule::inventory::{current_rates, predicted_run_out};
-use crate::store::schedule::AlertMark;
+use crate::store::jobs::AlertMark;
 use crate::store::{Access, StoreError};
 use crate::with_conn;
 

@@ -25,8 +25,8 @@ use crate::config::Config;
 use crate::domain::chain::CouponStock;
 use crate::domain::CouponState;
 use crate::pipeline::dispatch::events;
+use crate::store::jobs::{AlertMark, Rotation};
 use crate::store::prelude::*;
-use crate::store::schedule::{AlertMark, Rotation};
 use crate::store::{Db, StoreError};
 use crate::with_conn;
 

@@ -26,10 +26,10 @@ pub mod coupons;
 pub mod deliveries;
 pub mod grants;
 pub mod health;
-pub mod history;
+pub mod records;
 pub mod prepared;
 pub mod requests;
-pub mod schedule;
+pub mod jobs;
 pub mod schema;
 
 pub use diesel::result::QueryResult;
@@ -40,9 +40,9 @@ pub mod prelude {
     pub use super::coupons::Coupons;
     pub use super::deliveries::Deliveries;
     pub use super::grants::Grants;
-    pub use super::history::History;
+    pub use super::jobs::Jobs;
+    pub use super::records::Records;
     pub use super::requests::Requests;
-    pub use super::schedule::Schedule;
     pub use super::Store;
 }
 
@@ -482,8 +482,8 @@ pub trait Store:
     + coupons::Coupons
     + deliveries::Deliveries
     + catalog::Catalog
-    + schedule::Schedule
-    + history::History
+    + jobs::Jobs
+    + records::Records
     + Send
 {
 }

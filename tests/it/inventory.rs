@@ -467,7 +467,7 @@ async fn a_job_still_running_skips_the_next_tick_and_a_dead_holder_gives_it_up()
     );
     assert!(slow.await.unwrap());
     // A holder that dies never releases; after one lease the job is free again.
-    use couponsd::store::schedule::Schedule;
+    use couponsd::store::jobs::Jobs;
     let now = couponsd::store::now();
     match a.db.get().await.unwrap() {
         couponsd::store::Conn::Sqlite(mut c) => {

@@ -16,9 +16,9 @@ use crate::pipeline::decide::Histories;
 use crate::pipeline::decide::{decide_one, Books, Decision, Verdict};
 use crate::pipeline::intake;
 use crate::rules::Rules;
-use crate::store::history::{CouponTotal, GrantRecord, RequestRecord};
+use crate::store::jobs::Rotation;
+use crate::store::records::{CouponTotal, GrantRecord, RequestRecord};
 use crate::store::requests::QueuedRequest;
-use crate::store::schedule::Rotation;
 
 /// What the database recorded, read once before the replay.
 pub(super) struct Recorded {

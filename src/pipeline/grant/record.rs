@@ -21,8 +21,8 @@ use crate::pipeline::intake::Rejected;
 use crate::rules::Rules;
 use crate::store::deliveries::NewDelivery;
 use crate::store::grants::NewGrant;
+use crate::store::jobs::AlertMark;
 use crate::store::requests::{Claim, Finished};
-use crate::store::schedule::AlertMark;
 use crate::store::{self, Store, StoreError};
 
 /// Where a batch's `coupon.granted` rows go, fixed before its transaction starts.

@@ -90,9 +90,9 @@ mod coupons;
 mod db;
 mod deliveries;
 mod grants;
-mod history;
+mod records;
 mod requests;
-mod schedule;
+mod jobs;
 
 /// Runs `test` on a fresh SQLite database and on a fresh MariaDB database (skipped
 /// outside CI when MariaDB is unreachable, as `fresh_db` says), given its URL; with

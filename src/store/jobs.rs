@@ -44,7 +44,7 @@ pub enum AlertMark {
 }
 
 /// Operations for the scheduler.
-pub trait Schedule {
+pub trait Jobs {
     /// Takes the lease of `job` for the tick at `tick`, if no daemon holds it now and
     /// none has run this tick. True when this daemon is to run the job.
     fn acquire_job(
@@ -98,9 +98,9 @@ pub trait Schedule {
     ) -> impl Future<Output = QueryResult<()>> + Send;
 }
 
-macro_rules! impl_schedule {
+macro_rules! impl_jobs {
     ($conn:ty) => {
-        impl Schedule for $conn {
+        impl Jobs for $conn {
             async fn acquire_job(
                 &mut self,
                 job: &str,
@@ -220,5 +220,5 @@ macro_rules! impl_schedule {
     };
 }
 
-impl_schedule!(MysqlConn);
-impl_schedule!(SqliteConn);
+impl_jobs!(MysqlConn);
+impl_jobs!(SqliteConn);

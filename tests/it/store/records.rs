@@ -1,8 +1,8 @@
-//! `History`: the read-only queries of the authoring commands.
+//! `Records`: the read-only queries of the authoring commands.
 
 use couponsd::domain::{Budget, Outcome, RequestStatus};
 use couponsd::store::deliveries::NewDelivery;
-use couponsd::store::history::{AttemptRecord, CouponTotal};
+use couponsd::store::records::{CouponTotal, PastAttempt};
 use couponsd::store::requests::{parse_time, Claim, Finished};
 use couponsd::store::Store;
 
@@ -24,7 +24,7 @@ async fn granted<C: Store + PlainSql>(conn: &mut C, users: &[&str]) -> Vec<i64> 
     ids
 }
 
-fn grant_ids(grants: &[couponsd::store::history::GrantRecord]) -> Vec<i64> {
+fn grant_ids(grants: &[couponsd::store::records::GrantRecord]) -> Vec<i64> {
     grants.iter().map(|g| g.id).collect()
 }
 
@@ -169,7 +169,7 @@ async fn attempts_of_deliveries_lists_attempts_by_delivery_and_number<C: Store +
     assert_eq!(seen, [(1, 1, None), (2, 1, Some(500)), (2, 2, Some(503))]);
     assert_eq!(
         found[2],
-        AttemptRecord {
+        PastAttempt {
             delivery_id: 2,
             attempt: 2,
             attempted_at: at(2),

@@ -213,7 +213,7 @@ pub struct DeliveryRecord {
 /// One delivery attempt as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = delivery_attempts)]
-pub struct AttemptRecord {
+pub struct PastAttempt {
     /// The delivery.
     pub delivery_id: i64,
     /// The attempt's number (1 for the first).
@@ -242,7 +242,7 @@ pub struct CouponTotal {
 }
 
 /// Read-only operations for the authoring commands.
-pub trait History {
+pub trait Records {
     /// The request with this idempotency key.
     fn request_by_key(
         &mut self,
@@ -265,7 +265,7 @@ pub trait History {
     fn attempts_of_deliveries(
         &mut self,
         delivery_ids: &[i64],
-    ) -> impl Future<Output = QueryResult<Vec<AttemptRecord>>> + Send;
+    ) -> impl Future<Output = QueryResult<Vec<PastAttempt>>> + Send;
 
     /// Every campaign's budget, without locking it.
     fn campaign_budgets(&mut self) -> impl Future<Output = QueryResult<Vec<Budget>>> + Send;
@@ -307,9 +307,9 @@ pub trait History {
     ) -> impl Future<Output = QueryResult<Vec<CouponTotal>>> + Send;
 }
 
-macro_rules! impl_history {
+macro_rules! impl_records {
     ($conn:ty, $cast:literal, $byte_length:literal) => {
-        impl History for $conn {
+        impl Records for $conn {
             async fn request_by_key(&mut self, key: &str) -> QueryResult<Option<InspectedRequest>> {
                 let columns = inspected_columns($cast, $byte_length);
                 // The bytes decide: MariaDB's PAD SPACE collation alone takes `k1 ` for
@@ -359,11 +359,11 @@ macro_rules! impl_history {
             async fn attempts_of_deliveries(
                 &mut self,
                 delivery_ids: &[i64],
-            ) -> QueryResult<Vec<AttemptRecord>> {
+            ) -> QueryResult<Vec<PastAttempt>> {
                 delivery_attempts::table
                     .filter(a::delivery_id.eq_any(delivery_ids))
                     .order((a::delivery_id, a::attempt, a::id))
-                    .select(AttemptRecord::as_select())
+                    .select(PastAttempt::as_select())
                     .load(self)
                     .await
             }
@@ -456,6 +456,6 @@ macro_rules! impl_history {
     };
 }
 
-impl_history!(MysqlConn, "BINARY", "LENGTH");
+impl_records!(MysqlConn, "BINARY", "LENGTH");
 // SQLite's octet_length reads the size without loading the value.
-impl_history!(SqliteConn, "BLOB", "octet_length");
+impl_records!(SqliteConn, "BLOB", "octet_length");

@@ -1,7 +1,7 @@
-//! `Schedule`: job leases, the rotation audit trail and the "alerted once" marks.
+//! `Jobs`: job leases, the rotation audit trail and the "alerted once" marks.
 
 use chrono::NaiveDateTime;
-use couponsd::store::schedule::{AlertMark, Rotation};
+use couponsd::store::jobs::{AlertMark, Rotation};
 use couponsd::store::Store;
 use diesel::sql_types::{Nullable, Text, Timestamp};
 
