@@ -62,6 +62,122 @@ struct NewCoupon<'a> {
     updated_at: NaiveDateTime,
 }
 
+/// Each stored coupon's config stock, remaining stock and state, by id.
+type Existing = HashMap<String, (i64, i64, String)>;
+
+/// One write of the catalog to `coupons`.
+enum CouponWrite<'a> {
+    /// A coupon new to the database.
+    Insert(NewCoupon<'a>),
+    /// A known coupon, brought to the config; its stock moves by `stock_delta`.
+    Update {
+        id: &'a str,
+        row: CouponUpdate<'a>,
+        stock_delta: i64,
+    },
+    /// A coupon no longer in the config.
+    Remove(&'a str),
+}
+
+/// A known coupon's new values (its stock moves with its remaining stock).
+#[derive(AsChangeset)]
+#[diesel(table_name = coupons)]
+struct CouponUpdate<'a> {
+    campaign_id: &'a str,
+    position: i32,
+    face_value_cents: i64,
+    channel: &'a str,
+    config_stock: i64,
+    remaining: i64,
+    low_stock: i64,
+    state: &'a str,
+    updated_at: NaiveDateTime,
+}
+
+/// What applying `wanted` writes to `coupons`, given what is stored; records the
+/// coupons added, restocked and removed in `changes`. A config stock that changed moves
+/// the remaining stock by as much (never below zero); a coupon back in the config is
+/// active again, a retired one stays retired until ops bring it back.
+fn plan_coupons<'a>(
+    wanted: &'a [CampaignConfig],
+    existing: &'a Existing,
+    now: NaiveDateTime,
+    changes: &mut CatalogChanges,
+) -> Vec<CouponWrite<'a>> {
+    let mut writes = Vec::new();
+    for campaign in wanted {
+        for (position, coupon) in campaign.coupons.iter().enumerate() {
+            let id = coupon.id.as_str();
+            let Some((config_stock, remaining, state)) = existing.get(id) else {
+                writes.push(CouponWrite::Insert(NewCoupon {
+                    id,
+                    campaign_id: campaign.id.as_str(),
+                    position: position as i32,
+                    face_value_cents: coupon.face_value.cents(),
+                    channel: coupon.channel.as_str(),
+                    config_stock: coupon.stock,
+                    stock: coupon.stock,
+                    remaining: coupon.stock,
+                    low_stock: coupon.low_stock,
+                    state: CouponState::Active.as_str(),
+                    updated_at: now,
+                }));
+                changes.coupons_added.push(id.to_owned());
+                continue;
+            };
+            let change = coupon.stock - config_stock;
+            let new_remaining = (remaining + change).max(0);
+            let removed = state == CouponState::Removed.as_str();
+            let row = CouponUpdate {
+                campaign_id: campaign.id.as_str(),
+                position: position as i32,
+                face_value_cents: coupon.face_value.cents(),
+                channel: coupon.channel.as_str(),
+                config_stock: coupon.stock,
+                remaining: new_remaining,
+                low_stock: coupon.low_stock,
+                state: if removed {
+                    CouponState::Active.as_str()
+                } else {
+                    state.as_str()
+                },
+                updated_at: now,
+            };
+            let stock_delta = new_remaining - remaining;
+            writes.push(CouponWrite::Update {
+                id,
+                row,
+                stock_delta,
+            });
+            if change != 0 {
+                changes.restocked.push((id.to_owned(), change));
+            }
+        }
+    }
+    writes.extend(removals(wanted, existing, changes));
+    writes
+}
+
+/// The stored coupons no longer in the config (and not already marked removed).
+fn removals<'a>(
+    wanted: &[CampaignConfig],
+    existing: &'a Existing,
+    changes: &mut CatalogChanges,
+) -> Vec<CouponWrite<'a>> {
+    let configured: Vec<&str> = wanted
+        .iter()
+        .flat_map(|k| k.coupons.iter().map(|c| c.id.as_str()))
+        .collect();
+    let mut writes = Vec::new();
+    for (id, (_, _, state)) in existing {
+        if !configured.contains(&id.as_str()) && state != CouponState::Removed.as_str() {
+            writes.push(CouponWrite::Remove(id));
+            changes.removed.push(id.clone());
+        }
+    }
+    writes
+}
+
 fn campaign_row(campaign: &CampaignConfig, position: usize, now: NaiveDateTime) -> CampaignRow<'_> {
     CampaignRow {
         id: campaign.id.as_str(),
@@ -153,69 +269,25 @@ macro_rules! impl_catalog {
                                     .await?;
                             }
                         }
-                        let existing: HashMap<String, (i64, i64, String)> = existing
+                        let existing: Existing = existing
                             .into_iter()
                             .map(|(id, config_stock, remaining, state)| (id, (config_stock, remaining, state)))
                             .collect();
-                        for campaign in wanted {
-                            for (position, coupon) in campaign.coupons.iter().enumerate() {
-                                let id = coupon.id.as_str();
-                                let Some((config_stock, remaining, state)) = existing.get(id) else {
-                                    diesel::insert_into(coupons::table)
-                                        .values(NewCoupon {
-                                            id,
-                                            campaign_id: campaign.id.as_str(),
-                                            position: position as i32,
-                                            face_value_cents: coupon.face_value.cents(),
-                                            channel: coupon.channel.as_str(),
-                                            config_stock: coupon.stock,
-                                            stock: coupon.stock,
-                                            remaining: coupon.stock,
-                                            low_stock: coupon.low_stock,
-                                            state: CouponState::Active.as_str(),
-                                            updated_at: now,
-                                        })
+                        for write in plan_coupons(wanted, &existing, now, &mut changes) {
+                            match write {
+                                CouponWrite::Insert(row) => {
+                                    diesel::insert_into(coupons::table).values(row).execute(conn).await?;
+                                }
+                                CouponWrite::Update { id, row, stock_delta } => {
+                                    let stock = c::stock.eq(c::stock + stock_delta);
+                                    diesel::update(coupons::table.find(id)).set((row, stock)).execute(conn).await?;
+                                }
+                                CouponWrite::Remove(id) => {
+                                    diesel::update(coupons::table.find(id))
+                                        .set((c::state.eq(CouponState::Removed.as_str()), c::updated_at.eq(now)))
                                         .execute(conn)
                                         .await?;
-                                    changes.coupons_added.push(id.to_owned());
-                                    continue;
-                                };
-                                let change = coupon.stock - config_stock;
-                                let new_remaining = (remaining + change).max(0);
-                                // A coupon that comes back into the config is active again;
-                                // a retired one stays retired until ops bring it back.
-                                let state = if state == CouponState::Removed.as_str() { CouponState::Active.as_str() } else { state.as_str() };
-                                diesel::update(coupons::table.find(id))
-                                    .set((
-                                        c::campaign_id.eq(campaign.id.as_str()),
-                                        c::position.eq(position as i32),
-                                        c::face_value_cents.eq(coupon.face_value.cents()),
-                                        c::channel.eq(coupon.channel.as_str()),
-                                        c::config_stock.eq(coupon.stock),
-                                        c::stock.eq(c::stock + (new_remaining - remaining)),
-                                        c::remaining.eq(new_remaining),
-                                        c::low_stock.eq(coupon.low_stock),
-                                        c::state.eq(state),
-                                        c::updated_at.eq(now),
-                                    ))
-                                    .execute(conn)
-                                    .await?;
-                                if change != 0 {
-                                    changes.restocked.push((id.to_owned(), change));
                                 }
-                            }
-                        }
-                        let configured: Vec<&str> = wanted
-                            .iter()
-                            .flat_map(|k| k.coupons.iter().map(|c| c.id.as_str()))
-                            .collect();
-                        for id in existing.keys() {
-                            if !configured.contains(&id.as_str()) && existing[id].2 != CouponState::Removed.as_str() {
-                                diesel::update(coupons::table.find(id))
-                                    .set((c::state.eq(CouponState::Removed.as_str()), c::updated_at.eq(now)))
-                                    .execute(conn)
-                                    .await?;
-                                changes.removed.push(id.clone());
                             }
                         }
                         Ok(changes)
