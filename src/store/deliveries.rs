@@ -294,6 +294,48 @@ macro_rules! mark_delivered {
     }};
 }
 
+/// The steps of [`Deliveries::record_attempts`] beyond the delivered flush, each run
+/// inside its transaction.
+trait AttemptSteps {
+    /// Records retries, dead deliveries and 410s under their holds; returns how many a
+    /// hold no longer covered and the records that were recorded.
+    fn record_retries<'r>(
+        &mut self,
+        records: &'r [AttemptRecord],
+    ) -> impl Future<Output = QueryResult<(usize, Vec<&'r AttemptRecord>)>> + Send;
+
+    /// The deliveries at a later attempt that the flush recorded (their attempts are
+    /// logged too).
+    fn delivered_later<'r>(
+        &mut self,
+        records: &'r [AttemptRecord],
+    ) -> impl Future<Output = QueryResult<Vec<&'r AttemptRecord>>> + Send;
+
+    /// Logs the recorded attempts in `delivery_attempts`.
+    fn log_attempts(
+        &mut self,
+        logged: &[&AttemptRecord],
+    ) -> impl Future<Output = QueryResult<usize>> + Send;
+}
+
+/// The `delivery_attempts` rows of recorded attempts; a hand-off's row id comes from
+/// `ids` (by webhook id).
+fn attempt_rows(logged: &[&AttemptRecord], ids: &HashMap<String, i64>) -> Vec<AttemptRow> {
+    logged
+        .iter()
+        .filter_map(|r| {
+            Some(AttemptRow {
+                delivery_id: r.delivery_id.or_else(|| ids.get(&r.webhook_id).copied())?,
+                attempt: r.attempt,
+                attempted_at: r.attempted_at,
+                status_code: r.status_code,
+                error: r.error.clone(),
+                duration_ms: r.duration_ms,
+            })
+        })
+        .collect()
+}
+
 macro_rules! impl_deliveries {
     ($conn:ty, $backend:ident, $backend_ty:ty) => {
         impl Deliveries for $conn {
@@ -345,85 +387,12 @@ macro_rules! impl_deliveries {
                 }
                 self.transaction(async |conn| {
                         let (sent, changed) = mark_delivered!($backend_ty, conn, records)?;
-                        let mut refused = sent.saturating_sub(changed);
-                        let mut logged: Vec<&AttemptRecord> = Vec::new();
-                        for r in records.iter().filter(|r| r.status != DeliveryStatus::Delivered) {
-                            let held = deliveries::table
-                                .filter(d::webhook_id.eq(&r.webhook_id))
-                                .filter(d::status.eq(PENDING))
-                                .filter(d::hold_token.eq(r.hold_token));
-                            // A record without a time is held by its disabled channel:
-                            // due at once when the channel is enabled.
-                            let at = r.next_attempt_at.unwrap_or(r.attempted_at);
-                            let changed = diesel::update(held)
-                                .set((
-                                    d::status.eq(r.status.as_str()),
-                                    d::attempts.eq(r.attempt),
-                                    d::last_status.eq(r.status_code),
-                                    d::last_error.eq(r.error.as_deref()),
-                                    d::next_attempt_at.eq(at),
-                                    d::hold_token.eq(None::<i64>),
-                                ))
-                                .execute(conn)
-                                .await?;
-                            if changed == 0 {
-                                refused += 1;
-                            } else {
-                                logged.push(r);
-                            }
+                        let (refused, mut logged) = conn.record_retries(records).await?;
+                        logged.extend(conn.delivered_later(records).await?);
+                        if !logged.is_empty() {
+                            conn.log_attempts(&logged).await?;
                         }
-                        // A delivery at a later attempt logs it too, when it was recorded.
-                        let later: Vec<&AttemptRecord> = records
-                            .iter()
-                            .filter(|r| r.status == DeliveryStatus::Delivered && r.attempt > 1)
-                            .collect();
-                        if !later.is_empty() {
-                            let ids: Vec<&str> = later.iter().map(|r| r.webhook_id.as_str()).collect();
-                            let now_delivered: Vec<(String, i32)> = deliveries::table
-                                .filter(in_list(d::webhook_id, ids))
-                                .filter(d::status.eq(DELIVERED))
-                                .select((d::webhook_id, d::attempts))
-                                .load(conn)
-                                .await?;
-                            logged.extend(later.into_iter().filter(|r| {
-                                now_delivered.iter().any(|(w, a)| *w == r.webhook_id && *a == r.attempt)
-                            }));
-                        }
-                        if logged.is_empty() {
-                            return Ok(refused);
-                        }
-                        // A hand-off knows its row by webhook_id only.
-                        let unknown: Vec<&str> = logged
-                            .iter()
-                            .filter(|r| r.delivery_id.is_none())
-                            .map(|r| r.webhook_id.as_str())
-                            .collect();
-                        let ids: HashMap<String, i64> = if unknown.is_empty() {
-                            HashMap::new()
-                        } else {
-                            deliveries::table
-                                .filter(in_list(d::webhook_id, unknown))
-                                .select((d::webhook_id, d::id))
-                                .load::<(String, i64)>(conn)
-                                .await?
-                                .into_iter()
-                                .collect()
-                        };
-                        let rows: Vec<AttemptRow> = logged
-                            .iter()
-                            .filter_map(|r| {
-                                Some(AttemptRow {
-                                    delivery_id: r.delivery_id.or_else(|| ids.get(&r.webhook_id).copied())?,
-                                    attempt: r.attempt,
-                                    attempted_at: r.attempted_at,
-                                    status_code: r.status_code,
-                                    error: r.error.clone(),
-                                    duration_ms: r.duration_ms,
-                                })
-                            })
-                            .collect();
-                        insert_all!($backend, conn, delivery_attempts::table, &rows)?;
-                        Ok(refused)
+                        Ok(sent.saturating_sub(changed) + refused)
                 })
                 .await
             }
@@ -570,6 +539,87 @@ macro_rules! impl_deliveries {
                         Ok(Some(released))
                 })
                 .await
+            }
+        }
+
+        impl AttemptSteps for $conn {
+            async fn record_retries<'r>(
+                &mut self,
+                records: &'r [AttemptRecord],
+            ) -> QueryResult<(usize, Vec<&'r AttemptRecord>)> {
+                let (mut refused, mut logged) = (0, Vec::new());
+                for r in records.iter().filter(|r| r.status != DeliveryStatus::Delivered) {
+                    let held = deliveries::table
+                        .filter(d::webhook_id.eq(&r.webhook_id))
+                        .filter(d::status.eq(PENDING))
+                        .filter(d::hold_token.eq(r.hold_token));
+                    // A record without a time is held by its disabled channel:
+                    // due at once when the channel is enabled.
+                    let at = r.next_attempt_at.unwrap_or(r.attempted_at);
+                    let changed = diesel::update(held)
+                        .set((
+                            d::status.eq(r.status.as_str()),
+                            d::attempts.eq(r.attempt),
+                            d::last_status.eq(r.status_code),
+                            d::last_error.eq(r.error.as_deref()),
+                            d::next_attempt_at.eq(at),
+                            d::hold_token.eq(None::<i64>),
+                        ))
+                        .execute(self)
+                        .await?;
+                    if changed == 0 {
+                        refused += 1;
+                    } else {
+                        logged.push(r);
+                    }
+                }
+                Ok((refused, logged))
+            }
+
+            async fn delivered_later<'r>(
+                &mut self,
+                records: &'r [AttemptRecord],
+            ) -> QueryResult<Vec<&'r AttemptRecord>> {
+                let later: Vec<&AttemptRecord> = records
+                    .iter()
+                    .filter(|r| r.status == DeliveryStatus::Delivered && r.attempt > 1)
+                    .collect();
+                if later.is_empty() {
+                    return Ok(later);
+                }
+                let ids: Vec<&str> = later.iter().map(|r| r.webhook_id.as_str()).collect();
+                let now_delivered: Vec<(String, i32)> = deliveries::table
+                    .filter(in_list(d::webhook_id, ids))
+                    .filter(d::status.eq(DELIVERED))
+                    .select((d::webhook_id, d::attempts))
+                    .load(self)
+                    .await?;
+                Ok(later
+                    .into_iter()
+                    .filter(|r| now_delivered.iter().any(|(w, a)| *w == r.webhook_id && *a == r.attempt))
+                    .collect())
+            }
+
+            async fn log_attempts(&mut self, logged: &[&AttemptRecord]) -> QueryResult<usize> {
+                // A hand-off knows its row by webhook_id only.
+                let unknown: Vec<&str> = logged
+                    .iter()
+                    .filter(|r| r.delivery_id.is_none())
+                    .map(|r| r.webhook_id.as_str())
+                    .collect();
+                let ids: HashMap<String, i64> = if unknown.is_empty() {
+                    HashMap::new()
+                } else {
+                    deliveries::table
+                        .filter(in_list(d::webhook_id, unknown))
+                        .select((d::webhook_id, d::id))
+                        .load::<(String, i64)>(self)
+                        .await?
+                        .into_iter()
+                        .collect()
+                };
+                let rows = attempt_rows(logged, &ids);
+                insert_all!($backend, self, delivery_attempts::table, &rows)
             }
         }
     };
