@@ -48,10 +48,6 @@ const LONG_FILES: &[(&str, &str)] = &[
         "the config's unit tests, one per key path checked",
     ),
     (
-        "src/config/validate.rs",
-        "raw to validated config in one pass; to split by section",
-    ),
-    (
         "src/rules/tests.rs",
         "the rule sandbox's unit tests, one per limit",
     ),

@@ -17,6 +17,7 @@ mod channels;
 
 pub use channels::signing_key;
 mod raw;
+mod rule_limits;
 mod validate;
 
 /// The variable that overrides `database.url`, so that a password need not sit in the
