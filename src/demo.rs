@@ -23,7 +23,6 @@ use crate::runtime::{self, Mode};
 use crate::schedule::inventory;
 use crate::store::requests::NewRequest;
 use crate::store::StoreError;
-use crate::with_conn;
 
 /// The shipped rules, built into the binary so that the demo runs from anywhere.
 pub const SHIPPED_USER_TYPE: &str = include_str!("../rules/user_type.rhai");
@@ -100,13 +99,14 @@ async fn report(
     total: usize,
     elapsed: std::time::Duration,
 ) -> Result<(), AppError> {
-    let (outcomes, per_coupon, deliveries) = with_conn!(ctx.db, |conn| {
+    let (outcomes, per_coupon, deliveries) = {
+        let conn = &mut ctx.db.get().await?;
         (
             conn.count_by_outcome().await.map_err(StoreError::from)?,
             conn.grants_per_coupon().await.map_err(StoreError::from)?,
             conn.count_deliveries().await.map_err(StoreError::from)?,
         )
-    });
+    };
     println!("\nrequests by outcome");
     for (status, outcome, n) in outcomes {
         println!(
@@ -202,11 +202,12 @@ campaigns:
 }
 
 async fn enqueue(ctx: &runtime::Daemon, rows: &[NewRequest]) -> Result<(), AppError> {
-    with_conn!(ctx.db, |conn| {
+    {
+        let conn = &mut ctx.db.get().await?;
         for chunk in rows.chunks(1000) {
             conn.enqueue(chunk).await.map_err(StoreError::from)?;
         }
-    });
+    };
     Ok(())
 }
 

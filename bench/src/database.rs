@@ -19,7 +19,6 @@ use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl, SimpleAsy
 use super::BenchError;
 use couponsd::store::schema::trigger_requests;
 use couponsd::store::Db;
-use couponsd::with_conn;
 
 /// Server status counters read before and after a timed part. They are global: other
 /// clients of the same server add to them, which the report says.
@@ -186,13 +185,13 @@ pub fn delta(before: &BTreeMap<String, i64>, after: &BTreeMap<String, i64>) -> V
 /// The first claim and the last finished request: the span the grant workers took.
 pub async fn grant_span(db: &Db) -> Result<Option<(NaiveDateTime, NaiveDateTime)>, BenchError> {
     use trigger_requests::dsl as tr;
-    let (first, last): (Option<NaiveDateTime>, Option<NaiveDateTime>) = with_conn!(db, |conn| {
-        tr::trigger_requests
-            .select((min(tr::claimed_at), max(tr::processed_at)))
-            .first(conn)
+    let (first, last): (Option<NaiveDateTime>, Option<NaiveDateTime>) = {
+        let conn = &mut db.get().await?;
+        let span = tr::trigger_requests.select((min(tr::claimed_at), max(tr::processed_at)));
+        conn.first(span)
             .await
             .map_err(couponsd::store::StoreError::from)?
-    });
+    };
     Ok(first.zip(last))
 }
 
@@ -202,13 +201,14 @@ pub async fn request_times(
     db: &Db,
 ) -> Result<Vec<(String, NaiveDateTime, NaiveDateTime)>, BenchError> {
     use trigger_requests::dsl as tr;
-    let rows: Vec<(String, NaiveDateTime, Option<NaiveDateTime>)> = with_conn!(db, |conn| {
-        tr::trigger_requests
-            .select((tr::request_key, tr::created_at, tr::processed_at))
-            .load(conn)
+    let rows: Vec<(String, NaiveDateTime, Option<NaiveDateTime>)> = {
+        let conn = &mut db.get().await?;
+        let times =
+            tr::trigger_requests.select((tr::request_key, tr::created_at, tr::processed_at));
+        conn.load(times)
             .await
             .map_err(couponsd::store::StoreError::from)?
-    });
+    };
     Ok(rows
         .into_iter()
         .filter_map(|(k, c, p)| Some((k, c, p?)))

@@ -17,7 +17,6 @@ use couponsd::config::Config;
 use couponsd::domain::chain::CouponStock;
 use couponsd::store::requests::NewRequest;
 use couponsd::store::StoreError;
-use couponsd::with_conn;
 
 /// Peak RSS a daemon must stay under.
 const RSS_TARGET_MIB: f64 = 64.0;
@@ -191,7 +190,8 @@ pub(super) struct Ledger {
 }
 
 pub(super) async fn read_ledger(db: &couponsd::store::Db) -> Result<Ledger, BenchError> {
-    let (outcomes, per_coupon, deliveries, stock) = with_conn!(db, |conn| {
+    let (outcomes, per_coupon, deliveries, stock) = {
+        let conn = &mut db.get().await?;
         let e = StoreError::from;
         (
             conn.count_by_outcome().await.map_err(e)?,
@@ -199,7 +199,7 @@ pub(super) async fn read_ledger(db: &couponsd::store::Db) -> Result<Ledger, Benc
             conn.count_deliveries().await.map_err(e)?,
             conn.coupon_stock().await.map_err(e)?,
         )
-    });
+    };
     let grant_span = database::grant_span(db)
         .await?
         .and_then(|(a, b)| (b - a).to_std().ok());

@@ -13,9 +13,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use couponsd::store::schema::campaigns;
-use couponsd::store::{Conn, Db, MysqlConn, StoreError};
+use couponsd::store::{Conn, Db, StoreError};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 
 use super::database::{self, ScratchDb};
 use super::drain;
@@ -114,12 +114,10 @@ async fn plan(db: &Db) -> Result<Plan, BenchError> {
     let mut conn = mysql(db).await?;
     let rows: Vec<(String, String, String)> = ca::campaigns
         .select((ca::id, ca::event, ca::audience))
-        .load(&mut *conn)
+        .load(writes::mysql(&mut conn))
         .await
         .map_err(StoreError::from)?;
-    let stock = couponsd::store::coupons::Coupons::coupon_stock(&mut *conn)
-        .await
-        .map_err(StoreError::from)?;
+    let stock = conn.coupon_stock().await.map_err(StoreError::from)?;
     let mut plan = Plan::default();
     for (campaign, event, audience) in rows {
         let chain = stock
@@ -137,10 +135,10 @@ async fn plan(db: &Db) -> Result<Plan, BenchError> {
     Ok(plan)
 }
 
-async fn mysql(db: &Db) -> Result<impl std::ops::DerefMut<Target = MysqlConn>, BenchError> {
+async fn mysql(db: &Db) -> Result<Conn, BenchError> {
     match db.get().await? {
-        Conn::Mysql(conn) => Ok(conn),
         Conn::Sqlite(_) => Err(BenchError::Setup("the floor needs MariaDB".into())),
+        conn => Ok(conn),
     }
 }
 
@@ -164,7 +162,7 @@ async fn drain_lane(
             break;
         };
         finished += claimed;
-        writes::mark_delivered(&mut conn, &webhook_ids, token)
+        writes::mark_delivered(writes::mysql(&mut conn), &webhook_ids, token)
             .await
             .map_err(StoreError::from)?;
     }

@@ -19,7 +19,6 @@ use super::{Bench, BenchError};
 use couponsd::config::Config;
 use couponsd::store::requests::NewRequest;
 use couponsd::store::StoreError;
-use couponsd::with_conn;
 
 /// Triggers per second.
 const RATE: usize = 1_000;
@@ -93,10 +92,11 @@ async fn run_in(bench: &mut Bench, scratch: &ScratchDb, count: usize) -> Result<
         event: "app_open".into(),
         attributes: None,
     }];
-    with_conn!(db, |conn| conn
+    db.get()
+        .await?
         .enqueue(&warm)
         .await
-        .map_err(StoreError::from)?);
+        .map_err(StoreError::from)?;
     if !received.wait_for_grants(1, Duration::from_secs(30)).await {
         daemon.terminate();
         let _ = daemon.wait(Duration::from_secs(10)).await;

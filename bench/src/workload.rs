@@ -10,7 +10,6 @@ use super::BenchError;
 use couponsd::demo::{SHIPPED_SELECT_COUPON, SHIPPED_USER_TYPE};
 use couponsd::store::requests::NewRequest;
 use couponsd::store::{Db, StoreError};
-use couponsd::with_conn;
 
 /// The signing secret of the `wallet` channel (a benchmark's; it may be printed).
 pub const WALLET_SECRET: &str = "whsec_YmVuY2gtd2FsbGV0LWtleS1mb3ItY291cG9uc2QtYmVuY2g=";
@@ -237,10 +236,10 @@ pub fn flash_triggers(prefix: &str, n: usize) -> Vec<NewRequest> {
         .collect()
 }
 
-/// Queues `rows` with multi-row INSERTs of 1,000 through [`Requests::enqueue`], two
+/// Queues `rows` with multi-row INSERTs of 1,000 through [`Conn::enqueue`], two
 /// at a time; returns how long it took.
 ///
-/// [`Requests::enqueue`]: couponsd::store::requests::Requests::enqueue
+/// [`Conn::enqueue`]: couponsd::store::Conn::enqueue
 pub async fn bulk_load(db: &Db, rows: Vec<NewRequest>) -> Result<Duration, BenchError> {
     let started = Instant::now();
     let chunks: Vec<Vec<NewRequest>> = rows.chunks(LOAD_CHUNK).map(<[_]>::to_vec).collect();
@@ -263,10 +262,12 @@ pub async fn bulk_load(db: &Db, rows: Vec<NewRequest>) -> Result<Duration, Bench
 }
 
 async fn enqueue(db: &Db, rows: &[NewRequest]) -> Result<usize, BenchError> {
-    Ok(with_conn!(db, |conn| conn
+    Ok(db
+        .get()
+        .await?
         .enqueue(rows)
         .await
-        .map_err(StoreError::from)?))
+        .map_err(StoreError::from)?)
 }
 
 /// What the steady client did.

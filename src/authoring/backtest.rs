@@ -33,7 +33,6 @@ use super::{to_json_line, AuthoringError, SetClock};
 use crate::config::Config;
 use crate::rules::Rules;
 use crate::store::{Db, StoreError};
-use crate::with_conn;
 use replay::{Recorded, Replayed};
 
 /// How many changed decisions the report shows.
@@ -221,7 +220,8 @@ impl Backtester {
 }
 
 async fn read(db: &Db, since: NaiveDateTime, limit: i64) -> Result<Recorded, AuthoringError> {
-    Ok(with_conn!(db, |conn| {
+    Ok({
+        let conn = &mut db.get().await?;
         let requests = conn
             .done_requests_since(since, limit)
             .await
@@ -252,7 +252,7 @@ async fn read(db: &Db, since: NaiveDateTime, limit: i64) -> Result<Recorded, Aut
             budgets: budgets.map_err(StoreError::from)?,
             rotations: rotations.map_err(StoreError::from)?,
         }
-    }))
+    })
 }
 
 /// `--since`: RFC 3339, a date (midnight UTC), or a duration before `now`.

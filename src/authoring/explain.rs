@@ -10,7 +10,6 @@ use super::{rfc3339, to_json_line, AuthoringError};
 use crate::store::records::{DeliveryRecord, GrantRecord, InspectedRequest, PastAttempt};
 use crate::store::requests::parse_time;
 use crate::store::{Db, StoreError};
-use crate::with_conn;
 
 /// `couponsd explain` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -135,7 +134,8 @@ pub async fn run(db: &Db, args: &ExplainArgs) -> Result<String, AuthoringError> 
 /// Reads everything recorded about the request with `key`; an unknown key is an error
 /// naming it.
 pub async fn explain(db: &Db, key: &str) -> Result<Explanation, AuthoringError> {
-    let found = with_conn!(db, |conn| {
+    let found = {
+        let conn = &mut db.get().await?;
         let Some(request) = conn.request_by_key(key).await.map_err(StoreError::from)? else {
             return Err(AuthoringError::Refused(format!(
                 "request_key {key:?}: no such request in trigger_requests"
@@ -158,7 +158,7 @@ pub async fn explain(db: &Db, key: &str) -> Result<Explanation, AuthoringError> 
             .await
             .map_err(StoreError::from)?;
         (request, grant, deliveries, attempts)
-    });
+    };
     let (request, grant, deliveries, attempts) = found;
     Ok(Explanation {
         request: request_view(request),

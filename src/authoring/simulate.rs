@@ -3,8 +3,8 @@
 //! the campaign, its coupons with their stock, the coupon chosen and its channel.
 //!
 //! Read-only by construction: the caller opens the database read-only, without
-//! migrating or applying the catalog, only the plain `SELECT`s of `store::records`, `Grants::history_for` and
-//! `Coupons::coupon_stock` run (no locking reads), and the decision is made in memory
+//! migrating or applying the catalog, only the plain `SELECT`s of `store::records`, `Conn::history_for` and
+//! `Conn::coupon_stock` run (no locking reads), and the decision is made in memory
 //! by [`decide_one`].
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,7 +24,6 @@ use crate::pipeline::decide::{self, decide_one, Books, Verdict};
 use crate::rules::{Rules, SELECT_COUPON_FILE, USER_TYPE_FILE};
 use crate::store::records::GrantRecord;
 use crate::store::{Db, StoreError};
-use crate::with_conn;
 
 /// How many of the user's grants `simulate` lists.
 const RECENT_GRANTS: i64 = 10;
@@ -158,7 +157,8 @@ struct Live {
 }
 
 async fn read_live(db: &Db, user: &str, event: &str) -> Result<Live, AuthoringError> {
-    let (history, recent, stock, budgets, disabled) = with_conn!(db, |conn| {
+    let (history, recent, stock, budgets, disabled) = {
+        let conn = &mut db.get().await?;
         let history = conn.history_for(&[user.to_owned()]).await;
         let recent = conn.recent_grants_of(user, event, RECENT_GRANTS).await;
         let stock = conn.coupon_stock().await;
@@ -171,7 +171,7 @@ async fn read_live(db: &Db, user: &str, event: &str) -> Result<Live, AuthoringEr
             budgets.map_err(StoreError::from)?,
             disabled.map_err(StoreError::from)?,
         )
-    });
+    };
     // As the grant step sees them: a coupon whose channel is disabled has no stock.
     let disabled: std::collections::HashSet<String> = disabled.into_iter().collect();
     let mut by_campaign: HashMap<String, Vec<CouponStock>> = HashMap::new();

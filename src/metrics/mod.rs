@@ -22,7 +22,6 @@ use crate::domain::{DeliveryStatus, Outcome, RequestStatus};
 use crate::store::grants::NewGrant;
 use crate::store::requests::Finished;
 use crate::store::{self, Db, StoreError};
-use crate::with_conn;
 
 mod liveness;
 pub use liveness::{Heartbeat, Liveness};
@@ -316,13 +315,14 @@ pub struct Snapshot {
 pub async fn refresh(db: &Db, metrics: &Metrics, config: &Config) -> Result<(), StoreError> {
     metrics.refreshed.store(true, Ordering::Relaxed);
     let read = async {
-        Ok::<_, StoreError>(with_conn!(db, |conn| {
+        Ok::<_, StoreError>({
+            let conn = &mut db.get().await?;
             let queue = conn.queue_depth().await?;
             let stock = conn.coupon_stock().await?;
             let outbox = conn.count_deliveries().await?;
             let disabled = conn.disabled_channels().await?;
             (queue, stock, outbox, disabled)
-        }))
+        })
     };
     let ((depth, oldest), stock, outbox, disabled) = read.await?;
     metrics.queue_depth.set(depth);

@@ -16,7 +16,6 @@ use crate::config::Config;
 use crate::installation::Installation;
 use crate::store::deliveries::{DeliveryRow, DisabledChannel, Replay};
 use crate::store::{self, Access, StoreError};
-use crate::with_conn;
 
 /// Characters of `last_error` shown in the table.
 const ERROR_CHARS: usize = 80;
@@ -117,10 +116,13 @@ pub async fn list(
     dead_only: bool,
     limit: i64,
 ) -> Result<String, OpsError> {
-    let rows = with_conn!(installation.db, |conn| conn
+    let rows = installation
+        .db
+        .get()
+        .await?
         .list_deliveries(dead_only, limit.max(1))
         .await
-        .map_err(StoreError::from)?);
+        .map_err(StoreError::from)?;
     let mut out = format!(
         "{:>8}  {:<36}  {:<12}  {:<24}  {:<9}  {:>8}  {:>4}  {:<19}  LAST ERROR\n",
         "ID", "WEBHOOK-ID", "CHANNEL", "EVENT", "STATUS", "ATTEMPTS", "LAST", "CREATED"
@@ -166,7 +168,8 @@ fn table_row(row: &DeliveryRow) -> String {
 /// Replays the dead deliveries `which` selects, after checking that each one's channel
 /// is configured and not disabled.
 pub async fn replay(installation: &Installation, which: Replay<'_>) -> Result<String, OpsError> {
-    let (targets, disabled) = with_conn!(installation.db, |conn| {
+    let (targets, disabled) = {
+        let conn = &mut installation.db.get().await?;
         let targets = conn
             .dead_deliveries(which)
             .await
@@ -176,7 +179,7 @@ pub async fn replay(installation: &Installation, which: Replay<'_>) -> Result<St
             .await
             .map_err(StoreError::from)?;
         (targets, disabled)
-    });
+    };
     if targets.is_empty() {
         return match which {
             Replay::One(id) => Err(OpsError::Refused(format!(
@@ -186,10 +189,13 @@ pub async fn replay(installation: &Installation, which: Replay<'_>) -> Result<St
         };
     }
     refuse_unsendable(installation, &targets, &disabled)?;
-    let replayed = with_conn!(installation.db, |conn| conn
+    let replayed = installation
+        .db
+        .get()
+        .await?
         .replay_dead(which, store::now())
         .await
-        .map_err(StoreError::from)?);
+        .map_err(StoreError::from)?;
     tracing::info!(deliveries = replayed, "dead deliveries replayed");
     Ok(format!(
         "replayed {replayed} dead deliveries with their original webhook-id; a running daemon sends them now\n"
@@ -233,14 +239,15 @@ fn configured(config: &Config, name: &str) -> bool {
 
 /// The channels table: configured channels and disabled state.
 pub async fn list_channels(installation: &Installation) -> Result<String, OpsError> {
-    let (disabled, held) = with_conn!(installation.db, |conn| {
+    let (disabled, held) = {
+        let conn = &mut installation.db.get().await?;
         let disabled = conn
             .disabled_channel_states()
             .await
             .map_err(StoreError::from)?;
         let held = conn.held_deliveries().await.map_err(StoreError::from)?;
         (disabled, held)
-    });
+    };
     let mut out = format!(
         "{:<16}  {:<8}  {:<19}  {:>6}  REASON\n",
         "CHANNEL", "STATE", "SINCE", "HELD"
@@ -284,10 +291,13 @@ pub async fn enable(installation: &Installation, name: &str) -> Result<String, O
             "unknown channel {name:?}: not in the config's channels"
         )));
     }
-    let released = with_conn!(installation.db, |conn| conn
+    let released = installation
+        .db
+        .get()
+        .await?
         .enable_channel(name, store::now())
         .await
-        .map_err(StoreError::from)?);
+        .map_err(StoreError::from)?;
     let Some(released) = released else {
         return Ok(format!("channel {name} is not disabled: nothing to do\n"));
     };

@@ -10,7 +10,6 @@ use crate::installation::Installation;
 use crate::schedule::inventory::{current_rates, predicted_run_out};
 use crate::store::jobs::AlertMark;
 use crate::store::{Access, StoreError};
-use crate::with_conn;
 
 /// `couponsd stock …`
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -52,10 +51,13 @@ pub async fn run(installation: &Installation, action: StockAction) -> Result<Str
 
 /// Renders the stock table.
 pub async fn show(installation: &Installation) -> Result<String, OpsError> {
-    let coupons = with_conn!(installation.db, |conn| conn
+    let coupons = installation
+        .db
+        .get()
+        .await?
         .coupon_stock()
         .await
-        .map_err(StoreError::from)?);
+        .map_err(StoreError::from)?;
     let rates = current_rates(&installation.db).await?;
     let now = crate::store::now().and_utc();
     let mut out = format!("rules version {}\n", installation.rules_version);
@@ -116,14 +118,15 @@ pub async fn add(
         )));
     }
     let campaign = campaign_of(&installation.config, coupon)?;
-    with_conn!(installation.db, |conn| {
+    {
+        let conn = &mut installation.db.get().await?;
         conn.add_stock(coupon, count)
             .await
             .map_err(StoreError::from)?;
         conn.clear_alerted(&campaign, AlertMark::Exhausted)
             .await
             .map_err(StoreError::from)?;
-    });
+    };
     Ok(format!(
         "added {count} to {coupon}\n{}",
         show(installation).await?
@@ -133,10 +136,13 @@ pub async fn add(
 /// Brings a retired coupon back into selection.
 pub async fn activate(installation: &Installation, coupon: &str) -> Result<String, OpsError> {
     campaign_of(&installation.config, coupon)?;
-    let coupons = with_conn!(installation.db, |conn| conn
+    let coupons = installation
+        .db
+        .get()
+        .await?
         .coupon_stock()
         .await
-        .map_err(StoreError::from)?);
+        .map_err(StoreError::from)?;
     match coupons.iter().find(|c| c.id == coupon).map(|c| c.state) {
         Some(CouponState::Retired) => {}
         Some(state) => {
@@ -150,11 +156,13 @@ pub async fn activate(installation: &Installation, coupon: &str) -> Result<Strin
             )))
         }
     }
-    with_conn!(installation.db, |conn| {
-        conn.set_coupon_state(coupon, CouponState::Active, crate::store::now())
-            .await
-            .map_err(StoreError::from)?
-    });
+    installation
+        .db
+        .get()
+        .await?
+        .set_coupon_state(coupon, CouponState::Active, crate::store::now())
+        .await
+        .map_err(StoreError::from)?;
     Ok(format!(
         "{coupon} is active again\n{}",
         show(installation).await?

@@ -13,7 +13,6 @@ use crate::metrics::Heartbeat;
 use crate::pipeline::dispatch::worker::{dispatch_due, live_channels, DispatchOutcome};
 use crate::pipeline::grant::{process_batch, process_claimed_batch, BatchOutcome};
 use crate::store::StoreError;
-use crate::with_conn;
 
 /// How the loops end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +137,7 @@ async fn dispatch_loop(ctx: Daemon, mode: Mode, grants_done: CancellationToken) 
 pub async fn release_claims(ctx: &Daemon) -> Result<usize, StoreError> {
     let mut released = 0;
     for token in ctx.claims.tokens() {
-        released += with_conn!(ctx.db, |conn| conn.release_claims(token).await?);
+        released += ctx.db.get().await?.release_claims(token).await?;
         ctx.claims.finished(token);
     }
     Ok(released)
@@ -149,8 +148,7 @@ pub async fn release_claims(ctx: &Daemon) -> Result<usize, StoreError> {
 /// daemon does not know is left to a daemon that does.
 async fn pending_deliveries(ctx: &Daemon) -> bool {
     let live = live_channels(&ctx.dispatch());
-    let counts =
-        async { Ok::<_, StoreError>(with_conn!(ctx.db, |conn| conn.pending_by_channel().await?)) };
+    let counts = async { Ok::<_, StoreError>(ctx.db.get().await?.pending_by_channel().await?) };
     match counts.await {
         Ok(counts) => counts
             .iter()

@@ -29,7 +29,6 @@ use crate::schedule;
 use crate::store::catalog::CatalogChanges;
 use crate::store::health::Health;
 use crate::store::{Db, StoreError};
-use crate::with_conn;
 
 /// The hand-off holds at most this many dispatch rounds (`dispatch.batch_size` each);
 /// beyond it grants leave their deliveries to the outbox.
@@ -156,10 +155,11 @@ fn instance_name() -> String {
 pub async fn apply_catalog(db: &Db, config: &Config) -> Result<CatalogChanges, StoreError> {
     let mut tries = 0;
     loop {
-        let result = with_conn!(db, |conn| {
-            conn.apply_catalog(&config.campaigns, crate::store::now())
-                .await
-        });
+        let result = db
+            .get()
+            .await?
+            .apply_catalog(&config.campaigns, crate::store::now())
+            .await;
         match result {
             Ok(changes) => {
                 info!(

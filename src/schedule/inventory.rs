@@ -26,9 +26,7 @@ use crate::domain::chain::CouponStock;
 use crate::domain::CouponState;
 use crate::pipeline::dispatch::events;
 use crate::store::jobs::{AlertMark, Rotation};
-use crate::store::prelude::*;
-use crate::store::{Db, StoreError};
-use crate::with_conn;
+use crate::store::{Conn, Db, StoreError};
 
 /// How far back the grant rate is measured.
 pub const RATE_WINDOW: TimeDelta = TimeDelta::minutes(2);
@@ -179,9 +177,10 @@ pub async fn check(deps: &Deps) -> Result<InventoryReport, StoreError> {
     let catalog = deps.catalog.current();
     for campaign in &catalog.campaigns {
         let (config, rates, id) = (catalog.clone(), rates.clone(), campaign.id.to_string());
-        let checked = with_conn!(deps.db, |conn| {
+        let checked = {
+            let conn = &mut deps.db.get().await?;
             check_campaign(conn, config, id, rates, horizon, now).await?
-        });
+        };
         for low in &checked.running_low {
             warn!(campaign = %campaign.id, coupon = %low.coupon, remaining = low.remaining, run_out_at = %low.run_out_at, "coupon running low at its grant rate");
         }
@@ -208,7 +207,7 @@ pub async fn check(deps: &Deps) -> Result<InventoryReport, StoreError> {
 
 async fn grant_rates(db: &Db, now: DateTime<Utc>) -> Result<Rates, StoreError> {
     let since = (now - RATE_WINDOW).naive_utc();
-    let rows = with_conn!(db, |conn| conn.grants_since(since).await?);
+    let rows = db.get().await?.grants_since(since).await?;
     Ok(rows
         .into_iter()
         .map(|(coupon, count, first)| {
@@ -268,14 +267,14 @@ struct CampaignCheck {
 
 /// One campaign's check in one transaction: lock the chain, rotate, audit, announce
 /// the rotations, the coupons running low (once each) and an exhausted chain (once).
-fn check_campaign<C: Store>(
-    conn: &mut C,
+fn check_campaign<'c>(
+    conn: &'c mut Conn,
     config: Arc<Config>,
     campaign_id: String,
     rates: Rates,
     horizon: Duration,
     now: DateTime<Utc>,
-) -> BoxFuture<'_, Result<CampaignCheck, StoreError>> {
+) -> BoxFuture<'c, Result<CampaignCheck, StoreError>> {
     conn.transaction(async move |conn| {
         let mut chain = conn
             .chains(std::slice::from_ref(&campaign_id), true)
@@ -322,8 +321,8 @@ fn check_campaign<C: Store>(
 }
 
 /// Retires `planned.from` and audits it; returns the audit row and its event.
-async fn rotate<C: Store>(
-    conn: &mut C,
+async fn rotate(
+    conn: &mut Conn,
     campaign_id: &str,
     planned: Planned,
     at: NaiveDateTime,

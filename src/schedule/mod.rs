@@ -30,7 +30,6 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::in_force::InForce;
 use crate::store::{self, Db, StoreError};
-use crate::with_conn;
 
 /// The scheduled jobs, as named in `job_leases`.
 pub const INVENTORY_CHECK: &str = "inventory_check";
@@ -103,10 +102,13 @@ where
     let held_until = now + TimeDelta::from_std(deps.config.worker.lease).unwrap_or(TimeDelta::MAX);
     let holder = deps.instance.as_str();
     let won = async {
-        Ok::<_, StoreError>(with_conn!(deps.db, |conn| {
-            conn.acquire_job(name, holder, tick, now, held_until)
+        Ok::<_, StoreError>(
+            deps.db
+                .get()
                 .await?
-        }))
+                .acquire_job(name, holder, tick, now, held_until)
+                .await?,
+        )
     };
     match won.await {
         Ok(true) => {}
@@ -127,9 +129,10 @@ where
         Err(e) => error!(job = name, error = %e, "scheduled job failed"),
     }
     let released = async {
-        with_conn!(deps.db, |conn| {
+        {
+            let conn = &mut deps.db.get().await?;
             conn.release_job(name, holder, store::now()).await?;
-        });
+        };
         Ok::<_, StoreError>(())
     };
     if let Err(e) = released.await {
@@ -143,7 +146,7 @@ pub async fn reclaim(deps: &Deps) -> Result<usize, StoreError> {
     let lease = TimeDelta::from_std(deps.config.worker.lease).unwrap_or(TimeDelta::MAX);
     let before = store::now() - lease;
     let max = deps.config.worker.max_attempts as i32;
-    let reclaimed = with_conn!(deps.db, |conn| conn.reclaim_expired(before, max).await?);
+    let reclaimed = deps.db.get().await?.reclaim_expired(before, max).await?;
     if reclaimed.requeued + reclaimed.failed > 0 {
         info!(
             requeued = reclaimed.requeued,

@@ -10,7 +10,6 @@ use super::Deps;
 use crate::domain::chain::CouponStock;
 use crate::pipeline::dispatch::events;
 use crate::store::StoreError;
-use crate::with_conn;
 
 /// A coupon whose counters disagree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -48,9 +47,10 @@ pub fn find_drift(coupons: &[CouponStock], ledger: &HashMap<String, i64>) -> Vec
 /// Runs the reconciliation and alerts on every drift found.
 pub async fn run(deps: &Deps) -> Result<Vec<Drift>, StoreError> {
     let now = crate::store::now().and_utc();
-    let (coupons, per_coupon) = with_conn!(deps.db, |conn| {
+    let (coupons, per_coupon) = {
+        let conn = &mut deps.db.get().await?;
         (conn.coupon_stock().await?, conn.grants_per_coupon().await?)
-    });
+    };
     let mut ledger: HashMap<String, i64> = HashMap::new();
     for (_, coupon, n) in per_coupon {
         *ledger.entry(coupon).or_default() += n;
@@ -68,7 +68,7 @@ pub async fn run(deps: &Deps) -> Result<Vec<Drift>, StoreError> {
         .inspect(|d| error!(?d, "reconciliation: stock disagrees with the ledger"))
         .filter_map(|d| events::alert(&deps.config, events::INVENTORY_DRIFT, d, now))
         .collect();
-    with_conn!(deps.db, |conn| conn.record_deliveries(&alerts).await?);
+    deps.db.get().await?.record_deliveries(&alerts).await?;
     deps.outbox_ready.notify_one();
     Ok(drift)
 }

@@ -2,17 +2,15 @@
 //! and rotation chains to the database, and the campaign budgets.
 
 use std::collections::HashMap;
-use std::future::Future;
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::prepared::in_list;
 use super::schema::campaigns::dsl as k;
 use super::schema::coupons::dsl as c;
 use super::schema::{campaigns, coupons};
-use super::{backend, write_transaction, MysqlConn, QueryResult, SqliteConn};
+use super::{Conn, QueryResult};
 use crate::domain::campaign::CampaignConfig;
 use crate::domain::{Budget, CouponState};
 
@@ -192,34 +190,6 @@ fn campaign_row(campaign: &CampaignConfig, position: usize, now: NaiveDateTime) 
     }
 }
 
-/// Operations on `campaigns` and the catalog.
-pub trait Catalog {
-    /// Applies the config's campaigns and chains in one transaction: new campaigns and
-    /// coupons are inserted; a changed config `stock` moves stock and remaining by the
-    /// difference (remaining never below zero); what was granted is never touched.
-    fn apply_catalog(
-        &mut self,
-        campaigns: &[CampaignConfig],
-        now: NaiveDateTime,
-    ) -> impl Future<Output = QueryResult<CatalogChanges>> + Send;
-
-    /// The budgets of those `campaign_ids` that have one, in id order; with `lock`,
-    /// locked in that order inside the caller's transaction.
-    fn budgets(
-        &mut self,
-        campaign_ids: &[String],
-        lock: bool,
-    ) -> impl Future<Output = QueryResult<Vec<Budget>>> + Send;
-
-    /// Adds granted face value to a campaign unless that passes its budget; returns
-    /// false (and changes nothing) when it would.
-    fn add_granted_value(
-        &mut self,
-        campaign_id: &str,
-        cents: i64,
-    ) -> impl Future<Output = QueryResult<bool>> + Send;
-}
-
 /// A budget row as the grant step reads it.
 pub(crate) fn budget(
     (campaign_id, budget_cents, granted_cents): (String, Option<i64>, i64),
@@ -231,96 +201,128 @@ pub(crate) fn budget(
     }
 }
 
-macro_rules! impl_catalog {
-    ($conn:ty, $backend:ident) => {
-        impl Catalog for $conn {
-            async fn apply_catalog(
-                &mut self,
-                wanted: &[CampaignConfig],
-                now: NaiveDateTime,
-            ) -> QueryResult<CatalogChanges> {
-                write_transaction!($backend, self, async |conn| {
-                        // Coupons first, then campaigns: the order the grant step
-                        // takes them in, so a start during traffic cannot deadlock.
-                        let query = coupons::table.select((c::id, c::config_stock, c::remaining, c::state));
-                        let existing: Vec<(String, i64, i64, String)> = backend!($backend,
-                            mysql => { query.for_update().load(conn).await? },
-                            sqlite => { query.load(conn).await? });
-                        let mut changes = CatalogChanges::default();
-                        let known: Vec<String> = campaigns::table.select(k::id).load(conn).await?;
-                        for (position, campaign) in wanted.iter().enumerate() {
-                            let row = campaign_row(campaign, position, now);
-                            if known.iter().any(|id| id == campaign.id.as_str()) {
-                                diesel::update(campaigns::table.find(row.id))
-                                    .set(&row)
-                                    .execute(conn)
-                                    .await?;
-                            } else {
-                                diesel::insert_into(campaigns::table).values(&row).execute(conn).await?;
-                                changes.campaigns_added.push(row.id.to_owned());
-                            }
-                            // Only budgeted campaigns count granted value as they grant:
-                            // recount it from the ledger, so a budget set later starts right.
-                            if campaign.budget.is_some() {
-                                diesel::sql_query(RECOUNT_GRANTED_VALUE)
-                                    .bind::<diesel::sql_types::Text, _>(campaign.id.as_str())
-                                    .bind::<diesel::sql_types::Text, _>(campaign.id.as_str())
-                                    .execute(conn)
-                                    .await?;
-                            }
-                        }
-                        let existing: Existing = existing
-                            .into_iter()
-                            .map(|(id, config_stock, remaining, state)| (id, (config_stock, remaining, state)))
-                            .collect();
-                        for write in plan_coupons(wanted, &existing, now, &mut changes) {
-                            match write {
-                                CouponWrite::Insert(row) => {
-                                    diesel::insert_into(coupons::table).values(row).execute(conn).await?;
-                                }
-                                CouponWrite::Update { id, row, stock_delta } => {
-                                    let stock = c::stock.eq(c::stock + stock_delta);
-                                    diesel::update(coupons::table.find(id)).set((row, stock)).execute(conn).await?;
-                                }
-                                CouponWrite::Remove(id) => {
-                                    diesel::update(coupons::table.find(id))
-                                        .set((c::state.eq(CouponState::Removed.as_str()), c::updated_at.eq(now)))
-                                        .execute(conn)
-                                        .await?;
-                                }
-                            }
-                        }
-                        Ok(changes)
-                })
+/// Operations on `campaigns` and the catalog.
+impl Conn {
+    /// Applies the config's campaigns and chains in one transaction: new campaigns and
+    /// coupons are inserted; a changed config `stock` moves stock and remaining by the
+    /// difference (remaining never below zero); what was granted is never touched.
+    pub async fn apply_catalog(
+        &mut self,
+        wanted: &[CampaignConfig],
+        now: NaiveDateTime,
+    ) -> QueryResult<CatalogChanges> {
+        self.write_transaction(async |conn| {
+            // Coupons first, then campaigns: the order the grant step
+            // takes them in, so a start during traffic cannot deadlock.
+            let query = coupons::table.select((c::id, c::config_stock, c::remaining, c::state));
+            let existing: Vec<(String, i64, i64, String)> =
+                conn.load_either(query.for_update(), query).await?;
+            let mut changes = CatalogChanges::default();
+            conn.apply_campaigns(wanted, now, &mut changes).await?;
+            let existing: Existing = existing
+                .into_iter()
+                .map(|(id, config_stock, remaining, state)| (id, (config_stock, remaining, state)))
+                .collect();
+            for write in plan_coupons(wanted, &existing, now, &mut changes) {
+                conn.write_coupon(write, now).await?;
             }
+            Ok(changes)
+        })
+        .await
+    }
 
-            async fn budgets(&mut self, campaign_ids: &[String], lock: bool) -> QueryResult<Vec<Budget>> {
-                let query = campaigns::table
-                    .filter(in_list(k::id, campaign_ids))
-                    .filter(k::budget_cents.is_not_null())
-                    .order(k::id)
-                    .select((k::id, k::budget_cents, k::granted_cents));
-                let rows: Vec<(String, Option<i64>, i64)> = if !lock {
-                    query.load(self).await?
-                } else {
-                    backend!($backend,
-                        mysql => { query.for_update().load(self).await? },
-                        sqlite => { query.load(self).await? })
-                };
-                Ok(rows.into_iter().map(budget).collect())
-            }
+    /// The budgets of those `campaign_ids` that have one, in id order; with `lock`,
+    /// locked in that order inside the caller's transaction.
+    pub async fn budgets(
+        &mut self,
+        campaign_ids: &[String],
+        lock: bool,
+    ) -> QueryResult<Vec<Budget>> {
+        let query = campaigns::table
+            .filter(in_list(k::id, campaign_ids))
+            .filter(k::budget_cents.is_not_null())
+            .order(k::id)
+            .select((k::id, k::budget_cents, k::granted_cents));
+        let rows: Vec<(String, Option<i64>, i64)> = if !lock {
+            self.load(query).await?
+        } else {
+            self.load_either(query.clone().for_update(), query).await?
+        };
+        Ok(rows.into_iter().map(budget).collect())
+    }
 
-            async fn add_granted_value(&mut self, campaign_id: &str, cents: i64) -> QueryResult<bool> {
-                let within = k::budget_cents.is_null().or(k::granted_cents.le(k::budget_cents.assume_not_null() - cents));
-                let changed = diesel::update(campaigns::table.find(campaign_id).filter(within))
-                    .set(k::granted_cents.eq(k::granted_cents + cents))
-                    .execute(self)
+    /// Adds granted face value to a campaign unless that passes its budget; returns
+    /// false (and changes nothing) when it would.
+    pub async fn add_granted_value(&mut self, campaign_id: &str, cents: i64) -> QueryResult<bool> {
+        let within = k::budget_cents
+            .is_null()
+            .or(k::granted_cents.le(k::budget_cents.assume_not_null() - cents));
+        let add = diesel::update(campaigns::table.find(campaign_id).filter(within))
+            .set(k::granted_cents.eq(k::granted_cents + cents));
+        let changed = self.execute(add).await?;
+        Ok(changed == 1)
+    }
+
+    /// Inside `apply_catalog`'s transaction: inserts the campaigns new to the database,
+    /// brings the known ones to the config, and recounts the granted value of the
+    /// budgeted ones; records the campaigns added in `changes`.
+    async fn apply_campaigns(
+        &mut self,
+        wanted: &[CampaignConfig],
+        now: NaiveDateTime,
+        changes: &mut CatalogChanges,
+    ) -> QueryResult<()> {
+        let known: Vec<String> = self.load(campaigns::table.select(k::id)).await?;
+        for (position, campaign) in wanted.iter().enumerate() {
+            let row = campaign_row(campaign, position, now);
+            if known.iter().any(|id| id == campaign.id.as_str()) {
+                self.execute(diesel::update(campaigns::table.find(row.id)).set(&row))
                     .await?;
-                Ok(changed == 1)
+            } else {
+                self.execute(diesel::insert_into(campaigns::table).values(&row))
+                    .await?;
+                changes.campaigns_added.push(row.id.to_owned());
+            }
+            // Only budgeted campaigns count granted value as they grant:
+            // recount it from the ledger, so a budget set later starts right.
+            if campaign.budget.is_some() {
+                let recount = diesel::sql_query(RECOUNT_GRANTED_VALUE)
+                    .bind::<diesel::sql_types::Text, _>(campaign.id.as_str())
+                    .bind::<diesel::sql_types::Text, _>(campaign.id.as_str());
+                self.execute(recount).await?;
             }
         }
-    };
-}
+        Ok(())
+    }
 
-impl_catalog!(MysqlConn, mysql);
-impl_catalog!(SqliteConn, sqlite);
+    /// Inside `apply_catalog`'s transaction: one planned write to `coupons`.
+    async fn write_coupon(
+        &mut self,
+        write: CouponWrite<'_>,
+        now: NaiveDateTime,
+    ) -> QueryResult<()> {
+        match write {
+            CouponWrite::Insert(row) => {
+                self.execute(diesel::insert_into(coupons::table).values(row))
+                    .await?;
+            }
+            CouponWrite::Update {
+                id,
+                row,
+                stock_delta,
+            } => {
+                let stock = c::stock.eq(c::stock + stock_delta);
+                self.execute(diesel::update(coupons::table.find(id)).set((row, stock)))
+                    .await?;
+            }
+            CouponWrite::Remove(id) => {
+                let remove = diesel::update(coupons::table.find(id)).set((
+                    c::state.eq(CouponState::Removed.as_str()),
+                    c::updated_at.eq(now),
+                ));
+                self.execute(remove).await?;
+            }
+        }
+        Ok(())
+    }
+}

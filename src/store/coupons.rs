@@ -1,16 +1,13 @@
 //! `coupons`: the rotation chains' stock. Stock is taken with one statement per coupon
 //! per batch, under the row lock, and never below zero.
 
-use std::future::Future;
-
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 
 use super::prepared::{in_list, Cached};
 use super::schema::coupons::dsl as c;
 use super::schema::coupons::table;
-use super::{backend, MysqlConn, QueryResult, SqliteConn};
+use super::{columns, Conn, QueryResult};
 use crate::domain::chain::CouponStock;
 use crate::domain::CouponState;
 
@@ -54,94 +51,66 @@ fn stocks(rows: Vec<CouponRow>) -> Vec<CouponStock> {
 }
 
 /// Operations on `coupons`.
-pub trait Coupons {
+impl Conn {
     /// Every coupon still in the config, by campaign and chain position (no locks).
-    fn coupon_stock(&mut self) -> impl Future<Output = QueryResult<Vec<CouponStock>>> + Send;
+    pub async fn coupon_stock(&mut self) -> QueryResult<Vec<CouponStock>> {
+        let query = table
+            .filter(c::state.ne(CouponState::Removed.as_str()))
+            .order((c::campaign_id, c::position))
+            .select(columns::<CouponRow>());
+        self.load(query).await.map(stocks)
+    }
 
     /// The coupons of `campaign_ids`, in id order. With `lock`, inside the caller's
     /// transaction, they are locked in that order (one order for every daemon, so two
     /// batches never deadlock on them); without, they are a snapshot (the grant step
     /// then takes stock with guarded updates).
-    fn chains(
+    pub async fn chains(
         &mut self,
         campaign_ids: &[String],
         lock: bool,
-    ) -> impl Future<Output = QueryResult<Vec<CouponStock>>> + Send;
+    ) -> QueryResult<Vec<CouponStock>> {
+        let query = table
+            .filter(in_list(c::campaign_id, campaign_ids))
+            .filter(c::state.ne(CouponState::Removed.as_str()))
+            .order(c::id)
+            .select(columns::<CouponRow>());
+        let rows = match lock {
+            true => self.load_either(query.clone().for_update(), query).await?,
+            false => self.load(query).await?,
+        };
+        Ok(stocks(rows))
+    }
 
     /// Takes `count` from a coupon's stock; returns false (and changes nothing) when
     /// fewer are left.
-    fn take_stock(
-        &mut self,
-        id: &str,
-        count: i64,
-    ) -> impl Future<Output = QueryResult<bool>> + Send;
+    pub async fn take_stock(&mut self, id: &str, count: i64) -> QueryResult<bool> {
+        let take = diesel::update(table.filter(c::id.eq(id)).filter(c::remaining.ge(count))).set((
+            c::remaining.eq(c::remaining - count),
+            c::granted.eq(c::granted + count),
+        ));
+        Ok(self.execute(Cached(take)).await? == 1)
+    }
 
     /// Adds `count` to a coupon's stock and remaining; returns false for an unknown
     /// coupon.
-    fn add_stock(&mut self, id: &str, count: i64)
-        -> impl Future<Output = QueryResult<bool>> + Send;
+    pub async fn add_stock(&mut self, id: &str, count: i64) -> QueryResult<bool> {
+        let add = diesel::update(table.filter(c::id.eq(id))).set((
+            c::remaining.eq(c::remaining + count),
+            c::stock.eq(c::stock + count),
+        ));
+        Ok(self.execute(add).await? == 1)
+    }
 
     /// Sets a coupon's state; returns false for an unknown coupon.
-    fn set_coupon_state(
+    pub async fn set_coupon_state(
         &mut self,
         id: &str,
         state: CouponState,
         now: NaiveDateTime,
-    ) -> impl Future<Output = QueryResult<bool>> + Send;
+    ) -> QueryResult<bool> {
+        let set = diesel::update(table.filter(c::id.eq(id)))
+            .set((c::state.eq(state.as_str()), c::updated_at.eq(now)));
+        Ok(self.execute(set).await? == 1)
+    }
 }
-
-macro_rules! impl_coupons {
-    ($conn:ty, $backend:ident) => {
-        impl Coupons for $conn {
-            async fn coupon_stock(&mut self) -> QueryResult<Vec<CouponStock>> {
-                table
-                    .filter(c::state.ne(CouponState::Removed.as_str()))
-                    .order((c::campaign_id, c::position))
-                    .select(CouponRow::as_select())
-                    .load(self)
-                    .await
-                    .map(stocks)
-            }
-
-            async fn chains(&mut self, campaign_ids: &[String], lock: bool) -> QueryResult<Vec<CouponStock>> {
-                let query = table
-                    .filter(in_list(c::campaign_id, campaign_ids))
-                    .filter(c::state.ne(CouponState::Removed.as_str()))
-                    .order(c::id)
-                    .select(CouponRow::as_select());
-                if !lock {
-                    return query.load(self).await.map(stocks);
-                }
-                backend!($backend,
-                    mysql => { query.for_update().load(self).await.map(stocks) },
-                    sqlite => { query.load(self).await.map(stocks) })
-            }
-
-            async fn take_stock(&mut self, id: &str, count: i64) -> QueryResult<bool> {
-                let take = diesel::update(table.filter(c::id.eq(id)).filter(c::remaining.ge(count)))
-                    .set((c::remaining.eq(c::remaining - count), c::granted.eq(c::granted + count)));
-                let changed = Cached(take).execute(self).await?;
-                Ok(changed == 1)
-            }
-
-            async fn add_stock(&mut self, id: &str, count: i64) -> QueryResult<bool> {
-                let changed = diesel::update(table.filter(c::id.eq(id)))
-                    .set((c::remaining.eq(c::remaining + count), c::stock.eq(c::stock + count)))
-                    .execute(self)
-                    .await?;
-                Ok(changed == 1)
-            }
-
-            async fn set_coupon_state(&mut self, id: &str, state: CouponState, now: NaiveDateTime) -> QueryResult<bool> {
-                let changed = diesel::update(table.filter(c::id.eq(id)))
-                    .set((c::state.eq(state.as_str()), c::updated_at.eq(now)))
-                    .execute(self)
-                    .await?;
-                Ok(changed == 1)
-            }
-        }
-    };
-}
-
-impl_coupons!(MysqlConn, mysql);
-impl_coupons!(SqliteConn, sqlite);

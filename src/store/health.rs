@@ -153,7 +153,7 @@ impl ProbeConn {
     async fn connect(url: &str, settings: Settings) -> Result<ProbeConn, DownCause> {
         let connecting = async {
             if let Some(path) = url.strip_prefix("sqlite://") {
-                super::setup_sqlite(path.to_owned(), Access::ReadOnly, settings)
+                super::session::setup_sqlite(path.to_owned(), Access::ReadOnly, settings)
                     .await
                     .map(ProbeConn::Sqlite)
             } else {
@@ -161,7 +161,7 @@ impl ProbeConn {
                     access: Access::ReadOnly,
                     ..settings
                 };
-                super::setup_mysql(url.to_owned(), settings)
+                super::session::setup_mysql(url.to_owned(), settings)
                     .await
                     .map(ProbeConn::Mysql)
             }

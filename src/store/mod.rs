@@ -2,25 +2,28 @@
 //!
 //! Two backends share one schema: MySQL/MariaDB (production; claims with
 //! `FOR UPDATE SKIP LOCKED`, READ COMMITTED sessions) and SQLite (the embedded default;
-//! a single writer, so one pooled connection and no row locks). Each table's file
-//! declares a trait with its operations and implements it for both connection types;
-//! the differences between the backends stay inside those implementations.
+//! a single writer, so one pooled connection and no row locks). [`Db`] is the pool and
+//! [`Conn`] one connection of either backend ([`conn`], the one place that picks the
+//! backend). Each table's file adds its operations to `Conn`, written once with
+//! diesel's query builder; where the backends' SQL differs, the operation says so
+//! beside the query (`load_either`, `write_transaction`, `Conn::backend`).
 
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use diesel::migration::MigrationSource;
 use diesel::result::Error as DieselError;
-use diesel::{ConnectionError, SqliteConnection};
-use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel::SqliteConnection;
+use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
-use diesel_async::{AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, AsyncMysqlConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use futures_util::FutureExt;
 
 pub mod catalog;
 pub mod clock;
+pub mod conn;
 pub mod connect;
 pub mod coupons;
 pub mod deliveries;
@@ -31,20 +34,10 @@ pub mod prepared;
 pub mod requests;
 pub mod jobs;
 pub mod schema;
+mod session;
 
+pub use conn::{columns, Backend, Conn};
 pub use diesel::result::QueryResult;
-
-/// The store's traits, for calling their operations on a connection.
-pub mod prelude {
-    pub use super::catalog::Catalog;
-    pub use super::coupons::Coupons;
-    pub use super::deliveries::Deliveries;
-    pub use super::grants::Grants;
-    pub use super::jobs::Jobs;
-    pub use super::records::Records;
-    pub use super::requests::Requests;
-    pub use super::Store;
-}
 
 /// The MySQL/MariaDB connection type.
 pub type MysqlConn = AsyncMysqlConnection;
@@ -143,36 +136,6 @@ pub enum Db {
     Sqlite(Pool<SqliteConn>),
 }
 
-/// A pooled connection, whichever the backend.
-pub enum Conn {
-    /// MySQL or MariaDB.
-    Mysql(Object<MysqlConn>),
-    /// SQLite.
-    Sqlite(Object<SqliteConn>),
-}
-
-/// Runs `$body` with `$conn` bound to a `&mut` pooled connection of the right type.
-/// `$body` is compiled once per backend, so it may call the store's traits generically.
-#[macro_export]
-macro_rules! with_conn {
-    ($db:expr, |$conn:ident| $body:expr) => {
-        match $db.get().await? {
-            $crate::store::Conn::Mysql(mut pooled) => {
-                #[allow(unused_imports)]
-                use $crate::store::prelude::*;
-                let $conn: &mut $crate::store::MysqlConn = &mut *pooled;
-                $body
-            }
-            $crate::store::Conn::Sqlite(mut pooled) => {
-                #[allow(unused_imports)]
-                use $crate::store::prelude::*;
-                let $conn: &mut $crate::store::SqliteConn = &mut *pooled;
-                $body
-            }
-        }
-    };
-}
-
 /// What the connections of a pool may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -236,7 +199,7 @@ impl Db {
         if url.starts_with("mysql://") {
             let mut config = ManagerConfig::<MysqlConn>::default();
             config.custom_setup =
-                Box::new(move |url| setup_mysql(url.to_owned(), settings).boxed());
+                Box::new(move |url| session::setup_mysql(url.to_owned(), settings).boxed());
             let manager = AsyncDieselConnectionManager::new_with_config(url, config);
             let pool = Pool::builder(manager)
                 .max_size(settings.max_connections.max(1))
@@ -250,7 +213,7 @@ impl Db {
         } else if let Some(path) = url.strip_prefix("sqlite://") {
             let mut config = ManagerConfig::<SqliteConn>::default();
             config.custom_setup = Box::new(move |path| {
-                setup_sqlite(path.to_owned(), settings.access, settings).boxed()
+                session::setup_sqlite(path.to_owned(), settings.access, settings).boxed()
             });
             let manager = AsyncDieselConnectionManager::new_with_config(path, config);
             // No wait timeout: the one connection is SQLite's one writer, and a worker
@@ -291,7 +254,7 @@ impl Db {
     pub async fn migrate(&self) -> Result<Vec<String>, StoreError> {
         let mut conn = self.get().await?;
         if let Conn::Mysql(c) = &mut conn {
-            set_statement_limit(c, Duration::ZERO).await?;
+            session::set_statement_limit(c, Duration::ZERO).await?;
         }
         // The harness drives the async connection with `block_on`: keep it off the
         // runtime's worker threads.
@@ -310,7 +273,6 @@ impl Db {
     /// (the migration harness would first create its table, which a read-only session
     /// refuses), so a database never migrated is simply not up to date.
     pub async fn is_migrated(&self) -> Result<bool, StoreError> {
-        use diesel_async::RunQueryDsl;
         let (has_table, known) = match self {
             Db::Mysql(_) => (
                 "SELECT COUNT(*) AS n FROM information_schema.tables \
@@ -323,16 +285,15 @@ impl Db {
                 versions::<diesel::sqlite::Sqlite>(SQLITE_MIGRATIONS)?,
             ),
         };
-        let applied: Vec<AppliedMigration> = with_conn!(self, |conn| {
-            let tables: Vec<TableCount> = diesel::sql_query(has_table).load(conn).await?;
-            if !tables.iter().any(|t| t.n > 0) {
-                Vec::new()
-            } else {
-                diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
-                    .load(conn)
-                    .await?
+        let conn = &mut self.get().await?;
+        let tables: Vec<TableCount> = conn.load(diesel::sql_query(has_table)).await?;
+        let applied: Vec<AppliedMigration> = match tables.iter().any(|t| t.n > 0) {
+            false => Vec::new(),
+            true => {
+                let versions = "SELECT version FROM __diesel_schema_migrations";
+                conn.load(diesel::sql_query(versions)).await?
             }
-        });
+        };
         Ok(known
             .iter()
             .all(|v| applied.iter().any(|a| &a.version == v)))
@@ -340,7 +301,7 @@ impl Db {
 
     /// One round trip, to prove the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        with_conn!(self, |conn| conn.batch_execute("SELECT 1").await?);
+        self.get().await?.batch_execute("SELECT 1").await?;
         Ok(())
     }
 
@@ -392,153 +353,8 @@ struct AppliedMigration {
     version: String,
 }
 
-async fn setup_mysql(url: String, settings: Settings) -> Result<MysqlConn, ConnectionError> {
-    let mut conn = connect::establish(&url, &settings).await?;
-    let access = settings.access;
-    // READ COMMITTED: locking reads take record locks only, no gap locks, so claims and
-    // stock updates of different daemons do not block each other's inserts.
-    let setup = match access {
-        Access::ReadWrite => {
-            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; \
-             SET SESSION innodb_lock_wait_timeout = 10"
-        }
-        // Every later transaction of the session, autocommitted statements included,
-        // is read-only: a write fails with 1792.
-        Access::ReadOnly => {
-            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; \
-             SET SESSION TRANSACTION READ ONLY"
-        }
-    };
-    conn.batch_execute(setup)
-        .await
-        .map_err(ConnectionError::CouldntSetupConfiguration)?;
-    set_statement_limit(&mut conn, settings.statement_timeout)
-        .await
-        .map_err(ConnectionError::CouldntSetupConfiguration)?;
-    Ok(conn)
-}
-
-/// MariaDB's `max_statement_time` (seconds, any statement) and, failing that,
-/// MySQL's `max_execution_time` (milliseconds, `SELECT`s only); zero lifts the limit.
-fn statement_limit_sql(limit: Duration) -> (String, String) {
-    (
-        format!(
-            "SET SESSION max_statement_time = {:.3}",
-            limit.as_secs_f64()
-        ),
-        format!("SET SESSION max_execution_time = {}", limit.as_millis()),
-    )
-}
-
-/// Limits every statement of the session to `limit` on the server: a statement that
-/// runs longer (a lock queue, a plan gone wrong) is stopped there and fails. A server
-/// that does not answer at all is another matter: see `daemon` and [`health`].
-async fn set_statement_limit(conn: &mut MysqlConn, limit: Duration) -> QueryResult<()> {
-    let (mariadb, mysql) = statement_limit_sql(limit);
-    match conn.batch_execute(&mariadb).await {
-        // 1193: unknown system variable, on MySQL.
-        Err(DieselError::DatabaseError(_, info))
-            if info.message().contains("max_statement_time") =>
-        {
-            conn.batch_execute(&mysql).await
-        }
-        other => other,
-    }
-}
-
-async fn setup_sqlite(
-    path: String,
-    access: Access,
-    settings: Settings,
-) -> Result<SqliteConn, ConnectionError> {
-    let mut conn = SqliteConn::establish(&path).await?;
-    // A statement waits at most `statement_timeout` for another connection's lock.
-    let busy = settings.statement_timeout.as_millis().max(1);
-    let setup = match access {
-        Access::ReadWrite => format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-             PRAGMA busy_timeout = {busy}; PRAGMA foreign_keys = ON;"
-        ),
-        // Not even the journal mode: setting it writes the file header.
-        Access::ReadOnly => format!("PRAGMA busy_timeout = {busy}; PRAGMA query_only = ON;"),
-    };
-    conn.batch_execute(&setup)
-        .await
-        .map_err(ConnectionError::CouldntSetupConfiguration)?;
-    Ok(conn)
-}
-
 /// The database's current time (UTC, no zone): the host's clock corrected by the
 /// offset of the database's ([`clock`]). Leases, holds and ticks are read from it.
 pub fn now() -> NaiveDateTime {
     clock::now()
 }
-
-/// Every store operation, on one connection of either backend.
-pub trait Store:
-    AsyncConnection
-    + requests::Requests
-    + grants::Grants
-    + coupons::Coupons
-    + deliveries::Deliveries
-    + catalog::Catalog
-    + jobs::Jobs
-    + records::Records
-    + Send
-{
-}
-
-impl Store for MysqlConn {}
-impl Store for SqliteConn {}
-
-/// Picks the MySQL or the SQLite variant of a piece of code inside a store impl macro.
-macro_rules! backend {
-    (mysql, mysql => $m:block, sqlite => $s:block) => {
-        $m
-    };
-    (sqlite, mysql => $m:block, sqlite => $s:block) => {
-        $s
-    };
-}
-pub(crate) use backend;
-
-/// Runs `$f` in a transaction that reads and then writes. On SQLite it begins
-/// `IMMEDIATE`, taking the write lock first (waiting up to `busy_timeout` for it): a
-/// deferred transaction that read first fails at once with "database is locked" when
-/// another connection wrote meanwhile, which no busy timeout waits out.
-macro_rules! write_transaction {
-    (mysql, $conn:expr, $f:expr) => {
-        $conn.transaction($f).await
-    };
-    (sqlite, $conn:expr, $f:expr) => {
-        $conn.immediate_transaction($f).await
-    };
-}
-pub(crate) use write_transaction;
-
-/// Inserts many rows. On MySQL in one statement per power-of-two chunk (200 rows are
-/// 128 + 64 + 8), each kept prepared by the connection: a multi-row insert prepared
-/// afresh costs a column definition per value (see `prepared`). diesel-async cannot
-/// send SQLite's multi-row insert, so on SQLite one statement runs on the wrapped sync
-/// connection (inside the same transaction), where a prepare is cheap.
-macro_rules! insert_all {
-    (mysql, $conn:expr, $table:expr, $rows:expr) => {{
-        let mut inserted = 0;
-        for chunk in $crate::store::prepared::pow2_chunks($rows) {
-            let insert = diesel::insert_into($table).values(chunk);
-            inserted += $crate::store::prepared::Cached(insert)
-                .execute(&mut *$conn)
-                .await?;
-        }
-        diesel::QueryResult::Ok(inserted)
-    }};
-    (sqlite, $conn:expr, $table:expr, $rows:expr) => {{
-        let rows = $rows.to_vec();
-        $conn
-            .spawn_blocking(move |sync| {
-                diesel::RunQueryDsl::execute(diesel::insert_into($table).values(&rows), sync)
-            })
-            .await
-    }};
-}
-pub(crate) use insert_all;

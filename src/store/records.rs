@@ -3,11 +3,8 @@
 //! `backtest`, `explain`). None of them locks or writes: they may run against a live
 //! database while daemons work on it.
 
-use std::future::Future;
-
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 
 use super::catalog::budget;
 use super::schema::campaigns::dsl as k;
@@ -16,7 +13,7 @@ use super::schema::delivery_attempts::dsl as a;
 use super::schema::grants::dsl as g;
 use super::schema::trigger_requests::dsl as tr;
 use super::schema::{campaigns, deliveries, delivery_attempts, grants, trigger_requests};
-use super::{MysqlConn, QueryResult, SqliteConn};
+use super::{columns, Backend, Conn, QueryResult};
 use crate::domain::Budget;
 
 /// A request as `explain` shows it, read defensively like a claim (every text column
@@ -242,220 +239,140 @@ pub struct CouponTotal {
 }
 
 /// Read-only operations for the authoring commands.
-pub trait Records {
+impl Conn {
     /// The request with this idempotency key.
-    fn request_by_key(
-        &mut self,
-        key: &str,
-    ) -> impl Future<Output = QueryResult<Option<InspectedRequest>>> + Send;
+    pub async fn request_by_key(&mut self, key: &str) -> QueryResult<Option<InspectedRequest>> {
+        let (cast, byte_length) = match self.backend() {
+            Backend::Mysql => ("BINARY", "LENGTH"),
+            // SQLite's octet_length reads the size without loading the value.
+            Backend::Sqlite => ("BLOB", "octet_length"),
+        };
+        let columns = inspected_columns(cast, byte_length);
+        // The bytes decide: MariaDB's PAD SPACE collation alone takes `k1 ` for
+        // `k1`, where SQLite does not. The first filter keeps the unique index.
+        let exact =
+            diesel::dsl::sql::<diesel::sql_types::Bool>(&format!("CAST(request_key AS {cast}) = "))
+                .bind::<diesel::sql_types::Binary, _>(key.as_bytes());
+        let query = trigger_requests::table
+            .filter(tr::request_key.eq(key))
+            .filter(exact)
+            .select(diesel::dsl::sql::<InspectedSql>(&columns));
+        let row: Option<InspectedRow> = self.first(query).await.optional()?;
+        Ok(row.map(inspected))
+    }
 
     /// The grant a request earned.
-    fn grant_of_request(
-        &mut self,
-        request_id: i64,
-    ) -> impl Future<Output = QueryResult<Option<GrantRecord>>> + Send;
+    pub async fn grant_of_request(&mut self, request_id: i64) -> QueryResult<Option<GrantRecord>> {
+        // A grant's id is its request's id (the primary key serves it;
+        // request_id has no index of its own on MySQL).
+        let query = grants::table
+            .filter(g::id.eq(request_id))
+            .select(columns::<GrantRecord>());
+        self.first(query).await.optional()
+    }
 
     /// The outbox rows of a grant, oldest first.
-    fn deliveries_of_grant(
-        &mut self,
-        grant_id: i64,
-    ) -> impl Future<Output = QueryResult<Vec<DeliveryRecord>>> + Send;
+    pub async fn deliveries_of_grant(&mut self, grant_id: i64) -> QueryResult<Vec<DeliveryRecord>> {
+        let query = deliveries::table
+            .filter(d::grant_id.eq(grant_id))
+            .order(d::id)
+            .select(columns::<DeliveryRecord>());
+        self.load(query).await
+    }
 
     /// The attempts of deliveries, by delivery and attempt number.
-    fn attempts_of_deliveries(
+    pub async fn attempts_of_deliveries(
         &mut self,
         delivery_ids: &[i64],
-    ) -> impl Future<Output = QueryResult<Vec<PastAttempt>>> + Send;
+    ) -> QueryResult<Vec<PastAttempt>> {
+        let query = delivery_attempts::table
+            .filter(a::delivery_id.eq_any(delivery_ids))
+            .order((a::delivery_id, a::attempt, a::id))
+            .select(columns::<PastAttempt>());
+        self.load(query).await
+    }
 
     /// Every campaign's budget, without locking it.
-    fn campaign_budgets(&mut self) -> impl Future<Output = QueryResult<Vec<Budget>>> + Send;
+    pub async fn campaign_budgets(&mut self) -> QueryResult<Vec<Budget>> {
+        let query =
+            campaigns::table
+                .order(k::id)
+                .select((k::id, k::budget_cents, k::granted_cents));
+        let rows: Vec<(String, Option<i64>, i64)> = self.load(query).await?;
+        Ok(rows.into_iter().map(budget).collect())
+    }
 
     /// A user's latest grants for an event, newest first.
-    fn recent_grants_of(
+    pub async fn recent_grants_of(
         &mut self,
         user_id: &str,
         event: &str,
         limit: i64,
-    ) -> impl Future<Output = QueryResult<Vec<GrantRecord>>> + Send;
+    ) -> QueryResult<Vec<GrantRecord>> {
+        let query = grants::table
+            .filter(g::user_id.eq(user_id))
+            .filter(g::event.eq(event))
+            .order(g::id.desc())
+            .limit(limit)
+            .select(columns::<GrantRecord>());
+        self.load(query).await
+    }
 
     /// Up to `limit` requests with status `done` created at or after `since`, oldest
     /// (lowest id) first.
-    fn done_requests_since(
+    pub async fn done_requests_since(
         &mut self,
         since: NaiveDateTime,
         limit: i64,
-    ) -> impl Future<Output = QueryResult<Vec<RequestRecord>>> + Send;
+    ) -> QueryResult<Vec<RequestRecord>> {
+        let query = trigger_requests::table
+            .filter(tr::status.eq("done"))
+            .filter(tr::created_at.ge(since))
+            .order(tr::id)
+            .limit(limit)
+            .select(columns::<RequestRecord>());
+        self.load(query).await
+    }
 
     /// The grants of `users` earned by requests before `before_id`.
-    fn ledger_before(
+    pub async fn ledger_before(
         &mut self,
         users: &[String],
         before_id: i64,
-    ) -> impl Future<Output = QueryResult<Vec<GrantRecord>>> + Send;
+    ) -> QueryResult<Vec<GrantRecord>> {
+        let query = grants::table
+            .filter(g::user_id.eq_any(users))
+            .filter(g::id.lt(before_id))
+            .order(g::id)
+            .select(columns::<GrantRecord>());
+        self.load(query).await
+    }
 
     /// The grants earned by requests with ids in `first..=last`.
-    fn grants_in_window(
+    pub async fn grants_in_window(
         &mut self,
         first: i64,
         last: i64,
-    ) -> impl Future<Output = QueryResult<Vec<GrantRecord>>> + Send;
+    ) -> QueryResult<Vec<GrantRecord>> {
+        let query = grants::table
+            .filter(g::id.between(first, last))
+            .order(g::id)
+            .select(columns::<GrantRecord>());
+        self.load(query).await
+    }
 
     /// The grants earned by requests after `after_id`, counted by coupon.
-    fn grants_after_request(
-        &mut self,
-        after_id: i64,
-    ) -> impl Future<Output = QueryResult<Vec<CouponTotal>>> + Send;
+    pub async fn grants_after_request(&mut self, after_id: i64) -> QueryResult<Vec<CouponTotal>> {
+        let query = grants::table
+            .filter(g::id.gt(after_id))
+            // Counted, not summed: SUM of a BIGINT is a DECIMAL on MySQL.
+            .group_by((g::campaign_id, g::coupon_id, g::face_value_cents))
+            .select((
+                g::campaign_id,
+                g::coupon_id,
+                g::face_value_cents,
+                diesel::dsl::count_star(),
+            ));
+        self.load(query).await
+    }
 }
-
-macro_rules! impl_records {
-    ($conn:ty, $cast:literal, $byte_length:literal) => {
-        impl Records for $conn {
-            async fn request_by_key(&mut self, key: &str) -> QueryResult<Option<InspectedRequest>> {
-                let columns = inspected_columns($cast, $byte_length);
-                // The bytes decide: MariaDB's PAD SPACE collation alone takes `k1 ` for
-                // `k1`, where SQLite does not. The first filter keeps the unique index.
-                let exact = diesel::dsl::sql::<diesel::sql_types::Bool>(concat!(
-                    "CAST(request_key AS ",
-                    $cast,
-                    ") = "
-                ))
-                .bind::<diesel::sql_types::Binary, _>(key.as_bytes());
-                let row: Option<InspectedRow> = trigger_requests::table
-                    .filter(tr::request_key.eq(key))
-                    .filter(exact)
-                    .select(diesel::dsl::sql::<InspectedSql>(&columns))
-                    .first(self)
-                    .await
-                    .optional()?;
-                Ok(row.map(inspected))
-            }
-
-            async fn grant_of_request(
-                &mut self,
-                request_id: i64,
-            ) -> QueryResult<Option<GrantRecord>> {
-                // A grant's id is its request's id (the primary key serves it;
-                // request_id has no index of its own on MySQL).
-                grants::table
-                    .filter(g::id.eq(request_id))
-                    .select(GrantRecord::as_select())
-                    .first(self)
-                    .await
-                    .optional()
-            }
-
-            async fn deliveries_of_grant(
-                &mut self,
-                grant_id: i64,
-            ) -> QueryResult<Vec<DeliveryRecord>> {
-                deliveries::table
-                    .filter(d::grant_id.eq(grant_id))
-                    .order(d::id)
-                    .select(DeliveryRecord::as_select())
-                    .load(self)
-                    .await
-            }
-
-            async fn attempts_of_deliveries(
-                &mut self,
-                delivery_ids: &[i64],
-            ) -> QueryResult<Vec<PastAttempt>> {
-                delivery_attempts::table
-                    .filter(a::delivery_id.eq_any(delivery_ids))
-                    .order((a::delivery_id, a::attempt, a::id))
-                    .select(PastAttempt::as_select())
-                    .load(self)
-                    .await
-            }
-
-            async fn campaign_budgets(&mut self) -> QueryResult<Vec<Budget>> {
-                let rows: Vec<(String, Option<i64>, i64)> = campaigns::table
-                    .order(k::id)
-                    .select((k::id, k::budget_cents, k::granted_cents))
-                    .load(self)
-                    .await?;
-                Ok(rows.into_iter().map(budget).collect())
-            }
-
-            async fn recent_grants_of(
-                &mut self,
-                user_id: &str,
-                event: &str,
-                limit: i64,
-            ) -> QueryResult<Vec<GrantRecord>> {
-                grants::table
-                    .filter(g::user_id.eq(user_id))
-                    .filter(g::event.eq(event))
-                    .order(g::id.desc())
-                    .limit(limit)
-                    .select(GrantRecord::as_select())
-                    .load(self)
-                    .await
-            }
-
-            async fn done_requests_since(
-                &mut self,
-                since: NaiveDateTime,
-                limit: i64,
-            ) -> QueryResult<Vec<RequestRecord>> {
-                trigger_requests::table
-                    .filter(tr::status.eq("done"))
-                    .filter(tr::created_at.ge(since))
-                    .order(tr::id)
-                    .limit(limit)
-                    .select(RequestRecord::as_select())
-                    .load(self)
-                    .await
-            }
-
-            async fn ledger_before(
-                &mut self,
-                users: &[String],
-                before_id: i64,
-            ) -> QueryResult<Vec<GrantRecord>> {
-                grants::table
-                    .filter(g::user_id.eq_any(users))
-                    .filter(g::id.lt(before_id))
-                    .order(g::id)
-                    .select(GrantRecord::as_select())
-                    .load(self)
-                    .await
-            }
-
-            async fn grants_in_window(
-                &mut self,
-                first: i64,
-                last: i64,
-            ) -> QueryResult<Vec<GrantRecord>> {
-                grants::table
-                    .filter(g::id.between(first, last))
-                    .order(g::id)
-                    .select(GrantRecord::as_select())
-                    .load(self)
-                    .await
-            }
-
-            async fn grants_after_request(
-                &mut self,
-                after_id: i64,
-            ) -> QueryResult<Vec<CouponTotal>> {
-                grants::table
-                    .filter(g::id.gt(after_id))
-                    // Counted, not summed: SUM of a BIGINT is a DECIMAL on MySQL.
-                    .group_by((g::campaign_id, g::coupon_id, g::face_value_cents))
-                    .select((
-                        g::campaign_id,
-                        g::coupon_id,
-                        g::face_value_cents,
-                        diesel::dsl::count_star(),
-                    ))
-                    .load(self)
-                    .await
-            }
-        }
-    };
-}
-
-impl_records!(MysqlConn, "BINARY", "LENGTH");
-// SQLite's octet_length reads the size without loading the value.
-impl_records!(SqliteConn, "BLOB", "octet_length");

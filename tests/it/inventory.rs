@@ -12,8 +12,8 @@ use couponsd::schedule::{inventory, parse_cron, run_once_per_tick};
 use couponsd::store::StoreError;
 use croner::Cron;
 
+use crate::on_both_backends;
 use crate::support::*;
-use crate::{on_both_backends, store};
 
 const ALERTS: &str = "alerts:\n  channel: ops\n";
 
@@ -44,7 +44,7 @@ async fn wave(ctx: &Daemon, prefix: &str, n: usize) {
 }
 
 async fn remaining_of(ctx: &Daemon, coupon: &str) -> i64 {
-    let all = store!(ctx, |c| c.coupon_stock().await?);
+    let all = store(ctx, async |c| c.coupon_stock().await).await;
     all.iter().find(|c| c.id == coupon).unwrap().remaining
 }
 
@@ -467,17 +467,13 @@ async fn a_job_still_running_skips_the_next_tick_and_a_dead_holder_gives_it_up()
     );
     assert!(slow.await.unwrap());
     // A holder that dies never releases; after one lease the job is free again.
-    use couponsd::store::jobs::Jobs;
     let now = couponsd::store::now();
-    match a.db.get().await.unwrap() {
-        couponsd::store::Conn::Sqlite(mut c) => {
-            assert!(c
-                .acquire_job("dying", "ghost", now, now, now + TimeDelta::seconds(1))
-                .await
-                .unwrap());
-        }
-        couponsd::store::Conn::Mysql(_) => unreachable!(),
-    }
+    let mut conn = a.db.get().await.unwrap();
+    assert!(conn
+        .acquire_job("dying", "ghost", now, now, now + TimeDelta::seconds(1))
+        .await
+        .unwrap());
+    drop(conn); // SQLite's pool has one connection: give it back.
     let too_soon = idle_run(
         &b,
         "dying",
@@ -507,18 +503,19 @@ async fn a_recovered_claim_is_fenced_and_never_processed_twice(db: TestDb) {
     }
     // A daemon claims and stalls (or dies) before its grant transaction.
     let stale_token = 4242;
-    let claimed = store!(ctx, |c| c
-        .claim_batch(10, stale_token, couponsd::store::now())
-        .await?);
+    let claimed = store(&ctx, async |c| {
+        c.claim_batch(10, stale_token, couponsd::store::now()).await
+    })
+    .await;
     assert_eq!(claimed.len(), 3);
     let ids: Vec<i64> = claimed.iter().map(|r| r.id).collect();
     // Lease recovery puts the claims back; another daemon processes them.
     let future = couponsd::store::now() + TimeDelta::seconds(1);
-    let reclaimed = store!(ctx, |c| c.reclaim_expired(future, 5).await?);
+    let reclaimed = store(&ctx, async |c| c.reclaim_expired(future, 5).await).await;
     assert_eq!(reclaimed.requeued, 3);
     drain(&ctx).await;
     // The stalled daemon wakes up: its claim no longer fences anything.
-    let still_ours = store!(ctx, |c| c.lock_claimed(&ids, stale_token).await?);
+    let still_ours = store(&ctx, async |c| c.lock_claimed(&ids, stale_token).await).await;
     assert!(
         still_ours.is_empty(),
         "the fence refuses the recovered claim"
@@ -547,12 +544,13 @@ async fn a_request_recovered_too_often_fails_with_the_reason(db: TestDb) {
         .await
         .unwrap();
     for round in 0..5 {
-        let claimed = store!(ctx, |c| c
-            .claim_batch(10, 100 + round, couponsd::store::now())
-            .await?);
+        let claimed = store(&ctx, async |c| {
+            c.claim_batch(10, 100 + round, couponsd::store::now()).await
+        })
+        .await;
         assert_eq!(claimed.len(), 1, "round {round}");
         let future = couponsd::store::now() + TimeDelta::seconds(1);
-        store!(ctx, |c| c.reclaim_expired(future, 5).await?);
+        store(&ctx, async |c| c.reclaim_expired(future, 5).await).await;
     }
     let status = counts(&ctx, "status", "trigger_requests").await;
     assert_eq!(status.get("failed"), Some(&1));
@@ -654,8 +652,7 @@ async fn reconciliation_reports_drift_between_stock_and_the_ledger(db: TestDb) {
     );
     // Someone edits the counters by hand: the daily job notices.
     let tamper = diesel::sql_query("UPDATE coupons SET granted = granted + 2 WHERE id = 'NEW10'");
-    store!(ctx, |c| diesel_async::RunQueryDsl::execute(tamper, c)
-        .await?);
+    store(&ctx, async |c| c.execute(tamper).await).await;
     let drift = couponsd::schedule::reconcile::run(&ctx.schedule())
         .await
         .unwrap();

@@ -14,7 +14,6 @@ use couponsd::store::deliveries::AttemptRecord;
 use tokio_util::sync::CancellationToken;
 
 use crate::on_both_backends;
-use crate::store;
 use crate::support::*;
 
 /// What a partner saw: the webhook-id, the channel and when it arrived.
@@ -279,10 +278,10 @@ async fn a_late_result_never_overwrites_the_holder_or_lowers_attempts(db: TestDb
     let now = couponsd::store::now();
     let lease = chrono::TimeDelta::seconds(30);
     let (first, second) = (hold_token(), hold_token());
-    let claimed = store!(ctx, |c| c
-        .claim_due("wallet", 10, (now, now + lease), first)
-        .await
-        .unwrap());
+    let claimed = store(&ctx, async |c| {
+        c.claim_due("wallet", 10, (now, now + lease), first).await
+    })
+    .await;
     assert_eq!(claimed.len(), 1);
     // The first sender's hold runs out; a second dispatcher claims the delivery.
     execute(
@@ -290,10 +289,10 @@ async fn a_late_result_never_overwrites_the_holder_or_lowers_attempts(db: TestDb
         "UPDATE deliveries SET next_attempt_at = '2000-01-01 00:00:00'",
     )
     .await;
-    let again = store!(ctx, |c| c
-        .claim_due("wallet", 10, (now, now + lease), second)
-        .await
-        .unwrap());
+    let again = store(&ctx, async |c| {
+        c.claim_due("wallet", 10, (now, now + lease), second).await
+    })
+    .await;
     assert_eq!(again.len(), 1);
     let record = |token: i64, attempt: i32, status: DeliveryStatus| AttemptRecord {
         delivery_id: Some(claimed[0].id),
@@ -315,16 +314,18 @@ async fn a_late_result_never_overwrites_the_holder_or_lowers_attempts(db: TestDb
         query_rows::<HeldRow>(&ctx, "SELECT status, attempts, hold_token FROM deliveries").await
     };
     // The second holder's attempt fails and is scheduled again …
-    let refused = store!(ctx, |c| c
-        .record_attempts(&[record(second, 1, DeliveryStatus::Pending)])
-        .await
-        .unwrap());
+    let refused = store(&ctx, async |c| {
+        c.record_attempts(&[record(second, 1, DeliveryStatus::Pending)])
+            .await
+    })
+    .await;
     assert_eq!(refused, 0);
     // … then the first sender's late 2xx comes back: refused.
-    let refused = store!(ctx, |c| c
-        .record_attempts(&[record(first, 1, DeliveryStatus::Delivered)])
-        .await
-        .unwrap());
+    let refused = store(&ctx, async |c| {
+        c.record_attempts(&[record(first, 1, DeliveryStatus::Delivered)])
+            .await
+    })
+    .await;
     assert_eq!(refused, 1, "a late delivered result is refused");
     let row = &state().await[0];
     assert_eq!(
@@ -339,19 +340,21 @@ async fn a_late_result_never_overwrites_the_holder_or_lowers_attempts(db: TestDb
         "UPDATE deliveries SET next_attempt_at = '2000-01-01 00:00:00'",
     )
     .await;
-    store!(ctx, |c| c
-        .claim_due("wallet", 10, (now, now + lease), third)
-        .await
-        .unwrap());
-    let refused = store!(ctx, |c| c
-        .record_attempts(&[record(third, 2, DeliveryStatus::Delivered)])
-        .await
-        .unwrap());
+    store(&ctx, async |c| {
+        c.claim_due("wallet", 10, (now, now + lease), third).await
+    })
+    .await;
+    let refused = store(&ctx, async |c| {
+        c.record_attempts(&[record(third, 2, DeliveryStatus::Delivered)])
+            .await
+    })
+    .await;
     assert_eq!(refused, 0);
-    let refused = store!(ctx, |c| c
-        .record_attempts(&[record(first, 1, DeliveryStatus::Dead)])
-        .await
-        .unwrap());
+    let refused = store(&ctx, async |c| {
+        c.record_attempts(&[record(first, 1, DeliveryStatus::Dead)])
+            .await
+    })
+    .await;
     assert_eq!(refused, 1, "a late dead result is refused");
     let row = &state().await[0];
     assert_eq!(

@@ -15,9 +15,9 @@ use couponsd::installation::Installation;
 use couponsd::pipeline::dispatch::send::Sender;
 use couponsd::rules::Rules;
 use couponsd::runtime::Daemon;
-use couponsd::store::Db;
+use couponsd::store::{Conn, Db};
 use diesel::sql_types::{Nullable, Text};
-use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection};
 
 /// The signing secret every test channel uses.
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -242,10 +242,8 @@ pub async fn insert(
     .bind::<Text, _>(user)
     .bind::<Text, _>(event)
     .bind::<Nullable<Text>, _>(attributes);
-    let result = match ctx.db.get().await.unwrap() {
-        couponsd::store::Conn::Mysql(mut c) => query.execute(&mut *c).await,
-        couponsd::store::Conn::Sqlite(mut c) => query.execute(&mut *c).await,
-    };
+    let mut conn = ctx.db.get().await.unwrap();
+    let result = conn.execute(query).await;
     result.map(|_| ()).map_err(|e| e.to_string())
 }
 
@@ -263,11 +261,8 @@ pub async fn plant_grant(ctx: &Daemon, key: &str) {
 
 /// Runs one SQL statement on either backend.
 pub async fn execute(ctx: &Daemon, sql: &str) -> usize {
-    let query = diesel::sql_query(sql.to_owned());
-    match ctx.db.get().await.unwrap() {
-        couponsd::store::Conn::Mysql(mut c) => query.execute(&mut *c).await.unwrap(),
-        couponsd::store::Conn::Sqlite(mut c) => query.execute(&mut *c).await.unwrap(),
-    }
+    let mut conn = ctx.db.get().await.unwrap();
+    conn.execute(diesel::sql_query(sql)).await.unwrap()
 }
 
 /// Runs a query returning rows of (String, Option<String>, i64)-like text, for asserts.
@@ -278,11 +273,8 @@ where
         + Send
         + 'static,
 {
-    let query = diesel::sql_query(sql.to_owned());
-    match ctx.db.get().await.unwrap() {
-        couponsd::store::Conn::Mysql(mut c) => query.load(&mut *c).await.unwrap(),
-        couponsd::store::Conn::Sqlite(mut c) => query.load(&mut *c).await.unwrap(),
-    }
+    let mut conn = ctx.db.get().await.unwrap();
+    conn.load(diesel::sql_query(sql)).await.unwrap()
 }
 
 /// One row of `SELECT ... AS k, ... AS n`.
@@ -411,14 +403,14 @@ pub async fn drain(ctx: &Daemon) -> usize {
     0
 }
 
-/// Runs `$body` on a connection of either backend (`$c` is `&mut` the connection).
-#[macro_export]
-macro_rules! store {
-    ($ctx:expr, |$c:ident| $body:expr) => {
-        async { Ok::<_, couponsd::store::StoreError>(couponsd::with_conn!($ctx.db, |$c| $body)) }
-            .await
-            .unwrap()
-    };
+/// Runs the store operations `op` on a connection of the context's database and
+/// returns what they returned; panics on an error.
+pub async fn store<T, E: std::fmt::Debug>(
+    ctx: &Daemon,
+    op: impl AsyncFnOnce(&mut Conn) -> Result<T, E>,
+) -> T {
+    let mut conn = ctx.db.get().await.unwrap();
+    op(&mut conn).await.unwrap()
 }
 
 /// Declares a test that runs once on MariaDB and once on SQLite.

@@ -7,7 +7,7 @@
 //!   200 FOR UPDATE SKIP LOCKED` (1);
 //! - `INSERT INTO participations … ON DUPLICATE KEY UPDATE requests = requests + 1`, the
 //!   (user, event) pairs sorted, in power-of-two chunks (3 for 200: 128 + 64 + 8): the
-//!   store's `Grants::lock_participants` itself, the one statement taken as it is;
+//!   store's `Conn::lock_participants` itself, the one statement taken as it is;
 //! - `INSERT INTO grants` and `INSERT INTO deliveries` (held for the dispatcher), the
 //!   same chunks (up to 3 each);
 //! - `UPDATE trigger_requests SET status = 'done', outcome = …` per distinct result
@@ -27,10 +27,10 @@ use std::sync::Mutex;
 use chrono::{NaiveDateTime, Utc};
 use couponsd::pipeline::dispatch::events::{self, COUPON_GRANTED};
 use couponsd::store::deliveries::NewDelivery;
-use couponsd::store::grants::{Grants, NewGrant};
+use couponsd::store::grants::NewGrant;
 use couponsd::store::prepared::{in_list, padded_chunks, pow2_chunks, Cached};
 use couponsd::store::schema::{coupons, deliveries, grants, trigger_requests};
-use couponsd::store::{MysqlConn, QueryResult};
+use couponsd::store::{Conn, MysqlConn, QueryResult};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
@@ -42,12 +42,13 @@ const VERSION: &str = "floor";
 /// The batch's transaction: claims, decides in memory, writes. `None` when the queue
 /// was empty; else the requests claimed and the webhook ids of the deliveries written.
 pub(super) async fn write_batch(
-    conn: &mut MysqlConn,
+    store: &mut Conn,
     plan: &Mutex<Plan>,
     batch: i64,
     token: i64,
 ) -> QueryResult<Option<(usize, Vec<String>)>> {
     use trigger_requests::dsl as tr;
+    let conn = mysql(store);
     let claimed: Vec<(i64, String, String, String)> = Cached(
         tr::trigger_requests
             .filter(tr::status.eq("queued"))
@@ -70,11 +71,20 @@ pub(super) async fn write_batch(
         .iter()
         .map(|d| (d.user_id.clone(), d.event.clone()))
         .collect();
-    conn.lock_participants(&pairs).await?;
+    store.lock_participants(&pairs).await?;
+    let conn = mysql(store);
     let webhook_ids = insert_grants(conn, &decided, at, token).await?;
     finish_requests(conn, &decided, at, token).await?;
     take_stock(conn, &decided).await?;
     Ok(Some((decided.len(), webhook_ids)))
+}
+
+/// The MariaDB connection under `store` (the floor runs on MariaDB only).
+pub(super) fn mysql(store: &mut Conn) -> &mut MysqlConn {
+    match store {
+        Conn::Mysql(conn) => conn,
+        Conn::Sqlite(_) => unreachable!("the floor runs on MariaDB"),
+    }
 }
 
 /// Inserts the grants and their deliveries, held under `token` as the daemon holds a

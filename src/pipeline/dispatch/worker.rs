@@ -23,7 +23,6 @@ use super::Deps;
 use crate::domain::DeliveryStatus;
 use crate::store::deliveries::AttemptRecord;
 use crate::store::{self, StoreError};
-use crate::with_conn;
 
 /// What one call of [`dispatch_due`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +154,7 @@ async fn start_sends(deps: &Deps) -> Result<(), StoreError> {
     let hold = lease.to_std().unwrap_or_default();
     let mut disabled = deps.handoff.disabled();
     if deps.handoff.disabled_due(interval) {
-        let now_disabled = with_conn!(deps.db, |conn| conn.disabled_channels().await?);
+        let now_disabled = deps.db.get().await?.disabled_channels().await?;
         deps.handoff.read_disabled(now_disabled);
         disabled = deps.handoff.disabled();
         for channel in &disabled {
@@ -220,10 +219,12 @@ async fn claim(
     let token = hold_token();
     let now = store::now();
     let held_until = Instant::now() + lease.to_std().unwrap_or_default();
-    let claimed = with_conn!(deps.db, |conn| {
-        conn.claim_due(channel, limit as i64, (now, now + lease), token)
-            .await?
-    });
+    let claimed = deps
+        .db
+        .get()
+        .await?
+        .claim_due(channel, limit as i64, (now, now + lease), token)
+        .await?;
     deps.handoff.polled(channel, claimed.len() == limit);
     deps.handoff.push_front(
         claimed
@@ -268,12 +269,8 @@ async fn record(deps: &Deps, finished: Vec<Sent>) -> Result<DispatchSummary, Sto
         return Ok(summary);
     }
     let records: Vec<AttemptRecord> = finished.iter().map(|sent| sent.record.clone()).collect();
-    let recorded: Result<usize, StoreError> = async {
-        Ok(with_conn!(deps.db, |conn| conn
-            .record_attempts(&records)
-            .await?))
-    }
-    .await;
+    let recorded: Result<usize, StoreError> =
+        async { Ok(deps.db.get().await?.record_attempts(&records).await?) }.await;
     summary.refused = match recorded {
         Ok(refused) => refused,
         Err(e) => {
@@ -320,10 +317,12 @@ async fn disable(deps: &Deps, channel: &str, reason: &str) -> Result<(), StoreEr
         let data = serde_json::json!({ "channel": channel, "reason": reason });
         events::alert(&deps.config, events::CHANNEL_DISABLED, data, now)
     });
-    let first = with_conn!(deps.db, |conn| {
-        conn.disable_channel(channel, reason, store::now(), alert)
-            .await?
-    });
+    let first = deps
+        .db
+        .get()
+        .await?
+        .disable_channel(channel, reason, store::now(), alert)
+        .await?;
     if first {
         error!(channel = %channel, reason = %reason, held_in_memory = dropped, "partner answered 410 Gone: channel DISABLED; its deliveries are held (pending) until `couponsd channels enable {channel}`");
     }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use crate::domain::TriggerRequest;
 use crate::pipeline::intake::{self, Rejected};
 use crate::store::requests::Claim;
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, Conn, StoreError};
 
 /// The claim tokens of batches this daemon claimed and has not finished: released at
 /// shutdown so that the next daemon need not wait for their lease to run out.
@@ -107,7 +107,7 @@ impl Batch {
 
     /// Locks the batch's requests: takes them from the queue, or fences the claimed ones
     /// (a request whose claim was recovered meanwhile is left out).
-    pub(super) async fn lock<C: Store>(self, conn: &mut C) -> Result<Owned, StoreError> {
+    pub(super) async fn lock(self, conn: &mut Conn) -> Result<Owned, StoreError> {
         match self {
             Batch::Take { limit, token } => {
                 let rows = conn.take_queued(limit).await?;
@@ -125,7 +125,7 @@ impl Batch {
 }
 
 /// The requests of a batch claimed beforehand that its token still holds.
-async fn fence<C: Store>(conn: &mut C, batch: ClaimedBatch) -> Result<Owned, StoreError> {
+async fn fence(conn: &mut Conn, batch: ClaimedBatch) -> Result<Owned, StoreError> {
     let ClaimedBatch {
         token,
         valid,

@@ -23,7 +23,6 @@ use crate::metrics::Metrics;
 use crate::rules::Rules;
 use crate::store::requests::{Claim, Finished};
 use crate::store::{self, Db, StoreError};
-use crate::with_conn;
 
 use super::dispatch::handoff::{Handoff, Outgoing};
 use super::intake;
@@ -151,10 +150,13 @@ pub async fn process_batch(deps: &Deps) -> Result<BatchOutcome, BatchError> {
 pub async fn process_claimed_batch(deps: &Deps) -> Result<BatchOutcome, BatchError> {
     let token = claim_token();
     let limit = deps.catalog.current().worker.batch_size as i64;
-    let rows = with_conn!(deps.db, |conn| conn
+    let rows = deps
+        .db
+        .get()
+        .await?
         .claim_batch(limit, token, store::now())
         .await
-        .map_err(StoreError::from)?);
+        .map_err(StoreError::from)?;
     if rows.is_empty() {
         return Ok(BatchOutcome::Empty);
     }
@@ -225,10 +227,12 @@ async fn fail_alone(
         rules_version: Some(deps.rules.current().version().to_string()),
     };
     let claim = Claim::Token(part.token);
-    with_conn!(deps.db, |conn| conn
+    deps.db
+        .get()
+        .await?
         .finish_requests(&[finished], claim, store::now())
         .await
-        .map_err(StoreError::from)?);
+        .map_err(StoreError::from)?;
     Ok(BatchSummary {
         claimed: 1,
         failed: 1,
@@ -251,10 +255,11 @@ async fn process(deps: &Deps, claimed: Option<ClaimedBatch>) -> Result<BatchOutc
             Some(claimed) => Batch::Claimed(claimed.clone()),
             None => Batch::take(config.worker.batch_size),
         };
-        let result = with_conn!(deps.db, |conn| {
+        let result = {
+            let conn = &mut deps.db.get().await?;
             let inputs = (config, rules.clone());
             tx::grant_batch(conn, inputs, batch, outlets.clone(), locked).await
-        });
+        };
         match result {
             Ok(written) if written.summary.claimed == 0 => return Ok(BatchOutcome::Empty),
             Ok(written) => return Ok(hand_over(deps, written, &outlets, retries, started)),

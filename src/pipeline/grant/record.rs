@@ -23,7 +23,7 @@ use crate::store::deliveries::NewDelivery;
 use crate::store::grants::NewGrant;
 use crate::store::jobs::AlertMark;
 use crate::store::requests::{Claim, Finished};
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, Conn, StoreError};
 
 /// Where a batch's `coupon.granted` rows go, fixed before its transaction starts.
 #[derive(Debug, Clone)]
@@ -83,8 +83,8 @@ struct Rows {
 /// The `coupon.granted` rows of the channels in `outlets.handoff` are due at the end of
 /// the hold (held for this daemon's dispatcher) and returned for the hand-off; the
 /// others are due now.
-pub(super) async fn write_batch<C: Store>(
-    conn: &mut C,
+pub(super) async fn write_batch(
+    conn: &mut Conn,
     rules: &Rules,
     (decisions, rejected): (&[Decision], &[Rejected]),
     (claim, outlets): (Claim, &Outlets),
@@ -197,8 +197,8 @@ fn rejection(r: &Rejected) -> Finished {
 /// rows would be a second hot spot for nothing (the catalog recounts a budget's granted
 /// value from the ledger when it is applied). A guard that fails means the unlocked
 /// read was stale.
-pub(super) async fn take_stock<C: Store>(
-    conn: &mut C,
+pub(super) async fn take_stock(
+    conn: &mut Conn,
     decisions: &[Decision],
     budgeted: &HashSet<String>,
 ) -> Result<(), BatchError> {
@@ -229,8 +229,8 @@ pub(super) async fn take_stock<C: Store>(
 }
 
 /// Announces `campaign.budget_reached` once per campaign, in the grant transaction.
-pub(super) async fn alert_budgets<C: Store>(
-    conn: &mut C,
+pub(super) async fn alert_budgets(
+    conn: &mut Conn,
     config: &Config,
     campaigns: &[String],
     now: DateTime<Utc>,

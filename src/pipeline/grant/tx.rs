@@ -19,7 +19,7 @@ use crate::domain::chain::{Chain, CouponStock};
 use crate::domain::{Budget, TriggerRequest};
 use crate::pipeline::decide::{self, Books, Decision, Histories, Refusal, Verdict};
 use crate::rules::Rules;
-use crate::store::{self, Store};
+use crate::store::{self, Conn};
 
 /// The batch's transaction. Its inputs are owned: a transaction future must be `Send`
 /// for every lifetime of the connection it borrows.
@@ -32,8 +32,8 @@ use crate::store::{self, Store};
 /// with the chains locked first (`locked == true`), which cannot fail.
 /// Boxed with an explicit `Send`: without it rustc cannot prove the transaction's
 /// higher-ranked future `Send` where the worker task is spawned (rust-lang/rust#100013).
-pub(super) fn grant_batch<'c, C: Store>(
-    conn: &'c mut C,
+pub(super) fn grant_batch<'c>(
+    conn: &'c mut Conn,
     (config, rules): (Arc<Config>, Arc<Rules>),
     batch: Batch,
     outlets: Outlets,
@@ -74,10 +74,7 @@ pub(super) fn grant_batch<'c, C: Store>(
 
 /// Takes the lock row of every (user, event) of the batch, then reads the users'
 /// histories: no other daemon decides about these users until the commit.
-async fn lock_users<C: Store>(
-    conn: &mut C,
-    requests: &[TriggerRequest],
-) -> Result<Histories, BatchError> {
+async fn lock_users(conn: &mut Conn, requests: &[TriggerRequest]) -> Result<Histories, BatchError> {
     let participants: Vec<(String, String)> = requests
         .iter()
         .map(|r| (r.user_id.to_string(), r.event.to_string()))
@@ -111,8 +108,8 @@ pub(super) struct Decided {
 /// budget, concurrent batches would take the same last units and all but one would be
 /// rolled back at the guard: there it decides again with the rows locked (no other
 /// batch can then interleave), which costs one more evaluation and no rollback.
-async fn decide_batch<C: Store>(
-    conn: &mut C,
+async fn decide_batch(
+    conn: &mut Conn,
     inputs: &Inputs<'_>,
     mut requests: Vec<TriggerRequest>,
     histories: &Histories,
@@ -142,8 +139,8 @@ async fn decide_batch<C: Store>(
 }
 
 /// The chains (with disabled channels closed) and the budgets of `campaign_ids`.
-async fn read_books<C: Store>(
-    conn: &mut C,
+async fn read_books(
+    conn: &mut Conn,
     inputs: &Inputs<'_>,
     campaign_ids: &[String],
     locked: bool,

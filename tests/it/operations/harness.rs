@@ -221,13 +221,8 @@ pub async fn burst(ctx: &InProcess, tag: &str, n: usize) {
 }
 
 pub async fn with_sql(ctx: &InProcess, sql: &str) {
-    use diesel_async::RunQueryDsl;
-    let query = diesel::sql_query(sql.to_owned());
-    let result = match ctx.db.get().await.unwrap() {
-        couponsd::store::Conn::Mysql(mut c) => query.execute(&mut *c).await,
-        couponsd::store::Conn::Sqlite(mut c) => query.execute(&mut *c).await,
-    };
-    result.unwrap();
+    let mut conn = ctx.db.get().await.unwrap();
+    conn.execute(diesel::sql_query(sql)).await.unwrap();
 }
 
 pub async fn count(ctx: &InProcess, from_where: &str) -> i64 {

@@ -1,11 +1,11 @@
-//! `Catalog`: the config's campaigns and chains, and the campaign budgets.
+//! `store::catalog`: the config's campaigns and chains, and the campaign budgets.
 
 use couponsd::domain::{Budget, CouponState};
-use couponsd::store::catalog::{Catalog, CatalogChanges};
-use couponsd::store::Store;
+use couponsd::store::catalog::CatalogChanges;
+use couponsd::store::Conn;
 use diesel::result::Error;
 
-use super::{at, campaign, grant, migrated, queue_requests, two_campaigns, PlainSql};
+use super::{at, campaign, grant, migrated, queue_requests, two_campaigns, while_a_client_commits};
 
 fn owned(ids: &[&str]) -> Vec<String> {
     ids.iter().map(|s| (*s).to_owned()).collect()
@@ -20,7 +20,7 @@ fn budget(campaign_id: &str, budget_cents: Option<i64>, granted_cents: i64) -> B
 }
 
 /// (id, stock, granted, remaining, state) of every coupon still in the config.
-async fn chain<C: Store>(conn: &mut C) -> Vec<(String, i64, i64, i64, String)> {
+async fn chain(conn: &mut Conn) -> Vec<(String, i64, i64, i64, String)> {
     let all = conn.coupon_stock().await.unwrap();
     all.into_iter()
         .map(|c| {
@@ -35,7 +35,7 @@ async fn chain<C: Store>(conn: &mut C) -> Vec<(String, i64, i64, i64, String)> {
         .collect()
 }
 
-async fn apply_catalog_inserts_new_campaigns_and_coupons<C: Store>(conn: &mut C) {
+async fn apply_catalog_inserts_new_campaigns_and_coupons(conn: &mut Conn) {
     let wanted = two_campaigns();
     let changes = conn.apply_catalog(&wanted, at(0)).await.unwrap();
     assert_eq!(
@@ -73,14 +73,15 @@ conformance!(apply_catalog_inserts_new_campaigns_and_coupons);
 async fn apply_catalog_completes_while_a_client_commits_a_request(url: &str) {
     let daemon = migrated(url).await;
     let wanted = two_campaigns();
-    let changes = while_a_client_commits!(daemon, url, Catalog::apply_catalog, &wanted, at(0));
+    let changes = while_a_client_commits(&daemon, url, async |conn| {
+        conn.apply_catalog(&wanted, at(0)).await
+    })
+    .await;
     assert_eq!(changes.unwrap().campaigns_added.len(), 2);
 }
 conformance!(url: apply_catalog_completes_while_a_client_commits_a_request);
 
-async fn apply_catalog_moves_stock_by_the_config_change_and_never_below_zero<C: Store>(
-    conn: &mut C,
-) {
+async fn apply_catalog_moves_stock_by_the_config_change_and_never_below_zero(conn: &mut Conn) {
     let with_stock = |n| [campaign("newcomer", None, &[("NEW10", n)])];
     conn.apply_catalog(&with_stock(10), at(0)).await.unwrap();
     conn.take_stock("NEW10", 4).await.unwrap();
@@ -96,9 +97,7 @@ async fn apply_catalog_moves_stock_by_the_config_change_and_never_below_zero<C: 
 }
 conformance!(apply_catalog_moves_stock_by_the_config_change_and_never_below_zero);
 
-async fn apply_catalog_removes_coupons_left_out_and_brings_them_back_active<C: Store>(
-    conn: &mut C,
-) {
+async fn apply_catalog_removes_coupons_left_out_and_brings_them_back_active(conn: &mut Conn) {
     let both = [campaign("newcomer", None, &[("NEW10", 10), ("NEW8", 20)])];
     let one = [campaign("newcomer", None, &[("NEW8", 20)])];
     conn.apply_catalog(&both, at(0)).await.unwrap();
@@ -124,9 +123,7 @@ async fn apply_catalog_removes_coupons_left_out_and_brings_them_back_active<C: S
 }
 conformance!(apply_catalog_removes_coupons_left_out_and_brings_them_back_active);
 
-async fn apply_catalog_recounts_a_budgets_granted_value_from_the_ledger<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn apply_catalog_recounts_a_budgets_granted_value_from_the_ledger(conn: &mut Conn) {
     conn.apply_catalog(&[campaign("newcomer", None, &[("NEW10", 10)])], at(0))
         .await
         .unwrap();
@@ -147,7 +144,7 @@ conformance!(apply_catalog_recounts_a_budgets_granted_value_from_the_ledger);
 
 /// Locked (inside the grant transaction) or not, the same rows; the locks themselves
 /// exist only on MySQL.
-async fn budgets_reads_the_campaigns_asked_that_have_a_budget<C: Store>(conn: &mut C) {
+async fn budgets_reads_the_campaigns_asked_that_have_a_budget(conn: &mut Conn) {
     let wanted = [
         campaign("newcomer", Some(5000), &[("NEW10", 10)]),
         campaign("loyalty", None, &[("BACK5", 30)]),
@@ -172,7 +169,7 @@ async fn budgets_reads_the_campaigns_asked_that_have_a_budget<C: Store>(conn: &m
 }
 conformance!(budgets_reads_the_campaigns_asked_that_have_a_budget);
 
-async fn add_granted_value_adds_up_to_the_budget_and_no_further<C: Store>(conn: &mut C) {
+async fn add_granted_value_adds_up_to_the_budget_and_no_further(conn: &mut Conn) {
     conn.apply_catalog(&two_campaigns(), at(0)).await.unwrap();
     assert!(conn.add_granted_value("newcomer", 3000).await.unwrap());
     assert!(

@@ -1,19 +1,19 @@
-//! `Coupons`: the rotation chains' stock.
+//! `store::coupons`: the rotation chains' stock.
 
 use couponsd::domain::chain::CouponStock;
 use couponsd::domain::CouponState;
-use couponsd::store::Store;
+use couponsd::store::Conn;
 use diesel::result::Error;
 
 use super::{at, two_campaigns};
 
 /// The catalog of [`two_campaigns`], applied.
-async fn catalog<C: Store>(conn: &mut C) {
+async fn catalog(conn: &mut Conn) {
     conn.apply_catalog(&two_campaigns(), at(0)).await.unwrap();
 }
 
 /// The stock of one coupon: (stock, granted, remaining).
-async fn stock_of<C: Store>(conn: &mut C, id: &str) -> (i64, i64, i64) {
+async fn stock_of(conn: &mut Conn, id: &str) -> (i64, i64, i64) {
     let all = conn.coupon_stock().await.unwrap();
     let c = all.iter().find(|c| c.id == id).unwrap();
     (c.stock, c.granted, c.remaining)
@@ -23,9 +23,7 @@ fn ids(coupons: &[CouponStock]) -> Vec<&str> {
     coupons.iter().map(|c| c.id.as_str()).collect()
 }
 
-async fn coupon_stock_lists_the_coupons_in_the_config_by_campaign_and_position<C: Store>(
-    conn: &mut C,
-) {
+async fn coupon_stock_lists_the_coupons_in_the_config_by_campaign_and_position(conn: &mut Conn) {
     catalog(conn).await;
     let all = conn.coupon_stock().await.unwrap();
     assert_eq!(ids(&all), ["BACK5", "NEW10", "NEW8"]);
@@ -54,7 +52,7 @@ conformance!(coupon_stock_lists_the_coupons_in_the_config_by_campaign_and_positi
 
 /// Locked (inside the grant transaction) or not, the same rows; the locks themselves
 /// exist only on MySQL.
-async fn chains_reads_the_coupons_of_the_campaigns_asked_in_id_order<C: Store>(conn: &mut C) {
+async fn chains_reads_the_coupons_of_the_campaigns_asked_in_id_order(conn: &mut Conn) {
     catalog(conn).await;
     conn.set_coupon_state("BACK5", CouponState::Retired, at(1))
         .await
@@ -76,7 +74,7 @@ async fn chains_reads_the_coupons_of_the_campaigns_asked_in_id_order<C: Store>(c
 }
 conformance!(chains_reads_the_coupons_of_the_campaigns_asked_in_id_order);
 
-async fn take_stock_moves_stock_from_remaining_to_granted<C: Store>(conn: &mut C) {
+async fn take_stock_moves_stock_from_remaining_to_granted(conn: &mut Conn) {
     catalog(conn).await;
     assert!(conn.take_stock("NEW10", 3).await.unwrap());
     assert!(
@@ -88,7 +86,7 @@ async fn take_stock_moves_stock_from_remaining_to_granted<C: Store>(conn: &mut C
 }
 conformance!(take_stock_moves_stock_from_remaining_to_granted);
 
-async fn take_stock_never_takes_more_than_remains<C: Store>(conn: &mut C) {
+async fn take_stock_never_takes_more_than_remains(conn: &mut Conn) {
     catalog(conn).await;
     assert!(conn.take_stock("NEW10", 8).await.unwrap());
     assert!(!conn.take_stock("NEW10", 3).await.unwrap());
@@ -102,7 +100,7 @@ async fn take_stock_never_takes_more_than_remains<C: Store>(conn: &mut C) {
 }
 conformance!(take_stock_never_takes_more_than_remains);
 
-async fn add_stock_raises_stock_and_remaining<C: Store>(conn: &mut C) {
+async fn add_stock_raises_stock_and_remaining(conn: &mut Conn) {
     catalog(conn).await;
     conn.take_stock("NEW10", 4).await.unwrap();
     assert!(conn.add_stock("NEW10", 5).await.unwrap());
@@ -111,7 +109,7 @@ async fn add_stock_raises_stock_and_remaining<C: Store>(conn: &mut C) {
 }
 conformance!(add_stock_raises_stock_and_remaining);
 
-async fn set_coupon_state_changes_a_known_coupons_state<C: Store>(conn: &mut C) {
+async fn set_coupon_state_changes_a_known_coupons_state(conn: &mut Conn) {
     catalog(conn).await;
     assert!(conn
         .set_coupon_state("NEW10", CouponState::Retired, at(1))

@@ -1,15 +1,14 @@
-//! `Deliveries`: the outbox, its attempts and the channels' states.
+//! `store::deliveries`: the outbox, its attempts and the channels' states.
 
 use chrono::NaiveDateTime;
 use couponsd::domain::DeliveryStatus;
-use couponsd::store::deliveries::Deliveries;
 use couponsd::store::deliveries::{
     AttemptRecord, DeliveryRow, DisabledChannel, NewDelivery, Replay,
 };
-use couponsd::store::Store;
+use couponsd::store::Conn;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamp};
 
-use super::{at, migrated, PlainSql};
+use super::{at, migrated, while_a_client_commits, PlainSql};
 
 /// The words `deliveries.status` stores.
 const PENDING: &str = "pending";
@@ -67,7 +66,7 @@ struct Outbox {
     hold_token: Option<i64>,
 }
 
-async fn outbox<C: PlainSql>(conn: &mut C) -> Vec<Outbox> {
+async fn outbox(conn: &mut Conn) -> Vec<Outbox> {
     conn.rows(
         "SELECT webhook_id, status, attempts, next_attempt_at, last_status, delivered_at, \
          hold_token FROM deliveries ORDER BY id",
@@ -76,7 +75,7 @@ async fn outbox<C: PlainSql>(conn: &mut C) -> Vec<Outbox> {
 }
 
 /// The attempts logged in `delivery_attempts`: (webhook_id, attempt, status code).
-async fn logged<C: PlainSql>(conn: &mut C) -> Vec<(String, i32, Option<i32>)> {
+async fn logged(conn: &mut Conn) -> Vec<(String, i32, Option<i32>)> {
     #[derive(diesel::QueryableByName)]
     struct Logged {
         #[diesel(sql_type = Text)]
@@ -98,7 +97,7 @@ async fn logged<C: PlainSql>(conn: &mut C) -> Vec<(String, i32, Option<i32>)> {
 }
 
 /// Deliveries `w1`…`wN` on `wallet`, due at 0, dead after one attempt.
-async fn dead_letters<C: Store + PlainSql>(conn: &mut C, channels: &[&str]) {
+async fn dead_letters(conn: &mut Conn, channels: &[&str]) {
     let rows: Vec<NewDelivery> = channels
         .iter()
         .enumerate()
@@ -110,7 +109,7 @@ async fn dead_letters<C: Store + PlainSql>(conn: &mut C, channels: &[&str]) {
 }
 
 /// Deliveries `webhook_ids` on `wallet`, due at 0, claimed at 10 under token 7 until 40.
-async fn held<C: Store>(conn: &mut C, webhook_ids: &[&str]) {
+async fn held(conn: &mut Conn, webhook_ids: &[&str]) {
     let rows: Vec<NewDelivery> = webhook_ids
         .iter()
         .map(|w| delivery(w, "wallet", at(0)))
@@ -124,7 +123,7 @@ async fn held<C: Store>(conn: &mut C, webhook_ids: &[&str]) {
 }
 
 /// Disables `wallet` at 1 and `sms` at 2, as their partners answered 410 Gone.
-async fn wallet_and_sms_gone<C: Store>(conn: &mut C) {
+async fn wallet_and_sms_gone(conn: &mut Conn) {
     for (channel, reason, when) in [
         ("wallet", "410 Gone: unsubscribed", 1),
         ("sms", "410 Gone", 2),
@@ -143,7 +142,7 @@ fn sorted<T: Ord>(mut rows: Vec<T>) -> Vec<T> {
     rows
 }
 
-async fn record_deliveries_writes_pending_rows<C: Store + PlainSql>(conn: &mut C) {
+async fn record_deliveries_writes_pending_rows(conn: &mut Conn) {
     let rows = [
         delivery("w1", "wallet", at(5)),
         delivery("w2", "sms", at(6)),
@@ -173,9 +172,7 @@ async fn record_deliveries_writes_pending_rows<C: Store + PlainSql>(conn: &mut C
 }
 conformance!(record_deliveries_writes_pending_rows);
 
-async fn claim_due_holds_the_due_deliveries_of_one_channel_under_its_token<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn claim_due_holds_the_due_deliveries_of_one_channel_under_its_token(conn: &mut Conn) {
     let rows = [
         delivery("late", "wallet", at(5)),
         delivery("early", "wallet", at(0)),
@@ -215,7 +212,7 @@ async fn claim_due_holds_the_due_deliveries_of_one_channel_under_its_token<C: St
 conformance!(claim_due_holds_the_due_deliveries_of_one_channel_under_its_token);
 
 /// Three, so that the one statement is padded to four (the last record repeated).
-async fn record_attempts_marks_first_time_deliveries_delivered<C: Store + PlainSql>(conn: &mut C) {
+async fn record_attempts_marks_first_time_deliveries_delivered(conn: &mut Conn) {
     let webhooks = ["w1", "w2", "w3"];
     held(conn, &webhooks).await;
     let records = webhooks.map(|w| attempt(w, 7, 1, DELIVERED));
@@ -235,9 +232,7 @@ async fn record_attempts_marks_first_time_deliveries_delivered<C: Store + PlainS
 }
 conformance!(record_attempts_marks_first_time_deliveries_delivered);
 
-async fn record_attempts_writes_retries_dead_ends_and_later_deliveries<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn record_attempts_writes_retries_dead_ends_and_later_deliveries(conn: &mut Conn) {
     held(conn, &["retry", "dead", "second"]).await;
     let first = [
         attempt("retry", 7, 1, PENDING),
@@ -289,7 +284,7 @@ async fn record_attempts_writes_retries_dead_ends_and_later_deliveries<C: Store 
 }
 conformance!(record_attempts_writes_retries_dead_ends_and_later_deliveries);
 
-async fn record_attempts_refuses_results_whose_hold_is_gone<C: Store + PlainSql>(conn: &mut C) {
+async fn record_attempts_refuses_results_whose_hold_is_gone(conn: &mut Conn) {
     held(conn, &["w1", "w2"]).await;
     // Another dispatcher claimed them again after the hold ran out.
     conn.claim_due("wallet", 10, (at(41), at(70)), 8)
@@ -307,9 +302,7 @@ async fn record_attempts_refuses_results_whose_hold_is_gone<C: Store + PlainSql>
 }
 conformance!(record_attempts_refuses_results_whose_hold_is_gone);
 
-async fn disable_channel_disables_once_and_writes_its_alert_with_it<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn disable_channel_disables_once_and_writes_its_alert_with_it(conn: &mut Conn) {
     let alert = delivery("alert-1", "ops", at(3));
     let disabled = conn
         .disable_channel("wallet", "410 Gone", at(3), Some(alert))
@@ -339,20 +332,16 @@ conformance!(disable_channel_disables_once_and_writes_its_alert_with_it);
 async fn disable_channel_completes_while_a_client_commits_a_request(url: &str) {
     let daemon = migrated(url).await;
     let alert = Some(delivery("alert-1", "ops", at(3)));
-    let disabled = while_a_client_commits!(
-        daemon,
-        url,
-        Deliveries::disable_channel,
-        "wallet",
-        "410 Gone",
-        at(3),
-        alert
-    );
+    let disabled = while_a_client_commits(&daemon, url, async move |conn| {
+        conn.disable_channel("wallet", "410 Gone", at(3), alert)
+            .await
+    })
+    .await;
     assert!(disabled.unwrap());
 }
 conformance!(url: disable_channel_completes_while_a_client_commits_a_request);
 
-async fn disabled_channels_lists_the_channels_disabled<C: Store>(conn: &mut C) {
+async fn disabled_channels_lists_the_channels_disabled(conn: &mut Conn) {
     assert_eq!(
         conn.disabled_channels().await.unwrap(),
         Vec::<String>::new()
@@ -363,7 +352,7 @@ async fn disabled_channels_lists_the_channels_disabled<C: Store>(conn: &mut C) {
 }
 conformance!(disabled_channels_lists_the_channels_disabled);
 
-async fn disabled_channel_states_say_when_and_why<C: Store>(conn: &mut C) {
+async fn disabled_channel_states_say_when_and_why(conn: &mut Conn) {
     wallet_and_sms_gone(conn).await;
     let state = |channel: &str, when, reason: &str| DisabledChannel {
         channel: channel.to_owned(),
@@ -380,9 +369,7 @@ async fn disabled_channel_states_say_when_and_why<C: Store>(conn: &mut C) {
 }
 conformance!(disabled_channel_states_say_when_and_why);
 
-async fn held_deliveries_counts_the_pending_deliveries_of_disabled_channels<C: Store>(
-    conn: &mut C,
-) {
+async fn held_deliveries_counts_the_pending_deliveries_of_disabled_channels(conn: &mut Conn) {
     let rows = [
         delivery("w1", "wallet", at(0)),
         delivery("w2", "wallet", at(0)),
@@ -400,7 +387,7 @@ async fn held_deliveries_counts_the_pending_deliveries_of_disabled_channels<C: S
 }
 conformance!(held_deliveries_counts_the_pending_deliveries_of_disabled_channels);
 
-async fn enable_channel_makes_what_the_channel_held_due<C: Store + PlainSql>(conn: &mut C) {
+async fn enable_channel_makes_what_the_channel_held_due(conn: &mut Conn) {
     let mut handed_off = delivery("handed-off", "wallet", at(30));
     handed_off.hold_token = Some(3);
     let rows = [
@@ -434,9 +421,7 @@ async fn enable_channel_makes_what_the_channel_held_due<C: Store + PlainSql>(con
 }
 conformance!(enable_channel_makes_what_the_channel_held_due);
 
-async fn pending_by_channel_counts_pending_deliveries_by_channel<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn pending_by_channel_counts_pending_deliveries_by_channel(conn: &mut Conn) {
     dead_letters(conn, &["wallet"]).await;
     let rows = [
         delivery("p1", "wallet", at(0)),
@@ -451,7 +436,7 @@ async fn pending_by_channel_counts_pending_deliveries_by_channel<C: Store + Plai
 }
 conformance!(pending_by_channel_counts_pending_deliveries_by_channel);
 
-async fn count_deliveries_counts_deliveries_by_status<C: Store + PlainSql>(conn: &mut C) {
+async fn count_deliveries_counts_deliveries_by_status(conn: &mut Conn) {
     dead_letters(conn, &["wallet", "wallet"]).await;
     conn.record_deliveries(&[delivery("p1", "wallet", at(0))])
         .await
@@ -470,9 +455,7 @@ async fn count_deliveries_counts_deliveries_by_status<C: Store + PlainSql>(conn:
 }
 conformance!(count_deliveries_counts_deliveries_by_status);
 
-async fn list_deliveries_lists_the_newest_first_or_only_the_dead<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn list_deliveries_lists_the_newest_first_or_only_the_dead(conn: &mut Conn) {
     dead_letters(conn, &["wallet", "sms"]).await;
     let rows = [
         delivery("p1", "wallet", at(0)),
@@ -500,7 +483,7 @@ async fn list_deliveries_lists_the_newest_first_or_only_the_dead<C: Store + Plai
 }
 conformance!(list_deliveries_lists_the_newest_first_or_only_the_dead);
 
-async fn dead_deliveries_selects_one_a_channels_or_all<C: Store + PlainSql>(conn: &mut C) {
+async fn dead_deliveries_selects_one_a_channels_or_all(conn: &mut Conn) {
     dead_letters(conn, &["wallet", "sms", "wallet"]).await;
     conn.record_deliveries(&[delivery("p1", "wallet", at(0))])
         .await
@@ -523,9 +506,7 @@ async fn dead_deliveries_selects_one_a_channels_or_all<C: Store + PlainSql>(conn
 }
 conformance!(dead_deliveries_selects_one_a_channels_or_all);
 
-async fn replay_dead_sends_dead_deliveries_again_from_a_fresh_count<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn replay_dead_sends_dead_deliveries_again_from_a_fresh_count(conn: &mut Conn) {
     dead_letters(conn, &["wallet", "sms", "wallet"]).await;
     let all = conn.dead_deliveries(Replay::AllDead).await.unwrap();
     assert_eq!(

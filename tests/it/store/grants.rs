@@ -1,18 +1,16 @@
-//! `Grants`: the ledger and the per-user lock rows.
+//! `store::grants`: the ledger and the per-user lock rows.
 
 use couponsd::domain::PastGrants;
-use couponsd::store::Store;
+use couponsd::store::Conn;
 use diesel::result::Error;
 
-use super::{at, grant, queue_requests, PlainSql};
+use super::{at, grant, queue_requests};
 
 /// Lock rows exist only on MySQL: SQLite has one writer, so a transaction that writes
 /// already keeps every other decision out. The shared contract: inside the grant
 /// transaction, any list of participants (repeated, unsorted, empty) is taken without
 /// error, and the transaction goes on to write.
-async fn lock_participants_takes_any_list_inside_the_grant_transaction<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn lock_participants_takes_any_list_inside_the_grant_transaction(conn: &mut Conn) {
     let ids = queue_requests(conn, &["a"]).await;
     let participants = [("u2", "app_open"), ("u1", "app_open"), ("u2", "app_open")]
         .map(|(u, e)| (u.to_owned(), e.to_owned()));
@@ -29,7 +27,7 @@ async fn lock_participants_takes_any_list_inside_the_grant_transaction<C: Store 
 }
 conformance!(lock_participants_takes_any_list_inside_the_grant_transaction);
 
-async fn record_grants_writes_the_grants_as_given<C: Store + PlainSql>(conn: &mut C) {
+async fn record_grants_writes_the_grants_as_given(conn: &mut Conn) {
     let ids = queue_requests(conn, &["a", "b"]).await;
     let rows = [
         grant(ids[0], "u1", ("newcomer", "NEW10"), at(0)),
@@ -46,7 +44,7 @@ async fn record_grants_writes_the_grants_as_given<C: Store + PlainSql>(conn: &mu
 }
 conformance!(record_grants_writes_the_grants_as_given);
 
-async fn record_grants_refuses_a_second_grant_for_one_request<C: Store + PlainSql>(conn: &mut C) {
+async fn record_grants_refuses_a_second_grant_for_one_request(conn: &mut Conn) {
     let ids = queue_requests(conn, &["a"]).await;
     let first = grant(ids[0], "u1", ("newcomer", "NEW10"), at(0));
     conn.record_grants(std::slice::from_ref(&first))
@@ -58,9 +56,7 @@ async fn record_grants_refuses_a_second_grant_for_one_request<C: Store + PlainSq
 }
 conformance!(record_grants_refuses_a_second_grant_for_one_request);
 
-async fn history_for_counts_each_users_grants_by_event_and_campaign<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn history_for_counts_each_users_grants_by_event_and_campaign(conn: &mut Conn) {
     let ids = queue_requests(conn, &["a", "b", "c", "d", "e"]).await;
     let rows = [
         grant(ids[0], "u1", ("newcomer", "NEW10"), at(0)),
@@ -93,7 +89,7 @@ async fn history_for_counts_each_users_grants_by_event_and_campaign<C: Store + P
 }
 conformance!(history_for_counts_each_users_grants_by_event_and_campaign);
 
-async fn grants_per_coupon_counts_grants_by_campaign_and_coupon<C: Store + PlainSql>(conn: &mut C) {
+async fn grants_per_coupon_counts_grants_by_campaign_and_coupon(conn: &mut Conn) {
     let ids = queue_requests(conn, &["a", "b", "c"]).await;
     let rows = [
         grant(ids[0], "u1", ("newcomer", "NEW8"), at(0)),
@@ -109,9 +105,7 @@ async fn grants_per_coupon_counts_grants_by_campaign_and_coupon<C: Store + Plain
 }
 conformance!(grants_per_coupon_counts_grants_by_campaign_and_coupon);
 
-async fn grants_since_counts_grants_from_a_time_on_with_the_first<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn grants_since_counts_grants_from_a_time_on_with_the_first(conn: &mut Conn) {
     let ids = queue_requests(conn, &["a", "b", "c", "d"]).await;
     let rows = [
         grant(ids[0], "u1", ("newcomer", "NEW10"), at(0)),

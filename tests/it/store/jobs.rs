@@ -1,15 +1,15 @@
-//! `Jobs`: job leases, the rotation audit trail and the "alerted once" marks.
+//! `store::jobs`: job leases, the rotation audit trail and the "alerted once" marks.
 
 use chrono::NaiveDateTime;
 use couponsd::store::jobs::{AlertMark, Rotation};
-use couponsd::store::Store;
+use couponsd::store::Conn;
 use diesel::sql_types::{Nullable, Text, Timestamp};
 
 use super::{at, campaign, PlainSql};
 
 /// The lease row of `job`: (holder, held_until, last_tick, last_finished_at).
-async fn lease<C: PlainSql>(
-    conn: &mut C,
+async fn lease(
+    conn: &mut Conn,
     job: &str,
 ) -> (
     Option<String>,
@@ -52,7 +52,7 @@ fn rotation(from: &str, to: Option<&str>, rotated_at: NaiveDateTime) -> Rotation
 }
 
 /// Asks for the lease of `job` for `holder`, with (tick, now, held until) in seconds.
-async fn acquire<C: Store>(conn: &mut C, (job, holder): (&str, &str), times: [i64; 3]) -> bool {
+async fn acquire(conn: &mut Conn, (job, holder): (&str, &str), times: [i64; 3]) -> bool {
     let [tick, now, held_until] = times.map(at);
     conn.acquire_job(job, holder, tick, now, held_until)
         .await
@@ -61,7 +61,7 @@ async fn acquire<C: Store>(conn: &mut C, (job, holder): (&str, &str), times: [i6
 
 const JOB: &str = "inventory_check";
 
-async fn acquire_job_lets_one_holder_run_each_tick<C: Store + PlainSql>(conn: &mut C) {
+async fn acquire_job_lets_one_holder_run_each_tick(conn: &mut Conn) {
     assert!(acquire(conn, (JOB, "a"), [0, 1, 31]).await);
     assert!(!acquire(conn, (JOB, "b"), [0, 1, 31]).await, "a holds it");
     assert_eq!(
@@ -82,7 +82,7 @@ async fn acquire_job_lets_one_holder_run_each_tick<C: Store + PlainSql>(conn: &m
 }
 conformance!(acquire_job_lets_one_holder_run_each_tick);
 
-async fn acquire_job_takes_over_a_lease_that_ran_out<C: Store>(conn: &mut C) {
+async fn acquire_job_takes_over_a_lease_that_ran_out(conn: &mut Conn) {
     assert!(acquire(conn, (JOB, "a"), [0, 1, 31]).await);
     assert!(
         !acquire(conn, (JOB, "b"), [10, 20, 50]).await,
@@ -94,7 +94,7 @@ conformance!(acquire_job_takes_over_a_lease_that_ran_out);
 
 /// The daemon's ticks are whole seconds, but a tick is a tick to the nanosecond: MySQL
 /// keeps microseconds, and a tick it cut short must still count as run.
-async fn acquire_job_runs_a_tick_finer_than_a_microsecond_once<C: Store>(conn: &mut C) {
+async fn acquire_job_runs_a_tick_finer_than_a_microsecond_once(conn: &mut Conn) {
     let tick = at(0) + chrono::TimeDelta::nanoseconds(123_456_789);
     let first = conn.acquire_job(JOB, "a", tick, at(1), at(31)).await;
     assert!(first.unwrap());
@@ -104,7 +104,7 @@ async fn acquire_job_runs_a_tick_finer_than_a_microsecond_once<C: Store>(conn: &
 }
 conformance!(acquire_job_runs_a_tick_finer_than_a_microsecond_once);
 
-async fn release_job_frees_the_lease_of_its_holder_only<C: Store + PlainSql>(conn: &mut C) {
+async fn release_job_frees_the_lease_of_its_holder_only(conn: &mut Conn) {
     acquire(conn, (JOB, "a"), [0, 1, 31]).await;
     conn.release_job(JOB, "b", at(2)).await.unwrap();
     assert_eq!(lease(conn, JOB).await.1, Some(at(31)), "b holds nothing");
@@ -116,7 +116,7 @@ async fn release_job_frees_the_lease_of_its_holder_only<C: Store + PlainSql>(con
 }
 conformance!(release_job_frees_the_lease_of_its_holder_only);
 
-async fn record_rotation_appends_a_rotation_as_given<C: Store>(conn: &mut C) {
+async fn record_rotation_appends_a_rotation_as_given(conn: &mut Conn) {
     let rotated = rotation("NEW10", Some("NEW8"), at(5));
     let last = Rotation {
         reason: "exhausted".to_owned(),
@@ -130,7 +130,7 @@ async fn record_rotation_appends_a_rotation_as_given<C: Store>(conn: &mut C) {
 conformance!(record_rotation_appends_a_rotation_as_given);
 
 /// In the order they were recorded, whatever times they carry.
-async fn rotations_lists_the_audit_trail_oldest_first<C: Store>(conn: &mut C) {
+async fn rotations_lists_the_audit_trail_oldest_first(conn: &mut Conn) {
     assert_eq!(conn.rotations().await.unwrap(), []);
     let trail = [
         rotation("A", Some("B"), at(30)),
@@ -144,7 +144,7 @@ async fn rotations_lists_the_audit_trail_oldest_first<C: Store>(conn: &mut C) {
 }
 conformance!(rotations_lists_the_audit_trail_oldest_first);
 
-async fn mark_alerted_sets_each_mark_once<C: Store>(conn: &mut C) {
+async fn mark_alerted_sets_each_mark_once(conn: &mut Conn) {
     let campaigns = [campaign("newcomer", Some(100), &[("NEW10", 10)])];
     conn.apply_catalog(&campaigns, at(0)).await.unwrap();
     let exhausted = AlertMark::Exhausted;
@@ -163,7 +163,7 @@ async fn mark_alerted_sets_each_mark_once<C: Store>(conn: &mut C) {
 }
 conformance!(mark_alerted_sets_each_mark_once);
 
-async fn clear_alerted_arms_one_mark_again<C: Store>(conn: &mut C) {
+async fn clear_alerted_arms_one_mark_again(conn: &mut Conn) {
     let campaigns = [campaign("newcomer", Some(100), &[("NEW10", 10)])];
     conn.apply_catalog(&campaigns, at(0)).await.unwrap();
     for mark in [AlertMark::Exhausted, AlertMark::BudgetReached] {
@@ -186,7 +186,7 @@ async fn clear_alerted_arms_one_mark_again<C: Store>(conn: &mut C) {
 }
 conformance!(clear_alerted_arms_one_mark_again);
 
-async fn mark_running_low_marks_once_until_the_stock_grows<C: Store>(conn: &mut C) {
+async fn mark_running_low_marks_once_until_the_stock_grows(conn: &mut Conn) {
     let campaigns = [campaign("newcomer", None, &[("NEW10", 10)])];
     conn.apply_catalog(&campaigns, at(0)).await.unwrap();
     assert!(conn.mark_running_low("NEW10").await.unwrap());

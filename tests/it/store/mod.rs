@@ -1,13 +1,15 @@
 //! The store conformance suite: every store operation has one test body, written once
-//! as a generic function, and each test runs that body on SQLite and then on MariaDB,
-//! each time on a fresh migrated database. A backend difference shows as a test that
-//! passes on one backend and fails on the other, and the failure names the backend.
+//! against [`Conn`], and each test runs that body on SQLite and then on MariaDB, each
+//! time on a fresh migrated database. A backend difference shows as a test that passes
+//! on one backend and fails on the other, and the failure names the backend.
 //!
-//! A body takes `&mut C` with `C: Store` (plus [`PlainSql`] when it sets up or reads
-//! back rows the store has no operation for) and is declared a test by
-//! `conformance!(body)`; an operation on `Db` itself takes the fresh database's URL,
-//! unmigrated, and is declared by `conformance!(url: body)`. Times are explicit
-//! ([`at`]) wherever an operation takes one, so nothing waits on the clock.
+//! A body is a plain `async fn body(conn: &mut Conn)`: it calls the store's operations,
+//! which are methods of `Conn`, and [`PlainSql`] when it sets up or reads back rows the
+//! store has no operation for. `conformance!(body)` declares it a test, which hands it
+//! a connection taken from a pool on each backend's database (`Db::get`). An operation
+//! on `Db` itself takes the fresh database's URL, unmigrated, and is declared by
+//! `conformance!(url: body)`. Times are explicit ([`at`]) wherever an operation takes
+//! one, so nothing waits on the clock.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -17,44 +19,11 @@ use couponsd::config::{CampaignConfig, CouponConfig};
 use couponsd::domain::{CampaignId, ChannelName, CouponId, Event, Money, UserType};
 use couponsd::store::grants::NewGrant;
 use couponsd::store::requests::NewRequest;
-use couponsd::store::{Db, MysqlConn, SqliteConn, Store};
+use couponsd::store::{Conn, Db};
 use diesel::sql_types::{BigInt, Nullable, Text};
-use diesel_async::RunQueryDsl;
 use futures_util::FutureExt;
 
 use crate::support::{fresh_db, Backend, TestDb};
-
-/// Calls the generic `$body` with a connection of `$db`, whichever its backend, and
-/// the arguments that follow.
-macro_rules! on_connection {
-    ($db:expr, $body:path $(, $arg:expr)*) => {
-        match $db.get().await.unwrap() {
-            couponsd::store::Conn::Mysql(mut c) => $body(&mut *c $(, $arg)*).await,
-            couponsd::store::Conn::Sqlite(mut c) => $body(&mut *c $(, $arg)*).await,
-        }
-    };
-}
-
-/// Runs the store operation `$op` (with the arguments that follow) on a connection of
-/// `$daemon` while a client, on a connection of its own to `$url`, holds a transaction
-/// that wrote open and then commits it; returns what `$op` returned. An operation that
-/// reads and then writes must not fail for it: MySQL locks rows, and on SQLite the one
-/// writer must be taken before the read, since a transaction that read first cannot wait
-/// for the writer to finish (see `write_transaction!` in `src/store/mod.rs`).
-macro_rules! while_a_client_commits {
-    ($daemon:expr, $url:expr, $op:path $(, $arg:expr)*) => {{
-        let client = couponsd::store::Db::connect($url, 1).unwrap();
-        let (wrote, written) = tokio::sync::oneshot::channel();
-        let (_, done) = tokio::join!(
-            async { on_connection!(client, $crate::store::insert_and_commit_a_moment_later, wrote) },
-            async {
-                written.await.unwrap();
-                on_connection!($daemon, $op $(, $arg)*)
-            },
-        );
-        done
-    }};
-}
 
 /// Declares the test `$body::on_sqlite_and_mariadb`, which runs the function `$body`
 /// on each backend: with a connection of a migrated database (`conformance!(body)`), or
@@ -77,7 +46,8 @@ macro_rules! conformance {
             async fn on_sqlite_and_mariadb() {
                 $crate::store::on_each_backend(true, async |url: &str| {
                     let db = couponsd::store::Db::connect(url, 4).unwrap();
-                    on_connection!(db, super::$body)
+                    let mut conn = db.get().await.unwrap();
+                    super::$body(&mut conn).await
                 })
                 .await;
             }
@@ -127,10 +97,37 @@ async fn prepare(backend: Backend, migrate: bool) -> Option<TestDb> {
     Some(database)
 }
 
+/// Runs `op` on a connection of `daemon` while a client, on a connection of its own to
+/// `url`, holds a transaction that wrote open and then commits it; returns what `op`
+/// returned. An operation that reads and then writes must not fail for it: MySQL locks
+/// rows, and on SQLite the one writer must be taken before the read, since a
+/// transaction that read first cannot wait for the writer to finish (see
+/// `Conn::write_transaction` in `src/store/conn.rs`).
+pub async fn while_a_client_commits<T>(
+    daemon: &Db,
+    url: &str,
+    op: impl AsyncFnOnce(&mut Conn) -> T,
+) -> T {
+    let client = Db::connect(url, 1).unwrap();
+    let (wrote, written) = tokio::sync::oneshot::channel();
+    let (_, done) = tokio::join!(
+        async {
+            let mut conn = client.get().await.unwrap();
+            insert_and_commit_a_moment_later(&mut conn, wrote).await
+        },
+        async {
+            written.await.unwrap();
+            let mut conn = daemon.get().await.unwrap();
+            op(&mut conn).await
+        },
+    );
+    done
+}
+
 /// A client's insert, in a transaction held open a moment after it wrote (said on
 /// `wrote`), as a client app busy inserting requests may.
-pub async fn insert_and_commit_a_moment_later<C: Store + PlainSql>(
-    conn: &mut C,
+async fn insert_and_commit_a_moment_later(
+    conn: &mut Conn,
     wrote: tokio::sync::oneshot::Sender<()>,
 ) {
     conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
@@ -164,7 +161,8 @@ pub fn at(seconds: i64) -> NaiveDateTime {
 }
 
 /// Plain SQL for what the store has no operation for: rows a client (or an operator)
-/// writes by hand, and columns read back to check what an operation wrote.
+/// writes by hand, and columns read back to check what an operation wrote. A trait only
+/// because `Conn` is the library's: the tests add these two methods to it.
 pub trait PlainSql {
     /// Runs one statement; returns the rows it changed.
     fn exec(&mut self, sql: &str) -> impl Future<Output = usize> + Send;
@@ -178,39 +176,30 @@ pub trait PlainSql {
             + 'static;
 }
 
-macro_rules! impl_plain_sql {
-    ($conn:ty) => {
-        impl PlainSql for $conn {
-            async fn exec(&mut self, sql: &str) -> usize {
-                diesel::sql_query(sql)
-                    .execute(self)
-                    .await
-                    .unwrap_or_else(|e| panic!("{}: {e}", shortened(sql)))
-            }
+impl PlainSql for Conn {
+    async fn exec(&mut self, sql: &str) -> usize {
+        self.execute(diesel::sql_query(sql))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", shortened(sql)))
+    }
 
-            async fn rows<T>(&mut self, sql: &str) -> Vec<T>
-            where
-                T: diesel::QueryableByName<diesel::mysql::Mysql>
-                    + diesel::QueryableByName<diesel::sqlite::Sqlite>
-                    + Send
-                    + 'static,
-            {
-                diesel::sql_query(sql)
-                    .load(self)
-                    .await
-                    .unwrap_or_else(|e| panic!("{}: {e}", shortened(sql)))
-            }
-        }
-    };
+    async fn rows<T>(&mut self, sql: &str) -> Vec<T>
+    where
+        T: diesel::QueryableByName<diesel::mysql::Mysql>
+            + diesel::QueryableByName<diesel::sqlite::Sqlite>
+            + Send
+            + 'static,
+    {
+        self.load(diesel::sql_query(sql))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", shortened(sql)))
+    }
 }
 
 /// A statement as a failure shows it: its first 200 characters.
 fn shortened(sql: &str) -> &str {
     sql.char_indices().nth(200).map_or(sql, |(i, _)| &sql[..i])
 }
-
-impl_plain_sql!(MysqlConn);
-impl_plain_sql!(SqliteConn);
 
 /// One request's columns that the store writes, as read back.
 #[derive(Debug, Clone, PartialEq, Eq, diesel::QueryableByName)]
@@ -234,7 +223,7 @@ pub struct RequestState {
 }
 
 /// Every request as the store left it, by id.
-pub async fn requests<C: PlainSql>(conn: &mut C) -> Vec<RequestState> {
+pub async fn requests(conn: &mut Conn) -> Vec<RequestState> {
     conn.rows(
         "SELECT id, status, outcome, error, attempts, claim_token, claimed_at, processed_at \
          FROM trigger_requests ORDER BY id",
@@ -243,7 +232,7 @@ pub async fn requests<C: PlainSql>(conn: &mut C) -> Vec<RequestState> {
 }
 
 /// Queues one request per key (user `u-KEY`, event `app_open`); returns their ids.
-pub async fn queue_requests<C: Store + PlainSql>(conn: &mut C, keys: &[&str]) -> Vec<i64> {
+pub async fn queue_requests(conn: &mut Conn, keys: &[&str]) -> Vec<i64> {
     let rows: Vec<NewRequest> = keys
         .iter()
         .map(|key| NewRequest {

@@ -1,16 +1,16 @@
-//! `Records`: the read-only queries of the authoring commands.
+//! `store::records`: the read-only queries of the authoring commands.
 
 use couponsd::domain::{Budget, Outcome, RequestStatus};
 use couponsd::store::deliveries::NewDelivery;
 use couponsd::store::records::{CouponTotal, PastAttempt};
 use couponsd::store::requests::{parse_time, Claim, Finished};
-use couponsd::store::Store;
+use couponsd::store::Conn;
 
 use super::{at, grant, queue_requests, two_campaigns, PlainSql};
 
 /// Requests `r0`…`rN` (user `u-rI`), each granted NEW10 at `I` seconds, except where
 /// `users` names another user.
-async fn granted<C: Store + PlainSql>(conn: &mut C, users: &[&str]) -> Vec<i64> {
+async fn granted(conn: &mut Conn, users: &[&str]) -> Vec<i64> {
     let keys: Vec<String> = (0..users.len()).map(|i| format!("r{i}")).collect();
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let ids = queue_requests(conn, &keys).await;
@@ -28,7 +28,7 @@ fn grant_ids(grants: &[couponsd::store::records::GrantRecord]) -> Vec<i64> {
     grants.iter().map(|g| g.id).collect()
 }
 
-async fn request_by_key_reads_a_request_as_recorded<C: Store + PlainSql>(conn: &mut C) {
+async fn request_by_key_reads_a_request_as_recorded(conn: &mut Conn) {
     let big = "x".repeat(70_000);
     conn.exec(&format!(
         "INSERT INTO trigger_requests (request_key, user_id, event, attributes, created_at) \
@@ -84,13 +84,13 @@ conformance!(request_by_key_reads_a_request_as_recorded);
 
 /// The key is compared byte for byte: MariaDB's PAD SPACE collation alone would find
 /// `k1` for `k1 ` and the reverse, where SQLite finds nothing.
-async fn request_by_key_finds_the_exact_key_only<C: Store + PlainSql>(conn: &mut C) {
+async fn request_by_key_finds_the_exact_key_only(conn: &mut Conn) {
     conn.exec(
         "INSERT INTO trigger_requests (request_key, user_id, event) \
          VALUES ('k1', 'u1', 'app_open'), ('k2 ', 'u2', 'app_open')",
     )
     .await;
-    let key = async |conn: &mut C, key: &str| {
+    let key = async |conn: &mut Conn, key: &str| {
         let found = conn.request_by_key(key).await.unwrap();
         found.and_then(|r| r.request_key)
     };
@@ -102,7 +102,7 @@ async fn request_by_key_finds_the_exact_key_only<C: Store + PlainSql>(conn: &mut
 }
 conformance!(request_by_key_finds_the_exact_key_only);
 
-async fn grant_of_request_finds_the_grant_a_request_earned<C: Store + PlainSql>(conn: &mut C) {
+async fn grant_of_request_finds_the_grant_a_request_earned(conn: &mut Conn) {
     let ids = granted(conn, &["u1"]).await;
     let ungranted = queue_requests(conn, &["none"]).await;
     let found = conn.grant_of_request(ids[0]).await.unwrap();
@@ -114,9 +114,7 @@ async fn grant_of_request_finds_the_grant_a_request_earned<C: Store + PlainSql>(
 }
 conformance!(grant_of_request_finds_the_grant_a_request_earned);
 
-async fn deliveries_of_grant_lists_a_grants_outbox_rows_oldest_first<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn deliveries_of_grant_lists_a_grants_outbox_rows_oldest_first(conn: &mut Conn) {
     let ids = granted(conn, &["u1", "u2"]).await;
     let row = |webhook_id: &str, grant_id| NewDelivery {
         webhook_id: webhook_id.to_owned(),
@@ -149,9 +147,7 @@ async fn deliveries_of_grant_lists_a_grants_outbox_rows_oldest_first<C: Store + 
 }
 conformance!(deliveries_of_grant_lists_a_grants_outbox_rows_oldest_first);
 
-async fn attempts_of_deliveries_lists_attempts_by_delivery_and_number<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn attempts_of_deliveries_lists_attempts_by_delivery_and_number(conn: &mut Conn) {
     for (delivery, attempt, code) in [(2, 2, "503"), (1, 1, "NULL"), (2, 1, "500"), (3, 1, "200")] {
         conn.exec(&format!(
             "INSERT INTO delivery_attempts \
@@ -182,7 +178,7 @@ async fn attempts_of_deliveries_lists_attempts_by_delivery_and_number<C: Store +
 }
 conformance!(attempts_of_deliveries_lists_attempts_by_delivery_and_number);
 
-async fn campaign_budgets_lists_every_campaign_with_its_budget<C: Store>(conn: &mut C) {
+async fn campaign_budgets_lists_every_campaign_with_its_budget(conn: &mut Conn) {
     conn.apply_catalog(&two_campaigns(), at(0)).await.unwrap();
     conn.add_granted_value("newcomer", 1000).await.unwrap();
     let budget = |campaign_id: &str, budget_cents, granted_cents| Budget {
@@ -200,9 +196,7 @@ async fn campaign_budgets_lists_every_campaign_with_its_budget<C: Store>(conn: &
 }
 conformance!(campaign_budgets_lists_every_campaign_with_its_budget);
 
-async fn recent_grants_of_lists_a_users_latest_grants_for_an_event<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn recent_grants_of_lists_a_users_latest_grants_for_an_event(conn: &mut Conn) {
     let ids = granted(conn, &["u1", "u2", "u1", "u1"]).await;
     conn.exec(&format!(
         "UPDATE grants SET event = 'deposit' WHERE id = {}",
@@ -221,9 +215,7 @@ async fn recent_grants_of_lists_a_users_latest_grants_for_an_event<C: Store + Pl
 }
 conformance!(recent_grants_of_lists_a_users_latest_grants_for_an_event);
 
-async fn done_requests_since_lists_done_requests_created_from_a_time_on<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn done_requests_since_lists_done_requests_created_from_a_time_on(conn: &mut Conn) {
     for (key, status, created) in [
         ("before", "done", at(0)),
         ("first", "done", at(10)),
@@ -251,9 +243,7 @@ async fn done_requests_since_lists_done_requests_created_from_a_time_on<C: Store
 }
 conformance!(done_requests_since_lists_done_requests_created_from_a_time_on);
 
-async fn ledger_before_lists_the_grants_of_users_before_a_request<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn ledger_before_lists_the_grants_of_users_before_a_request(conn: &mut Conn) {
     let ids = granted(conn, &["u1", "u2", "u3", "u1", "u2"]).await;
     let users = ["u1".to_owned(), "u2".to_owned()];
     let ledger = conn.ledger_before(&users, ids[4]).await.unwrap();
@@ -262,9 +252,7 @@ async fn ledger_before_lists_the_grants_of_users_before_a_request<C: Store + Pla
 }
 conformance!(ledger_before_lists_the_grants_of_users_before_a_request);
 
-async fn grants_in_window_lists_the_grants_of_requests_in_an_id_range<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn grants_in_window_lists_the_grants_of_requests_in_an_id_range(conn: &mut Conn) {
     let ids = granted(conn, &["u1", "u2", "u3", "u4"]).await;
     let window = conn.grants_in_window(ids[1], ids[2]).await.unwrap();
     assert_eq!(grant_ids(&window), [ids[1], ids[2]], "both ends included");
@@ -272,7 +260,7 @@ async fn grants_in_window_lists_the_grants_of_requests_in_an_id_range<C: Store +
 }
 conformance!(grants_in_window_lists_the_grants_of_requests_in_an_id_range);
 
-async fn grants_after_request_counts_later_grants_by_coupon<C: Store + PlainSql>(conn: &mut C) {
+async fn grants_after_request_counts_later_grants_by_coupon(conn: &mut Conn) {
     let ids = granted(conn, &["u1", "u2", "u3", "u4"]).await;
     conn.exec(&format!(
         "UPDATE grants SET coupon_id = 'NEW8', face_value_cents = 800 WHERE id = {}",

@@ -1,13 +1,11 @@
-//! `Requests`: the intake queue.
+//! `store::requests`: the intake queue.
 
 use couponsd::domain::{Outcome, RequestStatus};
-use couponsd::store::requests::{
-    parse_time, Claim, Finished, NewRequest, Reclaimed, Requests, KEY_PREFIX,
-};
-use couponsd::store::{Db, Store};
+use couponsd::store::requests::{parse_time, Claim, Finished, NewRequest, Reclaimed, KEY_PREFIX};
+use couponsd::store::{Conn, Db};
 use diesel::result::Error;
 
-use super::{at, migrated, queue_requests, requests, PlainSql};
+use super::{at, migrated, queue_requests, requests, while_a_client_commits, PlainSql};
 
 /// A `done` result for request `id`.
 fn done(id: i64, outcome: Outcome) -> Finished {
@@ -24,14 +22,14 @@ fn done(id: i64, outcome: Outcome) -> Finished {
 }
 
 /// Requests a, b and c: a and b claimed under token 1, c under token 2, at 0.
-async fn claimed_by_two_tokens<C: Store + PlainSql>(conn: &mut C) -> Vec<i64> {
+async fn claimed_by_two_tokens(conn: &mut Conn) -> Vec<i64> {
     let ids = queue_requests(conn, &["a", "b", "c"]).await;
     conn.claim_batch(2, 1, at(0)).await.unwrap();
     conn.claim_batch(1, 2, at(0)).await.unwrap();
     ids
 }
 
-async fn enqueue_inserts_requests_that_wait_in_the_queue<C: Store + PlainSql>(conn: &mut C) {
+async fn enqueue_inserts_requests_that_wait_in_the_queue(conn: &mut Conn) {
     let rows = [
         NewRequest {
             request_key: "k1".into(),
@@ -79,9 +77,7 @@ async fn enqueue_inserts_requests_that_wait_in_the_queue<C: Store + PlainSql>(co
 }
 conformance!(enqueue_inserts_requests_that_wait_in_the_queue);
 
-async fn claim_batch_claims_the_oldest_queued_requests_under_its_token<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn claim_batch_claims_the_oldest_queued_requests_under_its_token(conn: &mut Conn) {
     let ids = queue_requests(conn, &["a", "b", "c"]).await;
     let first = conn.claim_batch(2, 7, at(0)).await.unwrap();
     assert_eq!(first.iter().map(|r| r.id).collect::<Vec<_>>(), ids[..2]);
@@ -104,7 +100,7 @@ async fn claim_batch_claims_the_oldest_queued_requests_under_its_token<C: Store 
 conformance!(claim_batch_claims_the_oldest_queued_requests_under_its_token);
 
 /// Claims batches of one under `token` until the queue is empty; returns their ids.
-async fn claim_until_empty<C: Store>(conn: &mut C, token: i64) -> Vec<i64> {
+async fn claim_until_empty(conn: &mut Conn, token: i64) -> Vec<i64> {
     let mut claimed = Vec::new();
     loop {
         let batch = conn.claim_batch(1, token, at(0)).await.unwrap();
@@ -122,15 +118,21 @@ async fn claim_batch_never_hands_one_request_to_two_daemons(url: &str) {
     let (one, two) = (migrated(url).await, Db::connect(url, 2).unwrap());
     let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let ids = on_connection!(one, queue_requests, &keys);
-    let (by_one, by_two) =
-        tokio::join!(async { on_connection!(one, claim_until_empty, 1) }, async {
-            on_connection!(two, claim_until_empty, 2)
-        },);
+    let ids = queue_requests(&mut one.get().await.unwrap(), &keys).await;
+    let (by_one, by_two) = tokio::join!(
+        async {
+            let mut conn = one.get().await.unwrap();
+            claim_until_empty(&mut conn, 1).await
+        },
+        async {
+            let mut conn = two.get().await.unwrap();
+            claim_until_empty(&mut conn, 2).await
+        },
+    );
     let mut all = [by_one.clone(), by_two].concat();
     all.sort();
     assert_eq!(all, ids, "each request claimed once");
-    let rows = on_connection!(one, requests);
+    let rows = requests(&mut one.get().await.unwrap()).await;
     for r in rows {
         let token = if by_one.contains(&r.id) { 1 } else { 2 };
         assert_eq!((r.status.as_str(), r.claim_token), ("claimed", Some(token)));
@@ -143,7 +145,7 @@ conformance!(url: claim_batch_never_hands_one_request_to_two_daemons);
 /// oversized key, SQLite reads 192 zero bytes without loading the value); the length,
 /// which is what intake judges, is the same. A zero date (which MariaDB accepts) reads
 /// as no time on both.
-async fn claim_batch_reads_what_a_client_wrote_cut_to_size<C: Store + PlainSql>(conn: &mut C) {
+async fn claim_batch_reads_what_a_client_wrote_cut_to_size(conn: &mut Conn) {
     let key = "k".repeat(250);
     let attributes = "a".repeat(17_000);
     conn.exec(&format!(
@@ -163,9 +165,7 @@ conformance!(claim_batch_reads_what_a_client_wrote_cut_to_size);
 /// Row locks exist only on MySQL (`FOR UPDATE SKIP LOCKED`); SQLite's one writer makes
 /// a second taker wait instead. The shared contract: the oldest queued rows, left
 /// `queued`, so that a rollback leaves the queue as it was.
-async fn take_queued_takes_the_oldest_and_a_rollback_leaves_them_queued<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn take_queued_takes_the_oldest_and_a_rollback_leaves_them_queued(conn: &mut Conn) {
     let ids = queue_requests(conn, &["a", "b", "c"]).await;
     let rolled_back = conn
         .transaction::<(), Error, _>(async |conn| {
@@ -183,9 +183,7 @@ async fn take_queued_takes_the_oldest_and_a_rollback_leaves_them_queued<C: Store
 }
 conformance!(take_queued_takes_the_oldest_and_a_rollback_leaves_them_queued);
 
-async fn lock_claimed_returns_only_the_requests_its_token_still_holds<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn lock_claimed_returns_only_the_requests_its_token_still_holds(conn: &mut Conn) {
     let ids = claimed_by_two_tokens(conn).await;
     let held = conn
         .transaction::<_, Error, _>(async |conn| conn.lock_claimed(&ids, 1).await)
@@ -202,9 +200,7 @@ async fn lock_claimed_returns_only_the_requests_its_token_still_holds<C: Store +
 }
 conformance!(lock_claimed_returns_only_the_requests_its_token_still_holds);
 
-async fn finish_requests_under_a_token_changes_only_the_rows_it_holds<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn finish_requests_under_a_token_changes_only_the_rows_it_holds(conn: &mut Conn) {
     let ids = claimed_by_two_tokens(conn).await;
     let rejected = Finished {
         status: RequestStatus::Rejected,
@@ -243,7 +239,7 @@ async fn finish_requests_under_a_token_changes_only_the_rows_it_holds<C: Store +
 }
 conformance!(finish_requests_under_a_token_changes_only_the_rows_it_holds);
 
-async fn finish_requests_inline_records_the_claim_it_took<C: Store + PlainSql>(conn: &mut C) {
+async fn finish_requests_inline_records_the_claim_it_took(conn: &mut Conn) {
     let ids = queue_requests(conn, &["a", "b"]).await;
     let changed = conn
         .transaction::<_, Error, _>(async |conn| {
@@ -275,7 +271,7 @@ async fn finish_requests_inline_records_the_claim_it_took<C: Store + PlainSql>(c
 }
 conformance!(finish_requests_inline_records_the_claim_it_took);
 
-async fn release_claims_puts_a_tokens_claims_back_in_the_queue<C: Store + PlainSql>(conn: &mut C) {
+async fn release_claims_puts_a_tokens_claims_back_in_the_queue(conn: &mut Conn) {
     let ids = queue_requests(conn, &["a", "b", "c", "d"]).await;
     conn.claim_batch(3, 1, at(0)).await.unwrap();
     conn.claim_batch(1, 2, at(0)).await.unwrap();
@@ -298,11 +294,7 @@ async fn release_claims_puts_a_tokens_claims_back_in_the_queue<C: Store + PlainS
 }
 conformance!(release_claims_puts_a_tokens_claims_back_in_the_queue);
 
-async fn reclaim_expired_requeues_old_claims_and_fails_those_out_of_attempts<
-    C: Store + PlainSql,
->(
-    conn: &mut C,
-) {
+async fn reclaim_expired_requeues_old_claims_and_fails_those_out_of_attempts(conn: &mut Conn) {
     let ids = queue_requests(conn, &["old", "spent", "recent"]).await;
     conn.claim_batch(2, 1, at(0)).await.unwrap();
     conn.claim_batch(1, 2, at(100)).await.unwrap();
@@ -351,15 +343,18 @@ conformance!(reclaim_expired_requeues_old_claims_and_fails_those_out_of_attempts
 /// Lease recovery reads, then writes; a client committing in between must not fail it.
 async fn reclaim_expired_completes_while_a_client_commits_a_request(url: &str) {
     let daemon = migrated(url).await;
-    on_connection!(daemon, claimed_by_two_tokens);
-    let reclaimed = while_a_client_commits!(daemon, url, Requests::reclaim_expired, at(100), 5);
+    claimed_by_two_tokens(&mut daemon.get().await.unwrap()).await;
+    let reclaimed = while_a_client_commits(&daemon, url, async |conn| {
+        conn.reclaim_expired(at(100), 5).await
+    })
+    .await;
     assert_eq!(reclaimed.unwrap().requeued, 3);
 }
 conformance!(url: reclaim_expired_completes_while_a_client_commits_a_request);
 
 /// A client may write `claimed` with no claim time, or a zero date: such a claim has no
 /// lease to wait for.
-async fn reclaim_expired_takes_back_a_claim_with_no_time<C: Store + PlainSql>(conn: &mut C) {
+async fn reclaim_expired_takes_back_a_claim_with_no_time(conn: &mut Conn) {
     conn.exec(
         "INSERT INTO trigger_requests (request_key, user_id, event, status, claimed_at) \
          VALUES ('k1', 'u', 'app_open', 'claimed', NULL), \
@@ -372,9 +367,7 @@ async fn reclaim_expired_takes_back_a_claim_with_no_time<C: Store + PlainSql>(co
 }
 conformance!(reclaim_expired_takes_back_a_claim_with_no_time);
 
-async fn reject_unknown_statuses_rejects_and_names_a_status_no_stage_knows<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn reject_unknown_statuses_rejects_and_names_a_status_no_stage_knows(conn: &mut Conn) {
     queue_requests(conn, &["fine"]).await;
     for (key, status) in [("paused", "paused"), ("shouting", "QUEUED")] {
         conn.exec(&format!(
@@ -403,9 +396,7 @@ conformance!(reject_unknown_statuses_rejects_and_names_a_status_no_stage_knows);
 /// a binary comparison in the claim's hot query and a scan of the queue in the
 /// rejection, or a NO PAD collation for `status` (a migration: MariaDB and MySQL name
 /// theirs differently): more than a few lines of `store/`.
-async fn reject_unknown_statuses_rejects_a_known_status_with_trailing_space<C: Store + PlainSql>(
-    conn: &mut C,
-) {
+async fn reject_unknown_statuses_rejects_a_known_status_with_trailing_space(conn: &mut Conn) {
     conn.exec(
         "INSERT INTO trigger_requests (request_key, user_id, event, status) \
          VALUES ('padded', 'u', 'app_open', 'queued ')",
@@ -420,7 +411,7 @@ conformance!(
     reject_unknown_statuses_rejects_a_known_status_with_trailing_space
 );
 
-async fn queue_depth_counts_queued_requests_and_the_oldest_time<C: Store + PlainSql>(conn: &mut C) {
+async fn queue_depth_counts_queued_requests_and_the_oldest_time(conn: &mut Conn) {
     assert_eq!(conn.queue_depth().await.unwrap(), (0, None));
     for (key, created) in [("a", at(10)), ("b", at(5)), ("c", at(1))] {
         conn.exec(&format!(
@@ -442,7 +433,7 @@ async fn queue_depth_counts_queued_requests_and_the_oldest_time<C: Store + Plain
 }
 conformance!(queue_depth_counts_queued_requests_and_the_oldest_time);
 
-async fn count_by_outcome_counts_requests_by_status_and_outcome<C: Store + PlainSql>(conn: &mut C) {
+async fn count_by_outcome_counts_requests_by_status_and_outcome(conn: &mut Conn) {
     let ids = queue_requests(conn, &["a", "b", "c", "d"]).await;
     conn.claim_batch(3, 1, at(0)).await.unwrap();
     let finished = [
