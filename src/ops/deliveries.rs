@@ -14,7 +14,7 @@ use clap::Subcommand;
 use super::OpsError;
 use crate::config::Config;
 use crate::installation::Installation;
-use crate::store::deliveries::{DeliveryRow, DisabledChannel, Replay};
+use crate::store::deliveries::{DeliveryRecord, DisabledChannel, Replay};
 use crate::store::{self, Access, StoreError};
 
 /// Characters of `last_error` shown in the table.
@@ -140,7 +140,7 @@ pub async fn list(
     Ok(out)
 }
 
-fn table_row(row: &DeliveryRow) -> String {
+fn table_row(row: &DeliveryRecord) -> String {
     let last = row
         .last_status
         .map(|s| s.to_string())
@@ -204,7 +204,7 @@ pub async fn replay(installation: &Installation, which: Replay<'_>) -> Result<St
 
 fn refuse_unsendable(
     installation: &Installation,
-    targets: &[DeliveryRow],
+    targets: &[DeliveryRecord],
     disabled: &[DisabledChannel],
 ) -> Result<(), OpsError> {
     if let Some(row) = targets

@@ -180,32 +180,7 @@ pub struct RequestRecord {
 pub use super::grants::NewGrant as GrantRecord;
 
 /// An outbox row as recorded, without its body.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
-#[diesel(table_name = deliveries)]
-pub struct DeliveryRecord {
-    /// Row id.
-    pub id: i64,
-    /// The `webhook-id`.
-    pub webhook_id: String,
-    /// The channel.
-    pub channel: String,
-    /// The event type.
-    pub event_type: String,
-    /// `pending`, `delivered` or `dead`.
-    pub status: String,
-    /// Attempts made.
-    pub attempts: i32,
-    /// When the next attempt is due (while pending).
-    pub next_attempt_at: NaiveDateTime,
-    /// The partner's last HTTP status.
-    pub last_status: Option<i32>,
-    /// The last error.
-    pub last_error: Option<String>,
-    /// When it was created.
-    pub created_at: NaiveDateTime,
-    /// When a partner accepted it.
-    pub delivered_at: Option<NaiveDateTime>,
-}
+pub use super::deliveries::DeliveryRecord;
 
 /// One delivery attempt as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]

@@ -57,10 +57,11 @@ pub struct DueDelivery {
     pub attempts: i32,
 }
 
-/// A delivery as operators see it (`couponsd deliveries list`).
+/// An outbox row as recorded, without its body: as operators see it (`couponsd
+/// deliveries list`) and as `explain` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = deliveries)]
-pub struct DeliveryRow {
+pub struct DeliveryRecord {
     /// Row id.
     pub id: i64,
     /// The `webhook-id`.
@@ -73,12 +74,16 @@ pub struct DeliveryRow {
     pub status: String,
     /// Attempts made.
     pub attempts: i32,
+    /// When the next attempt is due (while pending).
+    pub next_attempt_at: NaiveDateTime,
     /// The partner's last HTTP status.
     pub last_status: Option<i32>,
     /// The last error.
     pub last_error: Option<String>,
     /// When it was created.
     pub created_at: NaiveDateTime,
+    /// When a partner accepted it.
+    pub delivered_at: Option<NaiveDateTime>,
 }
 
 /// Which dead deliveries to replay.
@@ -237,11 +242,11 @@ impl Conn {
         &mut self,
         dead_only: bool,
         limit: i64,
-    ) -> QueryResult<Vec<DeliveryRow>> {
+    ) -> QueryResult<Vec<DeliveryRecord>> {
         let query = deliveries::table
             .order(d::id.desc())
             .limit(limit)
-            .select(columns::<DeliveryRow>());
+            .select(columns::<DeliveryRecord>());
         if dead_only {
             self.load(query.filter(d::status.eq(DEAD))).await
         } else {
@@ -250,11 +255,11 @@ impl Conn {
     }
 
     /// The dead deliveries `which` selects.
-    pub async fn dead_deliveries(&mut self, which: Replay<'_>) -> QueryResult<Vec<DeliveryRow>> {
+    pub async fn dead_deliveries(&mut self, which: Replay<'_>) -> QueryResult<Vec<DeliveryRecord>> {
         let dead = deliveries::table
             .filter(d::status.eq(DEAD))
             .order(d::id.asc())
-            .select(columns::<DeliveryRow>());
+            .select(columns::<DeliveryRecord>());
         match which {
             Replay::One(id) => self.load(dead.filter(d::id.eq(id))).await,
             Replay::AllDead => self.load(dead).await,

@@ -3,7 +3,7 @@
 use chrono::NaiveDateTime;
 use couponsd::domain::DeliveryStatus;
 use couponsd::store::deliveries::{
-    AttemptRecord, DeliveryRow, DisabledChannel, NewDelivery, Replay,
+    AttemptRecord, DeliveryRecord, DisabledChannel, NewDelivery, Replay,
 };
 use couponsd::store::Conn;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamp};
@@ -133,7 +133,7 @@ async fn wallet_and_sms_gone(conn: &mut Conn) {
     }
 }
 
-fn ids(rows: &[DeliveryRow]) -> Vec<&str> {
+fn ids(rows: &[DeliveryRecord]) -> Vec<&str> {
     rows.iter().map(|r| r.webhook_id.as_str()).collect()
 }
 
@@ -468,16 +468,18 @@ async fn list_deliveries_lists_the_newest_first_or_only_the_dead(conn: &mut Conn
     assert_eq!(ids(&dead), ["w2", "w1"]);
     assert_eq!(
         dead[0],
-        DeliveryRow {
+        DeliveryRecord {
             id: dead[0].id,
             webhook_id: "w2".into(),
             channel: "sms".into(),
             event_type: "coupon.granted".into(),
             status: DEAD.into(),
             attempts: 5,
+            next_attempt_at: dead[0].next_attempt_at,
             last_status: Some(400),
             last_error: None,
             created_at: at(0),
+            delivered_at: None,
         }
     );
 }
