@@ -202,12 +202,10 @@ campaigns:
 }
 
 async fn enqueue(ctx: &runtime::Daemon, rows: &[NewRequest]) -> Result<(), AppError> {
-    {
-        let conn = &mut ctx.db.get().await?;
-        for chunk in rows.chunks(1000) {
-            conn.enqueue(chunk).await.map_err(StoreError::from)?;
-        }
-    };
+    let mut conn = ctx.db.get().await?;
+    for chunk in rows.chunks(1000) {
+        conn.enqueue(chunk).await.map_err(StoreError::from)?;
+    }
     Ok(())
 }
 

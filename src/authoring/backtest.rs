@@ -220,38 +220,36 @@ impl Backtester {
 }
 
 async fn read(db: &Db, since: NaiveDateTime, limit: i64) -> Result<Recorded, AuthoringError> {
-    Ok({
-        let conn = &mut db.get().await?;
-        let requests = conn
-            .done_requests_since(since, limit)
-            .await
-            .map_err(StoreError::from)?;
-        let (first, last) = match (requests.first(), requests.last()) {
-            (Some(f), Some(l)) => (f.id, l.id),
-            _ => (0, 0),
-        };
-        let mut users: Vec<String> = requests.iter().map(|r| r.user_id.clone()).collect();
-        users.sort();
-        users.dedup();
-        let mut ledger = Vec::new();
-        for chunk in users.chunks(USERS_PER_QUERY) {
-            let rows = conn.ledger_before(chunk, last).await;
-            ledger.extend(rows.map_err(StoreError::from)?);
-        }
-        let window = conn.grants_in_window(first, last).await;
-        let after = conn.grants_after_request(last).await;
-        let stock = conn.coupon_stock().await;
-        let budgets = conn.campaign_budgets().await;
-        let rotations = conn.rotations().await;
-        Recorded {
-            requests,
-            ledger,
-            window: window.map_err(StoreError::from)?,
-            after: after.map_err(StoreError::from)?,
-            stock: stock.map_err(StoreError::from)?,
-            budgets: budgets.map_err(StoreError::from)?,
-            rotations: rotations.map_err(StoreError::from)?,
-        }
+    let conn = &mut db.get().await?;
+    let requests = conn
+        .done_requests_since(since, limit)
+        .await
+        .map_err(StoreError::from)?;
+    let (first, last) = match (requests.first(), requests.last()) {
+        (Some(f), Some(l)) => (f.id, l.id),
+        _ => (0, 0),
+    };
+    let mut users: Vec<String> = requests.iter().map(|r| r.user_id.clone()).collect();
+    users.sort();
+    users.dedup();
+    let mut ledger = Vec::new();
+    for chunk in users.chunks(USERS_PER_QUERY) {
+        let rows = conn.ledger_before(chunk, last).await;
+        ledger.extend(rows.map_err(StoreError::from)?);
+    }
+    let window = conn.grants_in_window(first, last).await;
+    let after = conn.grants_after_request(last).await;
+    let stock = conn.coupon_stock().await;
+    let budgets = conn.campaign_budgets().await;
+    let rotations = conn.rotations().await;
+    Ok(Recorded {
+        requests,
+        ledger,
+        window: window.map_err(StoreError::from)?,
+        after: after.map_err(StoreError::from)?,
+        stock: stock.map_err(StoreError::from)?,
+        budgets: budgets.map_err(StoreError::from)?,
+        rotations: rotations.map_err(StoreError::from)?,
     })
 }
 

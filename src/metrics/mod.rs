@@ -315,14 +315,12 @@ pub struct Snapshot {
 pub async fn refresh(db: &Db, metrics: &Metrics, config: &Config) -> Result<(), StoreError> {
     metrics.refreshed.store(true, Ordering::Relaxed);
     let read = async {
-        Ok::<_, StoreError>({
-            let conn = &mut db.get().await?;
-            let queue = conn.queue_depth().await?;
-            let stock = conn.coupon_stock().await?;
-            let outbox = conn.count_deliveries().await?;
-            let disabled = conn.disabled_channels().await?;
-            (queue, stock, outbox, disabled)
-        })
+        let mut conn = db.get().await?;
+        let queue = conn.queue_depth().await?;
+        let stock = conn.coupon_stock().await?;
+        let outbox = conn.count_deliveries().await?;
+        let disabled = conn.disabled_channels().await?;
+        Ok::<_, StoreError>((queue, stock, outbox, disabled))
     };
     let ((depth, oldest), stock, outbox, disabled) = read.await?;
     metrics.queue_depth.set(depth);

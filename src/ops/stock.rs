@@ -119,14 +119,15 @@ pub async fn add(
     }
     let campaign = campaign_of(&installation.config, coupon)?;
     {
-        let conn = &mut installation.db.get().await?;
+        // Given back before `show` takes one: SQLite's pool has one connection.
+        let mut conn = installation.db.get().await?;
         conn.add_stock(coupon, count)
             .await
             .map_err(StoreError::from)?;
         conn.clear_alerted(&campaign, AlertMark::Exhausted)
             .await
             .map_err(StoreError::from)?;
-    };
+    }
     Ok(format!(
         "added {count} to {coupon}\n{}",
         show(installation).await?

@@ -102,13 +102,11 @@ where
     let held_until = now + TimeDelta::from_std(deps.config.worker.lease).unwrap_or(TimeDelta::MAX);
     let holder = deps.instance.as_str();
     let won = async {
-        Ok::<_, StoreError>(
-            deps.db
-                .get()
-                .await?
-                .acquire_job(name, holder, tick, now, held_until)
-                .await?,
-        )
+        let mut conn = deps.db.get().await?;
+        let won = conn
+            .acquire_job(name, holder, tick, now, held_until)
+            .await?;
+        Ok::<_, StoreError>(won)
     };
     match won.await {
         Ok(true) => {}
@@ -129,10 +127,8 @@ where
         Err(e) => error!(job = name, error = %e, "scheduled job failed"),
     }
     let released = async {
-        {
-            let conn = &mut deps.db.get().await?;
-            conn.release_job(name, holder, store::now()).await?;
-        };
+        let mut conn = deps.db.get().await?;
+        conn.release_job(name, holder, store::now()).await?;
         Ok::<_, StoreError>(())
     };
     if let Err(e) = released.await {
