@@ -132,6 +132,7 @@ fn cases() -> Result<Vec<(&'static str, Case)>, InvalidValue> {
                 id: CouponId::parse(id)?,
                 face_value: Money::parse(value)?,
                 remaining,
+                valid_until: None,
                 channel: ChannelName::parse("wallet")?,
             })
         })

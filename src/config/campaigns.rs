@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 
 use super::channels::{self, Channels};
-use super::raw::{RawCampaign, RawCoupon, RawMoney};
+use super::raw::{RawCampaign, RawCodes, RawCoupon, RawMoney};
 use super::validate::Ctx;
 use super::{CampaignConfig, ConfigError, CouponConfig};
+use crate::domain::codes::{CodePattern, CodeSource, Validity};
 use crate::domain::{CampaignId, CouponId, Event, Money, UserType};
 
 /// Where each id was first seen, to name both places when one is used twice.
@@ -120,12 +121,105 @@ fn coupon(
         ));
     }
     seen.coupons.insert(id.clone(), id_key);
+    let codes = codes(ctx, base, raw.codes.as_ref())?;
+    let stock = match (raw.stock, &codes) {
+        (Some(_), Some(CodeSource::Pool)) => {
+            return Err(ctx.invalid(
+                format!("{base}.stock"),
+                "is not allowed with codes.pool: the stock of a pool coupon is its imported \
+                 codes (couponsd codes import)",
+            ))
+        }
+        (None, Some(CodeSource::Pool)) => 0,
+        (None, _) => {
+            return Err(ctx.invalid(
+                format!("{base}.stock"),
+                "is missing: give the coupon a stock, or codes.pool: true",
+            ))
+        }
+        (Some(stock), _) => ctx.at_least(&format!("{base}.stock"), Some(stock), 0, 0)?,
+    };
+    if let Some(CodeSource::Generate(pattern)) = &codes {
+        let needed = 1_000_000u128 * stock.max(1) as u128;
+        if pattern.capacity() < needed {
+            return Err(ctx.invalid(
+                format!("{base}.codes.generate"),
+                format!(
+                    "{:?} makes {} codes, under 1,000,000 x the stock {stock}: a generated code \
+                     would be too easy to guess; add X places",
+                    pattern.as_str(),
+                    pattern.capacity()
+                ),
+            ));
+        }
+    }
     Ok(CouponConfig {
         id,
         face_value: money(ctx, &format!("{base}.face_value"), &raw.face_value)?,
-        stock: ctx.at_least(&format!("{base}.stock"), Some(raw.stock), 0, 0)?,
+        stock,
         low_stock: ctx.at_least(&format!("{base}.low_stock"), raw.low_stock, 0, 0)?,
         channel: channels::reference(ctx, &format!("{base}.channel"), &raw.channel, channels)?,
+        codes,
+        validity: validity(ctx, base, &raw)?,
+    })
+}
+
+/// `codes`: exactly one of `generate` and `pool: true`.
+fn codes(
+    ctx: &Ctx<'_>,
+    base: &str,
+    raw: Option<&RawCodes>,
+) -> Result<Option<CodeSource>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    match (&raw.generate, raw.pool) {
+        (Some(_), Some(true)) => Err(ctx.invalid(
+            format!("{base}.codes"),
+            "has both generate and pool: a coupon's codes come from one of them",
+        )),
+        (Some(pattern), _) => {
+            let key = format!("{base}.codes.generate");
+            CodePattern::parse(pattern)
+                .map(|p| Some(CodeSource::Generate(p)))
+                .map_err(|reason| ctx.invalid(key, reason))
+        }
+        (None, Some(true)) => Ok(Some(CodeSource::Pool)),
+        (None, _) => Err(ctx.invalid(
+            format!("{base}.codes"),
+            "needs generate: \"PATTERN\" or pool: true",
+        )),
+    }
+}
+
+/// `valid_for`, `valid_until`, `min_validity`.
+fn validity(ctx: &Ctx<'_>, base: &str, raw: &RawCoupon) -> Result<Validity, ConfigError> {
+    let span = |key: &str, d: Option<std::time::Duration>| {
+        d.map(|d| {
+            Duration::from_std(d).map_err(|_| ctx.invalid(format!("{base}.{key}"), "is too long"))
+        })
+        .transpose()
+    };
+    let valid_for = span("valid_for", raw.valid_for)?;
+    if valid_for == Some(Duration::zero()) {
+        return Err(ctx.invalid(format!("{base}.valid_for"), "must not be zero"));
+    }
+    let min_validity = span("min_validity", raw.min_validity)?.unwrap_or_default();
+    let valid_until = time(
+        ctx,
+        &format!("{base}.valid_until"),
+        raw.valid_until.as_deref(),
+    )?;
+    if valid_for.is_some_and(|v| v < min_validity) {
+        return Err(ctx.invalid(
+            format!("{base}.min_validity"),
+            "is longer than valid_for: the coupon could never be granted",
+        ));
+    }
+    Ok(Validity {
+        valid_for,
+        valid_until,
+        min_validity,
     })
 }
 

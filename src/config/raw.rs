@@ -157,9 +157,25 @@ pub(super) struct RawCampaign {
 pub(super) struct RawCoupon {
     pub id: String,
     pub face_value: RawMoney,
-    pub stock: i64,
+    pub stock: Option<i64>,
     pub low_stock: Option<i64>,
     pub channel: String,
+    pub codes: Option<RawCodes>,
+    #[serde(default, with = "humantime_serde")]
+    pub valid_for: Option<Duration>,
+    pub valid_until: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub min_validity: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with generate (a pattern) or pool: true"
+)]
+pub(super) struct RawCodes {
+    pub generate: Option<String>,
+    pub pool: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::codes::{CodeSource, Validity};
 use super::{CampaignId, ChannelName, CouponId, Event, Money, UserType};
 
 /// `campaigns[i]`
@@ -33,10 +34,21 @@ pub struct CouponConfig {
     pub id: CouponId,
     /// `face_value`
     pub face_value: Money,
-    /// `stock`
+    /// `stock`; 0 for a pool coupon, whose stock is its imported codes.
     pub stock: i64,
     /// `low_stock` [0]: the watermark at which the inventory check rotates it.
     pub low_stock: i64,
     /// `channel`: a key of `channels:`.
     pub channel: ChannelName,
+    /// `codes`: where each grant's code comes from; `None`: grants carry no code.
+    pub codes: Option<CodeSource>,
+    /// `valid_for`, `valid_until`, `min_validity`.
+    pub validity: Validity,
+}
+
+impl CouponConfig {
+    /// True for `codes.pool`: the stock is the pool of imported codes.
+    pub fn is_pool(&self) -> bool {
+        self.codes == Some(CodeSource::Pool)
+    }
 }

@@ -6,6 +6,10 @@
 
 use std::collections::HashSet;
 
+use chrono::{DateTime, Utc};
+
+use super::campaign::CampaignConfig;
+use super::codes::{CodeSource, Unusable, Validity};
 use super::status::CouponState;
 use super::{ChannelName, CouponId, CouponView, Money};
 
@@ -63,12 +67,20 @@ pub struct ChainCoupon {
     /// Its channel is disabled (the partner answered 410 Gone): nothing granted now
     /// could reach the user, so it counts as out of stock.
     pub channel_disabled: bool,
+    /// Where its grants' codes come from (`codes:` in force).
+    pub codes: Option<CodeSource>,
+    /// Its validity (`valid_for`, `valid_until`, `min_validity` in force).
+    pub validity: Validity,
+    /// Set when its validity has ended or would be too short now: it counts as out of
+    /// stock.
+    pub unusable: Option<Unusable>,
 }
 
 impl ChainCoupon {
-    /// Stock that can be granted now: none while its channel is disabled.
+    /// Stock that can be granted now: none while its channel is disabled or its
+    /// validity would not serve the user.
     pub fn usable(&self) -> i64 {
-        if self.channel_disabled {
+        if self.channel_disabled || self.unusable.is_some() {
             0
         } else {
             self.remaining
@@ -82,7 +94,9 @@ impl ChainCoupon {
 
     /// Why it cannot be granted now.
     fn why_not(&self) -> String {
-        if self.channel_disabled {
+        if let Some(unusable) = &self.unusable {
+            format!("{} {}", self.id, unusable.describe())
+        } else if self.channel_disabled {
             format!(
                 "{} cannot reach the user (channel {} is disabled)",
                 self.id, self.channel
@@ -120,6 +134,9 @@ impl Chain {
                         remaining: r.remaining,
                         retired: r.state == CouponState::Retired,
                         channel_disabled: false,
+                        codes: None,
+                        validity: Validity::default(),
+                        unusable: None,
                     })
                 })
                 .collect(),
@@ -133,8 +150,21 @@ impl Chain {
         }
     }
 
+    /// Gives each coupon its codes and validity from the catalog in force, and marks
+    /// those whose validity would not serve a grant made at `now`: they count as out of
+    /// stock.
+    pub fn apply_catalog(&mut self, campaign: &CampaignConfig, now: DateTime<Utc>) {
+        for c in &mut self.0 {
+            if let Some(config) = campaign.coupons.iter().find(|k| k.id == c.id) {
+                c.codes = config.codes.clone();
+                c.validity = config.validity;
+                c.unusable = config.validity.check(now).err();
+            }
+        }
+    }
+
     /// The active coupons as the selection rule sees them (a coupon whose channel is
-    /// disabled shows no stock).
+    /// disabled, or whose validity would not serve, shows no stock).
     pub fn views(&self) -> Vec<CouponView> {
         self.0
             .iter()
@@ -144,6 +174,7 @@ impl Chain {
                 face_value: c.face_value,
                 remaining: c.usable(),
                 channel: c.channel.clone(),
+                valid_until: c.validity.valid_until,
             })
             .collect()
     }
@@ -154,17 +185,25 @@ impl Chain {
     }
 
     /// Why no coupon of the chain can be granted: out of stock, or some only because
-    /// their channel is disabled.
+    /// their channel is disabled or their validity would not serve.
     pub fn why_none(&self) -> Option<String> {
-        let closed: Vec<&str> = self
+        let mut closed: Vec<&str> = self
             .0
             .iter()
             .filter(|c| c.channel_disabled && c.remaining > 0)
             .map(|c| c.channel.as_str())
             .collect();
-        let mut closed = closed;
         closed.dedup();
-        (!closed.is_empty()).then(|| format!("channel {} is disabled", closed.join(", ")))
+        let mut why: Vec<String> = self
+            .0
+            .iter()
+            .filter(|c| c.remaining > 0 && !c.channel_disabled)
+            .filter_map(|c| Some(format!("{} {}", c.id, c.unusable?.describe())))
+            .collect();
+        if !closed.is_empty() {
+            why.insert(0, format!("channel {} is disabled", closed.join(", ")));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
     }
 
     /// Finds a coupon with stock for the rule's choice: the chosen one, else the next
@@ -179,9 +218,9 @@ impl Chain {
         // The rule sees no stock on a coupon whose channel is disabled and may pass it
         // by itself: the detail still says why the chain's earlier coupon was not given.
         let passed = (index != start).then_some(start).or_else(|| {
-            self.0[..index]
-                .iter()
-                .position(|c| c.channel_disabled && !c.retired && c.remaining > 0)
+            self.0[..index].iter().position(|c| {
+                (c.channel_disabled || c.unusable.is_some()) && !c.retired && c.remaining > 0
+            })
         });
         let fallback = passed.map(|i| {
             format!(
@@ -206,6 +245,9 @@ mod tests {
             remaining,
             retired,
             channel_disabled: false,
+            codes: None,
+            validity: Validity::default(),
+            unusable: None,
         }
     }
 

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod campaign;
 pub mod chain;
+pub mod codes;
 pub mod status;
 
 pub use status::{CouponState, DeliveryStatus, RequestStatus};
@@ -321,6 +322,8 @@ pub struct CouponView {
     pub remaining: i64,
     /// The channel it is delivered through.
     pub channel: ChannelName,
+    /// `valid_until`, when the coupon has a fixed end.
+    pub valid_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ pub(super) fn campaign(campaign: &CampaignView) -> Dynamic {
 }
 
 /// `coupons`: the chain in order, each `id`, `face_value` ("10.00"),
-/// `face_value_cents`, `remaining`, `channel`.
+/// `face_value_cents`, `remaining`, `channel`, `valid_until` (RFC 3339, or `()`).
 pub(super) fn coupons(coupons: &[CouponView]) -> Dynamic {
     let array: Array = coupons
         .iter()
@@ -64,6 +64,13 @@ pub(super) fn coupons(coupons: &[CouponView]) -> Dynamic {
                 ("face_value_cents", coupon.face_value.cents().into()),
                 ("id", coupon.id.as_str().into()),
                 ("remaining", coupon.remaining.into()),
+                (
+                    "valid_until",
+                    coupon
+                        .valid_until
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into())
+                        .unwrap_or(Dynamic::UNIT),
+                ),
             ])
         })
         .collect();

@@ -93,6 +93,7 @@ fn coupon(id: &str, remaining: i64) -> CouponView {
         id: CouponId::parse(id).unwrap(),
         face_value: Money::parse("10.00").unwrap(),
         remaining,
+        valid_until: None,
         channel: ChannelName::parse("wallet").unwrap(),
     }
 }

@@ -35,6 +35,12 @@ pub struct NewGrant {
     pub rules_version: String,
     /// When.
     pub granted_at: NaiveDateTime,
+    /// The code the user redeems, when the coupon has codes.
+    pub code: Option<String>,
+    /// Valid from (the grant), when the coupon has a validity.
+    pub valid_from: Option<NaiveDateTime>,
+    /// Valid until, when the coupon has a validity.
+    pub expires_at: Option<NaiveDateTime>,
 }
 
 #[derive(Insertable)]

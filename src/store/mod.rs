@@ -22,6 +22,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use futures_util::FutureExt;
 
 pub mod catalog;
+pub mod codes;
 pub mod clock;
 pub mod conn;
 pub mod connect;

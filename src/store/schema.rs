@@ -80,6 +80,20 @@ diesel::table! {
         user_type -> Text,
         rules_version -> Text,
         granted_at -> Timestamp,
+        code -> Nullable<Text>,
+        valid_from -> Nullable<Timestamp>,
+        expires_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    coupon_codes (id) {
+        id -> BigInt,
+        coupon_id -> Text,
+        code -> Text,
+        grant_id -> Nullable<BigInt>,
+        imported_at -> Nullable<Timestamp>,
+        issued_at -> Nullable<Timestamp>,
     }
 }
 
@@ -155,4 +169,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     deliveries,
     delivery_attempts,
     channel_states,
+    coupon_codes,
 );

@@ -20,7 +20,7 @@ macro_rules! selects {
 macro_rules! every_table {
     ($db:ty) => {
         selects!($db; trigger_requests, campaigns, coupons, participations, grants, deliveries,
-            delivery_attempts, channel_states, coupon_rotations, job_leases)
+            delivery_attempts, channel_states, coupon_rotations, job_leases, coupon_codes)
     };
 }
 

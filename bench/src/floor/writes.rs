@@ -132,6 +132,9 @@ async fn insert_grants(
             user_type: d.user_type.into(),
             rules_version: VERSION.into(),
             granted_at: at,
+            code: None,
+            valid_from: None,
+            expires_at: None,
         });
     }
     for chunk in pow2_chunks(&grants) {

@@ -43,6 +43,17 @@ struct Granted<'a> {
     coupon: &'a str,
     face_value: String,
     user_type: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    valid_from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+}
+
+/// A stored time as the webhook bodies write it: RFC 3339 in UTC, to the second.
+pub fn rfc3339(at: chrono::NaiveDateTime) -> String {
+    at.and_utc().to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 /// Serialises an event body: `{"type":…,"timestamp":…,"data":…}`.
@@ -70,6 +81,9 @@ pub fn coupon_granted(
         coupon: &grant.coupon_id,
         face_value: coupon.face_value.to_string(),
         user_type: &grant.user_type,
+        code: grant.code.as_deref(),
+        valid_from: grant.valid_from.map(rfc3339),
+        expires_at: grant.expires_at.map(rfc3339),
     };
     outbox_row(
         coupon.channel.as_str(),

@@ -28,6 +28,7 @@ use super::dispatch::handoff::{Handoff, Outgoing};
 use super::intake;
 
 mod claim;
+mod codes;
 mod record;
 mod tx;
 
@@ -106,6 +107,11 @@ pub enum BatchError {
     /// decided again with the chains locked.
     #[error("stock or budget changed under the batch")]
     StaleStock,
+    /// A pool coupon's `remaining` counts more codes than it has unissued (the pool
+    /// was changed by hand): the batch is rolled back, the coupon's stock set to its
+    /// codes, ops alerted, and the batch decided again.
+    #[error("pool coupon {0} has fewer unissued codes than its stock says")]
+    PoolShort(String),
 }
 
 impl BatchError {
@@ -121,7 +127,7 @@ impl BatchError {
                     && !store::is_connection_lost(e)
                     && !store::is_interrupted(e)
             }
-            BatchError::Store(_) | BatchError::StaleStock => false,
+            BatchError::Store(_) | BatchError::StaleStock | BatchError::PoolShort(_) => false,
         }
     }
 }
@@ -248,6 +254,7 @@ async fn process(deps: &Deps, claimed: Option<ClaimedBatch>) -> Result<BatchOutc
     let rules = deps.rules.current();
     let mut retries = 0;
     let mut locked = false;
+    let mut trued_up = false;
     loop {
         let config = deps.catalog.current();
         let outlets = Outlets::of(&config, &deps.handoff);
@@ -273,6 +280,10 @@ async fn process(deps: &Deps, claimed: Option<ClaimedBatch>) -> Result<BatchOutc
                 debug!("stock moved under the batch: deciding it again with the chains locked");
                 locked = true;
             }
+            Err(BatchError::PoolShort(coupon)) if !trued_up => {
+                codes::true_up(deps, &coupon).await?;
+                trued_up = true;
+            }
             Err(e) => return Err(e),
         }
     }
@@ -292,6 +303,7 @@ fn hand_over(
         tally,
         handed_off,
         outbox_channels,
+        ..
     } = written;
     summary.retries = retries;
     deps.metrics.record_batch(&tally, started.elapsed());

@@ -10,6 +10,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use tracing::warn;
 
 use super::claim::claim_token;
+use super::codes;
 use super::{BatchError, BatchSummary};
 use crate::config::Config;
 use crate::domain::{Outcome, RequestStatus};
@@ -69,33 +70,45 @@ pub(super) struct Written {
     pub(super) handed_off: Vec<NewDelivery>,
     /// The channels of the rows written due at once, for the outbox.
     pub(super) outbox_channels: HashSet<String>,
+    /// The pool coupons whose stock the codes' draw took already.
+    pub(super) stock_taken: HashSet<String>,
 }
 
 /// The rows a batch writes.
 #[derive(Default)]
 struct Rows {
     grants: Vec<NewGrant>,
+    /// The index in `finished` (= in the decisions) of each grant's decision.
+    granted: Vec<usize>,
     deliveries: Vec<NewDelivery>,
     finished: Vec<Finished>,
 }
 
-/// Writes the batch's grants, their outbox rows and every request's final status.
-/// The `coupon.granted` rows of the channels in `outlets.handoff` are due at the end of
-/// the hold (held for this daemon's dispatcher) and returned for the hand-off; the
-/// others are due now.
+/// Writes the batch's grants with their codes, their outbox rows and every request's
+/// final status. The `coupon.granted` rows of the channels in `outlets.handoff` are due
+/// at the end of the hold (held for this daemon's dispatcher) and returned for the
+/// hand-off; the others are due now.
 pub(super) async fn write_batch(
     conn: &mut Conn,
     rules: &Rules,
     (decisions, rejected): (&[Decision], &[Rejected]),
     (claim, outlets): (Claim, &Outlets),
     now: DateTime<Utc>,
-) -> Result<Written, StoreError> {
+) -> Result<Written, BatchError> {
     let version = rules.version().to_string();
     let mut rows = Rows::default();
     for d in decisions {
-        rows.add(d, &version, outlets, now);
+        rows.add(d, &version, now);
     }
     rows.finished.extend(rejected.iter().map(rejection));
+    let granted: Vec<&Decision> = rows.granted.iter().map(|&i| &decisions[i]).collect();
+    let stock_taken = codes::issue(conn, &mut rows.grants, &granted, now).await?;
+    rows.deliveries = rows
+        .grants
+        .iter()
+        .zip(&granted)
+        .map(|(grant, d)| delivery(grant, d, outlets, now))
+        .collect();
     let at = now.naive_utc();
     conn.record_grants(&rows.grants).await?;
     conn.record_deliveries(&rows.deliveries).await?;
@@ -117,12 +130,28 @@ pub(super) async fn write_batch(
         tally,
         handed_off,
         outbox_channels: for_outbox.into_iter().map(|d| d.channel).collect(),
+        stock_taken,
     })
 }
 
+/// The `coupon.granted` outbox row of a grant, held for this daemon's dispatcher when
+/// its channel's hand-off has room.
+fn delivery(grant: &NewGrant, d: &Decision, outlets: &Outlets, now: DateTime<Utc>) -> NewDelivery {
+    let Verdict::Granted { coupon, .. } = &d.verdict else {
+        unreachable!("only granted decisions have grants");
+    };
+    let mut delivery = events::coupon_granted(grant, &d.request, coupon, now);
+    if outlets.handoff.contains(delivery.channel.as_str()) {
+        delivery.next_attempt_at = outlets.held_until;
+        delivery.hold_token = Some(outlets.hold_token);
+    }
+    delivery
+}
+
 impl Rows {
-    /// The rows of one decision: its final status, and its grant and outbox row.
-    fn add(&mut self, d: &Decision, version: &str, outlets: &Outlets, now: DateTime<Utc>) {
+    /// The rows of one decision: its final status, and its grant (whose code and
+    /// outbox row come after, for the whole batch).
+    fn add(&mut self, d: &Decision, version: &str, now: DateTime<Utc>) {
         let user_type = d.user_type.as_ref().map(|t| t.to_string());
         let mut row = Finished {
             id: d.request.id.0,
@@ -140,7 +169,9 @@ impl Rows {
                 coupon,
                 fallback,
             } => {
-                let grant = NewGrant {
+                let expires_at = coupon.validity.expires_at(now);
+                self.granted.push(self.finished.len());
+                self.grants.push(NewGrant {
                     id: d.request.id.0,
                     request_id: d.request.id.0,
                     user_id: d.request.user_id.to_string(),
@@ -151,14 +182,10 @@ impl Rows {
                     user_type: user_type.unwrap_or_default(),
                     rules_version: version.to_owned(),
                     granted_at: now.naive_utc(),
-                };
-                let mut delivery = events::coupon_granted(&grant, &d.request, coupon, now);
-                if outlets.handoff.contains(delivery.channel.as_str()) {
-                    delivery.next_attempt_at = outlets.held_until;
-                    delivery.hold_token = Some(outlets.hold_token);
-                }
-                self.deliveries.push(delivery);
-                self.grants.push(grant);
+                    code: None,
+                    valid_from: expires_at.map(|_| now.naive_utc()),
+                    expires_at: expires_at.map(|t| t.naive_utc()),
+                });
                 row.outcome = Some(Outcome::Granted);
                 row.campaign_id = Some(campaign.to_string());
                 row.detail = fallback.clone();
@@ -200,7 +227,7 @@ fn rejection(r: &Rejected) -> Finished {
 pub(super) async fn take_stock(
     conn: &mut Conn,
     decisions: &[Decision],
-    budgeted: &HashSet<String>,
+    (budgeted, taken_already): (&HashSet<String>, &HashSet<String>),
 ) -> Result<(), BatchError> {
     let mut taken: BTreeMap<&str, i64> = BTreeMap::new();
     let mut value: BTreeMap<&str, i64> = BTreeMap::new();
@@ -215,7 +242,7 @@ pub(super) async fn take_stock(
             }
         }
     }
-    for (coupon, count) in &taken {
+    for (coupon, count) in taken.iter().filter(|(c, _)| !taken_already.contains(**c)) {
         if !conn.take_stock(coupon, *count).await? {
             return Err(BatchError::StaleStock);
         }

@@ -63,7 +63,7 @@ pub(super) fn grant_batch<'c>(
         let record = (claim, &outlets);
         let mut written =
             record::write_batch(conn, &rules, (decisions, &rejected), record, now).await?;
-        record::take_stock(conn, decisions, &budgeted).await?;
+        record::take_stock(conn, decisions, (&budgeted, &written.stock_taken)).await?;
         record::alert_budgets(conn, &config, &decided.budget_reached, now).await?;
         written.summary.claimed = claimed;
         written.tally.rule_evaluation = decided.evaluation;
@@ -154,8 +154,11 @@ async fn read_books(
         Vec::new()
     };
     let mut chains = chains_by_campaign(chains);
-    for chain in chains.values_mut() {
+    for (id, chain) in chains.iter_mut() {
         chain.close_channels(inputs.disabled);
+        if let Some(campaign) = inputs.config.campaigns.iter().find(|c| c.id.as_str() == id) {
+            chain.apply_catalog(campaign, inputs.now);
+        }
     }
     Ok((chains, budgets))
 }

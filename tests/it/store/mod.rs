@@ -260,6 +260,9 @@ pub fn grant(id: i64, user: &str, (campaign, coupon): (&str, &str), at: NaiveDat
         user_type: "first_time".to_owned(),
         rules_version: "v1".to_owned(),
         granted_at: at,
+        code: None,
+        valid_from: None,
+        expires_at: None,
     }
 }
 
@@ -291,6 +294,8 @@ pub fn campaign(id: &str, budget: Option<i64>, coupons: &[(&str, i64)]) -> Campa
                 stock: *stock,
                 low_stock: 2,
                 channel: ChannelName::parse("wallet").unwrap(),
+                codes: None,
+                validity: Default::default(),
             })
             .collect(),
     }

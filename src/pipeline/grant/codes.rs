@@ -1,0 +1,166 @@
+//! The codes of a batch's grants. A pool coupon's stock is taken first, with its
+//! guarded update, and its codes drawn while the transaction holds that row lock: every
+//! draw of one coupon is serialised by it, so no two batches draw one code and the
+//! coupon's `remaining` equals its unissued codes at every commit. A generated code is
+//! written beside its grant; one that exists already, under any coupon, fails the
+//! statement on the unique key, and the batch's codes are drawn again.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Utc};
+
+use super::BatchError;
+use crate::domain::codes::{CodePattern, CodeSource};
+use crate::pipeline::decide::{Decision, Verdict};
+use crate::pipeline::dispatch::events;
+use crate::store::codes::{is_duplicate, IssuedCode};
+use crate::store::grants::NewGrant;
+use crate::store::prepared::pow2_chunks;
+use crate::store::Conn;
+
+/// Fresh draws of a batch's generated codes before giving up: with the pattern sizes
+/// `check` allows (a million codes per unit of stock), one repeat is already rare.
+const GENERATE_ATTEMPTS: u32 = 8;
+
+/// Gives each grant of a coupon with codes its code (`grants[i]` was earned by
+/// `granted[i]`). Returns the pool coupons whose stock it took.
+pub(super) async fn issue(
+    conn: &mut Conn,
+    grants: &mut [NewGrant],
+    granted: &[&Decision],
+    now: DateTime<Utc>,
+) -> Result<HashSet<String>, BatchError> {
+    let mut pools: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut generated: Vec<(usize, CodePattern)> = Vec::new();
+    for (i, d) in granted.iter().enumerate() {
+        let Verdict::Granted { coupon, .. } = &d.verdict else {
+            continue;
+        };
+        match &coupon.codes {
+            Some(CodeSource::Pool) => pools.entry(coupon.id.to_string()).or_default().push(i),
+            Some(CodeSource::Generate(pattern)) => generated.push((i, pattern.clone())),
+            None => {}
+        }
+    }
+    for (coupon, members) in &pools {
+        draw(conn, coupon, members, grants, now).await?;
+    }
+    if !generated.is_empty() {
+        generate(conn, &generated, grants, now).await?;
+    }
+    Ok(pools.into_keys().collect())
+}
+
+/// Takes `members.len()` from a pool coupon's stock and draws as many of its codes.
+async fn draw(
+    conn: &mut Conn,
+    coupon: &str,
+    members: &[usize],
+    grants: &mut [NewGrant],
+    now: DateTime<Utc>,
+) -> Result<(), BatchError> {
+    let wanted = members.len() as i64;
+    if !conn.take_stock(coupon, wanted).await? {
+        return Err(BatchError::StaleStock);
+    }
+    let drawn = conn.draw_codes(coupon, wanted).await?;
+    if (drawn.len() as i64) < wanted {
+        return Err(BatchError::PoolShort(coupon.to_owned()));
+    }
+    let issued: Vec<IssuedCode> = members
+        .iter()
+        .zip(drawn)
+        .map(|(&i, (id, code))| {
+            grants[i].code = Some(code.clone());
+            IssuedCode {
+                id: Some(id),
+                coupon_id: coupon.to_owned(),
+                code,
+                grant_id: Some(grants[i].id),
+                issued_at: Some(now.naive_utc()),
+            }
+        })
+        .collect();
+    conn.issue_pool_codes(&issued).await?;
+    Ok(())
+}
+
+/// Writes a fresh code for each generated grant, one statement per power-of-two
+/// chunk (as the store inserts them), drawing a chunk's codes again when one repeats a
+/// code that exists: a failed statement writes none of its rows.
+async fn generate(
+    conn: &mut Conn,
+    members: &[(usize, CodePattern)],
+    grants: &mut [NewGrant],
+    now: DateTime<Utc>,
+) -> Result<(), BatchError> {
+    for chunk in pow2_chunks(members) {
+        let mut attempt = 1;
+        loop {
+            let rows: Vec<IssuedCode> = chunk
+                .iter()
+                .map(|(i, pattern)| IssuedCode {
+                    id: None,
+                    coupon_id: grants[*i].coupon_id.clone(),
+                    code: pattern.generate(),
+                    grant_id: Some(grants[*i].id),
+                    issued_at: Some(now.naive_utc()),
+                })
+                .collect();
+            match conn.insert_generated_codes(&rows).await {
+                Ok(_) => {
+                    for ((i, _), row) in chunk.iter().zip(rows) {
+                        grants[*i].code = Some(row.code);
+                    }
+                    break;
+                }
+                Err(e) if is_duplicate(&e) && attempt < GENERATE_ATTEMPTS => {
+                    tracing::debug!(attempt, "a generated code exists already: drawing again");
+                    attempt += 1;
+                }
+                Err(e) => return Err(BatchError::Store(e.into())),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After [`BatchError::PoolShort`]: sets the pool coupon's stock to its unissued codes
+/// (the codes are the truth of a pool) and raises `inventory.drift`, in one
+/// transaction, so that the batch can be decided again against the true stock.
+pub(super) async fn true_up(deps: &super::Deps, coupon: &str) -> Result<(), BatchError> {
+    #[derive(serde::Serialize)]
+    struct PoolDrift<'a> {
+        coupon: &'a str,
+        remaining: i64,
+        unissued_codes: i64,
+        corrected: bool,
+    }
+    let config = deps.catalog.current();
+    let now = crate::store::now().and_utc();
+    let mut conn = deps.db.get().await?;
+    conn.write_transaction(async |conn| {
+        let Some((remaining, unissued_codes)) = conn.true_up_pool(coupon).await? else {
+            return Ok(());
+        };
+        tracing::error!(
+            coupon,
+            remaining,
+            unissued_codes,
+            "pool coupon had fewer unissued codes than its stock said: stock set to its codes"
+        );
+        let drift = PoolDrift {
+            coupon,
+            remaining,
+            unissued_codes,
+            corrected: true,
+        };
+        let alert = events::alert(&config, events::INVENTORY_DRIFT, drift, now);
+        conn.record_deliveries(&alert.into_iter().collect::<Vec<_>>())
+            .await?;
+        Ok::<_, BatchError>(())
+    })
+    .await?;
+    deps.outbox_ready.notify_one();
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! `codes import`: a partner's codes streamed into a pool coupon.

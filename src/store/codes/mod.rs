@@ -1,0 +1,187 @@
+//! `coupon_codes`: the codes users redeem. A pool coupon's codes are imported
+//! (`import.rs`) and drawn by the grant step under the coupon's row lock, so that its
+//! `remaining` equals its unissued codes at every commit; a generated code is written
+//! at its grant, where the unique key on `code` refuses one that repeats any code ever
+//! issued or imported.
+
+use chrono::NaiveDateTime;
+use diesel::dsl::sql;
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::{BigInt, Nullable, Timestamp};
+
+use super::prepared::{pow2_chunks, Cached};
+use super::schema::coupon_codes::dsl as k;
+use super::schema::coupon_codes::table;
+use super::schema::coupons::dsl as c;
+use super::{Conn, QueryResult};
+
+pub mod import;
+
+/// A code issued to a grant: drawn from a pool (with its row id) or generated (no id).
+#[derive(Debug, Clone, PartialEq, Eq, Insertable)]
+#[diesel(table_name = super::schema::coupon_codes, treat_none_as_default_value = false)]
+pub struct IssuedCode {
+    /// The pool row, or `None` for a generated code (the database assigns one).
+    #[diesel(skip_insertion)]
+    pub id: Option<i64>,
+    /// Its coupon.
+    pub coupon_id: String,
+    /// The code.
+    pub code: String,
+    /// The grant it is issued to.
+    pub grant_id: Option<i64>,
+    /// When it was issued.
+    pub issued_at: Option<NaiveDateTime>,
+}
+
+/// The pool row an issued pool code updates, written as an upsert on its id.
+#[derive(Clone, Insertable)]
+#[diesel(table_name = super::schema::coupon_codes, treat_none_as_default_value = false)]
+struct PoolIssue {
+    id: i64,
+    coupon_id: String,
+    code: String,
+    grant_id: Option<i64>,
+    issued_at: Option<NaiveDateTime>,
+}
+
+/// A coupon's codes: not yet issued, and issued.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CodeCounts {
+    /// Imported and not yet issued: a pool coupon's stock.
+    pub available: i64,
+    /// Issued to a grant (drawn from the pool, or generated).
+    pub issued: i64,
+}
+
+/// True when `error` is a duplicate key (a generated code that already exists).
+pub fn is_duplicate(error: &DieselError) -> bool {
+    matches!(
+        error,
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)
+    )
+}
+
+/// Operations on `coupon_codes`.
+impl Conn {
+    /// Inside the caller's transaction, which holds the coupon's row lock: the first
+    /// `count` unissued codes of a pool coupon, locked (skipping none but rows another
+    /// transaction holds against the lock order, which come back short).
+    pub async fn draw_codes(
+        &mut self,
+        coupon_id: &str,
+        count: i64,
+    ) -> QueryResult<Vec<(i64, String)>> {
+        let query = table
+            .filter(k::coupon_id.eq(coupon_id))
+            .filter(k::grant_id.is_null())
+            .order(k::id)
+            .limit(count)
+            .select((k::id, k::code));
+        self.load_either(Cached(query.for_update().skip_locked()), Cached(query))
+            .await
+    }
+
+    /// Marks drawn pool codes issued to their grants: one upsert on the row id per
+    /// chunk on MySQL; on SQLite, with its one writer, one update per code on the
+    /// wrapped connection.
+    pub async fn issue_pool_codes(&mut self, codes: &[IssuedCode]) -> QueryResult<()> {
+        let rows: Vec<PoolIssue> = codes
+            .iter()
+            .filter_map(|c| {
+                Some(PoolIssue {
+                    id: c.id?,
+                    coupon_id: c.coupon_id.clone(),
+                    code: c.code.clone(),
+                    grant_id: c.grant_id,
+                    issued_at: c.issued_at,
+                })
+            })
+            .collect();
+        match self {
+            Conn::Mysql(conn) => {
+                for chunk in pow2_chunks(&rows) {
+                    let upsert = diesel::insert_into(table)
+                        .values(chunk)
+                        .on_conflict(diesel::dsl::DuplicatedKeys)
+                        .do_update()
+                        .set((
+                            k::grant_id.eq(sql::<Nullable<BigInt>>("VALUES(grant_id)")),
+                            k::issued_at.eq(sql::<Nullable<Timestamp>>("VALUES(issued_at)")),
+                        ));
+                    diesel_async::RunQueryDsl::execute(Cached(upsert), &mut **conn).await?;
+                }
+                Ok(())
+            }
+            Conn::Sqlite(conn) => {
+                conn.spawn_blocking(move |sync| {
+                    for row in rows {
+                        let issue = diesel::update(
+                            table.filter(k::id.eq(row.id)).filter(k::grant_id.is_null()),
+                        )
+                        .set((k::grant_id.eq(row.grant_id), k::issued_at.eq(row.issued_at)));
+                        if diesel::RunQueryDsl::execute(issue, sync)? != 1 {
+                            return Err(DieselError::NotFound);
+                        }
+                    }
+                    Ok(())
+                })
+                .await
+            }
+        }
+    }
+
+    /// Writes generated codes with their grants. A code that exists already (issued
+    /// or imported before, under any coupon) fails the statement with a duplicate key
+    /// ([`is_duplicate`]) and writes nothing: the caller draws new codes.
+    pub async fn insert_generated_codes(&mut self, codes: &[IssuedCode]) -> QueryResult<usize> {
+        self.insert_all::<_, IssuedCode>(table, codes).await
+    }
+
+    /// Available and issued codes of each coupon that has any, by coupon id.
+    pub async fn code_counts(&mut self) -> QueryResult<Vec<(String, CodeCounts)>> {
+        let query = table
+            .group_by(k::coupon_id)
+            .select((
+                k::coupon_id,
+                diesel::dsl::count_star(),
+                diesel::dsl::count(k::grant_id),
+            ))
+            .order(k::coupon_id);
+        let rows: Vec<(String, i64, i64)> = self.load(query).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, all, issued)| {
+                let counts = CodeCounts {
+                    available: all - issued,
+                    issued,
+                };
+                (id, counts)
+            })
+            .collect())
+    }
+
+    /// Inside the caller's write transaction: sets a pool coupon's `remaining` (and its
+    /// `stock`, which is granted + remaining) to its unissued codes, under its row lock.
+    /// Returns the `remaining` it had and the one it has now, or `None` for an unknown
+    /// coupon.
+    pub async fn true_up_pool(&mut self, coupon_id: &str) -> QueryResult<Option<(i64, i64)>> {
+        let lock = super::schema::coupons::table
+            .filter(c::id.eq(coupon_id))
+            .select((c::remaining, c::granted));
+        let rows: Vec<(i64, i64)> = self.load_either(lock.for_update(), lock).await?;
+        let Some((before, granted)) = rows.first().copied() else {
+            return Ok(None);
+        };
+        let count = table
+            .filter(k::coupon_id.eq(coupon_id))
+            .filter(k::grant_id.is_null())
+            .count();
+        let available: i64 = self.get_result(count).await?;
+        let set = diesel::update(super::schema::coupons::table.filter(c::id.eq(coupon_id)))
+            .set((c::remaining.eq(available), c::stock.eq(granted + available)));
+        self.execute(set).await?;
+        Ok(Some((before, available)))
+    }
+}
