@@ -724,3 +724,80 @@ fn a_size_limit_larger_than_max_memory_allows_is_refused_with_its_key() {
         assert!(err.contains(expected), "{key}: {err}");
     }
 }
+
+/// One campaign with the coupon `{coupon}` (a YAML flow map's inside), for the codes
+/// and validity keys.
+fn one_coupon(coupon: &str) -> String {
+    with_channels(&format!(
+        "campaigns:\n  - {{ id: a, event: e, audience: u, coupons: [{{ id: X, face_value: 1, channel: ops, {coupon} }}] }}\n"
+    ))
+}
+
+#[test]
+fn codes_and_validity_parse_into_the_coupon() {
+    use crate::domain::codes::CodeSource;
+    let c = parse(&one_coupon(
+        "stock: 1000, codes: { generate: \"NEW10-XXXX-XXXX\" }, valid_for: 7d, \
+         valid_until: \"2026-12-31T23:59:59+08:00\", min_validity: 24h",
+    ));
+    let coupon = &c.campaigns[0].coupons[0];
+    assert!(
+        matches!(&coupon.codes, Some(CodeSource::Generate(p)) if p.as_str() == "NEW10-XXXX-XXXX")
+    );
+    assert_eq!(coupon.validity.valid_for, Some(chrono::Duration::days(7)));
+    assert_eq!(
+        coupon.validity.valid_until.map(|t| t.to_rfc3339()),
+        Some("2026-12-31T15:59:59+00:00".to_owned())
+    );
+    assert_eq!(coupon.validity.min_validity, chrono::Duration::hours(24));
+    let pool = parse(&one_coupon("codes: { pool: true }"));
+    let coupon = &pool.campaigns[0].coupons[0];
+    assert!(coupon.is_pool());
+    assert_eq!(coupon.stock, 0, "a pool's stock comes from its imported codes");
+}
+
+#[test]
+fn codes_and_validity_mistakes_are_refused_with_their_key() {
+    for (coupon, expected) in [
+        (
+            "stock: 5, codes: { pool: true }",
+            "campaigns[0].coupons[0].stock: is not allowed with codes.pool",
+        ),
+        (
+            "low_stock: 1",
+            "campaigns[0].coupons[0].stock: is missing: give the coupon a stock, or codes.pool: true",
+        ),
+        (
+            "stock: 1000, codes: { generate: \"NEW10-XXXX\" }",
+            "campaigns[0].coupons[0].codes.generate: \"NEW10-XXXX\" makes 923521 codes, under 1,000,000 x the stock 1000",
+        ),
+        (
+            "stock: 1, codes: { generate: \"NEW10\" }",
+            "campaigns[0].coupons[0].codes.generate: \"NEW10\" has no X",
+        ),
+        (
+            "stock: 1, codes: { generate: \"XXXXXXXX\", pool: true }",
+            "campaigns[0].coupons[0].codes: has both generate and pool",
+        ),
+        (
+            "stock: 1, codes: { pool: false }",
+            "campaigns[0].coupons[0].codes: needs generate",
+        ),
+        (
+            "stock: 1, valid_for: 1h, min_validity: 2h",
+            "campaigns[0].coupons[0].min_validity: is longer than valid_for",
+        ),
+        (
+            "stock: 1, valid_for: 0s",
+            "campaigns[0].coupons[0].valid_for: must not be zero",
+        ),
+        (
+            "stock: 1, valid_until: \"tomorrow\"",
+            "campaigns[0].coupons[0].valid_until: \"tomorrow\" is not an RFC 3339 time",
+        ),
+        ("stock: 1, codes: { gen: X }", "campaigns[0].coupons[0].codes"),
+    ] {
+        let e = refusal(&one_coupon(coupon));
+        assert!(e.contains(expected), "{coupon}: {e}");
+    }
+}
