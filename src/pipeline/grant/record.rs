@@ -101,6 +101,9 @@ pub(super) async fn write_batch(
         rows.add(d, &version, now);
     }
     rows.finished.extend(rejected.iter().map(rejection));
+    let at = now.naive_utc();
+    // The statuses first: a pool coupon's draw takes its row lock, held to the commit.
+    conn.finish_requests(&rows.finished, claim, at).await?;
     let granted: Vec<&Decision> = rows.granted.iter().map(|&i| &decisions[i]).collect();
     let stock_taken = codes::issue(conn, &mut rows.grants, &granted, now).await?;
     rows.deliveries = rows
@@ -109,10 +112,8 @@ pub(super) async fn write_batch(
         .zip(&granted)
         .map(|(grant, d)| delivery(grant, d, outlets, now))
         .collect();
-    let at = now.naive_utc();
     conn.record_grants(&rows.grants).await?;
     conn.record_deliveries(&rows.deliveries).await?;
-    conn.finish_requests(&rows.finished, claim, at).await?;
     let count = |s: RequestStatus| rows.finished.iter().filter(|f| f.status == s).count();
     let summary = BatchSummary {
         granted: rows.grants.len(),
