@@ -5,6 +5,7 @@ mod support;
 
 mod authoring;
 mod claims;
+mod codes_authoring;
 mod cli;
 mod delivery;
 mod hostile;
