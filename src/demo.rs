@@ -1,8 +1,9 @@
 //! `couponsd demo`: the whole pipeline on the embedded default, with nothing
 //! configured. An SQLite database in a temp folder, the shipped rules, a webhook
 //! receiver on loopback that verifies every signature, and a few thousand synthetic
-//! triggers — new and returning users, and a hot coupon that runs out so the fallback
-//! shows. Prints what happened.
+//! triggers — new and returning users, a hot coupon that rotates out, a pool of
+//! imported codes that runs dry, a coupon whose validity has ended, and generated codes
+//! valid for a week. Prints what happened, with the codes the first returning users got.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,9 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, AppError};
 use crate::config::{Config, SigningKey};
+use crate::domain::codes::CodeSource;
 use crate::pipeline::dispatch::signing::sign;
 use crate::runtime::{self, Mode};
 use crate::schedule::inventory;
+use crate::store::codes::IssuedCode;
 use crate::store::requests::NewRequest;
 use crate::store::StoreError;
 
@@ -31,6 +34,13 @@ pub const SHIPPED_SELECT_COUPON: &str = include_str!("../rules/select_coupon.rha
 
 /// The demo's secret; a demo, so it may be printed.
 const SECRET: &str = "whsec_ZGVtby1zZWNyZXQtZm9yLWNvdXBvbnNkLWRlbW8=";
+
+/// The pool coupon of the loyalty chain, and how many codes the demo imports into it.
+const POOL: (&str, usize) = ("BACK5", 5);
+
+/// The returning users' requests whose codes the demo prints: the pool's, and two after
+/// it ran dry.
+const SHOWN: usize = POOL.1 + 2;
 
 /// What the demo's receiver saw.
 #[derive(Default)]
@@ -61,6 +71,7 @@ pub async fn run(users: usize) -> Result<(), AppError> {
     println!("  receiver   http://127.0.0.1:{port}/webhooks/{{wallet,ops}} (verifies signatures)");
     app::migrate(&config).await?;
     let ctx = app::start(config).await?;
+    import_pool(&ctx).await?;
     let (wave1, wave2) = synthetic_triggers(users);
     let total = wave1.len() + wave2.len();
     println!(
@@ -93,6 +104,88 @@ pub async fn run(users: usize) -> Result<(), AppError> {
     report(&ctx, &received, total, elapsed).await
 }
 
+/// The partner's codes for the pool coupon, imported as `codes import` imports them: the
+/// unissued code rows and the coupon's stock raised by as many, in one transaction, so
+/// that its stock is its unissued codes.
+// Switch to the store's import operation (`couponsd codes import`) once it lands; until
+// then the rows are written as unissued codes without `imported_at`.
+async fn import_pool(ctx: &runtime::Daemon) -> Result<(), AppError> {
+    let (coupon, count) = POOL;
+    let rows: Vec<IssuedCode> = (1..=count)
+        .map(|n| IssuedCode {
+            id: None,
+            coupon_id: coupon.to_owned(),
+            code: format!("{coupon}-DEMO-{n:04}"),
+            grant_id: None,
+            issued_at: None,
+        })
+        .collect();
+    let mut conn = ctx.db.get().await?;
+    let raised = conn
+        .write_transaction(async |conn| {
+            conn.insert_generated_codes(&rows).await?;
+            conn.add_stock(coupon, rows.len() as i64).await
+        })
+        .await
+        .map_err(StoreError::from)?;
+    if !raised {
+        return Err(AppError::Other(format!("demo: no coupon {coupon}")));
+    }
+    println!("  imported   {count} codes into the pool of {coupon} ({coupon}-DEMO-0001 ...)");
+    Ok(())
+}
+
+/// The codes each coupon issued, and the first returning users' grants: the pool's
+/// codes, then the generated coupon after the pool ran dry, with the detail that says
+/// why the coupon between them was passed over.
+async fn report_codes(ctx: &runtime::Daemon) -> Result<(), AppError> {
+    let conn = &mut ctx.db.get().await?;
+    println!("\ncodes by coupon");
+    let coupons = || ctx.config.campaigns.iter().flat_map(|c| &c.coupons);
+    for (id, counts) in conn.code_counts().await.map_err(StoreError::from)? {
+        let source = match coupons()
+            .find(|c| c.id.as_str() == id)
+            .and_then(|c| c.codes.as_ref())
+        {
+            Some(CodeSource::Pool) if counts.available == 0 => {
+                "from its pool, which ran dry".to_owned()
+            }
+            Some(CodeSource::Pool) => format!("from its pool, {} left", counts.available),
+            Some(CodeSource::Generate(pattern)) => format!("generated from {}", pattern.as_str()),
+            None => String::new(),
+        };
+        println!("  {id:<8} {:>6} issued, {source}", counts.issued);
+    }
+    println!(
+        "\nthe first returning users' codes ({} in the pool of {})",
+        POOL.1, POOL.0
+    );
+    for u in 0..SHOWN {
+        let key = format!("again-{u}");
+        let Some(request) = conn.request_by_key(&key).await.map_err(StoreError::from)? else {
+            continue;
+        };
+        let grant = conn.grant_of_request(request.id).await;
+        let Some(grant) = grant.map_err(StoreError::from)? else {
+            println!("  {key:<9} {}", request.outcome.unwrap_or_default());
+            continue;
+        };
+        let expires = grant.expires_at.map_or_else(
+            || "no expiry".to_owned(),
+            |t| format!("expires {}", crate::pipeline::dispatch::events::rfc3339(t)),
+        );
+        println!(
+            "  {key:<9} {:<6} {:<16} {expires}",
+            grant.coupon_id,
+            grant.code.as_deref().unwrap_or("-")
+        );
+        if let Some(detail) = request.detail {
+            println!("            detail: {detail}");
+        }
+    }
+    Ok(())
+}
+
 async fn report(
     ctx: &runtime::Daemon,
     received: &Received,
@@ -119,6 +212,7 @@ async fn report(
     for (campaign, coupon, n) in per_coupon {
         println!("  {campaign:<10} {coupon:<8} {n:>6}");
     }
+    report_codes(ctx).await?;
     println!("\ndeliveries");
     for (status, n) in deliveries {
         println!("  {status:<10} {n:>6}");
@@ -157,11 +251,11 @@ fn io(dir: &Path, e: std::io::Error) -> AppError {
 }
 
 /// The demo's config: NEW10 has stock for a fifth of the newcomers and a watermark the
-/// first wave reaches; BACK5 runs out in the middle of the returning users, so the
-/// grant step falls back to BACK3.
+/// first wave reaches. BACK5 is a pool of [`POOL`] imported codes that runs dry at the
+/// head of the returning users; BACK4 ended last year, so the grant step passes it over
+/// and says so; BACK3 generates a code per grant, valid for a week.
 fn demo_config(dir: &Path, port: u16, users: usize) -> String {
     let hot = (users / 5).max(2);
-    let back = (users / 8).max(1);
     format!(
         r#"database:
   url: "sqlite://{db}"
@@ -193,8 +287,10 @@ campaigns:
     audience: returning
     per_user_limit: 1
     coupons:
-      - {{ id: BACK5, face_value: "5.00", stock: {back}, channel: wallet }}
-      - {{ id: BACK3, face_value: "3.00", stock: {users}, low_stock: 10, channel: wallet }}
+      - {{ id: BACK5, face_value: "5.00", codes: {{ pool: true }}, channel: wallet }}
+      - {{ id: BACK4, face_value: "4.00", stock: {users}, valid_until: "2025-12-31T23:59:59Z", channel: wallet }}
+      - {{ id: BACK3, face_value: "3.00", stock: {users}, low_stock: 10, channel: wallet,
+           codes: {{ generate: "BACK3-XXXX-XXXX" }}, valid_for: 7d }}
 "#,
         db = dir.join("couponsd.db").display(),
         low = hot / 4,

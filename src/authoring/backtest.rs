@@ -14,6 +14,9 @@
 //!   (from `coupon_rotations`), but one brought back by `stock activate` since counts
 //!   as active throughout (activations are not audited);
 //! - budgets: today's granted value minus what was granted since;
+//! - validity: today's catalog (`valid_for`, `valid_until`, `min_validity`) applied as
+//!   the grant step applies it, at the request's time: a coupon whose validity had
+//!   ended then, or would have been too short, counts as out of stock;
 //! - time: `now()`, `days_since` and campaign windows see the request's `processed_at`.
 //!
 //! Both rule sets see the same reconstruction, so a difference between them is the

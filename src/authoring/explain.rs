@@ -1,6 +1,7 @@
 //! `couponsd explain REQUEST_KEY`: what happened to one request, from the database's
-//! record: its status and outcome and why, the user type and campaign, the grant and
-//! the rules version that decided it, and the coupon's delivery with every attempt.
+//! record: its status and outcome and why, the user type and campaign, the grant (with
+//! its code and validity, when the coupon has them) and the rules version that decided
+//! it, and the coupon's delivery with every attempt.
 
 use std::fmt::Write as _;
 
@@ -84,6 +85,12 @@ pub struct GrantView {
     pub rules_version: String,
     /// When.
     pub granted_at: String,
+    /// The code the user redeems, when the coupon has codes.
+    pub code: Option<String>,
+    /// When the coupon became valid (the grant), when it has a validity.
+    pub valid_from: Option<String>,
+    /// When it stops being valid, when it has a validity.
+    pub expires_at: Option<String>,
 }
 
 /// A delivery and its attempts.
@@ -206,6 +213,9 @@ fn grant_view(g: GrantRecord) -> GrantView {
         user_type: g.user_type,
         rules_version: g.rules_version,
         granted_at: rfc3339(g.granted_at),
+        code: g.code,
+        valid_from: g.valid_from.map(rfc3339),
+        expires_at: g.expires_at.map(rfc3339),
     }
 }
 
@@ -282,6 +292,13 @@ fn render(e: &Explanation) -> String {
                 g.granted_at
             );
             line(&mut out, "grant", Some(&grant));
+            if let Some(code) = &g.code {
+                line(&mut out, "code", Some(code));
+            }
+            if g.valid_from.is_some() || g.expires_at.is_some() {
+                line(&mut out, "valid from", g.valid_from.as_deref());
+                line(&mut out, "expires at", g.expires_at.as_deref());
+            }
         }
         None => line(&mut out, "grant", Some("none")),
     }

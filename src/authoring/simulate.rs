@@ -1,22 +1,27 @@
 //! `couponsd simulate`: one request decided against the live database as the daemon
 //! would decide it now, without writing anything: the user's history, the user type,
-//! the campaign, its coupons with their stock, the coupon chosen and its channel.
+//! the campaign, its coupons with their stock, the coupon chosen and its channel, where
+//! its code would come from and the validity a grant made now would carry.
 //!
 //! Read-only by construction: the caller opens the database read-only, without
 //! migrating or applying the catalog, only the plain `SELECT`s of `store::records`, `Conn::history_for` and
 //! `Conn::coupon_stock` run (no locking reads), and the decision is made in memory
-//! by [`decide_one`].
+//! by [`decide_one`]. The chains are built as the grant step builds them: disabled
+//! channels closed and the catalog in force applied, so a coupon whose validity has
+//! ended or would be too short is passed over with the same detail. No code is drawn or
+//! generated: the simulation says where the code would come from.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
+mod render;
 
-use chrono::{SecondsFormat, Utc};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use super::{rfc3339, to_json_line, AuthoringError};
-use crate::config::Config;
-use crate::domain::chain::Chain;
-use crate::domain::chain::CouponStock;
+use crate::config::{CampaignConfig, Config};
+use crate::domain::chain::{Chain, ChainCoupon, CouponStock};
+use crate::domain::codes::CodeSource;
 use crate::domain::{Budget, PastGrants};
 use crate::domain::{Event, History, RequestId, RequestKey, TriggerRequest, UserId};
 use crate::pipeline::decide::Histories;
@@ -75,6 +80,12 @@ pub struct Simulation {
     pub coupon: Option<String>,
     /// The channel it would go to.
     pub channel: Option<String>,
+    /// Where the granted coupon's code would come from, when it has codes.
+    pub code: Option<CodeFrom>,
+    /// When a grant made now would become valid, when the coupon has a validity.
+    pub valid_from: Option<String>,
+    /// When a grant made now would stop being valid, when the coupon has a validity.
+    pub expires_at: Option<String>,
     /// Why this outcome, or why another coupon than the rule's choice.
     pub detail: Option<String>,
     /// The rule error, when a rule failed.
@@ -107,6 +118,25 @@ pub struct CandidateCoupon {
     pub channel: String,
     /// Rotated out: hidden from the rule, granted only as a last resort.
     pub retired: bool,
+    /// Why it cannot be granted now for its validity (`has expired (valid until …)`),
+    /// when it cannot: it counts as out of stock.
+    pub unusable: Option<String>,
+}
+
+/// Where a simulated grant's code would come from. A dry run draws and generates none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "source", rename_all = "snake_case")]
+pub enum CodeFrom {
+    /// `codes.generate`: a fresh code from this pattern.
+    Generate {
+        /// The pattern.
+        pattern: String,
+    },
+    /// `codes.pool`: the next unissued code of the coupon's pool.
+    Pool {
+        /// Unissued codes: the pool coupon's stock before this request.
+        available: i64,
+    },
 }
 
 /// `couponsd simulate`: `request` decided on `db` (opened read-only by the caller) with
@@ -123,7 +153,7 @@ pub async fn run(
     if json {
         return to_json_line(&simulation);
     }
-    Ok(render(&simulation))
+    Ok(render::render(&simulation))
 }
 
 /// The request `args` describe, checked before anything is opened: a bad `--attrs`,
@@ -156,7 +186,12 @@ struct Live {
     budgets: HashMap<String, Budget>,
 }
 
-async fn read_live(db: &Db, user: &str, event: &str) -> Result<Live, AuthoringError> {
+async fn read_live(
+    db: &Db,
+    campaigns: &[CampaignConfig],
+    (user, event): (&str, &str),
+    now: DateTime<Utc>,
+) -> Result<Live, AuthoringError> {
     let (history, recent, stock, budgets, disabled) = {
         let conn = &mut db.get().await?;
         let history = conn.history_for(&[user.to_owned()]).await;
@@ -172,8 +207,9 @@ async fn read_live(db: &Db, user: &str, event: &str) -> Result<Live, AuthoringEr
             disabled.map_err(StoreError::from)?,
         )
     };
-    // As the grant step sees them: a coupon whose channel is disabled has no stock.
-    let disabled: std::collections::HashSet<String> = disabled.into_iter().collect();
+    // As the grant step sees them: a coupon whose channel is disabled, or whose
+    // validity would not serve a grant made now, has no stock.
+    let disabled: HashSet<String> = disabled.into_iter().collect();
     let mut by_campaign: HashMap<String, Vec<CouponStock>> = HashMap::new();
     for row in stock {
         by_campaign
@@ -189,6 +225,9 @@ async fn read_live(db: &Db, user: &str, event: &str) -> Result<Live, AuthoringEr
             .map(|(campaign, rows)| {
                 let mut chain = Chain::from_stock(rows);
                 chain.close_channels(&disabled);
+                if let Some(config) = campaigns.iter().find(|c| c.id.as_str() == campaign) {
+                    chain.apply_catalog(config, now);
+                }
                 (campaign, chain)
             })
             .collect(),
@@ -207,7 +246,8 @@ pub async fn simulate(
     request: TriggerRequest,
 ) -> Result<Simulation, AuthoringError> {
     let (user, event) = (request.user_id.to_string(), request.event.to_string());
-    let mut live = read_live(db, &user, &event).await?;
+    let now = Utc::now();
+    let mut live = read_live(db, &config.campaigns, (&user, &event), now).await?;
     let mut histories = Histories::from_rows(live.history);
     let history = history_view(&histories.of(&request), &live.recent);
     let before = live.chains.clone();
@@ -216,13 +256,7 @@ pub async fn simulate(
         chains: &mut live.chains,
         budgets: &mut live.budgets,
     };
-    let decision = decide_one(
-        rules,
-        &config.campaigns,
-        &mut books,
-        request.clone(),
-        Utc::now(),
-    );
+    let decision = decide_one(rules, &config.campaigns, &mut books, request.clone(), now);
     let campaign = decision
         .user_type
         .as_ref()
@@ -246,6 +280,9 @@ pub async fn simulate(
         outcome: String::new(),
         coupon: None,
         channel: None,
+        code: None,
+        valid_from: None,
+        expires_at: None,
         detail: None,
         error: None,
     };
@@ -256,6 +293,12 @@ pub async fn simulate(
             simulation.outcome = "granted".into();
             simulation.coupon = Some(coupon.id.to_string());
             simulation.channel = Some(coupon.channel.to_string());
+            simulation.code = code_from(&coupon, &simulation.coupons);
+            // As the grant step writes them (pipeline/grant/record.rs).
+            if let Some(ends) = coupon.validity.expires_at(now) {
+                simulation.valid_from = Some(millis(now));
+                simulation.expires_at = Some(millis(ends));
+            }
             simulation.detail = fallback;
         }
         Verdict::Refused(refusal) => {
@@ -270,12 +313,30 @@ pub async fn simulate(
     Ok(simulation)
 }
 
+/// Where `coupon`'s code would come from; a pool's available codes are its stock
+/// before this request, as `candidates` show it.
+fn code_from(coupon: &ChainCoupon, candidates: &[CandidateCoupon]) -> Option<CodeFrom> {
+    Some(match coupon.codes.as_ref()? {
+        CodeSource::Generate(pattern) => CodeFrom::Generate {
+            pattern: pattern.as_str().to_owned(),
+        },
+        CodeSource::Pool => CodeFrom::Pool {
+            available: candidates
+                .iter()
+                .find(|c| c.id == coupon.id.as_str())
+                .map_or(0, |c| c.remaining),
+        },
+    })
+}
+
+fn millis(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
 fn history_view(history: &History, recent: &[GrantRecord]) -> HistoryView {
     HistoryView {
         grants_for_event: history.grants_for_event,
-        last_grant_at: history
-            .last_grant_at
-            .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+        last_grant_at: history.last_grant_at.map(millis),
         grants_by_campaign: history
             .grants_by_campaign
             .iter()
@@ -306,80 +367,7 @@ fn candidates(chain: &Chain) -> Vec<CandidateCoupon> {
             remaining: c.remaining,
             channel: c.channel.to_string(),
             retired: c.retired,
+            unusable: c.unusable.map(|u| u.describe()),
         })
         .collect()
-}
-
-fn render(s: &Simulation) -> String {
-    let mut out = String::new();
-    let attributes = serde_json::Value::Object(s.attributes.clone());
-    let _ = writeln!(
-        out,
-        "simulate  user {} event {} attributes {attributes}  (dry run: nothing is written)",
-        s.user_id, s.event
-    );
-    let _ = writeln!(out, "rules     version {}", s.rules_version);
-    let h = &s.history;
-    let by_campaign: Vec<String> = h
-        .grants_by_campaign
-        .iter()
-        .map(|(k, n)| format!("{k}={n}"))
-        .collect();
-    let _ = writeln!(
-        out,
-        "history   {} grant(s) for {}; last {}; by campaign: {}",
-        h.grants_for_event,
-        s.event,
-        h.last_grant_at.as_deref().unwrap_or("never"),
-        if by_campaign.is_empty() {
-            "none".to_owned()
-        } else {
-            by_campaign.join(", ")
-        }
-    );
-    for line in &h.recent {
-        let _ = writeln!(out, "          {line}");
-    }
-    let user_type = s.user_type.as_deref().unwrap_or("(none: the rule failed)");
-    let _ = writeln!(
-        out,
-        "user type {user_type}  (decided by {})",
-        s.user_type_rule
-    );
-    let campaign = s.campaign.as_deref().unwrap_or("(none)");
-    let _ = writeln!(out, "campaign  {campaign}");
-    if !s.coupons.is_empty() {
-        let _ = writeln!(
-            out,
-            "coupons   {:<12} {:>10} {:>10}  {:<10} STATE",
-            "COUPON", "FACE", "REMAINING", "CHANNEL"
-        );
-        for c in &s.coupons {
-            let state = if c.retired { "retired" } else { "active" };
-            let _ = writeln!(
-                out,
-                "          {:<12} {:>10} {:>10}  {:<10} {state}",
-                c.id, c.face_value, c.remaining, c.channel
-            );
-        }
-    }
-    match (&s.coupon, &s.channel) {
-        (Some(coupon), Some(channel)) => {
-            let _ = writeln!(
-                out,
-                "outcome   granted: coupon {coupon} via channel {channel}  (chosen by {})",
-                s.coupon_rule
-            );
-        }
-        _ => {
-            let _ = writeln!(out, "outcome   {}", s.outcome);
-        }
-    }
-    if let Some(detail) = &s.detail {
-        let _ = writeln!(out, "detail    {detail}");
-    }
-    if let Some(error) = &s.error {
-        let _ = writeln!(out, "error     {error}");
-    }
-    out
 }

@@ -753,7 +753,10 @@ fn codes_and_validity_parse_into_the_coupon() {
     let pool = parse(&one_coupon("codes: { pool: true }"));
     let coupon = &pool.campaigns[0].coupons[0];
     assert!(coupon.is_pool());
-    assert_eq!(coupon.stock, 0, "a pool's stock comes from its imported codes");
+    assert_eq!(
+        coupon.stock, 0,
+        "a pool's stock comes from its imported codes"
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod support;
 mod authoring;
 mod claims;
 mod codes;
+mod codes_authoring;
 mod cli;
 mod delivery;
 mod hostile;

@@ -158,7 +158,7 @@ pub(super) fn replay(
             .get(&(record.user_id.as_str(), record.event.as_str()))
             .map_or(&[][..], Vec::as_slice);
         let rows = history_rows(earlier, record.id);
-        let chains = since.chains(&data.stock, &retired_at, at);
+        let chains = since.chains(&data.stock, &retired_at, at, campaigns);
         let budgets = since.budgets(&data.budgets);
         let decide = |rules: &Rules| {
             let mut books = Books {
@@ -231,13 +231,16 @@ impl Since {
         *self.cents.entry(campaign.to_owned()).or_default() += grants * face_value_cents;
     }
 
-    /// The chains as they were at `at`: today's stock plus what was granted since, and
-    /// a coupon retired by a rotation after `at` still active.
+    /// The chains as they were at `at`: today's stock plus what was granted since, a
+    /// coupon retired by a rotation after `at` still active, and the catalog applied as
+    /// the grant step applies it at `at` (a coupon whose validity had ended by then, or
+    /// would have been too short, counts as out of stock).
     fn chains(
         &self,
         stock: &[CouponStock],
         retired_at: &HashMap<&str, NaiveDateTime>,
         at: NaiveDateTime,
+        campaigns: &[CampaignConfig],
     ) -> HashMap<String, Chain> {
         let mut by_campaign: HashMap<String, Vec<CouponStock>> = HashMap::new();
         for coupon in stock {
@@ -254,7 +257,13 @@ impl Since {
         }
         by_campaign
             .into_iter()
-            .map(|(campaign, rows)| (campaign, Chain::from_stock(rows)))
+            .map(|(campaign, rows)| {
+                let mut chain = Chain::from_stock(rows);
+                if let Some(config) = campaigns.iter().find(|c| c.id.as_str() == campaign) {
+                    chain.apply_catalog(config, at.and_utc());
+                }
+                (campaign, chain)
+            })
             .collect()
     }
 
@@ -268,5 +277,64 @@ impl Since {
                 (b.campaign_id.clone(), then)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CouponConfig;
+    use crate::domain::codes::Validity;
+    use crate::domain::{CampaignId, ChannelName, CouponId, Event, Money, UserType};
+
+    #[test]
+    fn a_coupon_counts_as_out_of_stock_in_requests_after_its_validity_ended() {
+        let ends = "2026-12-10T00:00:00Z".parse().unwrap();
+        let coupon = CouponConfig {
+            id: CouponId::parse("NEW10").unwrap(),
+            face_value: Money::from_cents(1000),
+            stock: 5,
+            low_stock: 0,
+            channel: ChannelName::parse("wallet").unwrap(),
+            codes: None,
+            validity: Validity {
+                valid_until: Some(ends),
+                ..Validity::default()
+            },
+        };
+        let campaign = CampaignConfig {
+            id: CampaignId::parse("newcomer").unwrap(),
+            event: Event::parse("app_open").unwrap(),
+            audience: UserType::parse("first_time").unwrap(),
+            per_user_limit: 1,
+            starts_at: None,
+            ends_at: None,
+            budget: None,
+            coupons: vec![coupon],
+        };
+        let stock = CouponStock {
+            id: "NEW10".into(),
+            campaign_id: "newcomer".into(),
+            position: 0,
+            face_value_cents: 1000,
+            channel: "wallet".into(),
+            stock: 5,
+            granted: 0,
+            remaining: 5,
+            low_stock: 0,
+            state: CouponState::Active,
+        };
+        let usable = |at: &str| {
+            let at = at.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+            let chains = Since::default().chains(
+                std::slice::from_ref(&stock),
+                &HashMap::new(),
+                at.naive_utc(),
+                std::slice::from_ref(&campaign),
+            );
+            chains["newcomer"].0[0].usable()
+        };
+        assert_eq!(usable("2026-12-09T23:59:59Z"), 5);
+        assert_eq!(usable("2026-12-10T00:00:01Z"), 0);
     }
 }
