@@ -1,10 +1,13 @@
 //! `couponsd stock show|add|activate`: the inventory as ops see it, restocking, and
 //! bringing a retired coupon back into selection (only ever by this explicit command).
+//! A pool coupon's stock is its imported codes not yet issued: `stock add` refuses it
+//! (`codes import` restocks it) and `stock show` marks it `pool`.
 
 use std::fmt::Write as _;
 
 use super::OpsError;
-use crate::config::Config;
+use crate::config::{Config, CouponConfig};
+use crate::domain::codes::CodeSource;
 use crate::domain::CouponState;
 use crate::installation::Installation;
 use crate::schedule::inventory::{current_rates, predicted_run_out};
@@ -14,9 +17,11 @@ use crate::store::{Access, StoreError};
 /// `couponsd stock …`
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum StockAction {
-    /// A table of every coupon: state, stock, granted, remaining, rate, run-out.
+    /// A table of every coupon: state, stock, granted, remaining, rate, run-out, and
+    /// where its codes come from (`pool`: its stock is its unissued imported codes).
     Show,
-    /// Add N to a coupon's stock (a retired coupon stays retired).
+    /// Add N to a coupon's stock (a retired coupon stays retired; a pool coupon is
+    /// restocked by `codes import`).
     Add {
         /// The coupon.
         coupon: String,
@@ -63,8 +68,15 @@ pub async fn show(installation: &Installation) -> Result<String, OpsError> {
     let mut out = format!("rules version {}\n", installation.rules_version);
     let _ = writeln!(
         out,
-        "{:<12} {:<10} {:<8} {:>9} {:>9} {:>9} {:>9}  PREDICTED RUN-OUT",
-        "CAMPAIGN", "COUPON", "STATE", "STOCK", "GRANTED", "REMAINING", "RATE/MIN"
+        "{:<12} {:<10} {:<8} {:>9} {:>9} {:>9} {:>9}  {:<23}  CODES",
+        "CAMPAIGN",
+        "COUPON",
+        "STATE",
+        "STOCK",
+        "GRANTED",
+        "REMAINING",
+        "RATE/MIN",
+        "PREDICTED RUN-OUT"
     );
     for c in coupons {
         let rate = rates.get(&c.id).copied().unwrap_or(0.0);
@@ -77,9 +89,15 @@ pub async fn show(installation: &Installation) -> Result<String, OpsError> {
                     "-".into()
                 }
             });
+        let codes = match coupon_config(&installation.config, &c.id).and_then(|k| k.codes.as_ref())
+        {
+            Some(CodeSource::Pool) => "pool",
+            Some(CodeSource::Generate(_)) => "generated",
+            None => "-",
+        };
         let _ = writeln!(
             out,
-            "{:<12} {:<10} {:<8} {:>9} {:>9} {:>9} {:>9.1}  {}",
+            "{:<12} {:<10} {:<8} {:>9} {:>9} {:>9} {:>9.1}  {:<23}  {}",
             c.campaign_id,
             c.id,
             c.state,
@@ -87,10 +105,19 @@ pub async fn show(installation: &Installation) -> Result<String, OpsError> {
             c.granted,
             c.remaining,
             rate * 60.0,
-            run_out
+            run_out,
+            codes
         );
     }
     Ok(out)
+}
+
+fn coupon_config<'a>(config: &'a Config, coupon: &str) -> Option<&'a CouponConfig> {
+    config
+        .campaigns
+        .iter()
+        .flat_map(|k| &k.coupons)
+        .find(|c| c.id.as_str() == coupon)
 }
 
 fn campaign_of(config: &Config, coupon: &str) -> Result<String, OpsError> {
@@ -118,6 +145,12 @@ pub async fn add(
         )));
     }
     let campaign = campaign_of(&installation.config, coupon)?;
+    if coupon_config(&installation.config, coupon).is_some_and(CouponConfig::is_pool) {
+        return Err(OpsError::Refused(format!(
+            "stock add {coupon}: {coupon} is a pool coupon, its stock is its imported codes: \
+             use couponsd codes import {coupon} FILE"
+        )));
+    }
     {
         // Given back before `show` takes one: SQLite's pool has one connection.
         let mut conn = installation.db.get().await?;

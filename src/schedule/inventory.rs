@@ -1,8 +1,11 @@
 //! The inventory check: finds every active coupon whose stock is at or below its
-//! `low_stock` watermark or exhausted, retires it from selection and lets the next
-//! coupon of its chain serve. What is left of a retired coupon stays a last-resort
-//! reserve. Each rotation is audited in `coupon_rotations` and announced as
-//! `coupon.rotated`; a chain with nothing left announces `campaign.exhausted` once.
+//! `low_stock` watermark or exhausted, or whose validity would no longer serve a grant
+//! (`expired`), retires it from selection and lets the next coupon of its chain serve.
+//! A pool coupon is checked like any other: its stock is its unissued codes. What is
+//! left of a retired coupon stays a last-resort reserve (never an expired coupon's: the
+//! grant step counts it as out of stock). Each rotation is audited in
+//! `coupon_rotations` and announced as `coupon.rotated`; a chain with nothing left to
+//! grant announces `campaign.exhausted` once.
 //!
 //! A coupon is never retired earlier than its watermark: its recent grant rate only
 //! feeds a forecast, announced as `coupon.running_low` once per coupon until it is
@@ -10,11 +13,11 @@
 //! stock left, stranding it as a reserve nobody got; ops who want early rotation set
 //! `low_stock`.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde::Serialize;
@@ -22,53 +25,17 @@ use tracing::{info, warn};
 
 use super::Deps;
 use crate::config::Config;
-use crate::domain::chain::CouponStock;
 use crate::domain::CouponState;
 use crate::pipeline::dispatch::events;
 use crate::store::jobs::{AlertMark, Rotation};
 use crate::store::{Conn, Db, StoreError};
 
-/// How far back the grant rate is measured.
-pub const RATE_WINDOW: TimeDelta = TimeDelta::minutes(2);
+mod plan;
 
-/// How far ahead the run-out forecast looks, for a check every `check_interval`: as far
-/// as the rate looked back ([`RATE_WINDOW`]), and at least to the next check (it could
-/// not warn any later).
-pub fn forecast_horizon(check_interval: Duration) -> Duration {
-    check_interval.max(RATE_WINDOW.to_std().unwrap_or_default())
-}
-
-/// Why a coupon is rotated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// Remaining stock is at or below `low_stock`.
-    LowStock,
-    /// Nothing left.
-    Exhausted,
-}
-
-impl Reason {
-    /// The value stored in `coupon_rotations.reason`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::LowStock => "low_stock",
-            Reason::Exhausted => "exhausted",
-        }
-    }
-}
-
-/// A rotation the check decided.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Planned {
-    /// The coupon to retire.
-    pub from: String,
-    /// The coupon that serves next.
-    pub to: String,
-    /// Why.
-    pub reason: Reason,
-    /// What is left of `from`.
-    pub remaining: i64,
-}
+pub use plan::{
+    forecast_horizon, forecast_running_low, nothing_serves, plan_rotations, predicted_run_out,
+    unusable_now, Planned, Rates, Reason, RunningLow, RATE_WINDOW,
+};
 
 /// What one check did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -81,92 +48,6 @@ pub struct InventoryReport {
     pub exhausted: Vec<String>,
 }
 
-/// Grants per second by coupon over [`RATE_WINDOW`].
-pub type Rates = HashMap<String, f64>;
-
-/// A coupon that, at its grant rate, runs out within the forecast's horizon.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunningLow {
-    /// The coupon.
-    pub coupon: String,
-    /// What is left of it.
-    pub remaining: i64,
-    /// Its grant rate over [`RATE_WINDOW`], per second.
-    pub rate_per_sec: f64,
-    /// When it runs out at that rate.
-    pub run_out_at: DateTime<Utc>,
-}
-
-fn needs_rotation(coupon: &CouponStock) -> Option<Reason> {
-    if coupon.remaining == 0 {
-        return Some(Reason::Exhausted);
-    }
-    (coupon.remaining <= coupon.low_stock).then_some(Reason::LowStock)
-}
-
-/// Decides the rotations of one chain (in chain order): at the watermark or exhausted,
-/// never earlier. A coupon is rotated only when a later active coupon with stock can
-/// take over — preferably one that does not need rotating itself; otherwise it keeps
-/// serving and the grant step's fallback covers it.
-pub fn plan_rotations(chain: &[CouponStock]) -> Vec<Planned> {
-    let reasons: Vec<Option<Reason>> = chain
-        .iter()
-        .map(|c| {
-            (c.state == CouponState::Active)
-                .then(|| needs_rotation(c))
-                .flatten()
-        })
-        .collect();
-    let usable = |j: usize| chain[j].serves();
-    chain
-        .iter()
-        .enumerate()
-        .filter_map(|(i, coupon)| {
-            let reason = reasons[i]?;
-            let later = (i + 1)..chain.len();
-            let to = later
-                .clone()
-                .find(|&j| usable(j) && reasons[j].is_none())
-                .or_else(|| later.clone().find(|&j| usable(j)))?;
-            Some(Planned {
-                from: coupon.id.clone(),
-                to: chain[to].id.clone(),
-                reason,
-                remaining: coupon.remaining,
-            })
-        })
-        .collect()
-}
-
-/// The coupons of one chain that still serve after `rotated` and, at their grant rate,
-/// run out within `horizon` of `now` (`remaining <= rate × horizon`).
-pub fn forecast_running_low(
-    chain: &[CouponStock],
-    rotated: &[Planned],
-    rates: &Rates,
-    horizon: Duration,
-    now: DateTime<Utc>,
-) -> Vec<RunningLow> {
-    let until = TimeDelta::from_std(horizon)
-        .ok()
-        .and_then(|h| now.checked_add_signed(h))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC);
-    chain
-        .iter()
-        .filter(|c| c.state == CouponState::Active && !rotated.iter().any(|p| p.from == c.id))
-        .filter_map(|c| {
-            let rate_per_sec = rates.get(&c.id).copied().unwrap_or(0.0);
-            let run_out_at = predicted_run_out(c.remaining, rate_per_sec, now)?;
-            (run_out_at <= until).then(|| RunningLow {
-                coupon: c.id.clone(),
-                remaining: c.remaining,
-                rate_per_sec,
-                run_out_at,
-            })
-        })
-        .collect()
-}
-
 /// Runs the check over every campaign.
 pub async fn check(deps: &Deps) -> Result<InventoryReport, StoreError> {
     let now = crate::store::now().and_utc();
@@ -177,9 +58,10 @@ pub async fn check(deps: &Deps) -> Result<InventoryReport, StoreError> {
     let catalog = deps.catalog.current();
     for campaign in &catalog.campaigns {
         let (config, rates, id) = (catalog.clone(), rates.clone(), campaign.id.to_string());
+        let unusable = unusable_now(campaign, now);
         let checked = {
             let conn = &mut deps.db.get().await?;
-            check_campaign(conn, config, id, rates, horizon, now).await?
+            check_campaign(conn, config, id, unusable, rates, horizon, now).await?
         };
         for low in &checked.running_low {
             warn!(campaign = %campaign.id, coupon = %low.coupon, remaining = low.remaining, run_out_at = %low.run_out_at, "coupon running low at its grant rate");
@@ -188,7 +70,7 @@ pub async fn check(deps: &Deps) -> Result<InventoryReport, StoreError> {
             info!(campaign = %r.campaign_id, from = %r.from_coupon, to = ?r.to_coupon, reason = %r.reason, remaining = r.remaining, "coupon rotated");
         }
         if checked.exhausted {
-            warn!(campaign = %campaign.id, "campaign exhausted: no coupon of its chain has stock left");
+            warn!(campaign = %campaign.id, "campaign exhausted: no coupon of its chain can be granted");
             report.exhausted.push(campaign.id.to_string());
         }
         report.rotations.extend(checked.rotations);
@@ -267,10 +149,12 @@ struct CampaignCheck {
 
 /// One campaign's check in one transaction: lock the chain, rotate, audit, announce
 /// the rotations, the coupons running low (once each) and an exhausted chain (once).
+/// `unusable` are its coupons whose validity would not serve now ([`unusable_now`]).
 fn check_campaign<'c>(
     conn: &'c mut Conn,
     config: Arc<Config>,
     campaign_id: String,
+    unusable: HashSet<String>,
     rates: Rates,
     horizon: Duration,
     now: DateTime<Utc>,
@@ -282,7 +166,7 @@ fn check_campaign<'c>(
         chain.sort_by_key(|c| c.position);
         let at = now.naive_utc();
         let mut alerts = Vec::new();
-        let planned = plan_rotations(&chain);
+        let planned = plan_rotations(&chain, &unusable);
         let mut running_low = Vec::new();
         for low in forecast_running_low(&chain, &planned, &rates, horizon, now) {
             if conn.mark_running_low(&low.coupon).await? {
@@ -298,8 +182,7 @@ fn check_campaign<'c>(
             alerts.extend(events::alert(&config, events::COUPON_ROTATED, event, now));
             rotations.push(rotation);
         }
-        let empty = !chain.is_empty() && chain.iter().all(|c| c.remaining == 0);
-        let exhausted = empty
+        let exhausted = nothing_serves(&chain, &unusable)
             && conn
                 .mark_alerted(&campaign_id, AlertMark::Exhausted, at)
                 .await?;
@@ -332,7 +215,7 @@ async fn rotate(
     let rotation = Rotation {
         campaign_id: campaign_id.to_owned(),
         from_coupon: planned.from.clone(),
-        to_coupon: Some(planned.to.clone()),
+        to_coupon: planned.to.clone(),
         reason: planned.reason.as_str().to_owned(),
         remaining: planned.remaining,
         rotated_at: at,
@@ -341,24 +224,11 @@ async fn rotate(
     let event = RotatedEvent {
         campaign: campaign_id.to_owned(),
         from: planned.from,
-        to: Some(planned.to),
+        to: planned.to,
         reason: planned.reason.as_str(),
         remaining: planned.remaining,
     };
     Ok((rotation, event))
-}
-
-/// Used by `stock show`: the predicted run-out of a coupon at its current rate.
-pub fn predicted_run_out(
-    remaining: i64,
-    rate_per_sec: f64,
-    now: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
-    if rate_per_sec <= 0.0 || remaining <= 0 {
-        return None;
-    }
-    let ms = remaining as f64 / rate_per_sec * 1000.0;
-    TimeDelta::try_milliseconds(ms as i64).and_then(|d| now.checked_add_signed(d))
 }
 
 /// The current grant rates (per second), for `stock show`.

@@ -1,5 +1,8 @@
 //! Reconciliation: checks that every coupon's stock, granted and remaining agree with
-//! each other and with the grants ledger, and reports any drift as an alert.
+//! each other and with the grants ledger, and that its codes agree with both: a pool
+//! coupon's `remaining` is its unissued codes, and a coupon with codes (a pool or
+//! generated) has issued exactly one code per grant in the ledger. Any drift is
+//! reported as an `inventory.drift` alert.
 
 use std::collections::HashMap;
 
@@ -7,8 +10,10 @@ use serde::Serialize;
 use tracing::{error, info};
 
 use super::Deps;
+use crate::config::Config;
 use crate::domain::chain::CouponStock;
 use crate::pipeline::dispatch::events;
+use crate::store::codes::CodeCounts;
 use crate::store::StoreError;
 
 /// A coupon whose counters disagree.
@@ -24,48 +29,108 @@ pub struct Drift {
     pub remaining: i64,
     /// Grants in the ledger.
     pub ledger_granted: i64,
+    /// A pool coupon's codes not yet issued, which `remaining` must equal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unissued_codes: Option<i64>,
+    /// A coupon with codes: the codes issued, which `ledger_granted` must equal (fewer
+    /// is a grant without its code; more, a code issued without its grant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_codes: Option<i64>,
 }
 
-/// Finds the coupons whose counters disagree.
-pub fn find_drift(coupons: &[CouponStock], ledger: &HashMap<String, i64>) -> Vec<Drift> {
+/// A coupon with codes in the catalog in force, and its codes in `coupon_codes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CouponCodes {
+    /// `codes.pool`: its stock is its unissued codes.
+    pub pool: bool,
+    /// Its codes, available and issued (zero when it has none yet).
+    pub counts: CodeCounts,
+}
+
+/// The coupons of `config` that have codes, with their counts from `counts` (the
+/// store's `code_counts`). A coupon given codes after it had granted without them shows
+/// as drift: its earlier grants carry no code.
+pub fn coupon_codes(
+    config: &Config,
+    counts: Vec<(String, CodeCounts)>,
+) -> HashMap<String, CouponCodes> {
+    let mut counts: HashMap<String, CodeCounts> = counts.into_iter().collect();
+    config
+        .campaigns
+        .iter()
+        .flat_map(|k| &k.coupons)
+        .filter(|c| c.codes.is_some())
+        .map(|c| {
+            let id = c.id.to_string();
+            let counts = counts.remove(&id).unwrap_or_default();
+            let pool = c.is_pool();
+            (id, CouponCodes { pool, counts })
+        })
+        .collect()
+}
+
+/// Finds the coupons whose counters disagree: with each other, with the ledger
+/// (`ledger`: grants by coupon), or with their codes (`codes`: the coupons with codes).
+pub fn find_drift(
+    coupons: &[CouponStock],
+    ledger: &HashMap<String, i64>,
+    codes: &HashMap<String, CouponCodes>,
+) -> Vec<Drift> {
     coupons
         .iter()
         .filter_map(|c| {
             let ledger_granted = ledger.get(&c.id).copied().unwrap_or(0);
-            let agrees = c.granted == ledger_granted && c.stock == c.granted + c.remaining;
+            let codes = codes.get(&c.id);
+            let unissued_codes = codes.filter(|k| k.pool).map(|k| k.counts.available);
+            let issued_codes = codes.map(|k| k.counts.issued);
+            let agrees = c.granted == ledger_granted
+                && c.stock == c.granted + c.remaining
+                && unissued_codes.is_none_or(|n| n == c.remaining)
+                && issued_codes.is_none_or(|n| n == ledger_granted);
             (!agrees).then(|| Drift {
                 coupon: c.id.clone(),
                 stock: c.stock,
                 granted: c.granted,
                 remaining: c.remaining,
                 ledger_granted,
+                unissued_codes,
+                issued_codes,
             })
         })
         .collect()
 }
 
-/// Runs the reconciliation and alerts on every drift found.
+/// Runs the reconciliation against the catalog in force and alerts on every drift
+/// found.
 pub async fn run(deps: &Deps) -> Result<Vec<Drift>, StoreError> {
     let now = crate::store::now().and_utc();
-    let (coupons, per_coupon) = {
+    let (coupons, per_coupon, counts) = {
         let conn = &mut deps.db.get().await?;
-        (conn.coupon_stock().await?, conn.grants_per_coupon().await?)
+        let coupons = conn.coupon_stock().await?;
+        let per_coupon = conn.grants_per_coupon().await?;
+        (coupons, per_coupon, conn.code_counts().await?)
     };
     let mut ledger: HashMap<String, i64> = HashMap::new();
     for (_, coupon, n) in per_coupon {
         *ledger.entry(coupon).or_default() += n;
     }
-    let drift = find_drift(&coupons, &ledger);
+    let codes = coupon_codes(&deps.catalog.current(), counts);
+    let drift = find_drift(&coupons, &ledger, &codes);
     if drift.is_empty() {
         info!(
             coupons = coupons.len(),
-            "reconciliation: stock agrees with the ledger"
+            "reconciliation: stock agrees with the ledger and the codes"
         );
         return Ok(drift);
     }
     let alerts: Vec<_> = drift
         .iter()
-        .inspect(|d| error!(?d, "reconciliation: stock disagrees with the ledger"))
+        .inspect(|d| {
+            error!(
+                ?d,
+                "reconciliation: stock disagrees with the ledger or the codes"
+            )
+        })
         .filter_map(|d| events::alert(&deps.config, events::INVENTORY_DRIFT, d, now))
         .collect();
     deps.db.get().await?.record_deliveries(&alerts).await?;
@@ -77,9 +142,8 @@ pub async fn run(deps: &Deps) -> Result<Vec<Drift>, StoreError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn counters_that_disagree_with_the_ledger_are_drift() {
-        let coupon = |granted, remaining| CouponStock {
+    fn coupon(granted: i64, remaining: i64) -> CouponStock {
+        CouponStock {
             id: "A".into(),
             campaign_id: "c".into(),
             position: 0,
@@ -90,10 +154,65 @@ mod tests {
             remaining,
             low_stock: 0,
             state: crate::domain::CouponState::Active,
-        };
+        }
+    }
+
+    fn codes(pool: bool, available: i64, issued: i64) -> HashMap<String, CouponCodes> {
+        let counts = CodeCounts { available, issued };
+        HashMap::from([("A".to_owned(), CouponCodes { pool, counts })])
+    }
+
+    #[test]
+    fn counters_that_disagree_with_the_ledger_are_drift() {
         let ledger = HashMap::from([("A".to_owned(), 4)]);
-        assert!(find_drift(&[coupon(4, 6)], &ledger).is_empty());
-        assert_eq!(find_drift(&[coupon(5, 5)], &ledger)[0].ledger_granted, 4);
-        assert_eq!(find_drift(&[coupon(4, 5)], &ledger).len(), 1);
+        let none = HashMap::new();
+        assert!(find_drift(&[coupon(4, 6)], &ledger, &none).is_empty());
+        assert_eq!(
+            find_drift(&[coupon(5, 5)], &ledger, &none)[0].ledger_granted,
+            4
+        );
+        assert_eq!(find_drift(&[coupon(4, 5)], &ledger, &none).len(), 1);
+    }
+
+    #[test]
+    fn a_pool_whose_remaining_is_not_its_unissued_codes_is_drift() {
+        let ledger = HashMap::from([("A".to_owned(), 4)]);
+        assert!(find_drift(&[coupon(4, 6)], &ledger, &codes(true, 6, 4)).is_empty());
+        let drift = find_drift(&[coupon(4, 6)], &ledger, &codes(true, 5, 4));
+        assert_eq!(
+            drift.iter().map(|d| d.unissued_codes).collect::<Vec<_>>(),
+            [Some(5)]
+        );
+        let body = serde_json::to_value(&drift[0]).unwrap();
+        assert_eq!(
+            (body["unissued_codes"].as_i64(), body["remaining"].as_i64()),
+            (Some(5), Some(6))
+        );
+        assert!(
+            find_drift(&[coupon(4, 6)], &ledger, &codes(false, 5, 4)).is_empty(),
+            "a generated coupon's stock is not its codes"
+        );
+    }
+
+    #[test]
+    fn a_grant_without_its_code_or_a_code_without_its_grant_is_drift() {
+        let ledger = HashMap::from([("A".to_owned(), 4)]);
+        for (pool, available) in [(true, 6), (false, 0)] {
+            let missing = find_drift(&[coupon(4, 6)], &ledger, &codes(pool, available, 3));
+            assert_eq!(missing.len(), 1, "pool: {pool}");
+            assert_eq!(missing[0].issued_codes, Some(3));
+            let extra = find_drift(&[coupon(4, 6)], &ledger, &codes(pool, available, 5));
+            assert_eq!(extra.len(), 1, "pool: {pool}");
+        }
+        let plain = find_drift(
+            &[coupon(5, 5)],
+            &HashMap::from([("A".to_owned(), 4)]),
+            &HashMap::new(),
+        );
+        let body = serde_json::to_value(&plain[0]).unwrap();
+        assert!(
+            body.get("unissued_codes").is_none() && body.get("issued_codes").is_none(),
+            "a coupon without codes is reported as before: {body}"
+        );
     }
 }

@@ -20,10 +20,11 @@ pub struct Rotation {
     pub campaign_id: String,
     /// The coupon retired from selection.
     pub from_coupon: String,
-    /// The coupon that serves next, if any.
+    /// The coupon that serves next, if any (none only for an expired coupon nothing
+    /// later in its chain could replace).
     pub to_coupon: Option<String>,
-    /// `low_stock` or `exhausted` (rows written before the run-out forecast became an
-    /// alert may say `predicted`).
+    /// `low_stock`, `exhausted` or `expired` (rows written before the run-out forecast
+    /// became an alert may say `predicted`).
     pub reason: String,
     /// What was left of `from_coupon`.
     pub remaining: i64,

@@ -1,4 +1,17 @@
+use std::collections::HashSet;
+
+use chrono::TimeDelta;
+
 use super::*;
+use crate::domain::chain::CouponStock;
+
+fn none() -> HashSet<String> {
+    HashSet::new()
+}
+
+fn ids(ids: &[&str]) -> HashSet<String> {
+    ids.iter().map(|&s| s.to_owned()).collect()
+}
 
 fn coupon(id: &str, remaining: i64, low: i64, state: CouponState) -> CouponStock {
     CouponStock {
@@ -21,11 +34,11 @@ fn a_coupon_at_its_watermark_rotates_to_the_next() {
         coupon("A", 100, 100, CouponState::Active),
         coupon("B", 500, 10, CouponState::Active),
     ];
-    let plan = plan_rotations(&chain);
+    let plan = plan_rotations(&chain, &none());
     assert_eq!(plan.len(), 1);
     assert_eq!(
-        (plan[0].from.as_str(), plan[0].to.as_str(), plan[0].reason),
-        ("A", "B", Reason::LowStock)
+        (plan[0].from.as_str(), plan[0].to.as_deref(), plan[0].reason),
+        ("A", Some("B"), Reason::LowStock)
     );
 }
 
@@ -35,7 +48,10 @@ fn a_high_grant_rate_forecasts_a_run_out_but_rotates_nothing() {
         coupon("A", 500, 10, CouponState::Active),
         coupon("B", 5000, 10, CouponState::Active),
     ];
-    assert!(plan_rotations(&chain).is_empty(), "above its watermark");
+    assert!(
+        plan_rotations(&chain, &none()).is_empty(),
+        "above its watermark"
+    );
     let now = Utc::now();
     let horizon = forecast_horizon(Duration::from_secs(10));
     assert_eq!(
@@ -72,7 +88,7 @@ fn coupons_rotated_or_retired_are_not_forecast() {
         coupon("C", 500, 10, CouponState::Active),
     ];
     let rates = Rates::from([("A", 5.0), ("B", 5.0), ("C", 5.0)].map(|(c, r)| (c.to_owned(), r)));
-    let plan = plan_rotations(&chain);
+    let plan = plan_rotations(&chain, &none());
     assert_eq!(plan.len(), 1);
     let horizon = forecast_horizon(Duration::from_secs(10));
     let low = forecast_running_low(&chain, &plan, &rates, horizon, Utc::now());
@@ -88,7 +104,7 @@ fn the_last_coupon_is_never_rotated_and_retired_ones_are_left_alone() {
         coupon("A", 0, 10, CouponState::Retired),
         coupon("B", 5, 10, CouponState::Active),
     ];
-    assert!(plan_rotations(&chain).is_empty());
+    assert!(plan_rotations(&chain, &none()).is_empty());
 }
 
 #[test]
@@ -104,4 +120,109 @@ fn a_run_out_is_predicted_from_the_rate() {
         None,
         "past any date"
     );
+}
+
+#[test]
+fn an_expired_coupon_rotates_to_the_next_that_serves_and_is_not_expired() {
+    let chain = [
+        coupon("A", 900, 10, CouponState::Active),
+        coupon("B", 900, 10, CouponState::Active),
+        coupon("C", 900, 10, CouponState::Active),
+    ];
+    let plan = plan_rotations(&chain, &ids(&["A", "B"]));
+    let got: Vec<_> = plan
+        .iter()
+        .map(|p| (p.from.as_str(), p.to.as_deref(), p.reason, p.remaining))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("A", Some("C"), Reason::Expired, 900),
+            ("B", Some("C"), Reason::Expired, 900)
+        ],
+        "well above its watermark, yet it can never be granted again"
+    );
+    assert_eq!(Reason::Expired.as_str(), "expired");
+    assert!(!nothing_serves(&chain, &ids(&["A", "B"])));
+}
+
+#[test]
+fn an_expired_coupon_rotates_even_when_nothing_takes_over_and_the_chain_is_exhausted() {
+    let chain = [
+        coupon("A", 0, 0, CouponState::Retired),
+        coupon("B", 40, 10, CouponState::Active),
+    ];
+    let plan = plan_rotations(&chain, &ids(&["B"]));
+    assert_eq!(
+        plan,
+        [Planned {
+            from: "B".into(),
+            to: None,
+            reason: Reason::Expired,
+            remaining: 40
+        }]
+    );
+    assert!(
+        nothing_serves(&chain, &ids(&["B"])),
+        "stock left on an expired coupon serves nobody"
+    );
+    assert!(!nothing_serves(&chain, &none()));
+}
+
+#[test]
+fn a_coupon_at_its_watermark_never_hands_over_to_an_expired_one() {
+    let chain = [
+        coupon("A", 5, 10, CouponState::Active),
+        coupon("B", 900, 10, CouponState::Active),
+    ];
+    let plan = plan_rotations(&chain, &ids(&["B"]));
+    assert_eq!(plan.len(), 1, "{plan:?}");
+    assert_eq!(
+        (plan[0].from.as_str(), plan[0].reason),
+        ("B", Reason::Expired),
+        "A keeps serving: nothing usable can take over"
+    );
+    let retired_expired = [
+        coupon("A", 5, 10, CouponState::Active),
+        coupon("B", 900, 10, CouponState::Retired),
+    ];
+    assert!(plan_rotations(&retired_expired, &ids(&["B"])).is_empty());
+}
+
+#[test]
+fn the_catalog_says_which_coupons_are_unusable_now() {
+    use crate::domain::campaign::{CampaignConfig, CouponConfig};
+    use crate::domain::codes::Validity;
+    use crate::domain::{CampaignId, ChannelName, CouponId, Event, Money, UserType};
+    let now = Utc::now();
+    let with = |id: &str, validity: Validity| CouponConfig {
+        id: CouponId::parse(id).unwrap(),
+        face_value: Money::from_cents(100),
+        stock: 10,
+        low_stock: 0,
+        channel: ChannelName::parse("wallet").unwrap(),
+        codes: None,
+        validity,
+    };
+    let until = |d: TimeDelta| Validity {
+        valid_until: Some(now + d),
+        min_validity: TimeDelta::hours(24),
+        ..Validity::default()
+    };
+    let campaign = CampaignConfig {
+        id: CampaignId::parse("c").unwrap(),
+        event: Event::parse("app_open").unwrap(),
+        audience: UserType::parse("first_time").unwrap(),
+        per_user_limit: 1,
+        starts_at: None,
+        ends_at: None,
+        budget: None,
+        coupons: vec![
+            with("ENDED", until(TimeDelta::hours(-1))),
+            with("SHORT", until(TimeDelta::hours(2))),
+            with("FINE", until(TimeDelta::days(3))),
+            with("PLAIN", Validity::default()),
+        ],
+    };
+    assert_eq!(unusable_now(&campaign, now), ids(&["ENDED", "SHORT"]));
 }
