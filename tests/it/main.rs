@@ -7,6 +7,7 @@ mod authoring;
 mod claims;
 mod codes;
 mod codes_authoring;
+mod codes_inventory;
 mod cli;
 mod delivery;
 mod hostile;
