@@ -92,8 +92,13 @@ pub async fn run(users: usize) -> Result<(), AppError> {
     let elapsed = started.elapsed();
     println!("\nrotations by the inventory check");
     for r in first_check.rotations.iter().chain(&second_check.rotations) {
+        // An expired coupon's stock can never be granted: it is no reserve.
+        let left = match r.reason.as_str() {
+            "expired" => "never granted",
+            _ => "as reserve",
+        };
         println!(
-            "  {:<10} {} -> {} ({}, {} left as reserve)",
+            "  {:<10} {} -> {} ({}, {} left {left})",
             r.campaign_id,
             r.from_coupon,
             r.to_coupon.as_deref().unwrap_or("-"),

@@ -32,8 +32,8 @@ pub struct Drift {
     /// A pool coupon's codes not yet issued, which `remaining` must equal.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unissued_codes: Option<i64>,
-    /// A coupon with codes: the codes issued, which `ledger_granted` must equal (fewer
-    /// is a grant without its code; more, a code issued without its grant).
+    /// A coupon with codes: the codes issued, which must equal its grants that carry a
+    /// code (fewer: a code lost; more: a code issued without its grant).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issued_codes: Option<i64>,
 }
@@ -45,16 +45,20 @@ pub struct CouponCodes {
     pub pool: bool,
     /// Its codes, available and issued (zero when it has none yet).
     pub counts: CodeCounts,
+    /// Its grants in the ledger that carry a code: as many as its issued codes.
+    pub granted_with_code: i64,
 }
 
 /// The coupons of `config` that have codes, with their counts from `counts` (the
-/// store's `code_counts`). A coupon given codes after it had granted without them shows
-/// as drift: its earlier grants carry no code.
+/// store's `code_counts`) and their grants that carry a code from `coded` (a coupon
+/// given codes after it had granted without them has earlier grants without one).
 pub fn coupon_codes(
     config: &Config,
     counts: Vec<(String, CodeCounts)>,
+    coded: Vec<(String, i64)>,
 ) -> HashMap<String, CouponCodes> {
     let mut counts: HashMap<String, CodeCounts> = counts.into_iter().collect();
+    let coded: HashMap<String, i64> = coded.into_iter().collect();
     config
         .campaigns
         .iter()
@@ -64,7 +68,15 @@ pub fn coupon_codes(
             let id = c.id.to_string();
             let counts = counts.remove(&id).unwrap_or_default();
             let pool = c.is_pool();
-            (id, CouponCodes { pool, counts })
+            let granted_with_code = coded.get(&id).copied().unwrap_or(0);
+            (
+                id,
+                CouponCodes {
+                    pool,
+                    counts,
+                    granted_with_code,
+                },
+            )
         })
         .collect()
 }
@@ -83,10 +95,11 @@ pub fn find_drift(
             let codes = codes.get(&c.id);
             let unissued_codes = codes.filter(|k| k.pool).map(|k| k.counts.available);
             let issued_codes = codes.map(|k| k.counts.issued);
+            let granted_with_code = codes.map(|k| k.granted_with_code);
             let agrees = c.granted == ledger_granted
                 && c.stock == c.granted + c.remaining
                 && unissued_codes.is_none_or(|n| n == c.remaining)
-                && issued_codes.is_none_or(|n| n == ledger_granted);
+                && issued_codes == granted_with_code;
             (!agrees).then(|| Drift {
                 coupon: c.id.clone(),
                 stock: c.stock,
@@ -108,13 +121,17 @@ pub async fn run(deps: &Deps) -> Result<Vec<Drift>, StoreError> {
         let conn = &mut deps.db.get().await?;
         let coupons = conn.coupon_stock().await?;
         let per_coupon = conn.grants_per_coupon().await?;
-        (coupons, per_coupon, conn.code_counts().await?)
+        let counts = (
+            conn.code_counts().await?,
+            conn.coded_grants_per_coupon().await?,
+        );
+        (coupons, per_coupon, counts)
     };
     let mut ledger: HashMap<String, i64> = HashMap::new();
     for (_, coupon, n) in per_coupon {
         *ledger.entry(coupon).or_default() += n;
     }
-    let codes = coupon_codes(&deps.catalog.current(), counts);
+    let codes = coupon_codes(&deps.catalog.current(), counts.0, counts.1);
     let drift = find_drift(&coupons, &ledger, &codes);
     if drift.is_empty() {
         info!(
@@ -159,7 +176,21 @@ mod tests {
 
     fn codes(pool: bool, available: i64, issued: i64) -> HashMap<String, CouponCodes> {
         let counts = CodeCounts { available, issued };
-        HashMap::from([("A".to_owned(), CouponCodes { pool, counts })])
+        let granted_with_code = 4;
+        let codes = CouponCodes {
+            pool,
+            counts,
+            granted_with_code,
+        };
+        HashMap::from([("A".to_owned(), codes)])
+    }
+
+    #[test]
+    fn grants_made_before_the_coupon_had_codes_are_not_drift() {
+        let ledger = HashMap::from([("A".to_owned(), 4)]);
+        let mut codes = codes(false, 0, 2);
+        codes.get_mut("A").unwrap().granted_with_code = 2;
+        assert!(find_drift(&[coupon(4, 6)], &ledger, &codes).is_empty());
     }
 
     #[test]

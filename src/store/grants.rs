@@ -136,6 +136,16 @@ impl Conn {
         self.load(query).await
     }
 
+    /// Grants that carry a code, by coupon (coupons without any are left out).
+    pub async fn coded_grants_per_coupon(&mut self) -> QueryResult<Vec<(String, i64)>> {
+        let query = grants::table
+            .filter(g::code.is_not_null())
+            .group_by(g::coupon_id)
+            .select((g::coupon_id, diesel::dsl::count_star()))
+            .order(g::coupon_id);
+        self.load(query).await
+    }
+
     /// Grants since `since` by coupon, with the first of them (the grant rate).
     pub async fn grants_since(
         &mut self,
