@@ -5,6 +5,7 @@ mod support;
 
 mod authoring;
 mod claims;
+mod codes_import;
 mod cli;
 mod delivery;
 mod hostile;
