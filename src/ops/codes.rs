@@ -119,7 +119,8 @@ pub async fn import(
         Some(CodeSource::Generate(pattern)) => {
             return Err(OpsError::Refused(format!(
                 "coupon {coupon} is not a pool coupon: its codes are generated \
-                 ({key}.codes.generate: {:?}); only a coupon with codes: {{pool: true}} takes imports",
+                 ({key}.codes.generate: {:?}); only a coupon with codes: {{pool: true}} \
+                 takes imports",
                 pattern.as_str()
             )))
         }
@@ -242,7 +243,13 @@ async fn import_with_retries(
             Ok(Some(done)) => return Ok(done),
             Ok(None) => return Err(not_in_database(coupon)),
             Err(e) if attempt < CHUNK_ATTEMPTS && (is_duplicate(&e) || store::is_retryable(&e)) => {
-                tracing::info!(coupon, first_line, attempt, error = %e, "chunk rolled back; checking it again");
+                tracing::info!(
+                    coupon,
+                    first_line,
+                    attempt,
+                    error = %e,
+                    "chunk rolled back; checking it again"
+                );
                 attempt += 1;
             }
             Err(e) => {
