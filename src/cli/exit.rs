@@ -5,7 +5,7 @@
 //! | code | when |
 //! |------|------|
 //! | 0 | the command did what it was asked |
-//! | 1 | any other failure: the database failed, is missing or not migrated; a command refused what it was asked (an unknown coupon, request key or channel, a bad argument) |
+//! | 1 | any other failure: the database failed, is missing or not migrated; a command refused what it was asked (an unknown coupon, request key or channel, a bad argument; `codes import` into a coupon that is not a pool, or of a file it cannot read). `codes import` exits 0 when it ran, even if it skipped duplicates and invalid lines |
 //! | 2 | the config or the rules are at fault: a bad config or `database.url` (the message names the key path), a rule that does not compile or a rule test that fails (each problem as `file:line:column: message`); clap's usage errors also exit 2 |
 //!
 //! Two more are the running daemon's own, as it stops (`app::run`): 1 at a second stop

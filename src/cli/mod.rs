@@ -2,13 +2,15 @@
 //! [`Command`], and [`run`] loads the config, opens what the command works on, calls into
 //! the library, prints what it returns and tells the exit code.
 //!
-//! One file per group of commands: `ops.rs` (`stock`, `deliveries`, `channels`) and
+//! One file per group of commands: `ops.rs` (`stock`, `deliveries`, `channels`), `codes.rs`
+//! (`codes import`, `codes show`) and
 //! `authoring.rs` (`check`, `rules test`, `simulate`, `backtest`, `explain`) open the
 //! installation the way their commands need it; `exit.rs` holds every exit code. The
 //! daemon's commands (`migrate`, `run`) and `demo` open what they need themselves
 //! ([`crate::app`]), so their whole command line is one call in [`run`].
 
 mod authoring;
+mod codes;
 mod exit;
 mod ops;
 
@@ -20,6 +22,7 @@ use clap::Subcommand;
 
 use crate::authoring::{backtest, check, explain, simulate};
 use crate::config::Config;
+use crate::ops::codes::CodesAction;
 use crate::ops::deliveries::{ChannelsAction, DeliveriesAction};
 use crate::ops::stock::StockAction;
 use crate::{app, logging};
@@ -41,6 +44,12 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: StockAction,
+    },
+    /// A pool coupon's codes: import a partner's file, show available and issued counts.
+    Codes {
+        /// What to do.
+        #[command(subcommand)]
+        action: CodesAction,
     },
     /// The outbox: list deliveries, replay dead ones with their original webhook-id.
     Deliveries {
@@ -117,6 +126,7 @@ async fn dispatch(command: Command, config_path: &Path) -> Result<String, CliErr
             String::new()
         }
         Command::Stock { action } => ops::stock(config, action).await?,
+        Command::Codes { action } => codes::codes(config, action).await?,
         Command::Deliveries { action } => ops::deliveries(config, action).await?,
         Command::Channels { action } => ops::channels(config, action).await?,
         Command::Check(args) => check::run(&config, config_path, &args)?,

@@ -5,10 +5,11 @@ mod support;
 
 mod authoring;
 mod claims;
+mod cli;
 mod codes;
 mod codes_authoring;
+mod codes_import;
 mod codes_inventory;
-mod cli;
 mod delivery;
 mod hostile;
 mod inventory;
