@@ -23,7 +23,6 @@ use crate::domain::codes::CodeSource;
 use crate::pipeline::dispatch::signing::sign;
 use crate::runtime::{self, Mode};
 use crate::schedule::inventory;
-use crate::store::codes::IssuedCode;
 use crate::store::requests::NewRequest;
 use crate::store::StoreError;
 
@@ -110,30 +109,18 @@ pub async fn run(users: usize) -> Result<(), AppError> {
 }
 
 /// The partner's codes for the pool coupon, imported as `codes import` imports them: the
-/// unissued code rows and the coupon's stock raised by as many, in one transaction, so
-/// that its stock is its unissued codes.
-// Switch to the store's import operation (`couponsd codes import`) once it lands; until
-// then the rows are written as unissued codes without `imported_at`.
+/// code rows and the coupon's stock raised by as many, in one transaction.
 async fn import_pool(ctx: &runtime::Daemon) -> Result<(), AppError> {
     let (coupon, count) = POOL;
-    let rows: Vec<IssuedCode> = (1..=count)
-        .map(|n| IssuedCode {
-            id: None,
-            coupon_id: coupon.to_owned(),
-            code: format!("{coupon}-DEMO-{n:04}"),
-            grant_id: None,
-            issued_at: None,
-        })
+    let codes: Vec<String> = (1..=count)
+        .map(|n| format!("{coupon}-DEMO-{n:04}"))
         .collect();
     let mut conn = ctx.db.get().await?;
-    let raised = conn
-        .write_transaction(async |conn| {
-            conn.insert_generated_codes(&rows).await?;
-            conn.add_stock(coupon, rows.len() as i64).await
-        })
+    let imported = conn
+        .import_chunk(coupon, &codes, crate::store::now())
         .await
         .map_err(StoreError::from)?;
-    if !raised {
+    if imported.is_none() {
         return Err(AppError::Other(format!("demo: no coupon {coupon}")));
     }
     println!("  imported   {count} codes into the pool of {coupon} ({coupon}-DEMO-0001 ...)");

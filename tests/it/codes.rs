@@ -11,31 +11,6 @@ use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
 use crate::on_both_backends;
 use crate::support::*;
 
-/// Imports `n` codes `{prefix}{i}` into a pool coupon the way `codes import` does:
-/// the rows and the coupon's stock in one transaction.
-async fn seed_pool(ctx: &Daemon, coupon: &str, prefix: &str, n: usize) {
-    let mut conn = ctx.db.get().await.unwrap();
-    conn.transaction(async |conn| {
-        for start in (0..n).step_by(1000) {
-            let values: Vec<String> = (start..n.min(start + 1000))
-                .map(|i| format!("('{coupon}', '{prefix}{i}', '2026-12-01 00:00:00')"))
-                .collect();
-            let sql = format!(
-                "INSERT INTO coupon_codes (coupon_id, code, imported_at) VALUES {}",
-                values.join(", ")
-            );
-            conn.execute(diesel::sql_query(sql)).await?;
-        }
-        let raise = format!(
-            "UPDATE coupons SET stock = stock + {n}, remaining = remaining + {n} WHERE id = '{coupon}'"
-        );
-        conn.execute(diesel::sql_query(raise)).await?;
-        Ok::<_, diesel::result::Error>(())
-    })
-    .await
-    .unwrap();
-}
-
 /// Queues `n` first visits of distinct users, in multi-row inserts.
 async fn queue_first_visits(ctx: &Daemon, n: usize) {
     for start in (0..n).step_by(1000) {

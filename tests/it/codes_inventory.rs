@@ -24,29 +24,6 @@ async fn wave(ctx: &Daemon, prefix: &str, n: usize) {
     drain(ctx).await;
 }
 
-/// Imports `n` codes `{prefix}{i}` into a pool coupon the way `codes import` does:
-/// the rows and the coupon's stock in one transaction.
-async fn import(ctx: &Daemon, coupon: &str, prefix: &str, n: usize) {
-    let mut conn = ctx.db.get().await.unwrap();
-    conn.transaction(async |conn| {
-        let values: Vec<String> = (0..n)
-            .map(|i| format!("('{coupon}', '{prefix}{i}', '2026-12-01 00:00:00')"))
-            .collect();
-        let rows = format!(
-            "INSERT INTO coupon_codes (coupon_id, code, imported_at) VALUES {}",
-            values.join(", ")
-        );
-        conn.execute(diesel::sql_query(rows)).await?;
-        let raise = format!(
-            "UPDATE coupons SET stock = stock + {n}, remaining = remaining + {n} WHERE id = '{coupon}'"
-        );
-        conn.execute(diesel::sql_query(raise)).await?;
-        Ok::<_, diesel::result::Error>(())
-    })
-    .await
-    .unwrap();
-}
-
 fn alerts_of(receiver: &Receiver, kind: &str) -> Vec<serde_json::Value> {
     receiver
         .seen()
@@ -232,7 +209,7 @@ async fn a_pool_rotates_at_its_watermark_and_runs_low_like_counted_stock(db: Tes
         ALERTS,
     ))
     .await;
-    import(&ctx, "POOL", "P-", 10).await;
+    seed_pool(&ctx, "POOL", "P-", 10).await;
     wave(&ctx, "a", 4).await;
     assert_eq!(remaining_of(&ctx, "POOL").await, 6);
     let report = inventory::check(&ctx.schedule()).await.unwrap();
@@ -253,7 +230,7 @@ async fn a_pool_rotates_at_its_watermark_and_runs_low_like_counted_stock(db: Tes
             .is_empty(),
         "announced once"
     );
-    import(&ctx, "POOL", "Q-", 1).await;
+    seed_pool(&ctx, "POOL", "Q-", 1).await;
     let report = inventory::check(&ctx.schedule()).await.unwrap();
     assert_eq!(report.running_low, ["POOL"], "an import re-arms it");
 
@@ -332,7 +309,7 @@ async fn a_pool_changed_by_hand_raises_inventory_drift(db: TestDb) {
         ALERTS,
     ))
     .await;
-    import(&ctx, "POOL", "P-", 5).await;
+    seed_pool(&ctx, "POOL", "P-", 5).await;
     wave(&ctx, "a", 2).await;
     assert!(
         reconcile::run(&ctx.schedule()).await.unwrap().is_empty(),
@@ -422,7 +399,7 @@ async fn stock_add_refuses_a_pool_and_stock_show_marks_it(db: TestDb) {
         "",
     ))
     .await;
-    import(&ctx, "POOL", "P-", 5).await;
+    seed_pool(&ctx, "POOL", "P-", 5).await;
     let refused = couponsd::ops::stock::add(&installation(&ctx), "POOL", 10)
         .await
         .unwrap_err()

@@ -435,3 +435,19 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// Imports `n` codes `{prefix}{i}` into a pool coupon with the store's import
+/// operation (`codes import`): each chunk's rows and the coupon's stock in one
+/// transaction.
+pub async fn seed_pool(ctx: &Daemon, coupon: &str, prefix: &str, n: usize) {
+    let codes: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let mut conn = ctx.db.get().await.unwrap();
+    for chunk in codes.chunks(5000) {
+        let imported = conn
+            .import_chunk(coupon, chunk, couponsd::store::now())
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no coupon {coupon}"));
+        assert_eq!(imported.imported, chunk.len(), "every code is new");
+    }
+}
