@@ -1,11 +1,15 @@
-//! The codes of a batch's grants. A pool coupon's stock is taken first, with its
-//! guarded update, and its codes drawn while the transaction holds that row lock: every
-//! draw of one coupon is serialised by it, so no two batches draw one code and the
-//! coupon's `remaining` equals its unissued codes at every commit. A generated code is
-//! written beside its grant; one that exists already, under any coupon, fails the
-//! statement on the unique key, and the batch's codes are drawn again.
+//! The codes of a batch's grants. A pool coupon's codes are drawn with their rows
+//! locked, skipping rows another batch holds, so concurrent batches draw different
+//! codes without waiting for each other; its stock is taken at the end with the guarded
+//! update of every coupon, so the coupon's `remaining` still equals its unissued codes
+//! at every commit, and its hot row is held no longer than a counted coupon's. A draw
+//! that comes back short (the codes left are held by batches in flight) is stale stock:
+//! the batch is decided again with the chains locked, and then it waits for the codes
+//! instead of skipping them; short then means the pool has fewer codes than its stock
+//! says. A generated code is written beside its grant; one that exists already, under
+//! any coupon, fails the statement on the unique key, and its codes are drawn again.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
@@ -23,13 +27,13 @@ use crate::store::Conn;
 const GENERATE_ATTEMPTS: u32 = 8;
 
 /// Gives each grant of a coupon with codes its code (`grants[i]` was earned by
-/// `granted[i]`). Returns the pool coupons whose stock it took.
+/// `granted[i]`); `locked`: the batch was decided with its chains locked.
 pub(super) async fn issue(
     conn: &mut Conn,
     grants: &mut [NewGrant],
-    granted: &[&Decision],
+    (granted, locked): (&[&Decision], bool),
     now: DateTime<Utc>,
-) -> Result<HashSet<String>, BatchError> {
+) -> Result<(), BatchError> {
     let mut pools: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     let mut generated: Vec<(usize, CodePattern)> = Vec::new();
     for (i, d) in granted.iter().enumerate() {
@@ -43,29 +47,29 @@ pub(super) async fn issue(
         }
     }
     for (coupon, members) in &pools {
-        draw(conn, coupon, members, grants, now).await?;
+        draw(conn, coupon, (members, locked), grants, now).await?;
     }
     if !generated.is_empty() {
         generate(conn, &generated, grants, now).await?;
     }
-    Ok(pools.into_keys().collect())
+    Ok(())
 }
 
-/// Takes `members.len()` from a pool coupon's stock and draws as many of its codes.
+/// Draws `members.len()` codes of a pool coupon and issues them to those grants.
 async fn draw(
     conn: &mut Conn,
     coupon: &str,
-    members: &[usize],
+    (members, locked): (&[usize], bool),
     grants: &mut [NewGrant],
     now: DateTime<Utc>,
 ) -> Result<(), BatchError> {
     let wanted = members.len() as i64;
-    if !conn.take_stock(coupon, wanted).await? {
-        return Err(BatchError::StaleStock);
-    }
-    let drawn = conn.draw_codes(coupon, wanted).await?;
+    let drawn = conn.draw_codes(coupon, wanted, !locked).await?;
     if (drawn.len() as i64) < wanted {
-        return Err(BatchError::PoolShort(coupon.to_owned()));
+        return Err(match locked {
+            true => BatchError::PoolShort(coupon.to_owned()),
+            false => BatchError::StaleStock,
+        });
     }
     let issued: Vec<IssuedCode> = members
         .iter()

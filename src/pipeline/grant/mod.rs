@@ -303,7 +303,6 @@ fn hand_over(
         tally,
         handed_off,
         outbox_channels,
-        ..
     } = written;
     summary.retries = retries;
     deps.metrics.record_batch(&tally, started.elapsed());

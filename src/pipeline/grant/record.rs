@@ -70,8 +70,6 @@ pub(super) struct Written {
     pub(super) handed_off: Vec<NewDelivery>,
     /// The channels of the rows written due at once, for the outbox.
     pub(super) outbox_channels: HashSet<String>,
-    /// The pool coupons whose stock the codes' draw took already.
-    pub(super) stock_taken: HashSet<String>,
 }
 
 /// The rows a batch writes.
@@ -84,15 +82,15 @@ struct Rows {
     finished: Vec<Finished>,
 }
 
-/// Writes the batch's grants with their codes, their outbox rows and every request's
-/// final status. The `coupon.granted` rows of the channels in `outlets.handoff` are due
+/// Writes the batch's grants with their codes (drawn from a pool `locked` or not: see
+/// [`codes::issue`]), their outbox rows and every request's final status. The `coupon.granted` rows of the channels in `outlets.handoff` are due
 /// at the end of the hold (held for this daemon's dispatcher) and returned for the
 /// hand-off; the others are due now.
 pub(super) async fn write_batch(
     conn: &mut Conn,
     rules: &Rules,
     (decisions, rejected): (&[Decision], &[Rejected]),
-    (claim, outlets): (Claim, &Outlets),
+    ((claim, outlets), locked): ((Claim, &Outlets), bool),
     now: DateTime<Utc>,
 ) -> Result<Written, BatchError> {
     let version = rules.version().to_string();
@@ -102,10 +100,8 @@ pub(super) async fn write_batch(
     }
     rows.finished.extend(rejected.iter().map(rejection));
     let at = now.naive_utc();
-    // The statuses first: a pool coupon's draw takes its row lock, held to the commit.
-    conn.finish_requests(&rows.finished, claim, at).await?;
     let granted: Vec<&Decision> = rows.granted.iter().map(|&i| &decisions[i]).collect();
-    let stock_taken = codes::issue(conn, &mut rows.grants, &granted, now).await?;
+    codes::issue(conn, &mut rows.grants, (&granted, locked), now).await?;
     rows.deliveries = rows
         .grants
         .iter()
@@ -114,6 +110,7 @@ pub(super) async fn write_batch(
         .collect();
     conn.record_grants(&rows.grants).await?;
     conn.record_deliveries(&rows.deliveries).await?;
+    conn.finish_requests(&rows.finished, claim, at).await?;
     let count = |s: RequestStatus| rows.finished.iter().filter(|f| f.status == s).count();
     let summary = BatchSummary {
         granted: rows.grants.len(),
@@ -131,7 +128,6 @@ pub(super) async fn write_batch(
         tally,
         handed_off,
         outbox_channels: for_outbox.into_iter().map(|d| d.channel).collect(),
-        stock_taken,
     })
 }
 
@@ -228,7 +224,7 @@ fn rejection(r: &Rejected) -> Finished {
 pub(super) async fn take_stock(
     conn: &mut Conn,
     decisions: &[Decision],
-    (budgeted, taken_already): (&HashSet<String>, &HashSet<String>),
+    budgeted: &HashSet<String>,
 ) -> Result<(), BatchError> {
     let mut taken: BTreeMap<&str, i64> = BTreeMap::new();
     let mut value: BTreeMap<&str, i64> = BTreeMap::new();
@@ -243,7 +239,7 @@ pub(super) async fn take_stock(
             }
         }
     }
-    for (coupon, count) in taken.iter().filter(|(c, _)| !taken_already.contains(**c)) {
+    for (coupon, count) in &taken {
         if !conn.take_stock(coupon, *count).await? {
             return Err(BatchError::StaleStock);
         }

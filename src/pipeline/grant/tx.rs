@@ -61,9 +61,11 @@ pub(super) fn grant_batch<'c>(
         let (decided, budgeted) = decide_batch(conn, &inputs, requests, &histories, locked).await?;
         let decisions = &decided.decisions;
         let record = (claim, &outlets);
+        let locked = decided.locked;
         let mut written =
-            record::write_batch(conn, &rules, (decisions, &rejected), record, now).await?;
-        record::take_stock(conn, decisions, (&budgeted, &written.stock_taken)).await?;
+            record::write_batch(conn, &rules, (decisions, &rejected), (record, locked), now)
+                .await?;
+        record::take_stock(conn, decisions, &budgeted).await?;
         record::alert_budgets(conn, &config, &decided.budget_reached, now).await?;
         written.summary.claimed = claimed;
         written.tally.rule_evaluation = decided.evaluation;
@@ -101,6 +103,8 @@ pub(super) struct Decided {
     budget_reached: Vec<String>,
     /// Time spent evaluating the rules.
     evaluation: Duration,
+    /// Decided with the chains and budgets locked.
+    locked: bool,
 }
 
 /// Reads the chains and budgets (locked or not), decides every request, and returns the
@@ -124,7 +128,8 @@ async fn decide_batch(
         let (chains, budgets) = read_books(conn, inputs, &campaign_ids, locked).await?;
         let before = budgets.clone();
         let books = (histories.clone(), chains, budgets);
-        let decided = decide_off_runtime(inputs, requests, books).await?;
+        let mut decided = decide_off_runtime(inputs, requests, books).await?;
+        decided.locked = locked;
         if locked || !near_the_end(&decided, &before, margin) {
             let budgeted = before.into_iter().map(|b| b.campaign_id).collect();
             return Ok((decided, budgeted));
@@ -254,6 +259,7 @@ async fn decide_off_runtime(
             decisions,
             budget_reached,
             evaluation,
+            locked: false,
         }
     })
     .await

@@ -1,6 +1,6 @@
 //! `codes import`: a partner's codes streamed into a pool coupon, one chunk per
-//! transaction. A chunk takes the coupon's row lock first (the grant step locks it
-//! before drawing codes, so every writer of a pool takes the same order), inserts the
+//! transaction. A chunk takes the coupon's row lock first (the grant step takes it
+//! after drawing codes, which skips the chunk's uncommitted rows), inserts the
 //! codes `coupon_codes` does not hold yet under any coupon, and raises the coupon's
 //! stock and remaining by exactly as many, so that a pool coupon's remaining equals its
 //! unissued codes at every commit.

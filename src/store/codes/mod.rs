@@ -1,6 +1,7 @@
 //! `coupon_codes`: the codes users redeem. A pool coupon's codes are imported
-//! (`import.rs`) and drawn by the grant step under the coupon's row lock, so that its
-//! `remaining` equals its unissued codes at every commit; a generated code is written
+//! (`import.rs`) and drawn by the grant step, which takes as much of the coupon's
+//! stock in the same transaction, so that its `remaining` equals its unissued codes at
+//! every commit; a generated code is written
 //! at its grant, where the unique key on `code` refuses one that repeats any code ever
 //! issued or imported.
 
@@ -65,13 +66,15 @@ pub fn is_duplicate(error: &DieselError) -> bool {
 
 /// Operations on `coupon_codes`.
 impl Conn {
-    /// Inside the caller's transaction, which holds the coupon's row lock: the first
-    /// `count` unissued codes of a pool coupon, locked (skipping none but rows another
-    /// transaction holds against the lock order, which come back short).
+    /// Inside the caller's transaction: the first `count` unissued codes of a pool
+    /// coupon, locked until the commit. With `skip_locked`, rows other transactions
+    /// hold are passed over (fewer come back when they hold the rest); without, the
+    /// draw waits for them. (SQLite, with its one writer, has no row locks.)
     pub async fn draw_codes(
         &mut self,
         coupon_id: &str,
         count: i64,
+        skip_locked: bool,
     ) -> QueryResult<Vec<(i64, String)>> {
         let query = table
             .filter(k::coupon_id.eq(coupon_id))
@@ -79,8 +82,16 @@ impl Conn {
             .order(k::id)
             .limit(count)
             .select((k::id, k::code));
-        self.load_either(Cached(query.for_update().skip_locked()), Cached(query))
-            .await
+        match skip_locked {
+            true => {
+                self.load_either(Cached(query.for_update().skip_locked()), Cached(query))
+                    .await
+            }
+            false => {
+                self.load_either(Cached(query.for_update()), Cached(query))
+                    .await
+            }
+        }
     }
 
     /// Marks drawn pool codes issued to their grants: one upsert on the row id per
