@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 
 use super::database::{self, ScratchDb};
 use super::process::{self, Exit};
+use super::receiver::CodeTally;
 use super::report::{mib, Figures, Goal};
 use super::workload::{self, Catalog, Knobs};
 use super::{Bench, BenchError};
 use couponsd::config::Config;
 use couponsd::domain::chain::CouponStock;
+use couponsd::store::codes::CodeCounts;
 use couponsd::store::requests::NewRequest;
 use couponsd::store::StoreError;
 
@@ -35,6 +37,10 @@ pub(super) struct Drained {
     pub verified: u64,
     pub rejected: u64,
     pub duplicates: u64,
+    /// What the receiver saw of the grants' codes.
+    pub codes: CodeTally,
+    /// Each coupon's codes in `coupon_codes` after the drain.
+    pub code_counts: Vec<(String, CodeCounts)>,
     pub receive_span: Option<Duration>,
     pub grant_span: Option<Duration>,
     pub server: Option<Vec<(String, i64)>>,
@@ -70,6 +76,19 @@ impl Drained {
     pub fn daemon_cpu(&self) -> Duration {
         self.exits.iter().map(Exit::cpu).sum()
     }
+
+    /// CPU seconds per 1,000 requests.
+    pub fn per_k(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() * 1000.0 / self.requests as f64
+    }
+
+    /// All CPU the drain saw (daemons, database server, bench) over wall x cores, in
+    /// percent: below about 85 on two cores, something else had the machine.
+    pub fn busy_percent(&self) -> f64 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let busy = self.daemon_cpu() + self.db_cpu.unwrap_or_default() + self.bench_cpu;
+        100.0 * busy.as_secs_f64() / (self.wall.as_secs_f64() * cores)
+    }
 }
 
 pub(super) async fn drain(
@@ -104,8 +123,23 @@ async fn drain_in(
         load.as_secs_f64(),
         requests as f64 / load.as_secs_f64()
     );
+    let pools = catalog.pools();
+    let seeded = if pools.is_empty() {
+        None
+    } else {
+        Some(super::codes::seed_pools(&db, &pools).await?)
+    };
     let received = bench.receiver.received.clone();
     received.reset();
+    if let Some((seeded, took)) = seeded {
+        println!(
+            "  seeded {} pool codes into {} coupons in {:.2} s (multi-row INSERTs of 1,000, stock raised in the same transaction)",
+            seeded.len(),
+            pools.len(),
+            took.as_secs_f64()
+        );
+        received.expect_codes(seeded);
+    }
     let before = match &bench.server {
         Some(server) => Some(database::status(server).await?),
         None => None,
@@ -150,6 +184,8 @@ async fn drain_in(
         verified: received.verified(),
         rejected: received.rejected(),
         duplicates: received.duplicates(),
+        codes: received.codes(),
+        code_counts: ledger.code_counts,
         receive_span: received.span().map(|(a, b)| b - a),
         grant_span: ledger.grant_span,
         server,
@@ -187,10 +223,12 @@ pub(super) struct Ledger {
     pub delivered: i64,
     /// The first claim to the last decision.
     pub grant_span: Option<Duration>,
+    /// Each coupon's codes.
+    pub code_counts: Vec<(String, CodeCounts)>,
 }
 
 pub(super) async fn read_ledger(db: &couponsd::store::Db) -> Result<Ledger, BenchError> {
-    let (outcomes, per_coupon, deliveries, stock) = {
+    let (outcomes, per_coupon, deliveries, stock, code_counts) = {
         let conn = &mut db.get().await?;
         let e = StoreError::from;
         (
@@ -198,6 +236,7 @@ pub(super) async fn read_ledger(db: &couponsd::store::Db) -> Result<Ledger, Benc
             conn.grants_per_coupon().await.map_err(e)?,
             conn.count_deliveries().await.map_err(e)?,
             conn.coupon_stock().await.map_err(e)?,
+            conn.code_counts().await.map_err(e)?,
         )
     };
     let grant_span = database::grant_span(db)
@@ -214,6 +253,7 @@ pub(super) async fn read_ledger(db: &couponsd::store::Db) -> Result<Ledger, Benc
         stock,
         delivered,
         grant_span,
+        code_counts,
     })
 }
 
@@ -333,7 +373,7 @@ pub(super) fn check_common(scenario: &str, d: &Drained) -> Result<(), BenchError
 /// The throughput figures of a one-daemon drain; returns requests/s end to end.
 /// CPU per 1,000 requests (daemons, database server, bench) and the server's counters.
 pub(super) fn report_resources(bench: &mut Bench, scenario: &str, d: &Drained) {
-    let per_k = |cpu: Duration| cpu.as_secs_f64() * 1000.0 / d.requests as f64;
+    let per_k = |cpu: Duration| d.per_k(cpu);
     let figures = &mut bench.figures;
     figures.note(
         scenario,
@@ -355,12 +395,10 @@ pub(super) fn report_resources(bench: &mut Bench, scenario: &str, d: &Drained) {
         per_k(d.bench_cpu),
         "s",
     );
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let busy = d.daemon_cpu() + d.db_cpu.unwrap_or_default() + d.bench_cpu;
     figures.note(
         scenario,
         "machine busy (all CPU / (wall x cores))",
-        100.0 * busy.as_secs_f64() / (d.wall.as_secs_f64() * cores),
+        d.busy_percent(),
         "%",
     );
     if let Some(server) = &d.server {

@@ -21,7 +21,7 @@ use super::database::{self, ScratchDb};
 use super::drain;
 use super::process;
 use super::sqltrace;
-use super::workload::{self, Catalog};
+use super::workload::{self, Catalog, Codes};
 use super::{Bench, BenchError};
 
 /// The floor's decisions: the steady catalog's chains with what is left of each coupon,
@@ -75,7 +75,10 @@ pub async fn run(bench: &mut Bench, n: usize) -> Result<(), BenchError> {
 
 async fn run_in(bench: &mut Bench, scratch: &ScratchDb, n: usize) -> Result<(), BenchError> {
     let dir = bench.dir.join("floor");
-    let catalog = Catalog::Steady { requests: n };
+    let catalog = Catalog::Steady {
+        requests: n,
+        codes: Codes::None,
+    };
     let (_, db) = drain::prepare(bench, scratch, &dir, catalog, bench.knobs).await?;
     let plan = Mutex::new(plan(&db).await?);
     let load = workload::bulk_load(&db, workload::steady_triggers("fl", n)).await?;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::database::{self, ScratchDb};
 use super::process;
 use super::report::{mib, ms, percentile, Goal};
-use super::workload::{self, Catalog};
+use super::workload::{self, Catalog, Codes};
 use super::{Bench, BenchError};
 use couponsd::config::Config;
 use couponsd::store::requests::NewRequest;
@@ -65,6 +65,7 @@ async fn run_in(bench: &mut Bench, scratch: &ScratchDb, count: usize) -> Result<
     let dir = bench.dir.join("latency");
     let catalog = Catalog::Steady {
         requests: count * 2,
+        codes: Codes::None,
     };
     let path = workload::write_config(
         &dir,

@@ -15,11 +15,16 @@
 //! | `memory`   | peak RSS of the daemons of `steady` and `flash` |
 //! | `rules`    | one evaluation of each shipped rule, in process |
 //!
+//! `--codes none,pool,generate` runs `steady` and `flash` once per code source (every
+//! coupon a pool the bench seeds first, or generated codes), and `--rounds N` repeats
+//! them in interleaved rounds with the ratios against `none` at the end (`rounds`).
+//!
 //! Daemons are separate processes of the `couponsd` binary (`run --drain`, or `run`
 //! then SIGTERM), so that each one's CPU time and peak RSS are its own (see `process`).
 //! The bench finds it with `--daemon`, `COUPONSD_BIN`, or beside its own executable:
 //! `cargo build --release --workspace` puts both in `target/release/`.
 
+mod codes;
 mod database;
 mod drain;
 mod flash;
@@ -28,6 +33,7 @@ mod latency;
 mod process;
 mod receiver;
 mod report;
+mod rounds;
 mod rules;
 mod sqltrace;
 mod throughput;
@@ -44,7 +50,7 @@ use couponsd::store::StoreError;
 use database::Target;
 use receiver::Receiver;
 use report::Figures;
-use workload::Knobs;
+use workload::{Codes, Knobs};
 
 /// Requests of `steady` and `flash` on MariaDB unless `--requests` says otherwise.
 const MYSQL_REQUESTS: usize = 100_000;
@@ -83,6 +89,12 @@ pub enum BenchError {
 impl From<AppError> for BenchError {
     fn from(e: AppError) -> Self {
         BenchError::Setup(e.to_string())
+    }
+}
+
+impl From<diesel::result::Error> for BenchError {
+    fn from(e: diesel::result::Error) -> Self {
+        BenchError::Store(StoreError::from(e))
     }
 }
 
@@ -155,6 +167,16 @@ pub struct BenchArgs {
     /// Daemons of the flash sale.
     #[arg(long, default_value_t = 3)]
     pub daemons: usize,
+    /// Where the coupons of steady and flash take their codes from, comma-separated:
+    /// `none` (counted stock), `pool` (every coupon a pool, seeded before the drain with
+    /// as many codes as its stock), `generate` (a fresh code per grant). Each is run;
+    /// with `none` and another, the end shows the ratios against `none`.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "none")]
+    pub codes: Vec<Codes>,
+    /// Rounds of steady and flash (each with every `--codes` source, the order rotated
+    /// by one per round), for ratios the machine's noise cancels in.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub rounds: u16,
     /// Profile: route the daemons' MariaDB connections through a relay that times every
     /// statement, and print where the round-trip time went. Slows the run down.
     #[arg(long)]
@@ -249,9 +271,25 @@ async fn run_scenarios(bench: &mut Bench, args: &BenchArgs) -> Result<(), BenchE
     if wants(Scenario::Rules) {
         rules::run(bench).await?;
     }
+    let mut drains = Vec::new();
     if wants(Scenario::Steady) || picked(Scenario::Memory) {
-        throughput::steady(bench, n).await?;
+        drains.push(rounds::Drain::Steady);
     }
+    let flash = wants(Scenario::Flash) || picked(Scenario::Memory);
+    if flash && !args.sqlite {
+        drains.push(rounds::Drain::Flash);
+    }
+    let mut codes = args.codes.clone();
+    codes.sort();
+    codes.dedup();
+    let plan = rounds::Plan {
+        drains,
+        codes,
+        rounds: usize::from(args.rounds),
+        requests: n,
+        daemons: args.daemons.max(1),
+    };
+    rounds::run(bench, &plan).await?;
     if wants(Scenario::Baseline) {
         // The same workload as `steady`, size and all, so that the gain is a ratio of
         // two drains of the same queue (about two minutes at 100,000 requests).
@@ -267,12 +305,8 @@ async fn run_scenarios(bench: &mut Bench, args: &BenchArgs) -> Result<(), BenchE
             floor::run(bench, n).await?;
         }
     }
-    if wants(Scenario::Flash) || picked(Scenario::Memory) {
-        if args.sqlite {
-            mysql_only("flash");
-        } else {
-            flash::run(bench, n, args.daemons.max(1)).await?;
-        }
+    if flash && args.sqlite {
+        mysql_only("flash");
     }
     if wants(Scenario::Latency) {
         if args.sqlite {
@@ -384,6 +418,14 @@ fn print_machine(settings: &BTreeMap<String, String>, args: &BenchArgs, daemon: 
         );
     }
     println!("  knobs      {}", args.knobs().describe());
+    if args.codes != [Codes::None] || args.rounds > 1 {
+        let codes: Vec<&str> = args.codes.iter().map(|c| c.as_str()).collect();
+        println!(
+            "  codes      {} ({} rounds of steady and flash)",
+            codes.join(","),
+            args.rounds
+        );
+    }
     if args.trace_sql {
         println!("  NOTE       --trace-sql: the daemons talk to MariaDB through a timing relay; rates are lower than without it");
     }

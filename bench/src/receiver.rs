@@ -45,6 +45,33 @@ pub struct Received {
     duplicates: AtomicU64,
     seen: Mutex<HashSet<String>>,
     arrivals: Mutex<Vec<Arrival>>,
+    codes: Mutex<CodeLedger>,
+}
+
+/// What the `coupon.granted` bodies said about codes: each code seen, and the bodies
+/// that broke a rule of a codes run.
+#[derive(Default)]
+struct CodeLedger {
+    /// Every code of a first delivery (a retry repeats its own code; it is not counted).
+    seen: HashSet<String>,
+    /// The codes a pool run seeded, when it set them: any other code is unknown.
+    seeded: Option<HashSet<String>>,
+    tally: CodeTally,
+}
+
+/// The `coupon.granted` deliveries of a run, checked for their codes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CodeTally {
+    /// First deliveries of `coupon.granted` (retries not counted).
+    pub granted: u64,
+    /// Of those, with a `code`.
+    pub with_code: u64,
+    /// With an `expires_at`.
+    pub with_expiry: u64,
+    /// Whose code an earlier grant's delivery carried already.
+    pub repeated: u64,
+    /// Whose code is not one the run seeded (pool runs only).
+    pub unknown: u64,
 }
 
 impl Received {
@@ -89,6 +116,17 @@ impl Received {
         true
     }
 
+    /// What the grants' bodies said about codes so far.
+    pub fn codes(&self) -> CodeTally {
+        lock(&self.codes).tally
+    }
+
+    /// From now on, a code not in `seeded` counts as unknown (a pool run's codes).
+    /// Cleared by [`Received::reset`].
+    pub fn expect_codes(&self, seeded: HashSet<String>) {
+        lock(&self.codes).seeded = Some(seeded);
+    }
+
     /// Forgets everything seen, for the next scenario.
     pub fn reset(&self) {
         self.verified.store(0, Ordering::Relaxed);
@@ -97,6 +135,7 @@ impl Received {
         self.duplicates.store(0, Ordering::Relaxed);
         lock(&self.seen).clear();
         lock(&self.arrivals).clear();
+        *lock(&self.codes) = CodeLedger::default();
     }
 }
 
@@ -183,12 +222,15 @@ async fn receive(
         received.rejected.fetch_add(1, Ordering::Relaxed);
         return StatusCode::UNAUTHORIZED;
     };
-    if !lock(&received.seen).insert(webhook_id) {
+    let first = lock(&received.seen).insert(webhook_id);
+    if !first {
         received.duplicates.fetch_add(1, Ordering::Relaxed);
     }
-    let request_key = serde_json::from_slice::<Body>(&body)
-        .ok()
-        .and_then(|b| b.data.request_key);
+    let body = serde_json::from_slice::<Body>(&body).ok();
+    if let Some(body) = body.as_ref().filter(|b| first && b.kind == GRANTED) {
+        lock(&received.codes).record(&body.data);
+    }
+    let request_key = body.and_then(|b| b.data.request_key);
     if request_key.is_some() {
         received.granted.fetch_add(1, Ordering::Relaxed);
     }
@@ -217,12 +259,69 @@ fn verified_id(shared: &Shared, channel: &str, headers: &HeaderMap, body: &[u8])
         .then(|| id.to_owned())
 }
 
+/// The event type whose bodies carry codes.
+const GRANTED: &str = "coupon.granted";
+
 #[derive(serde::Deserialize)]
 struct Body {
+    #[serde(rename = "type")]
+    kind: String,
     data: Data,
 }
 
 #[derive(serde::Deserialize)]
 struct Data {
     request_key: Option<String>,
+    code: Option<String>,
+    expires_at: Option<String>,
+}
+
+impl CodeLedger {
+    fn record(&mut self, data: &Data) {
+        let tally = &mut self.tally;
+        tally.granted += 1;
+        tally.with_expiry += u64::from(data.expires_at.is_some());
+        let Some(code) = &data.code else {
+            return;
+        };
+        tally.with_code += 1;
+        if self.seeded.as_ref().is_some_and(|s| !s.contains(code)) {
+            tally.unknown += 1;
+        }
+        if !self.seen.insert(code.clone()) {
+            tally.repeated += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn granted(code: Option<&str>) -> Data {
+        Data {
+            request_key: Some("k".into()),
+            code: code.map(str::to_owned),
+            expires_at: code.map(|_| "2026-12-10T00:00:00Z".to_owned()),
+        }
+    }
+
+    #[test]
+    fn codes_count_repeats_unknowns_and_grants_without_one() {
+        let mut ledger = CodeLedger {
+            seeded: Some(["A", "B"].into_iter().map(String::from).collect()),
+            ..CodeLedger::default()
+        };
+        for code in [Some("A"), Some("B"), Some("A"), Some("Z"), None] {
+            ledger.record(&granted(code));
+        }
+        let expected = CodeTally {
+            granted: 5,
+            with_code: 4,
+            with_expiry: 4,
+            repeated: 1,
+            unknown: 1,
+        };
+        assert_eq!(ledger.tally, expected);
+    }
 }

@@ -101,7 +101,7 @@ impl Figures {
             let verdict = if goal.met(f.value) { "met" } else { "MISSED" };
             let _ = writeln!(
                 out,
-                "  {:<9} {:<56} {:>12} {:<12} target {:<10} {verdict}",
+                "  {:<15} {:<56} {:>12} {:<12} target {:<10} {verdict}",
                 f.scenario,
                 f.name,
                 number(f.value),
@@ -116,7 +116,7 @@ impl Figures {
         for f in ratios {
             let _ = writeln!(
                 out,
-                "  {:<9} {:<56} {:>12} x",
+                "  {:<15} {:<56} {:>12} x",
                 f.scenario,
                 f.name,
                 number(f.value)

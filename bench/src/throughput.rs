@@ -4,29 +4,39 @@
 
 use super::drain::{self, Drained};
 use super::report::Goal;
-use super::workload::{self, Catalog, Knobs};
-use super::{Bench, BenchError};
+use super::rounds::Run;
+use super::workload::{self, Catalog, Codes, Knobs};
+use super::{codes, Bench, BenchError};
 
-/// Scenario 1: `n` queued triggers, one daemon.
-pub async fn steady(bench: &mut Bench, n: usize) -> Result<(), BenchError> {
+/// Scenario 1: `n` queued triggers, one daemon; its coupons' codes from `codes`
+/// (`label` names the run: `steady`, or `steady/pool` and the like in rounds).
+pub async fn steady(
+    bench: &mut Bench,
+    n: usize,
+    codes: Codes,
+    label: &str,
+) -> Result<Run, BenchError> {
     let knobs = bench.knobs;
-    println!("\n[steady] {n} queued triggers (half new, half returning users; 3 campaigns, 10 coupons), one daemon");
+    println!("\n[{label}] {n} queued triggers (half new, half returning users; 3 campaigns, 10 coupons), one daemon, codes: {}", codes.as_str());
     println!("  knobs: {}", knobs.describe());
-    let catalog = Catalog::Steady { requests: n };
+    let catalog = Catalog::Steady { requests: n, codes };
     let drained = drain::drain(
         bench,
-        "steady",
+        &label.replace('/', "_"),
         catalog,
         knobs,
         workload::steady_triggers("s", n),
         1,
     )
     .await?;
-    drain::check_common("steady", &drained)?;
-    let rate = report_drain(bench, "steady", &drained, Some(10_000.0));
-    bench.steady_rate = Some(rate);
-    drain::memory(bench, "steady", &drained);
-    Ok(())
+    drain::check_common(label, &drained)?;
+    codes::check(label, codes, &drained)?;
+    let rate = report_drain(bench, label, &drained, Some(10_000.0));
+    if codes == Codes::None {
+        bench.steady_rate = Some(rate);
+    }
+    drain::memory(bench, label, &drained);
+    Ok(Run::of(&drained, rate))
 }
 
 /// Scenario 6: `steady` with `worker.batch_size: 1`, one transaction per request.
@@ -37,7 +47,10 @@ pub async fn baseline(bench: &mut Bench, n: usize) -> Result<(), BenchError> {
     };
     println!("\n[baseline] naive design: {n} queued triggers, worker.batch_size 1 (one transaction per request), one daemon");
     println!("  knobs: {}", knobs.describe());
-    let catalog = Catalog::Steady { requests: n };
+    let catalog = Catalog::Steady {
+        requests: n,
+        codes: Codes::None,
+    };
     let drained = drain::drain(
         bench,
         "baseline",

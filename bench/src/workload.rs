@@ -66,6 +66,33 @@ impl Knobs {
     }
 }
 
+/// Where the coupons of a scenario take their codes from (`--codes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Codes {
+    /// Counted stock and no codes: the catalog as it was before codes.
+    None,
+    /// `codes: {pool: true}`: each coupon's stock is a pool of codes the bench imports
+    /// before the timed drain, as many as its counted stock would have been.
+    Pool,
+    /// `codes: {generate: "BENCH-XXXX-XXXX-XXXX"}`: a fresh code written at each grant.
+    Generate,
+}
+
+impl Codes {
+    /// The word of `--codes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Codes::None => "none",
+            Codes::Pool => "pool",
+            Codes::Generate => "generate",
+        }
+    }
+}
+
+/// The pattern of `--codes generate`: twelve places, 31^12 codes, far over the
+/// 1,000,000 x stock `check` asks of the largest stock here (100,000).
+pub const GENERATE_PATTERN: &str = "BENCH-XXXX-XXXX-XXXX";
+
 /// The campaigns of a scenario.
 #[derive(Debug, Clone, Copy)]
 pub enum Catalog {
@@ -76,6 +103,8 @@ pub enum Catalog {
     Steady {
         /// Requests the stock is sized for.
         requests: usize,
+        /// Where the coupons' codes come from.
+        codes: Codes,
     },
     /// One campaign whose first coupon has `hot` in stock and whose second has enough
     /// for everyone else.
@@ -84,49 +113,126 @@ pub enum Catalog {
         hot: usize,
         /// Requests the fallback is sized for.
         requests: usize,
+        /// Where the coupons' codes come from.
+        codes: Codes,
     },
 }
 
-fn catalog_yaml(catalog: Catalog) -> String {
-    match catalog {
-        Catalog::Steady { requests: n } => {
-            let (tenth, twentieth) = (n / 10 + 1, n / 20 + 1);
-            format!(
-                r#"  - id: newcomer
-    event: app_open
-    audience: first_time
-    coupons:
-      - {{ id: NEW10, face_value: "10.00", stock: {tenth}, channel: wallet }}
-      - {{ id: NEW8, face_value: "8.00", stock: {tenth}, channel: wallet }}
-      - {{ id: NEW5, face_value: "5.00", stock: {tenth}, channel: wallet }}
-      - {{ id: NEW3, face_value: "3.00", stock: {n}, channel: wallet }}
-  - id: loyalty
-    event: app_open
-    audience: returning
-    coupons:
-      - {{ id: BACK5, face_value: "5.00", stock: {tenth}, channel: wallet }}
-      - {{ id: BACK3, face_value: "3.00", stock: {tenth}, channel: wallet }}
-      - {{ id: BACK2, face_value: "2.00", stock: {n}, channel: wallet }}
-  - id: checkout
-    event: checkout
-    audience: first_time
-    coupons:
-      - {{ id: CHK10, face_value: "10.00", stock: {twentieth}, channel: wallet }}
-      - {{ id: CHK5, face_value: "5.00", stock: {twentieth}, channel: wallet }}
-      - {{ id: CHK2, face_value: "2.00", stock: {n}, channel: wallet }}
-"#
-            )
+/// One campaign of a catalog: id, event, audience, and its chain of coupons.
+struct CampaignSpec {
+    id: &'static str,
+    event: &'static str,
+    audience: &'static str,
+    coupons: Vec<CouponSpec>,
+}
+
+/// One coupon of a catalog: id, face value, and its stock (counted, or the size of its
+/// pool).
+struct CouponSpec {
+    id: &'static str,
+    face_value: &'static str,
+    stock: usize,
+}
+
+impl Catalog {
+    /// Where its coupons' codes come from.
+    pub fn codes(self) -> Codes {
+        match self {
+            Catalog::Steady { codes, .. } | Catalog::Flash { codes, .. } => codes,
         }
-        Catalog::Flash { hot, requests } => format!(
-            r#"  - id: flash
-    event: app_open
-    audience: first_time
-    coupons:
-      - {{ id: HOT50, face_value: "50.00", stock: {hot}, channel: wallet }}
-      - {{ id: SORRY5, face_value: "5.00", stock: {requests}, channel: wallet }}
-"#
-        ),
     }
+
+    /// The pool coupons and how many codes each is seeded with (none unless
+    /// `--codes pool`).
+    pub fn pools(self) -> Vec<(&'static str, usize)> {
+        if self.codes() != Codes::Pool {
+            return Vec::new();
+        }
+        self.campaigns()
+            .into_iter()
+            .flat_map(|c| c.coupons)
+            .map(|c| (c.id, c.stock))
+            .collect()
+    }
+
+    fn campaigns(self) -> Vec<CampaignSpec> {
+        let coupon = |id, face_value, stock| CouponSpec {
+            id,
+            face_value,
+            stock,
+        };
+        match self {
+            Catalog::Steady { requests: n, .. } => {
+                let (tenth, twentieth) = (n / 10 + 1, n / 20 + 1);
+                vec![
+                    CampaignSpec {
+                        id: "newcomer",
+                        event: "app_open",
+                        audience: "first_time",
+                        coupons: vec![
+                            coupon("NEW10", "10.00", tenth),
+                            coupon("NEW8", "8.00", tenth),
+                            coupon("NEW5", "5.00", tenth),
+                            coupon("NEW3", "3.00", n),
+                        ],
+                    },
+                    CampaignSpec {
+                        id: "loyalty",
+                        event: "app_open",
+                        audience: "returning",
+                        coupons: vec![
+                            coupon("BACK5", "5.00", tenth),
+                            coupon("BACK3", "3.00", tenth),
+                            coupon("BACK2", "2.00", n),
+                        ],
+                    },
+                    CampaignSpec {
+                        id: "checkout",
+                        event: "checkout",
+                        audience: "first_time",
+                        coupons: vec![
+                            coupon("CHK10", "10.00", twentieth),
+                            coupon("CHK5", "5.00", twentieth),
+                            coupon("CHK2", "2.00", n),
+                        ],
+                    },
+                ]
+            }
+            Catalog::Flash { hot, requests, .. } => vec![CampaignSpec {
+                id: "flash",
+                event: "app_open",
+                audience: "first_time",
+                coupons: vec![
+                    coupon("HOT50", "50.00", hot),
+                    coupon("SORRY5", "5.00", requests),
+                ],
+            }],
+        }
+    }
+}
+
+fn catalog_yaml(catalog: Catalog) -> String {
+    let mut yaml = String::new();
+    for campaign in catalog.campaigns() {
+        yaml.push_str(&format!(
+            "  - id: {}\n    event: {}\n    audience: {}\n    coupons:\n",
+            campaign.id, campaign.event, campaign.audience
+        ));
+        for c in campaign.coupons {
+            let (id, face, stock) = (c.id, c.face_value, c.stock);
+            let source = match catalog.codes() {
+                Codes::None => format!("stock: {stock}"),
+                Codes::Pool => "codes: { pool: true }, valid_for: 7d".to_owned(),
+                Codes::Generate => format!(
+                    "stock: {stock}, codes: {{ generate: \"{GENERATE_PATTERN}\" }}, valid_for: 7d"
+                ),
+            };
+            yaml.push_str(&format!(
+                "      - {{ id: {id}, face_value: \"{face}\", {source}, channel: wallet }}\n"
+            ));
+        }
+    }
+    yaml
 }
 
 /// Writes the shipped rules and a config for `db_url` into `dir`; returns the config
@@ -332,6 +438,63 @@ mod tests {
         assert_eq!(keys.len(), 10, "every request key is its own");
         assert_eq!(rows[4].event, "checkout");
         assert_eq!(rows[3].event, "app_open");
+    }
+
+    #[tokio::test]
+    async fn every_code_source_writes_a_config_check_accepts() {
+        use couponsd::domain::codes::CodeSource;
+        let receiver = Receiver::start(&[("wallet", WALLET_SECRET), ("ops", OPS_SECRET)])
+            .await
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("couponsd-bench-test-{}", std::process::id()));
+        for codes in [Codes::None, Codes::Pool, Codes::Generate] {
+            for catalog in [
+                Catalog::Steady {
+                    requests: 100_000,
+                    codes,
+                },
+                Catalog::Flash {
+                    hot: 20_000,
+                    requests: 100_000,
+                    codes,
+                },
+            ] {
+                let path = write_config(
+                    &dir,
+                    "mysql://root@127.0.0.1:3306/unused",
+                    &receiver,
+                    Knobs::default(),
+                    catalog,
+                )
+                .unwrap();
+                let config = couponsd::config::Config::load(&path)
+                    .unwrap_or_else(|e| panic!("{codes:?} {catalog:?}: {e}"));
+                let coupons: Vec<_> = config.campaigns.iter().flat_map(|c| &c.coupons).collect();
+                for c in &coupons {
+                    match codes {
+                        Codes::None => assert_eq!(c.codes, None),
+                        Codes::Pool => {
+                            assert_eq!((&c.codes, c.stock), (&Some(CodeSource::Pool), 0))
+                        }
+                        Codes::Generate => {
+                            assert!(matches!(c.codes, Some(CodeSource::Generate(_))))
+                        }
+                    }
+                    assert_eq!(c.validity.valid_for.is_some(), codes != Codes::None);
+                }
+                let pooled: usize = catalog.pools().iter().map(|(_, n)| n).sum();
+                let counted: i64 = match codes {
+                    Codes::Pool => 0,
+                    _ => coupons.iter().map(|c| c.stock).sum(),
+                };
+                match (codes, catalog) {
+                    (Codes::Pool, Catalog::Steady { .. }) => assert_eq!(pooled, 360_007),
+                    (Codes::Pool, Catalog::Flash { .. }) => assert_eq!(pooled, 120_000),
+                    _ => assert_eq!((pooled, counted > 0), (0, true)),
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
