@@ -96,7 +96,8 @@ impl Conn {
 
     /// Marks drawn pool codes issued to their grants: one upsert on the row id per
     /// chunk on MySQL; on SQLite, with its one writer, one update per code on the
-    /// wrapped connection.
+    /// wrapped connection. A row already issued, or an id the pool does not hold,
+    /// fails it (`NotFound`): the caller's transaction rolls back.
     pub async fn issue_pool_codes(&mut self, codes: &[IssuedCode]) -> QueryResult<()> {
         let rows: Vec<PoolIssue> = codes
             .iter()
@@ -112,16 +113,28 @@ impl Conn {
             .collect();
         match self {
             Conn::Mysql(conn) => {
+                // Only the unissued row of that id takes its grant: `issued_at` is set
+                // first, while `grant_id` still holds its old value (assignments run
+                // left to right). With CLIENT_FOUND_ROWS a row so updated counts 2; one
+                // inserted (no such row) or left as it was counts 1.
+                let issued_at = "IF(grant_id IS NULL AND id = VALUES(id), \
+                                 VALUES(issued_at), issued_at)";
+                let grant_id = "IF(grant_id IS NULL AND id = VALUES(id), \
+                                VALUES(grant_id), grant_id)";
                 for chunk in pow2_chunks(&rows) {
                     let upsert = diesel::insert_into(table)
                         .values(chunk)
                         .on_conflict(diesel::dsl::DuplicatedKeys)
                         .do_update()
                         .set((
-                            k::grant_id.eq(sql::<Nullable<BigInt>>("VALUES(grant_id)")),
-                            k::issued_at.eq(sql::<Nullable<Timestamp>>("VALUES(issued_at)")),
+                            k::issued_at.eq(sql::<Nullable<Timestamp>>(issued_at)),
+                            k::grant_id.eq(sql::<Nullable<BigInt>>(grant_id)),
                         ));
-                    diesel_async::RunQueryDsl::execute(Cached(upsert), &mut **conn).await?;
+                    let counted =
+                        diesel_async::RunQueryDsl::execute(Cached(upsert), &mut **conn).await?;
+                    if counted != 2 * chunk.len() {
+                        return Err(DieselError::NotFound);
+                    }
                 }
                 Ok(())
             }

@@ -56,6 +56,7 @@ macro_rules! conformance {
 }
 
 mod catalog;
+mod codes;
 mod coupons;
 mod db;
 mod deliveries;
