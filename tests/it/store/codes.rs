@@ -56,9 +56,22 @@ async fn import(conn: &mut Conn, coupon: &str, codes: &[&str], seconds: i64) {
 
 /// `draw_codes` inside a transaction, as the grant step calls it.
 async fn draw(conn: &mut Conn, coupon: &str, count: i64) -> Vec<(i64, String)> {
-    conn.transaction::<_, Error, _>(async |conn| conn.draw_codes(coupon, count).await)
-        .await
-        .unwrap()
+    let mut both = Vec::new();
+    for skip_locked in [true, false] {
+        both.push(
+            conn.transaction::<_, Error, _>(async |conn| {
+                conn.draw_codes(coupon, count, skip_locked).await
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    let waiting = both.pop().unwrap();
+    assert_eq!(
+        both[0], waiting,
+        "skipping or waiting, the same rows when none is held"
+    );
+    waiting
 }
 
 /// The codes of [`draw`], without their ids.
@@ -78,7 +91,7 @@ async fn draw_and_issue(
     seconds: i64,
 ) -> Vec<IssuedCode> {
     conn.write_transaction::<_, Error, _>(async |conn| {
-        let drawn = conn.draw_codes(coupon, count).await?;
+        let drawn = conn.draw_codes(coupon, count, true).await?;
         let issued: Vec<IssuedCode> = (first_grant..)
             .zip(drawn)
             .map(|(grant_id, (id, code))| IssuedCode {
