@@ -7,9 +7,11 @@
 
 use chrono::NaiveDateTime;
 use diesel::dsl::sql;
+use diesel::mysql::Mysql;
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::sql_types::{BigInt, Nullable, Timestamp};
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
 
 use super::prepared::{pow2_chunks, Cached};
 use super::schema::coupon_codes::dsl as k;
@@ -47,6 +49,40 @@ struct PoolIssue {
     issued_at: Option<NaiveDateTime>,
 }
 
+/// The draw on MySQL: `draw_codes`'s query with its index named, which diesel's query
+/// builder cannot say.
+struct MysqlDraw<'a> {
+    coupon_id: &'a str,
+    count: i64,
+    skip_locked: bool,
+}
+
+impl QueryFragment<Mysql> for MysqlDraw<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        out.push_sql(
+            "SELECT id, code FROM coupon_codes FORCE INDEX (ix_coupon_codes_draw) \
+             WHERE coupon_id = ",
+        );
+        out.push_bind_param::<Text, _>(self.coupon_id)?;
+        out.push_sql(" AND grant_id IS NULL ORDER BY id LIMIT ");
+        out.push_bind_param::<BigInt, _>(&self.count)?;
+        out.push_sql(match self.skip_locked {
+            true => " FOR UPDATE SKIP LOCKED",
+            false => " FOR UPDATE",
+        });
+        Ok(())
+    }
+}
+
+impl QueryId for MysqlDraw<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for MysqlDraw<'_> {
+    type SqlType = (BigInt, Text);
+}
+
 /// A coupon's codes: not yet issued, and issued.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CodeCounts {
@@ -82,15 +118,19 @@ impl Conn {
             .order(k::id)
             .limit(count)
             .select((k::id, k::code));
-        match skip_locked {
-            true => {
-                self.load_either(Cached(query.for_update().skip_locked()), Cached(query))
-                    .await
+        match self {
+            // MariaDB's planner, left alone, walks the primary key for `ORDER BY id`
+            // (or intersects the grant_id index), locking its way past every issued
+            // code: the draw names its index.
+            Conn::Mysql(conn) => {
+                let draw = MysqlDraw {
+                    coupon_id,
+                    count,
+                    skip_locked,
+                };
+                diesel_async::RunQueryDsl::load(Cached(draw), &mut **conn).await
             }
-            false => {
-                self.load_either(Cached(query.for_update()), Cached(query))
-                    .await
-            }
+            Conn::Sqlite(_) => self.load(Cached(query)).await,
         }
     }
 
