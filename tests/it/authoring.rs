@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,16 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::on_both_backends;
 use crate::support::*;
-
-fn couponsd(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_couponsd"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("COUPONSD_DATABASE_URL")
-        .output()
-        .expect("couponsd runs")
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

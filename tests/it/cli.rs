@@ -1,23 +1,12 @@
 //! The real binary: `migrate`, `run --drain`, exit codes, and which commands write.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
 
 use crate::on_both_backends;
 use crate::support::*;
-
-fn couponsd(config: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_couponsd"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("COUPONSD_DATABASE_URL")
-        .output()
-        .expect("couponsd runs")
-}
 
 fn write_config(dir: &Path, db: &TestDb, receiver: &Receiver) -> PathBuf {
     write_named_config(dir, "couponsd.yaml", db, receiver, &standard_campaigns(5))

@@ -3,7 +3,6 @@
 //! line, the same file twice adding nothing; through the library and the binary.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use couponsd::domain::codes::MAX_CODE_LEN;
 use couponsd::ops::codes::lines::Invalid;
@@ -303,16 +302,6 @@ on_both_backends!(
     only_a_pool_coupon_takes_codes,
     only_a_pool_coupon_takes_codes
 );
-
-fn couponsd(config: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_couponsd"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("COUPONSD_DATABASE_URL")
-        .output()
-        .expect("couponsd runs")
-}
 
 async fn the_binary_imports_shows_and_refuses(db: TestDb) {
     let receiver = Receiver::ok().await;

@@ -451,3 +451,15 @@ pub async fn seed_pool(ctx: &Daemon, coupon: &str, prefix: &str, n: usize) {
         assert_eq!(imported.imported, chunk.len(), "every code is new");
     }
 }
+
+/// Runs the `couponsd` binary with `--config config` and `args`, without the
+/// environment's database URL, and returns what it printed and its exit status.
+pub fn couponsd(config: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_couponsd"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("COUPONSD_DATABASE_URL")
+        .output()
+        .expect("couponsd runs")
+}
