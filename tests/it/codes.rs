@@ -1,11 +1,11 @@
 //! Codes and validity in the grant step: a pool drained by three daemons never issues
 //! a code twice and falls back when dry; generated codes are unique; a coupon whose
 //! validity has ended or would be too short is passed over with the reason; deliveries
-//! carry the code, verified by the reference `standardwebhooks` library.
+//! carry the code, verified by the reference `standardwebhooks` library. (A repeated
+//! code refused by the unique key is the store's: `store::codes`.)
 
 use chrono::{Duration, NaiveDateTime, Utc};
 use couponsd::runtime::Daemon;
-use couponsd::store::codes::{is_duplicate, IssuedCode};
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
 
 use crate::on_both_backends;
@@ -309,46 +309,4 @@ async fn a_pool_short_of_its_stock_is_trued_up_and_alerts(db: TestDb) {
 on_both_backends!(
     a_pool_short_of_its_stock_is_trued_up_and_alerts,
     a_pool_short_of_its_stock_is_trued_up_and_alerts
-);
-
-/// A generated code that repeats any code ever written (here, one imported into
-/// another coupon's pool) fails its statement on the unique key and writes nothing of
-/// it, which the grant step reads as "draw again".
-async fn a_repeated_code_is_refused_by_the_unique_key(db: TestDb) {
-    let receiver = Receiver::ok().await;
-    let ctx = context(config(
-        &db,
-        &receiver,
-        &shipped_rules(),
-        &standard_campaigns(10),
-        "",
-    ))
-    .await;
-    execute(
-        &ctx,
-        "INSERT INTO coupon_codes (coupon_id, code, imported_at) VALUES ('NEW8', 'SAME-CODE', '2026-12-01 00:00:00')",
-    )
-    .await;
-    let row = |code: &str, grant_id: i64| IssuedCode {
-        id: None,
-        coupon_id: "NEW10".into(),
-        code: code.into(),
-        grant_id: Some(grant_id),
-        issued_at: Some(Utc::now().naive_utc()),
-    };
-    let rows = vec![row("FRESH-1", 1), row("SAME-CODE", 2)];
-    let mut conn = ctx.db.get().await.unwrap();
-    let error = conn.insert_generated_codes(&rows).await.unwrap_err();
-    assert!(is_duplicate(&error), "{error}");
-    drop(conn);
-    let written = counts(&ctx, "code", "coupon_codes").await;
-    assert_eq!(
-        written.len(),
-        1,
-        "the failed statement wrote none of its rows: {written:?}"
-    );
-}
-on_both_backends!(
-    a_repeated_code_is_refused_by_the_unique_key,
-    a_repeated_code_is_refused_by_the_unique_key
 );
