@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
+use chrono_tz::Tz;
 
 use super::channels::{self, Channels};
 use super::raw::{RawCampaign, RawCodes, RawCoupon, RawMoney};
@@ -79,6 +80,16 @@ fn campaign(
         Some(money) => Some(self::money(ctx, &format!("{base}.budget"), money)?),
         None => None,
     };
+    let daily_budget = match &raw.daily_budget {
+        Some(money) => Some(self::money(ctx, &format!("{base}.daily_budget"), money)?),
+        None => None,
+    };
+    let timezone = timezone(ctx, &format!("{base}.timezone"), raw.timezone.as_deref())?;
+    let per_user_limit_period = span(
+        ctx,
+        &format!("{base}.per_user_limit_period"),
+        raw.per_user_limit_period,
+    )?;
     if raw.coupons.is_empty() {
         return Err(ctx.invalid(
             format!("{base}.coupons"),
@@ -98,6 +109,9 @@ fn campaign(
         event,
         audience,
         per_user_limit,
+        per_user_limit_period,
+        daily_budget,
+        timezone,
         starts_at,
         ends_at,
         budget,
@@ -160,7 +174,53 @@ fn coupon(
         low_stock: ctx.at_least(&format!("{base}.low_stock"), raw.low_stock, 0, 0)?,
         channel: channels::reference(ctx, &format!("{base}.channel"), &raw.channel, channels)?,
         codes,
+        remind_before: remind_before(ctx, base, &raw)?,
         validity: validity(ctx, base, &raw)?,
+    })
+}
+
+/// `remind_before`: only for a coupon whose grants expire.
+fn remind_before(
+    ctx: &Ctx<'_>,
+    base: &str,
+    raw: &RawCoupon,
+) -> Result<Option<Duration>, ConfigError> {
+    let key = format!("{base}.remind_before");
+    let remind = span(ctx, &key, raw.remind_before)?;
+    if remind.is_some() && raw.valid_for.is_none() && raw.valid_until.is_none() {
+        return Err(ctx.invalid(
+            key,
+            "needs valid_for or valid_until: the coupon's grants never expire",
+        ));
+    }
+    Ok(remind)
+}
+
+/// An optional positive duration.
+fn span(
+    ctx: &Ctx<'_>,
+    key: &str,
+    raw: Option<std::time::Duration>,
+) -> Result<Option<Duration>, ConfigError> {
+    match raw {
+        None => Ok(None),
+        Some(d) if d.is_zero() => Err(ctx.invalid(key, "must not be zero")),
+        Some(d) => Duration::from_std(d)
+            .map(Some)
+            .map_err(|_| ctx.invalid(key, "is too long")),
+    }
+}
+
+/// An IANA time zone name; UTC when not set.
+fn timezone(ctx: &Ctx<'_>, key: &str, raw: Option<&str>) -> Result<Tz, ConfigError> {
+    let Some(name) = raw else {
+        return Ok(Tz::UTC);
+    };
+    name.trim().parse::<Tz>().map_err(|_| {
+        ctx.invalid(
+            key,
+            format!("{name:?} is not an IANA time zone name like \"Asia/Shanghai\" or \"UTC\""),
+        )
     })
 }
 

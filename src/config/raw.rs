@@ -143,6 +143,10 @@ pub(super) struct RawCampaign {
     pub event: String,
     pub audience: String,
     pub per_user_limit: Option<i64>,
+    #[serde(default, with = "humantime_serde")]
+    pub per_user_limit_period: Option<Duration>,
+    pub daily_budget: Option<RawMoney>,
+    pub timezone: Option<String>,
     pub starts_at: Option<String>,
     pub ends_at: Option<String>,
     pub budget: Option<RawMoney>,
@@ -166,6 +170,8 @@ pub(super) struct RawCoupon {
     pub valid_until: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub min_validity: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub remind_before: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,6 +17,12 @@ pub struct CampaignConfig {
     pub audience: UserType,
     /// `per_user_limit` [1]
     pub per_user_limit: i64,
+    /// `per_user_limit_period` (rolling); `None`: the whole campaign.
+    pub per_user_limit_period: Option<chrono::Duration>,
+    /// `daily_budget` (optional cap on face value granted per day in `timezone`).
+    pub daily_budget: Option<Money>,
+    /// `timezone` [UTC]: the IANA zone whose days `daily_budget` counts.
+    pub timezone: chrono_tz::Tz,
     /// `starts_at` (optional window start)
     pub starts_at: Option<DateTime<Utc>>,
     /// `ends_at` (optional window end)
@@ -44,6 +50,8 @@ pub struct CouponConfig {
     pub codes: Option<CodeSource>,
     /// `valid_for`, `valid_until`, `min_validity`.
     pub validity: Validity,
+    /// `remind_before`: `coupon.expiring` goes out this long before a grant expires.
+    pub remind_before: Option<chrono::Duration>,
 }
 
 impl CouponConfig {

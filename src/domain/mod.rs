@@ -14,9 +14,12 @@ use serde::{Deserialize, Serialize};
 pub mod campaign;
 pub mod chain;
 pub mod codes;
+pub mod lifecycle;
 pub mod status;
 
-pub use status::{CouponState, DeliveryStatus, RequestStatus};
+pub use status::{
+    CouponState, DeliveryStatus, GrantState, RequestStatus, UpdateAction, UpdateStatus,
+};
 
 /// Longest accepted `request_key`, `user_id` and identifiers (bytes): the width of the
 /// indexed `VARCHAR` columns.

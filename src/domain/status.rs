@@ -117,6 +117,135 @@ impl CouponState {
     }
 }
 
+/// Where a grant is in its life after delivery (`grants.state`).
+///
+/// `granted` → `redeemed` (→ `granted` again on `unredeem`, unless expired meanwhile);
+/// `granted` → `expired` (the expiry job, after `expires_at`); `granted` | `redeemed`
+/// → `revoked`. Every change is one row of `grant_transitions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GrantState {
+    /// Sent to (or on its way to) the user, not used yet.
+    Granted,
+    /// Used: a partner reported the redemption.
+    Redeemed,
+    /// Its validity ended unused.
+    Expired,
+    /// Taken back: what it took (stock, budget, the user's count) was given back.
+    Revoked,
+}
+
+impl GrantState {
+    /// Every state.
+    pub const ALL: [GrantState; 4] = [
+        GrantState::Granted,
+        GrantState::Redeemed,
+        GrantState::Expired,
+        GrantState::Revoked,
+    ];
+
+    /// The word stored in `grants.state` and `grant_transitions`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            GrantState::Granted => "granted",
+            GrantState::Redeemed => "redeemed",
+            GrantState::Expired => "expired",
+            GrantState::Revoked => "revoked",
+        }
+    }
+
+    /// The state a stored word stands for.
+    pub fn parse(word: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == word)
+    }
+
+    /// True while the grant counts toward the user's `per_user_limit` and the
+    /// campaign's budget: every state but `revoked`, which gave them back.
+    pub const fn counts(self) -> bool {
+        !matches!(self, GrantState::Revoked)
+    }
+}
+
+/// What a partner update asks (`grant_updates.action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpdateAction {
+    /// `granted` → `redeemed`.
+    Redeem,
+    /// `redeemed` → `granted` (a refunded order), unless the grant expired meanwhile.
+    Unredeem,
+    /// `granted` | `redeemed` → `revoked`.
+    Revoke,
+}
+
+impl UpdateAction {
+    /// Every action.
+    pub const ALL: [UpdateAction; 3] = [
+        UpdateAction::Redeem,
+        UpdateAction::Unredeem,
+        UpdateAction::Revoke,
+    ];
+
+    /// The word a partner writes.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UpdateAction::Redeem => "redeem",
+            UpdateAction::Unredeem => "unredeem",
+            UpdateAction::Revoke => "revoke",
+        }
+    }
+
+    /// The action a written word stands for.
+    pub fn parse(word: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == word)
+    }
+}
+
+/// Where a partner update is (`grant_updates.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpdateStatus {
+    /// Waiting to be claimed (what a partner inserts).
+    Queued,
+    /// Applied: the grant changed state.
+    Done,
+    /// Refused: `error` says why (malformed row, unknown grant, a change its state
+    /// does not allow).
+    Rejected,
+}
+
+impl UpdateStatus {
+    /// Every status.
+    pub const ALL: [UpdateStatus; 3] = [
+        UpdateStatus::Queued,
+        UpdateStatus::Done,
+        UpdateStatus::Rejected,
+    ];
+
+    /// The word stored in `grant_updates.status`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UpdateStatus::Queued => "queued",
+            UpdateStatus::Done => "done",
+            UpdateStatus::Rejected => "rejected",
+        }
+    }
+
+    /// The status a stored word stands for.
+    pub fn parse(word: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == word)
+    }
+}
+
+impl fmt::Display for GrantState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for UpdateAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl fmt::Display for RequestStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -150,6 +279,16 @@ mod tests {
         for s in CouponState::ALL {
             assert_eq!(CouponState::parse(s.as_str()), Some(s));
         }
+        for s in GrantState::ALL {
+            assert_eq!(GrantState::parse(s.as_str()), Some(s));
+        }
+        for s in UpdateAction::ALL {
+            assert_eq!(UpdateAction::parse(s.as_str()), Some(s));
+        }
+        for s in UpdateStatus::ALL {
+            assert_eq!(UpdateStatus::parse(s.as_str()), Some(s));
+        }
         assert_eq!(CouponState::parse("Active"), None);
+        assert_eq!(UpdateAction::parse("Redeem"), None);
     }
 }

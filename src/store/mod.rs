@@ -21,6 +21,7 @@ use diesel_async::{AsyncConnection, AsyncMysqlConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use futures_util::FutureExt;
 
+pub mod campaign_days;
 pub mod catalog;
 pub mod codes;
 pub mod clock;
@@ -34,6 +35,7 @@ pub mod records;
 pub mod prepared;
 pub mod requests;
 pub mod jobs;
+pub mod lifecycle;
 pub mod schema;
 mod session;
 

@@ -83,6 +83,48 @@ diesel::table! {
         code -> Nullable<Text>,
         valid_from -> Nullable<Timestamp>,
         expires_at -> Nullable<Timestamp>,
+        state -> Text,
+        redeemed_at -> Nullable<Timestamp>,
+        reminded_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    grant_updates (id) {
+        id -> BigInt,
+        update_key -> Text,
+        code -> Nullable<Text>,
+        grant_id -> Nullable<BigInt>,
+        action -> Text,
+        reason -> Nullable<Text>,
+        occurred_at -> Nullable<Timestamp>,
+        status -> Text,
+        error -> Nullable<Text>,
+        attempts -> Integer,
+        created_at -> Timestamp,
+        processed_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    grant_transitions (id) {
+        id -> BigInt,
+        grant_id -> BigInt,
+        from_state -> Text,
+        to_state -> Text,
+        update_key -> Nullable<Text>,
+        job -> Nullable<Text>,
+        operator -> Nullable<Text>,
+        reason -> Nullable<Text>,
+        at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    campaign_days (campaign_id, day) {
+        campaign_id -> Text,
+        day -> Text,
+        granted_cents -> BigInt,
     }
 }
 
@@ -170,4 +212,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     delivery_attempts,
     channel_states,
     coupon_codes,
+    grant_updates,
+    grant_transitions,
+    campaign_days,
 );

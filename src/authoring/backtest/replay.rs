@@ -297,6 +297,7 @@ mod tests {
             low_stock: 0,
             channel: ChannelName::parse("wallet").unwrap(),
             codes: None,
+            remind_before: None,
             validity: Validity {
                 valid_until: Some(ends),
                 ..Validity::default()
@@ -307,6 +308,9 @@ mod tests {
             event: Event::parse("app_open").unwrap(),
             audience: UserType::parse("first_time").unwrap(),
             per_user_limit: 1,
+            per_user_limit_period: None,
+            daily_budget: None,
+            timezone: chrono_tz::Tz::UTC,
             starts_at: None,
             ends_at: None,
             budget: None,

@@ -4,12 +4,22 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::domain::chain::ChainCoupon;
-use crate::domain::TriggerRequest;
+use crate::domain::lifecycle::GrantRecord;
+use crate::domain::{GrantState, Money, TriggerRequest};
 use crate::store::deliveries::NewDelivery;
 use crate::store::grants::NewGrant;
 
 /// `coupon.granted`, to the coupon's channel.
 pub const COUPON_GRANTED: &str = "coupon.granted";
+/// `coupon.redeemed`, to the coupon's channel: a partner reported the redemption.
+pub const COUPON_REDEEMED: &str = "coupon.redeemed";
+/// `coupon.revoked`, to the coupon's channel: the grant was taken back.
+pub const COUPON_REVOKED: &str = "coupon.revoked";
+/// `coupon.expired`, to the coupon's channel: its validity ended unused.
+pub const COUPON_EXPIRED: &str = "coupon.expired";
+/// `coupon.expiring`, to the coupon's channel, once, `remind_before` ahead of
+/// `expires_at`.
+pub const COUPON_EXPIRING: &str = "coupon.expiring";
 /// `coupon.rotated`, to the alerts channel.
 pub const COUPON_ROTATED: &str = "coupon.rotated";
 /// `coupon.running_low`, to the alerts channel: at its grant rate the coupon runs out
@@ -49,6 +59,53 @@ struct Granted<'a> {
     valid_from: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     expires_at: Option<String>,
+}
+
+/// The body of `coupon.redeemed`, `coupon.revoked`, `coupon.expired` and
+/// `coupon.expiring`: the grant as `coupon.granted` named it, and its new state.
+#[derive(Serialize)]
+struct Lifecycle<'a> {
+    grant_id: i64,
+    user_id: &'a str,
+    campaign: &'a str,
+    coupon: &'a str,
+    face_value: String,
+    state: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+/// The outbox row of a lifecycle event (`kind`: [`COUPON_REDEEMED`],
+/// [`COUPON_REVOKED`], [`COUPON_EXPIRED`], [`COUPON_EXPIRING`]) for `grant`, now in
+/// `state`, to its coupon's channel.
+pub fn coupon_lifecycle(
+    kind: &str,
+    grant: &GrantRecord,
+    (state, reason): (GrantState, Option<&str>),
+    at: DateTime<Utc>,
+) -> NewDelivery {
+    let data = Lifecycle {
+        grant_id: grant.id,
+        user_id: &grant.user_id,
+        campaign: &grant.campaign_id,
+        coupon: &grant.coupon_id,
+        face_value: Money::from_cents(grant.face_value_cents).to_string(),
+        state: state.as_str(),
+        code: grant.code.as_deref(),
+        expires_at: grant.expires_at.map(rfc3339),
+        reason,
+    };
+    outbox_row(
+        &grant.channel,
+        kind,
+        Some(grant.id),
+        body(kind, at, data),
+        at,
+    )
 }
 
 /// A stored time as the webhook bodies write it: RFC 3339 in UTC, to the second.

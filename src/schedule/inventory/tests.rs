@@ -202,6 +202,7 @@ fn the_catalog_says_which_coupons_are_unusable_now() {
         low_stock: 0,
         channel: ChannelName::parse("wallet").unwrap(),
         codes: None,
+        remind_before: None,
         validity,
     };
     let until = |d: TimeDelta| Validity {
@@ -214,6 +215,9 @@ fn the_catalog_says_which_coupons_are_unusable_now() {
         event: Event::parse("app_open").unwrap(),
         audience: UserType::parse("first_time").unwrap(),
         per_user_limit: 1,
+        per_user_limit_period: None,
+        daily_budget: None,
+        timezone: chrono_tz::Tz::UTC,
         starts_at: None,
         ends_at: None,
         budget: None,

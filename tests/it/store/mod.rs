@@ -284,6 +284,9 @@ pub fn campaign(id: &str, budget: Option<i64>, coupons: &[(&str, i64)]) -> Campa
         event: Event::parse("app_open").unwrap(),
         audience: UserType::parse("first_time").unwrap(),
         per_user_limit: 1,
+        per_user_limit_period: None,
+        daily_budget: None,
+        timezone: chrono_tz::Tz::UTC,
         starts_at: None,
         ends_at: None,
         budget: budget.map(Money::from_cents),
@@ -296,6 +299,7 @@ pub fn campaign(id: &str, budget: Option<i64>, coupons: &[(&str, i64)]) -> Campa
                 low_stock: 2,
                 channel: ChannelName::parse("wallet").unwrap(),
                 codes: None,
+                remind_before: None,
                 validity: Default::default(),
             })
             .collect(),
