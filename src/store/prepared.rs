@@ -67,7 +67,7 @@ pub fn in_list<C, T>(column: C, values: impl IntoIterator<Item = T>) -> InList<C
 /// The largest chunk [`pow2_chunks`] makes. Every cached statement keeps a column
 /// definition per `?` on both ends of the connection; a cap bounds that memory (a
 /// 512-row chunk of grants alone holds 5,120 of them).
-const MAX_CHUNK: usize = 128;
+pub const MAX_CHUNK: usize = 128;
 
 /// Splits `rows` into chunks whose lengths are powers of two, largest first, at most
 /// [`MAX_CHUNK`] (200 rows: 128, 64, 8), so that a multi-row statement per chunk takes

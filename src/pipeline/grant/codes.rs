@@ -4,10 +4,12 @@
 //! update of every coupon, so the coupon's `remaining` still equals its unissued codes
 //! at every commit, and its hot row is held no longer than a counted coupon's. A draw
 //! that comes back short (the codes left are held by batches in flight) is stale stock:
-//! the batch is decided again with the chains locked, and then it waits for the codes
-//! instead of skipping them; short then means the pool has fewer codes than its stock
-//! says. A generated code is written beside its grant; one that exists already, under
-//! any coupon, fails the statement on the unique key, and its codes are drawn again.
+//! the batch is decided again with the chains locked, and then, should skipping come
+//! back short again, it waits for the codes; short then means the pool has fewer codes
+//! than its stock says. The drawn codes of all the batch's pool coupons are issued in
+//! one statement. A generated code is written beside its grant; one that exists
+//! already, under any coupon, fails the statement on the unique key, and its codes are
+//! drawn again.
 
 use std::collections::BTreeMap;
 
@@ -46,32 +48,41 @@ pub(super) async fn issue(
             None => {}
         }
     }
+    let mut issued = Vec::new();
     for (coupon, members) in &pools {
-        draw(conn, coupon, (members, locked), grants, now).await?;
+        issued.extend(draw(conn, coupon, (members, locked), grants, now).await?);
     }
+    conn.issue_pool_codes(&issued).await?;
     if !generated.is_empty() {
         generate(conn, &generated, grants, now).await?;
     }
     Ok(())
 }
 
-/// Draws `members.len()` codes of a pool coupon and issues them to those grants.
+/// Draws `members.len()` codes of a pool coupon for those grants, to be issued with
+/// the batch's other pool codes. Under the chains' locks too, the draw first skips the
+/// codes other batches hold: those batches wait for this one's coupon rows to take
+/// their stock, so waiting for their codes would deadlock. Only when that comes back
+/// short (the pool's end is near) does it wait for them.
 async fn draw(
     conn: &mut Conn,
     coupon: &str,
     (members, locked): (&[usize], bool),
     grants: &mut [NewGrant],
     now: DateTime<Utc>,
-) -> Result<(), BatchError> {
+) -> Result<Vec<IssuedCode>, BatchError> {
     let wanted = members.len() as i64;
-    let drawn = conn.draw_codes(coupon, wanted, !locked).await?;
+    let mut drawn = conn.draw_codes(coupon, wanted, true).await?;
+    if locked && (drawn.len() as i64) < wanted {
+        drawn = conn.draw_codes(coupon, wanted, false).await?;
+    }
     if (drawn.len() as i64) < wanted {
         return Err(match locked {
             true => BatchError::PoolShort(coupon.to_owned()),
             false => BatchError::StaleStock,
         });
     }
-    let issued: Vec<IssuedCode> = members
+    Ok(members
         .iter()
         .zip(drawn)
         .map(|(&i, (id, code))| {
@@ -84,9 +95,7 @@ async fn draw(
                 issued_at: Some(now.naive_utc()),
             }
         })
-        .collect();
-    conn.issue_pool_codes(&issued).await?;
-    Ok(())
+        .collect())
 }
 
 /// Writes a fresh code for each generated grant, one statement per power-of-two

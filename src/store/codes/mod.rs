@@ -6,20 +6,17 @@
 //! issued or imported.
 
 use chrono::NaiveDateTime;
-use diesel::dsl::sql;
-use diesel::mysql::Mysql;
 use diesel::prelude::*;
-use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
 
-use super::prepared::{pow2_chunks, Cached};
+use super::prepared::{padded_chunks, Cached, MAX_CHUNK};
 use super::schema::coupon_codes::dsl as k;
 use super::schema::coupon_codes::table;
 use super::schema::coupons::dsl as c;
 use super::{Conn, QueryResult};
 
 pub mod import;
+mod mysql;
 
 /// A code issued to a grant: drawn from a pool (with its row id) or generated (no id).
 #[derive(Debug, Clone, PartialEq, Eq, Insertable)]
@@ -36,51 +33,6 @@ pub struct IssuedCode {
     pub grant_id: Option<i64>,
     /// When it was issued.
     pub issued_at: Option<NaiveDateTime>,
-}
-
-/// The pool row an issued pool code updates, written as an upsert on its id.
-#[derive(Clone, Insertable)]
-#[diesel(table_name = super::schema::coupon_codes, treat_none_as_default_value = false)]
-struct PoolIssue {
-    id: i64,
-    coupon_id: String,
-    code: String,
-    grant_id: Option<i64>,
-    issued_at: Option<NaiveDateTime>,
-}
-
-/// The draw on MySQL: `draw_codes`'s query with its index named, which diesel's query
-/// builder cannot say.
-struct MysqlDraw<'a> {
-    coupon_id: &'a str,
-    count: i64,
-    skip_locked: bool,
-}
-
-impl QueryFragment<Mysql> for MysqlDraw<'_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
-        out.push_sql(
-            "SELECT id, code FROM coupon_codes FORCE INDEX (ix_coupon_codes_draw) \
-             WHERE coupon_id = ",
-        );
-        out.push_bind_param::<Text, _>(self.coupon_id)?;
-        out.push_sql(" AND grant_id IS NULL ORDER BY id LIMIT ");
-        out.push_bind_param::<BigInt, _>(&self.count)?;
-        out.push_sql(match self.skip_locked {
-            true => " FOR UPDATE SKIP LOCKED",
-            false => " FOR UPDATE",
-        });
-        Ok(())
-    }
-}
-
-impl QueryId for MysqlDraw<'_> {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl Query for MysqlDraw<'_> {
-    type SqlType = (BigInt, Text);
 }
 
 /// A coupon's codes: not yet issued, and issued.
@@ -123,7 +75,7 @@ impl Conn {
             // (or intersects the grant_id index), locking its way past every issued
             // code: the draw names its index.
             Conn::Mysql(conn) => {
-                let draw = MysqlDraw {
+                let draw = mysql::Draw {
                     coupon_id,
                     count,
                     skip_locked,
@@ -134,57 +86,44 @@ impl Conn {
         }
     }
 
-    /// Marks drawn pool codes issued to their grants: one upsert on the row id per
-    /// chunk on MySQL; on SQLite, with its one writer, one update per code on the
-    /// wrapped connection. A row already issued, or an id the pool does not hold,
-    /// fails it (`NotFound`): the caller's transaction rolls back.
+    /// Marks drawn pool codes issued to their grants: on MySQL one `UPDATE` per
+    /// padded chunk of codes issued at the same time (`mysql::Issue`); on SQLite, with
+    /// its one writer, one update per code on the wrapped connection. A row already
+    /// issued, or an id the pool does not hold, fails it (`NotFound`): the caller's
+    /// transaction rolls back.
     pub async fn issue_pool_codes(&mut self, codes: &[IssuedCode]) -> QueryResult<()> {
-        let rows: Vec<PoolIssue> = codes
+        let rows: Vec<(i64, Option<i64>, Option<NaiveDateTime>)> = codes
             .iter()
-            .filter_map(|c| {
-                Some(PoolIssue {
-                    id: c.id?,
-                    coupon_id: c.coupon_id.clone(),
-                    code: c.code.clone(),
-                    grant_id: c.grant_id,
-                    issued_at: c.issued_at,
-                })
-            })
+            .filter_map(|c| Some((c.id?, c.grant_id, c.issued_at)))
             .collect();
         match self {
             Conn::Mysql(conn) => {
-                // Only the unissued row of that id takes its grant: `issued_at` is set
-                // first, while `grant_id` still holds its old value (assignments run
-                // left to right). With CLIENT_FOUND_ROWS a row so updated counts 2; one
-                // inserted (no such row) or left as it was counts 1.
-                let issued_at = "IF(grant_id IS NULL AND id = VALUES(id), \
-                                 VALUES(issued_at), issued_at)";
-                let grant_id = "IF(grant_id IS NULL AND id = VALUES(id), \
-                                VALUES(grant_id), grant_id)";
-                for chunk in pow2_chunks(&rows) {
-                    let upsert = diesel::insert_into(table)
-                        .values(chunk)
-                        .on_conflict(diesel::dsl::DuplicatedKeys)
-                        .do_update()
-                        .set((
-                            k::issued_at.eq(sql::<Nullable<Timestamp>>(issued_at)),
-                            k::grant_id.eq(sql::<Nullable<BigInt>>(grant_id)),
-                        ));
-                    let counted =
-                        diesel_async::RunQueryDsl::execute(Cached(upsert), &mut **conn).await?;
-                    if counted != 2 * chunk.len() {
-                        return Err(DieselError::NotFound);
+                for same_time in rows.chunk_by(|a, b| a.2 == b.2) {
+                    let pairs: Vec<(i64, Option<i64>)> = same_time
+                        .iter()
+                        .map(|&(id, grant, _)| (id, grant))
+                        .collect();
+                    for (chunk, padded) in pairs.chunks(MAX_CHUNK).zip(padded_chunks(&pairs)) {
+                        let issue = mysql::Issue {
+                            issued_at: same_time[0].2,
+                            rows: padded,
+                        };
+                        let matched =
+                            diesel_async::RunQueryDsl::execute(Cached(issue), &mut **conn).await?;
+                        if matched != chunk.len() {
+                            return Err(DieselError::NotFound);
+                        }
                     }
                 }
                 Ok(())
             }
             Conn::Sqlite(conn) => {
                 conn.spawn_blocking(move |sync| {
-                    for row in rows {
+                    for (id, grant_id, issued_at) in rows {
                         let issue = diesel::update(
-                            table.filter(k::id.eq(row.id)).filter(k::grant_id.is_null()),
+                            table.filter(k::id.eq(id)).filter(k::grant_id.is_null()),
                         )
-                        .set((k::grant_id.eq(row.grant_id), k::issued_at.eq(row.issued_at)));
+                        .set((k::grant_id.eq(grant_id), k::issued_at.eq(issued_at)));
                         if diesel::RunQueryDsl::execute(issue, sync)? != 1 {
                             return Err(DieselError::NotFound);
                         }

@@ -252,6 +252,64 @@ async fn issue_pool_codes_marks_the_drawn_rows_issued_to_their_grants(conn: &mut
 }
 conformance!(issue_pool_codes_marks_the_drawn_rows_issued_to_their_grants);
 
+/// The grant step issues the codes of all its pool coupons in one call, more than one
+/// statement's worth (a statement takes up to 128) included; a code passed twice, in one
+/// statement or in two, fails it all.
+async fn issue_pool_codes_issues_the_codes_of_several_pools_at_once(conn: &mut Conn) {
+    catalog(conn).await;
+    let names: Vec<String> = (0..150).map(|i| format!("P-{i:03}")).collect();
+    let pool: Vec<&str> = names.iter().map(String::as_str).collect();
+    import(conn, "POOL", &pool, 1).await;
+    import(conn, "OTHER", &["O-1", "O-2"], 2).await;
+    let issue = |drawn: Vec<(i64, String)>, coupon: &str, first_grant: i64| {
+        (first_grant..)
+            .zip(drawn)
+            .map(|(grant_id, (id, code))| IssuedCode {
+                id: Some(id),
+                coupon_id: coupon.to_owned(),
+                code,
+                grant_id: Some(grant_id),
+                issued_at: Some(at(7)),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut codes = issue(draw(conn, "OTHER", 1).await, "OTHER", 1000);
+    codes.extend(issue(draw(conn, "POOL", 140).await, "POOL", 2000));
+    let before = code_rows(conn).await;
+    let mut again = codes.clone();
+    again.push(codes[0].clone());
+    for refused in [again, [codes[..1].to_vec(), codes.clone()].concat()] {
+        let outcome = conn
+            .write_transaction::<_, Error, _>(async |conn| conn.issue_pool_codes(&refused).await)
+            .await;
+        assert!(outcome.is_err(), "a code issued twice in one call");
+        assert_eq!(code_rows(conn).await, before, "nothing written");
+    }
+    conn.write_transaction::<_, Error, _>(async |conn| conn.issue_pool_codes(&codes).await)
+        .await
+        .unwrap();
+    let issued: Vec<(String, Option<i64>)> = code_rows(conn)
+        .await
+        .into_iter()
+        .filter(|r| r.issued_at == Some(at(7)))
+        .map(|r| (r.code, r.grant_id))
+        .collect();
+    let expected: Vec<(String, Option<i64>)> =
+        codes.iter().map(|c| (c.code.clone(), c.grant_id)).collect();
+    let mut issued_sorted = issued.clone();
+    issued_sorted.sort();
+    let mut expected_sorted = expected;
+    expected_sorted.sort();
+    assert_eq!(issued_sorted, expected_sorted, "each code to its grant");
+    assert_eq!(
+        draw_codes(conn, "POOL", 20).await.len(),
+        10,
+        "P-140 to P-149 left"
+    );
+    assert_eq!(draw_codes(conn, "OTHER", 5).await, ["O-2"]);
+}
+conformance!(issue_pool_codes_issues_the_codes_of_several_pools_at_once);
+
 /// The draw under the coupon's row lock never hands out an issued row; should a caller
 /// pass one anyway (or a row id that is not in the pool), the operation fails and the
 /// caller's transaction writes nothing, on either backend.
