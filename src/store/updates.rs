@@ -70,15 +70,16 @@ fn queued_columns(backend: Backend) -> &'static str {
             "CASE WHEN LENGTH(reason) <= 4096 THEN CAST(reason AS BINARY) END, ",
             "CAST(occurred_at AS BINARY)"
         ),
+        // NULL stays NULL: `octet_length(NULL) >= 256` is not true.
         Backend::Sqlite => concat!(
             "id, CASE WHEN octet_length(update_key) < 256 THEN CAST(update_key AS BLOB) ",
             "ELSE zeroblob(256) END, ",
-            "CASE WHEN octet_length(code) < 256 THEN CAST(code AS BLOB) ",
-            "ELSE zeroblob(256) END, ",
-            "CASE WHEN octet_length(grant_id) < 256 THEN CAST(grant_id AS BLOB) ",
-            "ELSE zeroblob(256) END, ",
-            "CASE WHEN octet_length(action) < 256 THEN CAST(action AS BLOB) ",
-            "ELSE zeroblob(256) END, octet_length(reason), ",
+            "CASE WHEN octet_length(code) >= 256 THEN zeroblob(256) ",
+            "ELSE CAST(code AS BLOB) END, ",
+            "CASE WHEN octet_length(grant_id) >= 256 THEN zeroblob(256) ",
+            "ELSE CAST(grant_id AS BLOB) END, ",
+            "CASE WHEN octet_length(action) >= 256 THEN zeroblob(256) ",
+            "ELSE CAST(action AS BLOB) END, octet_length(reason), ",
             "CASE WHEN octet_length(reason) <= 4096 THEN CAST(reason AS BLOB) END, ",
             "CAST(occurred_at AS BLOB)"
         ),
