@@ -37,6 +37,7 @@ pub mod requests;
 pub mod jobs;
 pub mod lifecycle;
 pub mod schema;
+pub mod transitions;
 pub mod updates;
 mod session;
 

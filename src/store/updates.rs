@@ -72,8 +72,8 @@ fn queued_columns(backend: Backend) -> &'static str {
         ),
         // NULL stays NULL: `octet_length(NULL) >= 256` is not true.
         Backend::Sqlite => concat!(
-            "id, CASE WHEN octet_length(update_key) < 256 THEN CAST(update_key AS BLOB) ",
-            "ELSE zeroblob(256) END, ",
+            "id, CASE WHEN octet_length(update_key) >= 256 THEN zeroblob(256) ",
+            "ELSE CAST(update_key AS BLOB) END, ",
             "CASE WHEN octet_length(code) >= 256 THEN zeroblob(256) ",
             "ELSE CAST(code AS BLOB) END, ",
             "CASE WHEN octet_length(grant_id) >= 256 THEN zeroblob(256) ",
