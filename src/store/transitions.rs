@@ -1,5 +1,6 @@
-//! The operator's reads of a grant's life (`couponsd grants show`): a user's grants,
-//! and the `grant_transitions` of grants, oldest first.
+//! Reads of a grant's recorded life: a user's grants and the `grant_transitions` of
+//! grants, oldest first (`couponsd grants show`); revoked grants by coupon
+//! (reconciliation).
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -41,6 +42,17 @@ impl Conn {
             .order(g::id)
             .limit(limit)
             .select(g::id);
+        self.load(query).await
+    }
+
+    /// Revoked grants by coupon (coupons without any are left out): reconciliation
+    /// takes them out of the ledger of a coupon that got their stock back.
+    pub async fn revoked_grants_per_coupon(&mut self) -> QueryResult<Vec<(String, i64)>> {
+        let query = grants::table
+            .filter(g::state.eq(crate::domain::GrantState::Revoked.as_str()))
+            .group_by(g::coupon_id)
+            .select((g::coupon_id, diesel::dsl::count_star()))
+            .order(g::coupon_id);
         self.load(query).await
     }
 

@@ -466,6 +466,13 @@ async fn a_revocation_gives_back_stock_budget_and_daily_budget(db: TestDb) {
         }
     );
     assert_eq!(day_used(&ctx, &day).await, before.1 - 1000);
+    let drift = couponsd::schedule::reconcile::run(&ctx.schedule())
+        .await
+        .unwrap();
+    assert!(
+        drift.is_empty(),
+        "the ledger agrees with the stock: {drift:?}"
+    );
     let again = grant_to(&ctx, &["u3"]).await;
     let coupon = counts(
         &ctx,

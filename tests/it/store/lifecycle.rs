@@ -264,3 +264,47 @@ async fn give_back_granted_value_returns_budget_to_a_budgeted_campaign(conn: &mu
     assert!(!conn.give_back_granted_value("loyalty", 1000).await.unwrap());
 }
 conformance!(give_back_granted_value_returns_budget_to_a_budgeted_campaign);
+
+async fn a_grants_recorded_life_is_read_back_by_user_and_grant(conn: &mut Conn) {
+    use GrantState::*;
+    let ids = three_grants(conn).await;
+    assert_eq!(conn.grant_ids_of_user("u1", 10).await.unwrap(), [ids[0]]);
+    assert!(conn
+        .grant_ids_of_user("nobody", 10)
+        .await
+        .unwrap()
+        .is_empty());
+    conn.set_grant_states(&[ids[0], ids[2]], (Granted, Revoked), at(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        conn.revoked_grants_per_coupon().await.unwrap(),
+        [("NEW10".to_owned(), 2)]
+    );
+    let t = |grant_id, to, cause| Transition {
+        grant_id,
+        from: Granted,
+        to,
+        cause,
+        reason: None,
+        at: at(5).and_utc(),
+    };
+    let rows = [
+        t(ids[2], Revoked, Cause::Operator("ana".into())),
+        t(ids[0], Revoked, Cause::Update("v".into())),
+        t(ids[1], Redeemed, Cause::Update("r".into())),
+    ];
+    conn.record_transitions(&rows).await.unwrap();
+    let read = conn.transitions_of(&[ids[2], ids[0]]).await.unwrap();
+    let seen: Vec<(i64, Option<&str>, Option<&str>)> = read
+        .iter()
+        .map(|r| (r.grant_id, r.update_key.as_deref(), r.operator.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [(ids[0], Some("v"), None), (ids[2], None, Some("ana"))]
+    );
+    assert_eq!((read[0].to_state.as_str(), read[0].at), ("revoked", at(5)));
+    assert!(conn.transitions_of(&[]).await.unwrap().is_empty());
+}
+conformance!(a_grants_recorded_life_is_read_back_by_user_and_grant);
