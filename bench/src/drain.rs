@@ -268,7 +268,7 @@ const MAX_RESTARTS: u32 = 5;
 /// `campaigns`, so the two deadlock, and start-up gives up after three tries (see
 /// BENCHMARKS.md). That is counted and reported, and the daemon started again, so
 /// that the drain is still measured with all its daemons; the clock keeps running.
-async fn supervise(
+pub(super) async fn supervise(
     exe: &std::path::Path,
     dir: &std::path::Path,
     config: &std::path::Path,

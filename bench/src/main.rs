@@ -14,6 +14,7 @@
 //! | `latency`  | 1,000 triggers/s into a running daemon for 30 s: insert to delivery p50/p99/max |
 //! | `memory`   | peak RSS of the daemons of `steady` and `flash` |
 //! | `rules`    | one evaluation of each shipped rule, in process |
+//! | `lifecycle`| triggers drained, then a `redeem` per grant drained: updates/s against requests/s |
 //!
 //! `--codes none,pool,generate` runs `steady` and `flash` once per code source (every
 //! coupon a pool the bench seeds first, or generated codes), and `--rounds N` repeats
@@ -30,6 +31,7 @@ mod drain;
 mod flash;
 mod floor;
 mod latency;
+mod lifecycle;
 mod process;
 mod receiver;
 mod report;
@@ -117,6 +119,8 @@ pub enum Scenario {
     Memory,
     /// Time of one evaluation of each shipped rule.
     Rules,
+    /// Triggers drained, then one partner `redeem` per grant drained: the per-row ratio.
+    Lifecycle,
 }
 
 /// Benchmarks of couponsd against MariaDB (or `--sqlite`) and a verifying loopback
@@ -307,6 +311,9 @@ async fn run_scenarios(bench: &mut Bench, args: &BenchArgs) -> Result<(), BenchE
     }
     if flash && args.sqlite {
         mysql_only("flash");
+    }
+    if picked(Scenario::Lifecycle) {
+        lifecycle::run(bench, n).await?;
     }
     if wants(Scenario::Latency) {
         if args.sqlite {

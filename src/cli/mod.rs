@@ -3,7 +3,7 @@
 //! the library, prints what it returns and tells the exit code.
 //!
 //! One file per group of commands: `ops.rs` (`stock`, `deliveries`, `channels`), `codes.rs`
-//! (`codes import`, `codes show`) and
+//! (`codes import`, `codes show`), `grants.rs` (`grants show`, `grants revoke`) and
 //! `authoring.rs` (`check`, `rules test`, `simulate`, `backtest`, `explain`) open the
 //! installation the way their commands need it; `exit.rs` holds every exit code. The
 //! daemon's commands (`migrate`, `run`) and `demo` open what they need themselves
@@ -12,6 +12,7 @@
 mod authoring;
 mod codes;
 mod exit;
+mod grants;
 mod ops;
 
 use std::path::Path;
@@ -24,6 +25,7 @@ use crate::authoring::{backtest, check, explain, simulate};
 use crate::config::Config;
 use crate::ops::codes::CodesAction;
 use crate::ops::deliveries::{ChannelsAction, DeliveriesAction};
+use crate::ops::grants::GrantsAction;
 use crate::ops::stock::StockAction;
 use crate::{app, logging};
 pub use exit::CliError;
@@ -50,6 +52,12 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: CodesAction,
+    },
+    /// Grants after delivery: show one (by id or code) or a user's, revoke one.
+    Grants {
+        /// What to do.
+        #[command(subcommand)]
+        action: GrantsAction,
     },
     /// The outbox: list deliveries, replay dead ones with their original webhook-id.
     Deliveries {
@@ -127,6 +135,7 @@ async fn dispatch(command: Command, config_path: &Path) -> Result<String, CliErr
         }
         Command::Stock { action } => ops::stock(config, action).await?,
         Command::Codes { action } => codes::codes(config, action).await?,
+        Command::Grants { action } => grants::grants(config, action).await?,
         Command::Deliveries { action } => ops::deliveries(config, action).await?,
         Command::Channels { action } => ops::channels(config, action).await?,
         Command::Check(args) => check::run(&config, config_path, &args)?,

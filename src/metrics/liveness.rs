@@ -55,6 +55,8 @@ pub struct Liveness {
     /// The dispatcher's heartbeat; the outbox worker beats it after every attempt, so
     /// that a long round of slow partners does not look like a stuck loop.
     pub dispatcher: Arc<Heartbeat>,
+    /// The partner-update loop's heartbeat (stale only while it runs).
+    pub updates: Arc<Heartbeat>,
     grant_workers: Mutex<Vec<Arc<Heartbeat>>>,
     /// Grant batches failed in a row, across this daemon's workers (any success resets
     /// it): a queue that does not move is seen by `/readyz`, not only in the log.
@@ -67,6 +69,7 @@ impl Default for Liveness {
         Self {
             epoch,
             dispatcher: Arc::new(Heartbeat::new(epoch)),
+            updates: Arc::new(Heartbeat::new(epoch)),
             grant_workers: Mutex::new(Vec::new()),
             failed_batches: Default::default(),
         }
@@ -117,6 +120,9 @@ impl Liveness {
             if worker.age(now).is_some_and(|age| age > stale_after) {
                 stale.push(format!("grant worker {i}"));
             }
+        }
+        if self.updates.age(now).is_some_and(|age| age > stale_after) {
+            stale.push("update loop".to_owned());
         }
         match self.dispatcher.age(now) {
             Some(age) if age <= stale_after => {}

@@ -36,6 +36,11 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpdateLabels {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CouponLabels {
     campaign: String,
     coupon: String,
@@ -95,6 +100,7 @@ pub struct Metrics {
     deliveries: Family<DeliveryLabels, Counter>,
     attempt_duration: Family<ChannelLabels, Histogram, fn() -> Histogram>,
     rotations: Counter,
+    grant_updates: Family<UpdateLabels, Counter>,
     stock_remaining: Family<CouponLabels, Gauge>,
     queue_depth: Gauge,
     queue_oldest_age: Gauge<f64, AtomicU64>,
@@ -124,6 +130,7 @@ impl Metrics {
             deliveries: Family::default(),
             attempt_duration: Family::new_with_constructor(attempt_histogram),
             rotations: Counter::default(),
+            grant_updates: Family::default(),
             stock_remaining: Family::default(),
             queue_depth: Gauge::default(),
             queue_oldest_age: Gauge::default(),
@@ -169,6 +176,11 @@ impl Metrics {
             "rotations",
             "Coupons rotated out by this daemon's inventory checks",
             m.rotations.clone(),
+        );
+        r.register(
+            "grant_updates",
+            "Partner updates of grants this daemon finished, by final status (done, rejected)",
+            m.grant_updates.clone(),
         );
         r.register(
             "coupon_stock_remaining",
@@ -266,6 +278,16 @@ impl Metrics {
     /// Records coupons rotated by an inventory check.
     pub fn record_rotations(&self, count: usize) {
         self.rotations.inc_by(count as u64);
+    }
+
+    /// Records a committed batch of partner updates: `done` applied, `rejected`.
+    pub fn record_updates(&self, done: usize, rejected: usize) {
+        for (status, n) in [("done", done), ("rejected", rejected)] {
+            let labels = UpdateLabels {
+                status: status.to_owned(),
+            };
+            self.grant_updates.get_or_create(&labels).inc_by(n as u64);
+        }
     }
 
     /// Sets `database_up`: whether the database answered its last probe.

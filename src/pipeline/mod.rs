@@ -6,7 +6,9 @@
 //!    histories of [`classify`]), pick the campaign, check window, limit, coupon rule,
 //!    chain stock and budget;
 //! 3. [`grant`]: the unit of work — claim, one transaction, record;
-//! 4. [`dispatch`]: deliver the outbox, signed, with retries.
+//! 4. [`lifecycle`]: after delivery, partner updates (redeem, unredeem, revoke) applied
+//!    to the grants, with their events and what a revocation gives back;
+//! 5. [`dispatch`]: deliver the outbox, signed, with retries.
 //!
 //! [`TriggerRequest`]: crate::domain::TriggerRequest
 
@@ -14,4 +16,5 @@ pub mod intake;
 pub mod classify;
 pub mod decide;
 pub mod grant;
+pub mod lifecycle;
 pub mod dispatch;

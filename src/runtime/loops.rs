@@ -1,5 +1,5 @@
-//! The loops that run the stages: grant workers and the dispatcher, until shutdown or,
-//! with `--drain`, until nothing is left to do.
+//! The loops that run the stages: grant workers, the partner-update loop and the
+//! dispatcher, until shutdown or, with `--drain`, until nothing is left to do.
 
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use super::Daemon;
 use crate::metrics::Heartbeat;
 use crate::pipeline::dispatch::worker::{dispatch_due, live_channels, DispatchOutcome};
 use crate::pipeline::grant::{process_batch, process_claimed_batch, BatchOutcome};
+use crate::pipeline::lifecycle::{process_updates, UpdatesOutcome};
 use crate::store::StoreError;
 
 /// How the loops end.
@@ -32,6 +33,7 @@ pub async fn run_loops(ctx: Daemon, mode: Mode, shutdown: CancellationToken) {
     for worker in 0..ctx.grant_workers() {
         workers.spawn(grant_loop(ctx.clone(), mode, shutdown.clone(), worker));
     }
+    workers.spawn(update_loop(ctx.clone(), mode, shutdown.clone()));
     let dispatcher = tokio::spawn(dispatch_loop(ctx.clone(), mode, grants_done.clone()));
     while workers.join_next().await.is_some() {}
     grants_done.cancel();
@@ -82,6 +84,38 @@ async fn grant_loop(ctx: Daemon, mode: Mode, shutdown: CancellationToken, worker
                 failures += 1;
                 ctx.liveness.batch_failed();
                 error!(worker, error = %e, "batch failed and was rolled back; its requests are back in the queue");
+                back_off(backoff(failures), &heartbeat, &shutdown).await;
+            }
+        }
+    }
+    heartbeat.stop();
+}
+
+/// One per daemon: applies queued partner updates (`grant_updates`) batch after batch,
+/// with the grant workers' idle back-off. Updates are few beside trigger requests; a
+/// second daemon's loop shares the queue (`SKIP LOCKED`).
+async fn update_loop(ctx: Daemon, mode: Mode, shutdown: CancellationToken) {
+    let heartbeat = ctx.liveness.updates.clone();
+    let mut failures = 0u32;
+    let mut idle_looks = IdleLooks::new(ctx.config.worker.poll_interval);
+    while !shutdown.is_cancelled() {
+        heartbeat.beat();
+        let unit = ctx.lifecycle();
+        let batch = tokio::spawn(async move { process_updates(&unit).await });
+        match wait_on_database(&ctx, Some(&heartbeat), "update loop", batch).await {
+            Ok(UpdatesOutcome::Processed(summary)) => {
+                failures = 0;
+                idle_looks.found_work();
+                tracing::debug!(?summary, "update batch done");
+            }
+            Ok(UpdatesOutcome::Empty) if mode == Mode::Drain => break,
+            Ok(UpdatesOutcome::Empty) => {
+                failures = 0;
+                idle(&shutdown, idle_looks.next_wait()).await;
+            }
+            Err(e) => {
+                failures += 1;
+                error!(error = %e, "update batch failed and was rolled back; its updates are back in the queue");
                 back_off(backoff(failures), &heartbeat, &shutdown).await;
             }
         }

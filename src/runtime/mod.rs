@@ -24,6 +24,7 @@ use crate::pipeline::dispatch::handoff::Handoff;
 use crate::pipeline::dispatch::lanes::Lanes;
 use crate::pipeline::dispatch::send::Sender;
 use crate::pipeline::grant::{self, ClaimsInHand};
+use crate::pipeline::lifecycle;
 use crate::rules::Rules;
 use crate::schedule;
 use crate::store::catalog::CatalogChanges;
@@ -102,6 +103,16 @@ impl Daemon {
             outbox_ready: self.outbox_ready.clone(),
             metrics: self.metrics.clone(),
             claims: self.claims.clone(),
+        }
+    }
+
+    /// What the lifecycle stage (partner updates) uses.
+    pub fn lifecycle(&self) -> lifecycle::Deps {
+        lifecycle::Deps {
+            db: self.db.clone(),
+            catalog: self.catalog.clone(),
+            outbox_ready: self.outbox_ready.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 

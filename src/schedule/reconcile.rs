@@ -121,15 +121,30 @@ pub async fn run(deps: &Deps) -> Result<Vec<Drift>, StoreError> {
         let conn = &mut deps.db.get().await?;
         let coupons = conn.coupon_stock().await?;
         let per_coupon = conn.grants_per_coupon().await?;
+        let revoked = conn.revoked_grants_per_coupon().await?;
         let counts = (
             conn.code_counts().await?,
             conn.coded_grants_per_coupon().await?,
         );
-        (coupons, per_coupon, counts)
+        (coupons, (per_coupon, revoked), counts)
     };
+    let (per_coupon, revoked) = per_coupon;
     let mut ledger: HashMap<String, i64> = HashMap::new();
     for (_, coupon, n) in per_coupon {
         *ledger.entry(coupon).or_default() += n;
+    }
+    // A revoked grant of a counted or generated coupon gave its unit back; a pool's
+    // (or a coupon the config no longer names) stays taken (`pipeline::lifecycle::giveback`).
+    let config = deps.catalog.current();
+    for (coupon, n) in revoked {
+        let gave_back = config
+            .campaigns
+            .iter()
+            .flat_map(|k| &k.coupons)
+            .any(|c| c.id.as_str() == coupon && !c.is_pool());
+        if gave_back {
+            *ledger.entry(coupon).or_default() -= n;
+        }
     }
     let codes = coupon_codes(&deps.catalog.current(), counts.0, counts.1);
     let drift = find_drift(&coupons, &ledger, &codes);

@@ -263,6 +263,24 @@ impl Conn {
         Ok(changed == 1)
     }
 
+    /// Gives `cents` of granted face value back to a budgeted campaign (a revocation);
+    /// returns false (and changes nothing) for a campaign without a budget, an unknown
+    /// one, or one that counts less granted.
+    pub async fn give_back_granted_value(
+        &mut self,
+        campaign_id: &str,
+        cents: i64,
+    ) -> QueryResult<bool> {
+        let give = diesel::update(
+            campaigns::table
+                .find(campaign_id)
+                .filter(k::budget_cents.is_not_null())
+                .filter(k::granted_cents.ge(cents)),
+        )
+        .set(k::granted_cents.eq(k::granted_cents - cents));
+        Ok(self.execute(give).await? == 1)
+    }
+
     /// Inside `apply_catalog`'s transaction: inserts the campaigns new to the database,
     /// brings the known ones to the config, and recounts the granted value of the
     /// budgeted ones; records the campaigns added in `changes`.

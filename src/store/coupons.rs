@@ -92,6 +92,17 @@ impl Conn {
         Ok(self.execute(Cached(take)).await? == 1)
     }
 
+    /// Gives `count` taken units back to a coupon (a revocation): `granted` down,
+    /// `remaining` up by as much, so `stock = granted + remaining` still holds; returns
+    /// false (and changes nothing) for an unknown coupon or one that has granted fewer.
+    pub async fn give_back_stock(&mut self, id: &str, count: i64) -> QueryResult<bool> {
+        let give = diesel::update(table.filter(c::id.eq(id)).filter(c::granted.ge(count))).set((
+            c::remaining.eq(c::remaining + count),
+            c::granted.eq(c::granted - count),
+        ));
+        Ok(self.execute(give).await? == 1)
+    }
+
     /// Adds `count` to a coupon's stock and remaining; returns false for an unknown
     /// coupon.
     pub async fn add_stock(&mut self, id: &str, count: i64) -> QueryResult<bool> {

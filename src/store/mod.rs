@@ -37,6 +37,8 @@ pub mod requests;
 pub mod jobs;
 pub mod lifecycle;
 pub mod schema;
+pub mod transitions;
+pub mod updates;
 mod session;
 
 pub use conn::{columns, Backend, Conn};

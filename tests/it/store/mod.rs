@@ -62,7 +62,9 @@ mod db;
 mod deliveries;
 mod grants;
 mod records;
+mod lifecycle;
 mod requests;
+mod updates;
 mod jobs;
 
 /// Runs `test` on a fresh SQLite database and on a fresh MariaDB database (skipped

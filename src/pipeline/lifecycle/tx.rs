@@ -1,0 +1,138 @@
+//! The transaction of one batch of partner updates: claim (`FOR UPDATE SKIP LOCKED`),
+//! parse, resolve codes to grants, lock the grants in id order, apply each update in
+//! id order, write the grants' states, their transitions and outbox rows and the
+//! updates' statuses; last, what revocations give back. All of it commits or none.
+
+use std::collections::HashMap;
+
+use super::changes::{Changes, Step};
+use super::giveback::GiveBack;
+use super::parse::{parse_batch, GrantUpdate, Target};
+use super::{LifecycleError, UpdatesSummary};
+use crate::config::Config;
+use crate::domain::lifecycle::Cause;
+use crate::domain::UpdateStatus;
+use crate::store::updates::FinishedUpdate;
+use crate::store::{self, Conn};
+
+/// Where a batch's updates come from.
+#[derive(Debug, Clone)]
+pub(super) enum Batch {
+    /// Up to this many queued updates, oldest first.
+    Take(i64),
+    /// Those of these ids still queued (a part of a batch that failed).
+    Part(Vec<i64>),
+}
+
+/// What a committed batch did.
+#[derive(Debug, Default)]
+pub(super) struct Written {
+    pub(super) summary: UpdatesSummary,
+    /// The ids the batch claimed, for splitting it should it fail.
+    pub(super) ids: Vec<i64>,
+    /// True when it wrote outbox rows.
+    pub(super) outbox: bool,
+}
+
+/// Runs one batch in a write transaction (on SQLite the one writer is taken first).
+pub(super) async fn update_batch(
+    conn: &mut Conn,
+    config: &Config,
+    batch: &Batch,
+) -> Result<Written, LifecycleError> {
+    conn.write_transaction(async |conn| {
+        let rows = match batch {
+            Batch::Take(limit) => conn.take_queued_updates(*limit).await?,
+            Batch::Part(ids) => conn.take_queued_updates_of(ids).await?,
+        };
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        if rows.is_empty() {
+            return Ok(Written::default());
+        }
+        let now = store::now();
+        let (valid, rejected) = parse_batch(rows);
+        let mut finished: Vec<FinishedUpdate> = rejected
+            .into_iter()
+            .map(|r| refused(r.id, r.reason))
+            .collect();
+        let targets = resolve(conn, &valid).await?;
+        let mut locked: Vec<i64> = targets
+            .iter()
+            .filter_map(|t| t.as_ref().ok())
+            .copied()
+            .collect();
+        locked.sort_unstable();
+        locked.dedup();
+        let grants = conn.grants_by_id(&locked, true).await?;
+        let mut changes = Changes::new(grants, now.and_utc());
+        for (update, target) in valid.iter().zip(targets) {
+            finished.push(
+                match target.and_then(|id| apply(&mut changes, update, id)) {
+                    Ok(()) => FinishedUpdate {
+                        id: update.id,
+                        status: UpdateStatus::Done,
+                        error: None,
+                    },
+                    Err(why) => refused(update.id, format!("{}: {why}", update.label())),
+                },
+            );
+        }
+        changes.write(conn).await?;
+        conn.finish_updates(&finished, now).await?;
+        // Last: the hot coupon and campaign rows, held only until the commit.
+        GiveBack::of(&changes.revoked, config).write(conn).await?;
+        Ok(Written {
+            summary: UpdatesSummary::of(&finished),
+            ids,
+            outbox: !changes.deliveries.is_empty(),
+        })
+    })
+    .await
+}
+
+fn refused(id: i64, reason: String) -> FinishedUpdate {
+    FinishedUpdate {
+        id,
+        status: UpdateStatus::Rejected,
+        error: Some(reason),
+    }
+}
+
+/// Applies one update to its grant as the batch has left it.
+fn apply(changes: &mut Changes, update: &GrantUpdate, grant_id: i64) -> Result<(), String> {
+    if !changes.knows(grant_id) {
+        return Err(format!("grant_id: no grant {grant_id}"));
+    }
+    changes.apply(Step {
+        grant_id,
+        action: update.action,
+        cause: Cause::Update(update.key.clone()),
+        reason: update.reason.as_deref(),
+        happened: update.occurred_at,
+    })
+}
+
+/// Each update's grant id: its own, or the grant that holds its code (or why none).
+async fn resolve(
+    conn: &mut Conn,
+    updates: &[GrantUpdate],
+) -> Result<Vec<Result<i64, String>>, LifecycleError> {
+    let codes: Vec<String> = updates
+        .iter()
+        .filter_map(|u| match &u.target {
+            Target::Code(code) => Some(code.clone()),
+            Target::Grant(_) => None,
+        })
+        .collect();
+    let held: HashMap<String, i64> = conn.grant_ids_by_code(&codes).await?.into_iter().collect();
+    Ok(updates
+        .iter()
+        .map(|u| match &u.target {
+            Target::Grant(id) => Ok(*id),
+            Target::Code(code) => held
+                .get(code)
+                .copied()
+                .ok_or_else(|| format!("code: no grant holds {code:?}")),
+        })
+        .collect())
+}
