@@ -1,16 +1,20 @@
 //! The figures of `couponsd report`, the report's Prometheus gauges and the
 //! reconciliation of grant states: grants counted by coupon and state, transitions
 //! counted by coupon and move (the budgets are `Conn::campaign_budgets` of
-//! `records.rs`). Each is one `GROUP BY` query; nothing here locks.
+//! `records.rs`). Each is one `GROUP BY` query; nothing here locks. [`Conn::report`]
+//! puts them together per campaign and coupon ([`Report`]).
+
+use std::collections::BTreeMap;
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-
 use diesel::sql_types::{BigInt, Text};
+use serde::Serialize;
 
 use super::schema::grants;
 use super::schema::grants::dsl as g;
 use super::{Conn, QueryResult};
+use crate::domain::GrantState;
 
 /// Grants of one coupon in one state, with one face value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,5 +102,117 @@ impl Conn {
              GROUP BY g.coupon_id, t.from_state, t.to_state",
         );
         self.load(query).await
+    }
+
+    /// The report's figures per campaign and coupon: every campaign and every coupon
+    /// still in the config (coupons removed from it only when they have grants), with
+    /// `since`, of the grants granted at or after it; the budgets are the campaigns'
+    /// whole ledgers either way.
+    pub async fn report(&mut self, since: Option<NaiveDateTime>) -> QueryResult<Report> {
+        let coupons = self.coupon_stock().await?;
+        let budgets = self.campaign_budgets().await?;
+        let states = self.grants_by_state(since).await?;
+        let mut campaigns: BTreeMap<String, CampaignFigures> = budgets
+            .into_iter()
+            .map(|b| {
+                let figures = CampaignFigures {
+                    campaign: b.campaign_id.clone(),
+                    budget_cents: b.budget_cents,
+                    budget_granted_cents: b.granted_cents,
+                    ..CampaignFigures::default()
+                };
+                (b.campaign_id, figures)
+            })
+            .collect();
+        let listed = coupons.into_iter().map(|c| (c.campaign_id, c.id));
+        let granted = states
+            .iter()
+            .map(|s| (s.campaign_id.clone(), s.coupon_id.clone()));
+        for (campaign, coupon) in listed.chain(granted) {
+            let k = campaigns.entry(campaign.clone()).or_default();
+            k.campaign = campaign;
+            if !k.coupons.iter().any(|c| c.coupon == coupon) {
+                let figures = Figures::default();
+                k.coupons.push(CouponFigures { coupon, figures });
+            }
+        }
+        for s in &states {
+            let k = campaigns.entry(s.campaign_id.clone()).or_default();
+            k.figures.add(s);
+            if let Some(c) = k.coupons.iter_mut().find(|c| c.coupon == s.coupon_id) {
+                c.figures.add(s);
+            }
+        }
+        Ok(Report {
+            since,
+            campaigns: campaigns.into_values().collect(),
+        })
+    }
+}
+
+/// The figures of `couponsd report`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Only the grants granted at or after this time were counted (`None`: all).
+    pub since: Option<NaiveDateTime>,
+    /// Every campaign, in id order.
+    pub campaigns: Vec<CampaignFigures>,
+}
+
+/// One campaign's figures: its grants' and its budget's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CampaignFigures {
+    /// The campaign.
+    pub campaign: String,
+    /// Its grants, every coupon together.
+    pub figures: Figures,
+    /// Its budget, if it has one.
+    pub budget_cents: Option<i64>,
+    /// Face value taken from its budget (`campaigns.granted_cents`).
+    pub budget_granted_cents: i64,
+    /// Its coupons, in chain order.
+    pub coupons: Vec<CouponFigures>,
+}
+
+/// One coupon's figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CouponFigures {
+    /// The coupon.
+    pub coupon: String,
+    /// Its grants.
+    pub figures: Figures,
+}
+
+/// Grants counted: all of them, and those now in each state after `granted`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Figures {
+    /// Every grant, whatever its state now.
+    pub granted: i64,
+    /// Grants now `redeemed`.
+    pub redeemed: i64,
+    /// Grants now `revoked`.
+    pub revoked: i64,
+    /// Grants now `expired`.
+    pub expired: i64,
+    /// The face value of every grant.
+    pub granted_face_value_cents: i64,
+    /// The face value of the grants now `redeemed`.
+    pub redeemed_face_value_cents: i64,
+}
+
+impl Figures {
+    fn add(&mut self, s: &StateCount) {
+        let value = s.grants * s.face_value_cents;
+        self.granted += s.grants;
+        self.granted_face_value_cents += value;
+        match GrantState::parse(&s.state) {
+            Some(GrantState::Redeemed) => {
+                self.redeemed += s.grants;
+                self.redeemed_face_value_cents += value;
+            }
+            Some(GrantState::Revoked) => self.revoked += s.grants,
+            Some(GrantState::Expired) => self.expired += s.grants,
+            Some(GrantState::Granted) | None => {}
+        }
     }
 }
