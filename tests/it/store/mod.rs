@@ -60,8 +60,10 @@ mod codes;
 mod coupons;
 mod db;
 mod deliveries;
+mod expiry;
 mod grants;
 mod records;
+mod report;
 mod requests;
 mod jobs;
 
