@@ -13,6 +13,7 @@ mod codes_inventory;
 mod delivery;
 mod hostile;
 mod inventory;
+mod lifecycle_jobs;
 mod listener;
 mod operations;
 mod partners;
