@@ -3,7 +3,7 @@
 //! the library, prints what it returns and tells the exit code.
 //!
 //! One file per group of commands: `ops.rs` (`stock`, `deliveries`, `channels`), `codes.rs`
-//! (`codes import`, `codes show`), `grants.rs` (`grants show`, `grants revoke`) and
+//! (`codes import`, `codes show`), `grants.rs` (`grants show`, `grants revoke`), `report.rs` (`report`) and
 //! `authoring.rs` (`check`, `rules test`, `simulate`, `backtest`, `explain`) open the
 //! installation the way their commands need it; `exit.rs` holds every exit code. The
 //! daemon's commands (`migrate`, `run`) and `demo` open what they need themselves
@@ -14,6 +14,7 @@ mod codes;
 mod exit;
 mod grants;
 mod ops;
+mod report;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -26,6 +27,7 @@ use crate::config::Config;
 use crate::ops::codes::CodesAction;
 use crate::ops::deliveries::{ChannelsAction, DeliveriesAction};
 use crate::ops::grants::GrantsAction;
+use crate::ops::report::ReportArgs;
 use crate::ops::stock::StockAction;
 use crate::{app, logging};
 pub use exit::CliError;
@@ -71,6 +73,9 @@ pub enum Command {
         #[command(subcommand)]
         action: ChannelsAction,
     },
+    /// Per campaign and coupon: granted, redeemed, redemption rate, revoked, expired,
+    /// face value granted and redeemed, budget used.
+    Report(ReportArgs),
     /// Load the config, compile every rule and run the rule tests; needs no database.
     Check(check::RulesDirArgs),
     /// Decide one request against the live database as the daemon would; writes nothing.
@@ -138,6 +143,7 @@ async fn dispatch(command: Command, config_path: &Path) -> Result<String, CliErr
         Command::Grants { action } => grants::grants(config, action).await?,
         Command::Deliveries { action } => ops::deliveries(config, action).await?,
         Command::Channels { action } => ops::channels(config, action).await?,
+        Command::Report(args) => report::report(config, &args).await?,
         Command::Check(args) => check::run(&config, config_path, &args)?,
         Command::Simulate(args) => authoring::simulate(&config, &args).await?,
         Command::Rules {

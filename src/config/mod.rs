@@ -262,6 +262,8 @@ pub struct ScheduleConfig {
     pub reclaim_leases: String,
     /// `schedule.reconcile` ["0 0 3 * * *"]
     pub reconcile: String,
+    /// `schedule.expire_grants` ["0 * * * * *"]: expiry, then reminders
+    pub expire_grants: String,
 }
 
 /// `alerts:`

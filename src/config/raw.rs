@@ -190,6 +190,7 @@ pub(super) struct RawSchedule {
     pub inventory_check: Option<String>,
     pub reclaim_leases: Option<String>,
     pub reconcile: Option<String>,
+    pub expire_grants: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -89,6 +89,7 @@ schedule:
   inventory_check: "*/5 * * * * *"
   reclaim_leases: "*/30 * * * *"
   reconcile: "0 30 4 * * *"
+  expire_grants: "30 */5 * * * *"
 alerts:
   channel: ops
 http:
@@ -175,6 +176,7 @@ fn full_example_parses_with_every_key() {
     assert_eq!(c.schedule.inventory_check, "*/5 * * * * *");
     assert_eq!(c.schedule.reclaim_leases, "0 */30 * * * *");
     assert_eq!(c.schedule.reconcile, "0 30 4 * * *");
+    assert_eq!(c.schedule.expire_grants, "30 */5 * * * *");
     assert_eq!(c.alerts.channel.unwrap().as_str(), "ops");
     assert_eq!(c.http.listen, Some("127.0.0.1:9464".parse().unwrap()));
     assert_eq!(c.logging.format, LogFormat::Json);
@@ -233,6 +235,7 @@ fn defaults_apply_to_an_empty_or_minimal_file() {
         assert_eq!(c.schedule.inventory_check, "*/10 * * * * *");
         assert_eq!(c.schedule.reclaim_leases, "*/15 * * * * *");
         assert_eq!(c.schedule.reconcile, "0 0 3 * * *");
+        assert_eq!(c.schedule.expire_grants, "0 * * * * *");
         assert!(c.alerts.channel.is_none() && c.http.listen.is_none());
         assert_eq!(c.logging.format, LogFormat::Human);
     }
@@ -537,6 +540,11 @@ fn invalid_cron_names_the_key() {
     let e = refusal("schedule:\n  reclaim_leases: \"*/15 * * * * * * *\"\n");
     assert!(
         e.contains("schedule.reclaim_leases: \"*/15 * * * * * * *\" has 8 field(s)"),
+        "{e}"
+    );
+    let e = refusal("schedule:\n  expire_grants: \"0 * * *\"\n");
+    assert!(
+        e.contains("schedule.expire_grants: \"0 * * *\" has 4 field(s)"),
         "{e}"
     );
     let e = refusal("schedule:\n  inventory_check: \"0 61 * * * *\"\n");

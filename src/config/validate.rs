@@ -220,6 +220,12 @@ fn schedule(raw: RawSchedule, ctx: &Ctx<'_>) -> Result<ScheduleConfig, ConfigErr
             "*/15 * * * * *",
         )?,
         reconcile: cron(ctx, "schedule.reconcile", raw.reconcile, "0 0 3 * * *")?,
+        expire_grants: cron(
+            ctx,
+            "schedule.expire_grants",
+            raw.expire_grants,
+            "0 * * * * *",
+        )?,
     })
 }
 

@@ -24,7 +24,9 @@ use crate::store::requests::Finished;
 use crate::store::{self, Db, StoreError};
 
 mod liveness;
+mod report;
 pub use liveness::{Heartbeat, Liveness};
+pub use report::REPORT_REFRESH_INTERVAL;
 
 /// How often [`refresh`] reads the database gauges.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
@@ -109,6 +111,7 @@ pub struct Metrics {
     channel_disabled: Family<ChannelLabels, Gauge>,
     database_up: Gauge,
     refreshed: AtomicBool,
+    report: report::ReportGauges,
 }
 
 impl Default for Metrics {
@@ -139,6 +142,7 @@ impl Metrics {
             channel_disabled: Family::default(),
             database_up: Gauge::default(),
             refreshed: AtomicBool::new(false),
+            report: report::ReportGauges::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -217,6 +221,7 @@ impl Metrics {
             "1 when the database answered its last probe (once a second)",
             m.database_up.clone(),
         );
+        m.report.register(r);
         Self { registry, ..m }
     }
 
@@ -331,7 +336,8 @@ pub struct Snapshot {
 }
 
 /// Reads the database gauges: queue depth and oldest age, stock per coupon, pending
-/// and dead deliveries, disabled channels. On failure nothing changes: whether the
+/// and dead deliveries, disabled channels, and at most once a minute the report's
+/// figures (`report.rs`). On failure nothing changes: whether the
 /// database answers is `database_up`, which the daemon's probe keeps
 /// ([`crate::store::health`]).
 pub async fn refresh(db: &Db, metrics: &Metrics, config: &Config) -> Result<(), StoreError> {
@@ -345,6 +351,10 @@ pub async fn refresh(db: &Db, metrics: &Metrics, config: &Config) -> Result<(), 
         Ok::<_, StoreError>((queue, stock, outbox, disabled))
     };
     let ((depth, oldest), stock, outbox, disabled) = read.await?;
+    if metrics.report.due() {
+        let report = db.get().await?.report(None).await?;
+        metrics.report.set(&report);
+    }
     metrics.queue_depth.set(depth);
     let age = oldest
         .map(|t| (store::now() - t).as_seconds_f64().max(0.0))

@@ -1,11 +1,12 @@
 //! Commands for operators that inspect or change a running installation: stock, a pool
-//! coupon's codes, grants (show, revoke), and the outbox (deliveries, channels). Each works on the plain
+//! coupon's codes, grants (show, revoke), the outbox (deliveries, channels), and the report of grants. Each works on the plain
 //! [`Installation`](crate::installation::Installation) its caller opened: the database
 //! and the config, never a running daemon's context.
 
 pub mod codes;
 pub mod deliveries;
 pub mod grants;
+pub mod report;
 pub mod stock;
 
 use crate::store::StoreError;

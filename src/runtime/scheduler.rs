@@ -8,12 +8,12 @@ use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use super::notify::wait_on_database;
 use super::Daemon;
 use crate::schedule::{
-    inventory, parse_cron, reclaim, reconcile, run_once_per_tick, Deps, INVENTORY_CHECK,
-    RECLAIM_LEASES, RECONCILE,
+    inventory, lifecycle, parse_cron, reclaim, reconcile, run_once_per_tick, Deps, EXPIRE_GRANTS,
+    INVENTORY_CHECK, RECLAIM_LEASES, RECONCILE,
 };
 use crate::store::{self, StoreError};
 
-/// Starts the scheduler with the three jobs; stop it with `shutdown`.
+/// Starts the scheduler with the four jobs; stop it with `shutdown`.
 pub async fn start(daemon: Daemon) -> Result<JobScheduler, JobSchedulerError> {
     let scheduler = JobScheduler::new().await?;
     let schedule = daemon.config.schedule.clone();
@@ -45,8 +45,24 @@ pub async fn start(daemon: Daemon) -> Result<JobScheduler, JobSchedulerError> {
         recover,
     )
     .await?;
-    let drift = |deps: Deps| async move { reconcile::run(&deps).await.map(|d| d.len()) };
+    let drift = |deps: Deps| async move {
+        let stock = reconcile::run(&deps).await?.len();
+        Ok(stock + reconcile::transitions(&deps).await?.len())
+    };
     add(&scheduler, &daemon, RECONCILE, &schedule.reconcile, drift).await?;
+    let expire = |deps: Deps| async move {
+        lifecycle::run(&deps)
+            .await
+            .map(|tick| tick.expired + tick.reminded)
+    };
+    add(
+        &scheduler,
+        &daemon,
+        EXPIRE_GRANTS,
+        &schedule.expire_grants,
+        expire,
+    )
+    .await?;
     scheduler.start().await?;
     Ok(scheduler)
 }

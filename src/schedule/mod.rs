@@ -1,6 +1,6 @@
 //! Schedule: the cron jobs (tokio-cron-scheduler) that keep inventory ahead of demand —
-//! rotate low or exhausted coupons, recover expired claims, reconcile stock with the
-//! ledger.
+//! rotate low or exhausted coupons, recover expired claims, reconcile stock and grant
+//! states with the ledger — and expire grants and remind of their expiry.
 //!
 //! tokio-cron-scheduler fires on every daemon. Each job therefore takes a lease row in
 //! `job_leases` for the tick first: one daemon runs it per tick, a daemon that dies
@@ -15,6 +15,7 @@
 //! run the tick before it (late), never a tick twice or one ahead.
 
 pub mod inventory;
+pub mod lifecycle;
 pub mod reconcile;
 
 use std::future::Future;
@@ -37,6 +38,9 @@ pub const INVENTORY_CHECK: &str = "inventory_check";
 pub const RECLAIM_LEASES: &str = "reclaim_leases";
 /// See [`INVENTORY_CHECK`].
 pub const RECONCILE: &str = "reconcile";
+/// See [`INVENTORY_CHECK`]: expiry and reminders ([`lifecycle`]); also the `job` of
+/// the transitions it writes.
+pub const EXPIRE_GRANTS: &str = "expire_grants";
 
 /// What the scheduled jobs use, built by the runtime.
 #[derive(Clone)]

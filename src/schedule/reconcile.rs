@@ -1,10 +1,13 @@
 //! Reconciliation: checks that every coupon's stock, granted and remaining agree with
 //! each other and with the grants ledger, and that its codes agree with both: a pool
 //! coupon's `remaining` is its unissued codes, and a coupon with codes (a pool or
-//! generated) has issued exactly one code per grant in the ledger. Any drift is
-//! reported as an `inventory.drift` alert.
+//! generated) has issued exactly one code per grant in the ledger. It also checks
+//! every coupon's grants by state against their transitions ([`transitions`]): a grant
+//! starts `granted` and each `grant_transitions` row moves it once, so the grants in a
+//! state are those that entered it minus those that left it. Any drift is reported as
+//! an `inventory.drift` alert.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use tracing::{error, info};
@@ -14,6 +17,7 @@ use crate::config::Config;
 use crate::domain::chain::CouponStock;
 use crate::pipeline::dispatch::events;
 use crate::store::codes::CodeCounts;
+use crate::store::report::{MoveCount, StateCount};
 use crate::store::StoreError;
 
 /// A coupon whose counters disagree.
@@ -170,6 +174,82 @@ pub async fn run(deps: &Deps) -> Result<Vec<Drift>, StoreError> {
     Ok(drift)
 }
 
+/// A coupon whose grants in one state are not what its transitions say.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StateDrift {
+    /// The coupon.
+    pub coupon: String,
+    /// The state.
+    pub state: String,
+    /// Its grants in that state.
+    pub grants: i64,
+    /// What the transitions say: for `granted`, every grant of the coupon plus the
+    /// transitions into `granted` minus those out of it; for any other state, the
+    /// transitions into it minus those out of it.
+    pub by_transitions: i64,
+}
+
+/// Finds the (coupon, state) pairs whose grants (`states`) disagree with their
+/// transitions (`moves`), by coupon and state.
+pub fn find_state_drift(states: &[StateCount], moves: &[MoveCount]) -> Vec<StateDrift> {
+    const GRANTED: &str = "granted";
+    // (coupon, state) -> (grants, by transitions)
+    let mut figures: BTreeMap<(&str, &str), (i64, i64)> = BTreeMap::new();
+    let mut totals: HashMap<&str, i64> = HashMap::new();
+    for s in states {
+        figures.entry((&s.coupon_id, &s.state)).or_default().0 += s.grants;
+        *totals.entry(&s.coupon_id).or_default() += s.grants;
+    }
+    for (coupon, total) in totals {
+        figures.entry((coupon, GRANTED)).or_default().1 += total;
+    }
+    for m in moves {
+        figures.entry((&m.coupon_id, &m.to_state)).or_default().1 += m.transitions;
+        figures.entry((&m.coupon_id, &m.from_state)).or_default().1 -= m.transitions;
+    }
+    figures
+        .into_iter()
+        .filter(|(_, (grants, by_transitions))| grants != by_transitions)
+        .map(|((coupon, state), (grants, by_transitions))| StateDrift {
+            coupon: coupon.to_owned(),
+            state: state.to_owned(),
+            grants,
+            by_transitions,
+        })
+        .collect()
+}
+
+/// Checks every coupon's grants by state against their transitions and alerts
+/// (`inventory.drift`) on every difference found.
+pub async fn transitions(deps: &Deps) -> Result<Vec<StateDrift>, StoreError> {
+    let now = crate::store::now().and_utc();
+    let (states, moves) = {
+        let conn = &mut deps.db.get().await?;
+        (
+            conn.grants_by_state(None).await?,
+            conn.transitions_by_coupon().await?,
+        )
+    };
+    let drift = find_state_drift(&states, &moves);
+    if drift.is_empty() {
+        info!("reconciliation: grant states agree with their transitions");
+        return Ok(drift);
+    }
+    let alerts: Vec<_> = drift
+        .iter()
+        .inspect(|d| {
+            error!(
+                ?d,
+                "reconciliation: grant states disagree with their transitions"
+            )
+        })
+        .filter_map(|d| events::alert(&deps.config, events::INVENTORY_DRIFT, d, now))
+        .collect();
+    deps.db.get().await?.record_deliveries(&alerts).await?;
+    deps.outbox_ready.notify_one();
+    Ok(drift)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +340,54 @@ mod tests {
             body.get("unissued_codes").is_none() && body.get("issued_codes").is_none(),
             "a coupon without codes is reported as before: {body}"
         );
+    }
+
+    fn state(coupon: &str, state: &str, grants: i64) -> StateCount {
+        StateCount {
+            campaign_id: "c".into(),
+            coupon_id: coupon.into(),
+            state: state.into(),
+            face_value_cents: 100,
+            grants,
+        }
+    }
+
+    fn moved(from_state: &str, to_state: &str, transitions: i64) -> MoveCount {
+        MoveCount {
+            coupon_id: "A".into(),
+            from_state: from_state.into(),
+            to_state: to_state.into(),
+            transitions,
+        }
+    }
+
+    #[test]
+    fn grant_states_are_checked_against_their_transitions() {
+        let states = [
+            state("A", "granted", 5),
+            state("A", "redeemed", 2),
+            state("A", "revoked", 1),
+            state("B", "granted", 3),
+        ];
+        let moves = [
+            moved("granted", "redeemed", 3),
+            moved("redeemed", "granted", 1),
+            moved("redeemed", "revoked", 1),
+            moved("granted", "expired", 1),
+            moved("expired", "granted", 0),
+        ];
+        let drift = find_state_drift(&states, &moves);
+        assert_eq!(
+            drift
+                .iter()
+                .map(|d| (d.state.as_str(), d.grants, d.by_transitions))
+                .collect::<Vec<_>>(),
+            [("expired", 0, 1), ("redeemed", 2, 1)],
+        );
+        let agreeing = [
+            moved("granted", "redeemed", 2),
+            moved("granted", "revoked", 1),
+        ];
+        assert!(find_state_drift(&states, &agreeing).is_empty());
     }
 }

@@ -14,6 +14,7 @@ mod delivery;
 mod hostile;
 mod inventory;
 mod lifecycle_updates;
+mod lifecycle_jobs;
 mod listener;
 mod operations;
 mod partners;

@@ -147,7 +147,20 @@ pub fn config(
     campaigns: &str,
     extra: &str,
 ) -> Config {
-    let yaml = format!(
+    let yaml = config_yaml(db, receiver, rules, campaigns, extra);
+    Config::from_yaml_with_env(&yaml, Path::new("test.yaml"), &|_| None)
+        .unwrap_or_else(|e| panic!("test config does not load: {e}\n{yaml}"))
+}
+
+/// The YAML of [`config`], for a config file the `couponsd` binary reads.
+pub fn config_yaml(
+    db: &TestDb,
+    receiver: &Receiver,
+    rules: &Path,
+    campaigns: &str,
+    extra: &str,
+) -> String {
+    format!(
         r#"database:
   url: "{url}"
   max_connections: 12
@@ -179,9 +192,7 @@ campaigns:
         url = db.url,
         rules = rules.display(),
         base = receiver.base_url(),
-    );
-    Config::from_yaml_with_env(&yaml, Path::new("test.yaml"), &|_| None)
-        .unwrap_or_else(|e| panic!("test config does not load: {e}\n{yaml}"))
+    )
 }
 
 /// The two standard campaigns: newcomers get NEW10 (`hot` in stock) then NEW8; the
