@@ -77,6 +77,7 @@ async fn history_for_counts_each_users_grants_by_event_and_campaign(conn: &mut C
         campaign_id: campaign.to_owned(),
         grants,
         last_grant_at: Some(last),
+        ..PastGrants::default()
     };
     assert_eq!(
         history,
