@@ -16,6 +16,7 @@ mod inventory;
 mod listener;
 mod operations;
 mod partners;
+mod periodic;
 mod pipeline;
 mod schema;
 mod stalls;
