@@ -4,6 +4,7 @@
 //! `history.redeemed_for_event`.
 
 use chrono::{DateTime, TimeDelta, Utc};
+use couponsd::authoring::simulate::{self, SimulateArgs};
 use couponsd::domain::lifecycle::day_in;
 use couponsd::domain::{RequestId, RequestKey, TriggerRequest, UserId};
 use couponsd::pipeline::decide::{decide_one, Books, DayBooks, Histories, Refusal, Verdict};
@@ -37,6 +38,23 @@ async fn requests(ctx: &Daemon, user: &str, keys: &[&str]) {
         insert(ctx, key, user, "app_open", None).await.unwrap();
     }
     drain(ctx).await;
+}
+
+/// What `couponsd simulate` says a request of `user` would come to now: its outcome
+/// and detail.
+async fn simulated(ctx: &Daemon, user: &str) -> (String, String) {
+    let args = SimulateArgs {
+        user: user.to_owned(),
+        event: "app_open".to_owned(),
+        attrs: None,
+        json: false,
+    };
+    let request = simulate::request(&args).unwrap();
+    let rules = ctx.rules.current();
+    let simulation = simulate::simulate(&ctx.db, &ctx.config, &rules, request)
+        .await
+        .unwrap();
+    (simulation.outcome, simulation.detail.unwrap_or_default())
 }
 
 /// A time as both backends store and compare it.
@@ -75,26 +93,28 @@ async fn a_rolling_limit_grants_again_once_its_period_has_passed(db: TestDb) {
         detail,
         "user has 1 grant(s) in campaign loyalty within the last 7days, the limit is 1"
     );
+    let loyalty_granted = async |days_ago: i64| {
+        let at = sql_time(database_now() - TimeDelta::days(days_ago));
+        let sql = format!("UPDATE grants SET granted_at = '{at}' WHERE campaign_id = 'loyalty'");
+        assert_eq!(execute(&ctx, &sql).await, 1);
+    };
+    loyalty_granted(6).await;
     requests(&ctx, "u", &["r4"]).await;
     assert_eq!(
         finished(&ctx, "r4").await.0,
         "limit_reached",
-        "6 days is within 7d"
+        "6 days ago is within 7d"
     );
+    assert_eq!(simulated(&ctx, "u").await, finished(&ctx, "r4").await);
 
-    let eight_days_ago = sql_time(database_now() - TimeDelta::days(8));
-    let moved = execute(
-        &ctx,
-        &format!("UPDATE grants SET granted_at = '{eight_days_ago}' WHERE campaign_id = 'loyalty'"),
-    )
-    .await;
-    assert_eq!(moved, 1);
+    loyalty_granted(8).await;
     requests(&ctx, "u", &["r5", "r6"]).await;
     assert_eq!(
         finished(&ctx, "r5").await.0,
         "granted",
         "the period has passed"
     );
+    assert_eq!(simulated(&ctx, "u").await.0, "limit_reached");
     assert_eq!(finished(&ctx, "r6").await.0, "limit_reached");
     let per_campaign = counts(&ctx, "campaign_id", "grants").await;
     assert_eq!((per_campaign["newcomer"], per_campaign["loyalty"]), (1, 2));
@@ -204,6 +224,12 @@ async fn a_daily_budget_fills_its_day_in_its_time_zone_and_opens_again_the_next(
     assert!(
         days.contains_key(&today) || days.contains_key(&before),
         "{days:?}"
+    );
+    let (outcome, detail) = simulated(&ctx, "z").await;
+    assert_eq!(outcome, "not_eligible");
+    assert!(
+        detail.contains("has reached its daily budget 20.00"),
+        "{detail}"
     );
 
     // Midnight passes in Shanghai: what was granted is yesterday's.
