@@ -111,6 +111,7 @@ fn cases() -> Result<Vec<(&'static str, Case)>, InvalidValue> {
         grants_for_event: 1,
         last_grant_at: Some(Utc::now()),
         grants_by_campaign: HashMap::from([(CampaignId::parse("newcomer")?, 1)]),
+        ..History::default()
     };
     let campaign = CampaignView {
         id: CampaignId::parse("newcomer")?,

@@ -5,6 +5,7 @@
 //! the case expects. `check` and hot reload run the same tests.
 
 mod case;
+mod history;
 
 use std::path::{Path, PathBuf};
 

@@ -11,24 +11,25 @@
 //! ended or would be too short is passed over with the same detail. No code is drawn or
 //! generated: the simulation says where the code would come from.
 
+mod live;
 mod render;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use super::{rfc3339, to_json_line, AuthoringError};
-use crate::config::{CampaignConfig, Config};
-use crate::domain::chain::{Chain, ChainCoupon, CouponStock};
+use crate::config::Config;
+use crate::domain::chain::{Chain, ChainCoupon};
 use crate::domain::codes::CodeSource;
-use crate::domain::{Budget, PastGrants};
 use crate::domain::{Event, History, RequestId, RequestKey, TriggerRequest, UserId};
 use crate::pipeline::decide::Histories;
 use crate::pipeline::decide::{self, decide_one, Books, Verdict};
 use crate::rules::{Rules, SELECT_COUPON_FILE, USER_TYPE_FILE};
 use crate::store::records::GrantRecord;
-use crate::store::{Db, StoreError};
+use crate::store::Db;
+use live::read_live;
 
 /// How many of the user's grants `simulate` lists.
 const RECENT_GRANTS: i64 = 10;
@@ -101,6 +102,10 @@ pub struct HistoryView {
     pub last_grant_at: Option<String>,
     /// Grants per campaign.
     pub grants_by_campaign: BTreeMap<String, i64>,
+    /// Of those, the grants the user redeemed.
+    pub redeemed_for_event: i64,
+    /// When the user last redeemed one, in RFC 3339.
+    pub last_redeemed_at: Option<String>,
     /// The latest grants, newest first: `request N campaign C coupon X at TIME`.
     pub recent: Vec<String>,
 }
@@ -178,66 +183,6 @@ pub fn request(args: &SimulateArgs) -> Result<TriggerRequest, AuthoringError> {
     })
 }
 
-/// The live state a decision reads.
-struct Live {
-    history: Vec<PastGrants>,
-    recent: Vec<GrantRecord>,
-    chains: HashMap<String, Chain>,
-    budgets: HashMap<String, Budget>,
-}
-
-async fn read_live(
-    db: &Db,
-    campaigns: &[CampaignConfig],
-    (user, event): (&str, &str),
-    now: DateTime<Utc>,
-) -> Result<Live, AuthoringError> {
-    let (history, recent, stock, budgets, disabled) = {
-        let conn = &mut db.get().await?;
-        let history = conn.history_for(&[user.to_owned()]).await;
-        let recent = conn.recent_grants_of(user, event, RECENT_GRANTS).await;
-        let stock = conn.coupon_stock().await;
-        let budgets = conn.campaign_budgets().await;
-        let disabled = conn.disabled_channels().await;
-        (
-            history.map_err(StoreError::from)?,
-            recent.map_err(StoreError::from)?,
-            stock.map_err(StoreError::from)?,
-            budgets.map_err(StoreError::from)?,
-            disabled.map_err(StoreError::from)?,
-        )
-    };
-    // As the grant step sees them: a coupon whose channel is disabled, or whose
-    // validity would not serve a grant made now, has no stock.
-    let disabled: HashSet<String> = disabled.into_iter().collect();
-    let mut by_campaign: HashMap<String, Vec<CouponStock>> = HashMap::new();
-    for row in stock {
-        by_campaign
-            .entry(row.campaign_id.clone())
-            .or_default()
-            .push(row);
-    }
-    Ok(Live {
-        history,
-        recent,
-        chains: by_campaign
-            .into_iter()
-            .map(|(campaign, rows)| {
-                let mut chain = Chain::from_stock(rows);
-                chain.close_channels(&disabled);
-                if let Some(config) = campaigns.iter().find(|c| c.id.as_str() == campaign) {
-                    chain.apply_catalog(config, now);
-                }
-                (campaign, chain)
-            })
-            .collect(),
-        budgets: budgets
-            .into_iter()
-            .map(|b| (b.campaign_id.clone(), b))
-            .collect(),
-    })
-}
-
 /// Decides `request` against the database as it is now, writing nothing.
 pub async fn simulate(
     db: &Db,
@@ -248,13 +193,14 @@ pub async fn simulate(
     let (user, event) = (request.user_id.to_string(), request.event.to_string());
     let now = Utc::now();
     let mut live = read_live(db, &config.campaigns, (&user, &event), now).await?;
-    let mut histories = Histories::from_rows(live.history);
+    let mut histories = Histories::from_rows(live.history).with_times(live.times);
     let history = history_view(&histories.of(&request), &live.recent);
     let before = live.chains.clone();
     let mut books = Books {
         histories: &mut histories,
         chains: &mut live.chains,
         budgets: &mut live.budgets,
+        days: &mut live.days,
     };
     let decision = decide_one(rules, &config.campaigns, &mut books, request.clone(), now);
     let campaign = decision
@@ -342,6 +288,8 @@ fn history_view(history: &History, recent: &[GrantRecord]) -> HistoryView {
             .iter()
             .map(|(k, n)| (k.to_string(), *n))
             .collect(),
+        redeemed_for_event: history.redeemed_for_event,
+        last_redeemed_at: history.last_redeemed_at.map(millis),
         recent: recent
             .iter()
             .map(|g| {

@@ -812,3 +812,58 @@ fn codes_and_validity_mistakes_are_refused_with_their_key() {
         assert!(e.contains(expected), "{coupon}: {e}");
     }
 }
+
+/// One campaign with the campaign keys `{keys}` (a YAML flow map's inside).
+fn one_campaign(keys: &str) -> String {
+    with_channels(&format!(
+        "campaigns:\n  - {{ id: a, event: e, audience: u, {keys} coupons: [{{ id: X, face_value: 1, stock: 1, channel: ops }}] }}\n"
+    ))
+}
+
+#[test]
+fn periodic_limits_parse_into_the_campaign() {
+    let c = parse(&one_campaign(
+        "per_user_limit: 2, per_user_limit_period: 7d, daily_budget: \"500.00\", timezone: Asia/Shanghai,",
+    ));
+    let campaign = &c.campaigns[0];
+    assert_eq!(campaign.per_user_limit, 2);
+    assert_eq!(
+        campaign.per_user_limit_period,
+        Some(chrono::Duration::days(7))
+    );
+    assert_eq!(campaign.daily_budget, Some(Money::from_cents(50_000)));
+    assert_eq!(campaign.timezone, chrono_tz::Asia::Shanghai);
+    let plain = parse(&one_campaign(""));
+    let campaign = &plain.campaigns[0];
+    assert_eq!(
+        (campaign.per_user_limit_period, campaign.daily_budget),
+        (None, None),
+        "by default the limit counts the whole campaign and there is no daily budget"
+    );
+    assert_eq!(campaign.timezone, chrono_tz::UTC);
+}
+
+#[test]
+fn periodic_limit_mistakes_are_refused_with_their_key() {
+    for (keys, expected) in [
+        (
+            "per_user_limit_period: 0s,",
+            "campaigns[0].per_user_limit_period: must not be zero",
+        ),
+        (
+            "per_user_limit_period: weekly,",
+            "campaigns[0].per_user_limit_period",
+        ),
+        (
+            "daily_budget: \"10.005\",",
+            "campaigns[0].daily_budget: \"10.005\" is not an amount",
+        ),
+        (
+            "daily_budget: \"5.00\", timezone: Mars/Olympus,",
+            "campaigns[0].timezone: \"Mars/Olympus\" is not an IANA time zone name",
+        ),
+    ] {
+        let e = refusal(&one_campaign(keys));
+        assert!(e.contains(expected), "{keys} -> {e}");
+    }
+}

@@ -245,6 +245,10 @@ pub struct History {
     pub last_grant_at: Option<DateTime<Utc>>,
     /// The user's earlier grants per campaign.
     pub grants_by_campaign: HashMap<CampaignId, i64>,
+    /// Of those grants for this event, the ones the user redeemed (state `redeemed`).
+    pub redeemed_for_event: i64,
+    /// When the user last redeemed a grant for this event.
+    pub last_redeemed_at: Option<DateTime<Utc>>,
 }
 
 /// A campaign's budget as the grant step reads it.
@@ -258,8 +262,9 @@ pub struct Budget {
     pub granted_cents: i64,
 }
 
-/// One user's grants for one event in one campaign, counted from the ledger.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One user's grants for one event in one campaign, counted from the ledger: the
+/// grants that count (every state but `revoked`, which was given back).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PastGrants {
     /// The user.
     pub user_id: String,
@@ -271,6 +276,24 @@ pub struct PastGrants {
     pub grants: i64,
     /// The latest.
     pub last_grant_at: Option<chrono::NaiveDateTime>,
+    /// Of these, the grants in state `redeemed`.
+    pub redeemed: i64,
+    /// The latest redemption among them.
+    pub last_redeemed_at: Option<chrono::NaiveDateTime>,
+}
+
+/// When a user got one grant that counts, for an event in a campaign: what a rolling
+/// `per_user_limit_period` counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PastGrantTime {
+    /// The user.
+    pub user_id: String,
+    /// The event.
+    pub event: String,
+    /// The campaign.
+    pub campaign_id: String,
+    /// When it was granted.
+    pub granted_at: chrono::NaiveDateTime,
 }
 
 /// How a request that was processed ended (`trigger_requests.outcome`).

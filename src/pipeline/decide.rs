@@ -6,122 +6,23 @@
 //! `backtest`, rule tests) decide through [`decide_one`], so they cannot disagree.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use chrono::{DateTime, Utc};
 use tracing::warn;
 
 use crate::config::CampaignConfig;
 use crate::domain::chain::{Chain, ChainCoupon};
-use crate::domain::{
-    Budget, CampaignId, CampaignView, CouponId, Event, Outcome, TriggerRequest, UserType,
-};
+use crate::domain::lifecycle::day_in;
+use crate::domain::{Budget, CampaignId, CampaignView, CouponId, TriggerRequest, UserType};
 use crate::rules::{RuleError, Rules};
 
 pub use super::classify::Histories;
+pub use super::refusal::Refusal;
 
 /// In debug builds only (the tests), a request whose attributes have this key makes
 /// rule evaluation panic, standing in for a bug in the engine: the per-request catch
 /// must hold. Release builds never look at it.
 pub const PANIC_FOR_TESTS: &str = "__couponsd_test_panic";
-
-/// Why a request earns no coupon. Its text (`Display`) is what `detail` stores.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Refusal {
-    /// No campaign answers the event for the user type.
-    NoCampaign {
-        /// The request's event.
-        event: Event,
-        /// The user type decided.
-        user_type: UserType,
-    },
-    /// The campaign's window has not opened.
-    NotStarted(CampaignId, DateTime<Utc>),
-    /// The campaign's window has closed.
-    Ended(CampaignId, DateTime<Utc>),
-    /// The user already has `limit` grants in the campaign.
-    LimitReached {
-        /// The campaign.
-        campaign: CampaignId,
-        /// The user's grants in it.
-        granted: i64,
-        /// `per_user_limit`.
-        limit: i64,
-    },
-    /// `select_coupon.rhai` returned `()` while an active coupon had stock.
-    RuleDeclined(CampaignId),
-    /// The campaign has no coupons at all.
-    NoCoupons(CampaignId),
-    /// No coupon of the chain can be granted; the second field says why beyond stock
-    /// (a disabled channel), when it is more than that.
-    OutOfStock(CampaignId, Option<String>),
-    /// The grant would pass the campaign's budget.
-    BudgetReached(CampaignId),
-}
-
-impl Refusal {
-    /// The outcome stored for it.
-    pub fn outcome(&self) -> Outcome {
-        match self {
-            Refusal::NoCampaign { .. } => Outcome::NoCampaign,
-            Refusal::NotStarted(..)
-            | Refusal::Ended(..)
-            | Refusal::RuleDeclined(_)
-            | Refusal::BudgetReached(_) => Outcome::NotEligible,
-            Refusal::LimitReached { .. } => Outcome::LimitReached,
-            Refusal::NoCoupons(_) | Refusal::OutOfStock(..) => Outcome::OutOfStock,
-        }
-    }
-
-    /// The campaign that refused, when one answered.
-    pub fn campaign(&self) -> Option<&CampaignId> {
-        match self {
-            Refusal::NoCampaign { .. } => None,
-            Refusal::NotStarted(c, _)
-            | Refusal::Ended(c, _)
-            | Refusal::RuleDeclined(c)
-            | Refusal::NoCoupons(c)
-            | Refusal::OutOfStock(c, _)
-            | Refusal::BudgetReached(c)
-            | Refusal::LimitReached { campaign: c, .. } => Some(c),
-        }
-    }
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Refusal::NoCampaign { event, user_type } => {
-                write!(
-                    f,
-                    "no campaign answers event {event} for user type {user_type}"
-                )
-            }
-            Refusal::NotStarted(c, at) => write!(f, "campaign {c} starts at {}", at.to_rfc3339()),
-            Refusal::Ended(c, at) => write!(f, "campaign {c} ended at {}", at.to_rfc3339()),
-            Refusal::LimitReached {
-                campaign,
-                granted,
-                limit,
-            } => write!(
-                f,
-                "user has {granted} grant(s) in campaign {campaign}, the limit is {limit}"
-            ),
-            Refusal::RuleDeclined(_) => {
-                f.write_str("select_coupon.rhai returned () (not eligible)")
-            }
-            Refusal::NoCoupons(c) => write!(f, "campaign {c} has no coupons"),
-            Refusal::OutOfStock(c, Some(why)) => write!(
-                f,
-                "no coupon of campaign {c} can be granted: the others are out of stock and {why}"
-            ),
-            Refusal::OutOfStock(c, None) => {
-                write!(f, "every coupon of campaign {c} is out of stock")
-            }
-            Refusal::BudgetReached(c) => write!(f, "campaign {c} has reached its budget"),
-        }
-    }
-}
 
 /// The decision about one request.
 #[derive(Debug, Clone)]
@@ -164,7 +65,13 @@ pub struct Books<'a> {
     pub chains: &'a mut HashMap<String, Chain>,
     /// The budgeted campaigns, whose granted value every grant adds to.
     pub budgets: &'a mut HashMap<String, Budget>,
+    /// Face value granted by (campaign id, day in its `timezone`), for the campaigns
+    /// with a `daily_budget`; a day not in it has granted nothing yet.
+    pub days: &'a mut DayBooks,
 }
+
+/// Face value granted by (campaign id, day `YYYY-MM-DD` in the campaign's `timezone`).
+pub type DayBooks = HashMap<(String, String), i64>;
 
 /// Decides one request exactly as the batch transaction does, reading and updating
 /// only `books` (a grant is recorded in the histories, its stock taken from the chain
@@ -226,7 +133,14 @@ fn decide(
         };
         return (Some(user_type), Verdict::Refused(refusal));
     };
-    let granted = history.grants_by_campaign.get(&campaign.id).copied();
+    let granted = match campaign.per_user_limit_period {
+        None => history.grants_by_campaign.get(&campaign.id).copied(),
+        Some(period) => Some(
+            books
+                .histories
+                .granted_since(request, &campaign.id, now - period),
+        ),
+    };
     let verdict = match grant_in(rules, campaign, books, request, &user_type, granted, now) {
         Ok(verdict) => verdict,
         Err(e) => return failed(Some(user_type), &e),
@@ -252,11 +166,11 @@ fn grant_in(
     }
     let granted = granted.unwrap_or(0);
     if granted >= campaign.per_user_limit {
-        let (campaign, limit) = (campaign.id.clone(), campaign.per_user_limit);
         let refusal = Refusal::LimitReached {
-            campaign,
+            campaign: campaign.id.clone(),
             granted,
-            limit,
+            limit: campaign.per_user_limit,
+            period: campaign.per_user_limit_period,
         };
         return Ok(Verdict::Refused(refusal));
     }
@@ -265,7 +179,8 @@ fn grant_in(
         Ok(chosen) => chosen,
         Err(refusal) => return Ok(Verdict::Refused(refusal)),
     };
-    Ok(allocate(campaign, chain, books.budgets, &chosen))
+    let ledgers = (&mut *books.budgets, &mut *books.days);
+    Ok(allocate(campaign, chain, ledgers, &chosen, now))
 }
 
 /// The coupon to start from: the rule's choice, or — with no active coupon in stock,
@@ -292,31 +207,62 @@ fn choose(
 }
 
 /// Takes one coupon from the chain, starting at `chosen`, and its face value from the
-/// campaign's budget.
+/// campaign's budget and from its daily budget of the day `now` falls on.
 fn allocate(
     campaign: &CampaignConfig,
     chain: &mut Chain,
-    budgets: &mut HashMap<String, Budget>,
+    (budgets, days): (&mut HashMap<String, Budget>, &mut DayBooks),
     chosen: &CouponId,
+    now: DateTime<Utc>,
 ) -> Verdict {
     let id = &campaign.id;
     let Some(allocation) = chain.allocate(chosen) else {
         return Verdict::Refused(Refusal::OutOfStock(id.clone(), chain.why_none()));
     };
     let coupon = chain.0[allocation.index].clone();
-    if let Some(budget) = budgets.get_mut(id.as_str()) {
-        let cap = budget.budget_cents.unwrap_or(i64::MAX);
-        if budget.granted_cents + coupon.face_value.cents() > cap {
-            chain.0[allocation.index].remaining += 1;
-            return Verdict::Refused(Refusal::BudgetReached(id.clone()));
+    let face = coupon.face_value.cents();
+    let budget = budgets.get_mut(id.as_str());
+    let refusal = match &budget {
+        Some(b) if b.granted_cents + face > b.budget_cents.unwrap_or(i64::MAX) => {
+            Some(Refusal::BudgetReached(id.clone()))
         }
-        budget.granted_cents += coupon.face_value.cents();
+        _ => daily_refusal(campaign, days, face, now),
+    };
+    if let Some(refusal) = refusal {
+        chain.0[allocation.index].remaining += 1;
+        return Verdict::Refused(refusal);
+    }
+    if let Some(budget) = budget {
+        budget.granted_cents += face;
+    }
+    if campaign.daily_budget.is_some() {
+        let day = day_in(campaign.timezone, now);
+        *days.entry((id.to_string(), day)).or_default() += face;
     }
     Verdict::Granted {
         campaign: id.clone(),
         coupon,
         fallback: allocation.fallback,
     }
+}
+
+/// Why `campaign`'s daily budget refuses `face` more cents on the day `now` falls on.
+fn daily_refusal(
+    campaign: &CampaignConfig,
+    days: &DayBooks,
+    face: i64,
+    now: DateTime<Utc>,
+) -> Option<Refusal> {
+    let limit = campaign.daily_budget?;
+    let day = day_in(campaign.timezone, now);
+    let key = (campaign.id.to_string(), day);
+    let granted = days.get(&key).copied().unwrap_or(0);
+    (granted + face > limit.cents()).then(|| Refusal::DailyBudgetReached {
+        campaign: campaign.id.clone(),
+        limit,
+        day: key.1,
+        timezone: campaign.timezone,
+    })
 }
 
 /// The first campaign, in config order, that answers the request's event for the

@@ -14,6 +14,7 @@
 
 pub mod intake;
 pub mod classify;
+pub mod refusal;
 pub mod decide;
 pub mod grant;
 pub mod lifecycle;

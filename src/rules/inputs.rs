@@ -23,22 +23,25 @@ pub(super) fn request(request: &TriggerRequest) -> Dynamic {
     ])
 }
 
-/// `history`: `grants_for_event`, `last_grant_at` (RFC 3339 text or `()`), and
-/// `grants_by_campaign` (campaign id → count).
+/// `history`: `grants_for_event`, `last_grant_at` (RFC 3339 text or `()`),
+/// `grants_by_campaign` (campaign id → count), `redeemed_for_event` and
+/// `last_redeemed_at` (RFC 3339 text or `()`).
 pub(super) fn history(history: &History) -> Dynamic {
     let by_campaign: Map = history
         .grants_by_campaign
         .iter()
         .map(|(id, count)| (id.as_str().into(), Dynamic::from_int(*count)))
         .collect();
-    let last_grant_at = match history.last_grant_at {
+    let time = |at: Option<chrono::DateTime<chrono::Utc>>| match at {
         Some(at) => super::functions::now(at).into(),
         None => Dynamic::UNIT,
     };
     map([
         ("grants_by_campaign", Dynamic::from_map(by_campaign)),
         ("grants_for_event", history.grants_for_event.into()),
-        ("last_grant_at", last_grant_at),
+        ("last_grant_at", time(history.last_grant_at)),
+        ("last_redeemed_at", time(history.last_redeemed_at)),
+        ("redeemed_for_event", history.redeemed_for_event.into()),
     ])
 }
 

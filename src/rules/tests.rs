@@ -76,6 +76,7 @@ fn history(grants_for_event: i64) -> History {
             CampaignId::parse("welcome").unwrap(),
             grants_for_event,
         )]),
+        ..History::default()
     }
 }
 

@@ -7,7 +7,7 @@ use diesel::prelude::*;
 
 use super::schema::campaign_days::dsl as d;
 use super::schema::campaign_days::table;
-use super::{Conn, QueryResult};
+use super::{Backend, Conn, QueryResult};
 
 #[derive(Insertable)]
 #[diesel(table_name = super::schema::campaign_days)]
@@ -76,6 +76,34 @@ impl Conn {
         )
         .set(d::granted_cents.eq(d::granted_cents - cents));
         self.execute(give).await.map(drop)
+    }
+
+    /// Inside the caller's transaction: locks the row of each `(campaign, day)` of
+    /// `wanted`, made with nothing granted when it is missing, in sorted order (the one
+    /// lock order). An upsert rather than `SELECT … FOR UPDATE`: a missing row has
+    /// nothing to lock at READ COMMITTED, and two batches would both read it empty.
+    /// (SQLite has one writer and needs no lock.)
+    pub async fn lock_days(&mut self, wanted: &[(String, String)]) -> QueryResult<()> {
+        if self.backend() == Backend::Sqlite {
+            return Ok(());
+        }
+        let mut sorted: Vec<&(String, String)> = wanted.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        for (campaign, day) in sorted {
+            let row = NewDay {
+                campaign_id: campaign,
+                day,
+                granted_cents: 0,
+            };
+            let upsert = diesel::insert_into(table)
+                .values(&row)
+                .on_conflict(diesel::dsl::DuplicatedKeys)
+                .do_update()
+                .set(d::granted_cents.eq(d::granted_cents));
+            self.execute_on_mysql(upsert).await?;
+        }
+        Ok(())
     }
 
     /// What each `(campaign, day)` of `wanted` granted (the day in the campaign's time

@@ -14,8 +14,11 @@ use super::{Conn, QueryResult};
 use crate::domain::campaign::CampaignConfig;
 use crate::domain::{Budget, CouponState};
 
+/// A budget's granted value, recounted from the grants that count: a revoked grant
+/// gave its value back (`campaigns.granted_cents` was lowered by it).
 const RECOUNT_GRANTED_VALUE: &str = "UPDATE campaigns SET granted_cents = \
-     (SELECT COALESCE(SUM(face_value_cents), 0) FROM grants WHERE campaign_id = ?) WHERE id = ?";
+     (SELECT COALESCE(SUM(face_value_cents), 0) FROM grants \
+      WHERE campaign_id = ? AND state <> 'revoked') WHERE id = ?";
 
 /// What applying the catalog changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,6 +1,8 @@
 //! `grants` (the ledger of granted coupons) and `participations` (the per-user lock
 //! rows that serialise decisions about one user).
 
+use std::collections::HashMap;
+
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
@@ -9,7 +11,7 @@ use super::schema::grants::dsl as g;
 use super::schema::participations::dsl as p;
 use super::schema::{grants, participations};
 use super::{Backend, Conn, QueryResult};
-use crate::domain::PastGrants;
+use crate::domain::{GrantState, PastGrantTime, PastGrants};
 
 /// A grant row: written by the grant step, read back by `explain` and `backtest`.
 #[derive(Debug, Clone, PartialEq, Eq, Insertable, Queryable, Selectable)]
@@ -51,22 +53,43 @@ struct Participant<'a> {
     requests: i64,
 }
 
-fn past_grants(
-    (user_id, event, campaign_id, grants, last_grant_at): (
-        String,
-        String,
-        String,
-        i64,
-        Option<NaiveDateTime>,
-    ),
-) -> PastGrants {
-    PastGrants {
-        user_id,
-        event,
-        campaign_id,
-        grants,
-        last_grant_at,
+/// One row of [`Conn::history_for`]'s query: a (user, event, campaign, state) group.
+type HistoryRow = (
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<NaiveDateTime>,
+    Option<NaiveDateTime>,
+);
+
+/// Folds the per-state groups into one [`PastGrants`] per (user, event, campaign):
+/// revoked grants gave back what they took and are left out; an unknown state word
+/// (written by hand) counts, as a grant did before states existed.
+fn past_grants(rows: Vec<HistoryRow>) -> Vec<PastGrants> {
+    let mut out: HashMap<(String, String, String), PastGrants> = HashMap::new();
+    for (user_id, event, campaign_id, state, grants, last_grant, last_redeemed) in rows {
+        let state = GrantState::parse(&state);
+        if state.is_some_and(|s| !s.counts()) {
+            continue;
+        }
+        let past = out.entry((user_id, event, campaign_id)).or_insert_with_key(
+            |(user_id, event, campaign_id)| PastGrants {
+                user_id: user_id.clone(),
+                event: event.clone(),
+                campaign_id: campaign_id.clone(),
+                ..PastGrants::default()
+            },
+        );
+        past.grants += grants;
+        past.last_grant_at = past.last_grant_at.max(last_grant);
+        if state == Some(GrantState::Redeemed) {
+            past.redeemed += grants;
+            past.last_redeemed_at = past.last_redeemed_at.max(last_redeemed);
+        }
     }
+    out.into_values().collect()
 }
 
 /// Operations on `grants` and `participations`.
@@ -105,21 +128,53 @@ impl Conn {
         Ok(())
     }
 
-    /// The grants of `users`, by user, event and campaign.
+    /// The grants of `users` that count, by user, event and campaign, with how many
+    /// of them were redeemed. One grouped read, by state: the rows are read for
+    /// `granted_at` anyway, so `state` and `redeemed_at` cost no more I/O.
     pub async fn history_for(&mut self, users: &[String]) -> QueryResult<Vec<PastGrants>> {
         let query = grants::table
             .filter(in_list(g::user_id, users))
-            .group_by((g::user_id, g::event, g::campaign_id))
+            .group_by((g::user_id, g::event, g::campaign_id, g::state))
             .select((
                 g::user_id,
                 g::event,
                 g::campaign_id,
+                g::state,
                 diesel::dsl::count_star(),
                 diesel::dsl::max(g::granted_at),
+                diesel::dsl::max(g::redeemed_at),
             ));
-        let rows: Vec<(String, String, String, i64, Option<NaiveDateTime>)> =
-            self.load(query).await?;
-        Ok(rows.into_iter().map(past_grants).collect())
+        let rows: Vec<HistoryRow> = self.load(query).await?;
+        Ok(past_grants(rows))
+    }
+
+    /// When `users` got the grants that count in `campaigns` after `since`: what a
+    /// rolling `per_user_limit_period` counts. Read only for campaigns that have one.
+    pub async fn grant_times(
+        &mut self,
+        users: &[String],
+        campaigns: &[String],
+        since: NaiveDateTime,
+    ) -> QueryResult<Vec<PastGrantTime>> {
+        if users.is_empty() || campaigns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = grants::table
+            .filter(in_list(g::user_id, users))
+            .filter(g::campaign_id.eq_any(campaigns))
+            .filter(g::granted_at.gt(since))
+            .filter(g::state.ne(GrantState::Revoked.as_str()))
+            .select((g::user_id, g::event, g::campaign_id, g::granted_at));
+        let rows: Vec<(String, String, String, NaiveDateTime)> = self.load(query).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(user_id, event, campaign_id, granted_at)| PastGrantTime {
+                user_id,
+                event,
+                campaign_id,
+                granted_at,
+            })
+            .collect())
     }
 
     /// Inserts grants in one statement.

@@ -76,13 +76,13 @@ fn check_passes_the_shipped_rules_without_touching_a_database() {
     let out = couponsd(&path, &["check"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("4 rule test(s) in 1 file(s)"), "{stdout}");
+    assert!(stdout.contains("5 rule test(s) in 1 file(s)"), "{stdout}");
     let tests = couponsd(&path, &["rules", "test"]);
     assert_eq!(tests.status.code(), Some(0), "{}", text(&tests.stderr));
     let passed = text(&tests.stdout);
     assert_eq!(
         passed.lines().filter(|l| l.starts_with("ok  ")).count(),
-        4,
+        5,
         "{passed}"
     );
 }
@@ -162,8 +162,9 @@ fn a_failing_rule_test_shows_expected_and_got_and_exits_2() {
             stderr.contains("coupon: expected BACK5, got none"),
             "{stderr}"
         );
+        // The returning user and the one who redeemed a coupon.
         assert!(
-            stderr.ends_with("couponsd: 1 problem(s) in the rules\n"),
+            stderr.ends_with("couponsd: 2 problem(s) in the rules\n"),
             "{stderr}"
         );
     }
@@ -606,7 +607,7 @@ async fn reload_keeps_the_running_rules_until_a_change_compiles_and_passes_its_t
     let reloaded = reload::reload_rules(&ctx.rules, &ctx.catalog, &rules, limits)
         .await
         .unwrap();
-    assert_eq!((&reloaded.previous, reloaded.tests), (&old, 4));
+    assert_eq!((&reloaded.previous, reloaded.tests), (&old, 5));
     assert_ne!(reloaded.version, old);
     assert_eq!(ctx.rules.current().version(), &reloaded.version);
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -548,16 +548,10 @@ async fn a_revoked_grant_no_longer_counts_toward_the_users_limit(db: TestDb) {
     let grants = counts(&ctx, "user_id", "grants").await;
     assert_eq!(grants["u1"], 2, "granted again once the first was revoked");
 }
-mod a_revoked_grant_no_longer_counts {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "needs the grant step to count only grants whose state counts (per_user_limit_period work)"]
-    async fn on_sqlite() {
-        let db = crate::support::fresh_db(crate::support::Backend::Sqlite)
-            .await
-            .unwrap();
-        super::a_revoked_grant_no_longer_counts_toward_the_users_limit(db).await;
-    }
-}
+on_both_backends!(
+    a_revoked_grant_no_longer_counts,
+    a_revoked_grant_no_longer_counts_toward_the_users_limit
+);
 
 async fn the_binary_shows_and_revokes_grants(db: TestDb) {
     let receiver = Receiver::ok().await;

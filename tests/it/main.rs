@@ -18,6 +18,7 @@ mod lifecycle_jobs;
 mod listener;
 mod operations;
 mod partners;
+mod periodic;
 mod pipeline;
 mod schema;
 mod stalls;

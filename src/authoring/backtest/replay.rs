@@ -11,7 +11,8 @@ use super::super::SetClock;
 use crate::config::CampaignConfig;
 use crate::domain::chain::Chain;
 use crate::domain::chain::CouponStock;
-use crate::domain::{Budget, CouponState, PastGrants};
+use crate::domain::lifecycle::day_in;
+use crate::domain::{Budget, CouponState, PastGrantTime, PastGrants};
 use crate::pipeline::decide::Histories;
 use crate::pipeline::decide::{decide_one, Books, Decision, Verdict};
 use crate::pipeline::intake;
@@ -142,10 +143,12 @@ pub(super) fn replay(
     }
     let mut window: Vec<&GrantRecord> = data.window.iter().collect();
     window.sort_by_key(|g| g.request_id);
+    let mut days = DaysBefore::of(campaigns, &window);
     let mut out = Vec::with_capacity(data.requests.len());
     for record in data.requests.iter().rev() {
         while let Some(g) = window.last().filter(|g| g.request_id >= record.id) {
             since.add(&g.coupon_id, &g.campaign_id, 1, g.face_value_cents);
+            days.remove(campaigns, g);
             window.pop();
         }
         let Ok(request) = intake::validate(queued(record)) else {
@@ -158,13 +161,15 @@ pub(super) fn replay(
             .get(&(record.user_id.as_str(), record.event.as_str()))
             .map_or(&[][..], Vec::as_slice);
         let rows = history_rows(earlier, record.id);
+        let times = history_times(earlier, record.id);
         let chains = since.chains(&data.stock, &retired_at, at, campaigns);
         let budgets = since.budgets(&data.budgets);
         let decide = |rules: &Rules| {
             let mut books = Books {
-                histories: &mut Histories::from_rows(rows.clone()),
+                histories: &mut Histories::from_rows(rows.clone()).with_times(times.clone()),
                 chains: &mut chains.clone(),
                 budgets: &mut budgets.clone(),
+                days: &mut days.0.clone(),
             };
             Summary::of(&decide_one(
                 rules,
@@ -214,8 +219,54 @@ fn history_rows(earlier: &[&GrantRecord], id: i64) -> Vec<PastGrants> {
             campaign_id: campaign.to_owned(),
             grants,
             last_grant_at: last,
+            ..PastGrants::default()
         })
         .collect()
+}
+
+/// When the user got each grant for the event before request `id` (what a rolling
+/// `per_user_limit_period` counts).
+fn history_times(earlier: &[&GrantRecord], id: i64) -> Vec<PastGrantTime> {
+    earlier
+        .iter()
+        .filter(|g| g.request_id < id)
+        .map(|g| PastGrantTime {
+            user_id: g.user_id.clone(),
+            event: g.event.clone(),
+            campaign_id: g.campaign_id.clone(),
+            granted_at: g.granted_at,
+        })
+        .collect()
+}
+
+/// Face value granted by (campaign, day in its time zone) by the replayed window's
+/// grants before the request being replayed, for the campaigns with a daily budget.
+struct DaysBefore(HashMap<(String, String), i64>);
+
+impl DaysBefore {
+    fn of(campaigns: &[CampaignConfig], window: &[&GrantRecord]) -> Self {
+        let mut days = DaysBefore(HashMap::new());
+        for g in window {
+            if let Some(key) = Self::key(campaigns, g) {
+                *days.0.entry(key).or_default() += g.face_value_cents;
+            }
+        }
+        days
+    }
+
+    fn remove(&mut self, campaigns: &[CampaignConfig], g: &GrantRecord) {
+        if let Some(key) = Self::key(campaigns, g) {
+            *self.0.entry(key).or_default() -= g.face_value_cents;
+        }
+    }
+
+    fn key(campaigns: &[CampaignConfig], g: &GrantRecord) -> Option<(String, String)> {
+        let campaign = campaigns
+            .iter()
+            .find(|c| c.id.as_str() == g.campaign_id && c.daily_budget.is_some())?;
+        let day = day_in(campaign.timezone, g.granted_at.and_utc());
+        Some((g.campaign_id.clone(), day))
+    }
 }
 
 /// Grants made since the request being replayed: count by coupon, value by campaign.

@@ -20,9 +20,16 @@ pub(super) fn render(s: &Simulation) -> String {
         .iter()
         .map(|(k, n)| format!("{k}={n}"))
         .collect();
+    let redeemed = match (h.redeemed_for_event, &h.last_redeemed_at) {
+        (0, _) => String::new(),
+        (n, last) => format!(
+            "; redeemed {n}, last {}",
+            last.as_deref().unwrap_or("never")
+        ),
+    };
     let _ = writeln!(
         out,
-        "history   {} grant(s) for {}; last {}; by campaign: {}",
+        "history   {} grant(s) for {}; last {}; by campaign: {}{redeemed}",
         h.grants_for_event,
         s.event,
         h.last_grant_at.as_deref().unwrap_or("never"),

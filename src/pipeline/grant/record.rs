@@ -11,6 +11,7 @@ use tracing::warn;
 
 use super::claim::claim_token;
 use super::codes;
+use super::tx::Ledgers;
 use super::{BatchError, BatchSummary};
 use crate::config::Config;
 use crate::domain::{Outcome, RequestStatus};
@@ -216,7 +217,8 @@ fn rejection(r: &Rejected) -> Finished {
 }
 
 /// Takes the batch's stock, one guarded statement per coupon in id order, then adds the
-/// granted value to each campaign that has a budget, in id order (the order every
+/// granted value to each campaign that has a budget, in id order, then to the batch's
+/// day of each campaign that has a daily budget, in campaign id order (the order every
 /// transaction locks these rows in). Campaigns without a budget are not touched: their
 /// rows would be a second hot spot for nothing (the catalog recounts a budget's granted
 /// value from the ledger when it is applied). A guard that fails means the unlocked
@@ -224,18 +226,23 @@ fn rejection(r: &Rejected) -> Finished {
 pub(super) async fn take_stock(
     conn: &mut Conn,
     decisions: &[Decision],
-    budgeted: &HashSet<String>,
+    ledgers: &Ledgers,
 ) -> Result<(), BatchError> {
     let mut taken: BTreeMap<&str, i64> = BTreeMap::new();
     let mut value: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut daily: BTreeMap<&str, i64> = BTreeMap::new();
     for d in decisions {
         if let Verdict::Granted {
             campaign, coupon, ..
         } = &d.verdict
         {
             *taken.entry(coupon.id.as_str()).or_default() += 1;
-            if budgeted.contains(campaign.as_str()) {
-                *value.entry(campaign.as_str()).or_default() += coupon.face_value.cents();
+            let face = coupon.face_value.cents();
+            if ledgers.budgeted.contains(campaign.as_str()) {
+                *value.entry(campaign.as_str()).or_default() += face;
+            }
+            if ledgers.daily.contains_key(campaign.as_str()) {
+                *daily.entry(campaign.as_str()).or_default() += face;
             }
         }
     }
@@ -246,6 +253,15 @@ pub(super) async fn take_stock(
     }
     for (campaign, cents) in &value {
         if !conn.add_granted_value(campaign, *cents).await? {
+            return Err(BatchError::StaleStock);
+        }
+    }
+    for (campaign, cents) in &daily {
+        let (day, limit) = &ledgers.daily[*campaign];
+        if !conn
+            .take_daily_budget((campaign, day), *cents, *limit)
+            .await?
+        {
             return Err(BatchError::StaleStock);
         }
     }

@@ -1,6 +1,6 @@
 //! `store::grants`: the ledger and the per-user lock rows.
 
-use couponsd::domain::PastGrants;
+use couponsd::domain::{GrantState, PastGrantTime, PastGrants};
 use couponsd::store::Conn;
 use diesel::result::Error;
 
@@ -77,6 +77,7 @@ async fn history_for_counts_each_users_grants_by_event_and_campaign(conn: &mut C
         campaign_id: campaign.to_owned(),
         grants,
         last_grant_at: Some(last),
+        ..PastGrants::default()
     };
     assert_eq!(
         history,
@@ -88,6 +89,83 @@ async fn history_for_counts_each_users_grants_by_event_and_campaign(conn: &mut C
     );
 }
 conformance!(history_for_counts_each_users_grants_by_event_and_campaign);
+
+async fn history_for_leaves_revoked_grants_out_and_counts_the_redeemed(conn: &mut Conn) {
+    let ids = queue_requests(conn, &["a", "b", "c", "d"]).await;
+    let rows = [
+        grant(ids[0], "u1", ("newcomer", "NEW10"), at(0)),
+        grant(ids[1], "u1", ("newcomer", "NEW10"), at(10)),
+        grant(ids[2], "u1", ("newcomer", "NEW10"), at(20)),
+        grant(ids[3], "u1", ("loyalty", "BACK5"), at(30)),
+    ];
+    conn.record_grants(&rows).await.unwrap();
+    let (granted, redeemed, revoked) = (
+        GrantState::Granted,
+        GrantState::Redeemed,
+        GrantState::Revoked,
+    );
+    conn.set_grant_states(&ids[..2], (granted, redeemed), at(40))
+        .await
+        .unwrap();
+    conn.set_grant_states(&ids[2..], (granted, revoked), at(50))
+        .await
+        .unwrap();
+    let history = conn.history_for(&["u1".to_owned()]).await.unwrap();
+    assert_eq!(
+        history,
+        [PastGrants {
+            user_id: "u1".to_owned(),
+            event: "app_open".to_owned(),
+            campaign_id: "newcomer".to_owned(),
+            grants: 2,
+            last_grant_at: Some(at(10)),
+            redeemed: 2,
+            last_redeemed_at: Some(at(40)),
+        }],
+        "the revoked grants (newcomer's third, loyalty's only one) are not there"
+    );
+}
+conformance!(history_for_leaves_revoked_grants_out_and_counts_the_redeemed);
+
+async fn grant_times_lists_the_grants_that_count_after_a_time(conn: &mut Conn) {
+    let ids = queue_requests(conn, &["a", "b", "c", "d", "e"]).await;
+    let rows = [
+        grant(ids[0], "u1", ("loyalty", "BACK5"), at(0)),
+        grant(ids[1], "u1", ("loyalty", "BACK5"), at(10)),
+        grant(ids[2], "u1", ("loyalty", "BACK5"), at(20)),
+        grant(ids[3], "u1", ("newcomer", "NEW10"), at(30)),
+        grant(ids[4], "u2", ("loyalty", "BACK5"), at(30)),
+    ];
+    conn.record_grants(&rows).await.unwrap();
+    conn.set_grant_states(
+        &ids[2..3],
+        (GrantState::Granted, GrantState::Revoked),
+        at(40),
+    )
+    .await
+    .unwrap();
+    let users = ["u1".to_owned(), "nobody".to_owned()];
+    let times = conn
+        .grant_times(&users, &["loyalty".to_owned()], at(0))
+        .await
+        .unwrap();
+    assert_eq!(
+        times,
+        [PastGrantTime {
+            user_id: "u1".to_owned(),
+            event: "app_open".to_owned(),
+            campaign_id: "loyalty".to_owned(),
+            granted_at: at(10),
+        }],
+        "after at(0), not at it; not revoked; only the campaigns and users asked for"
+    );
+    assert!(conn
+        .grant_times(&users, &[], at(0))
+        .await
+        .unwrap()
+        .is_empty());
+}
+conformance!(grant_times_lists_the_grants_that_count_after_a_time);
 
 async fn grants_per_coupon_counts_grants_by_campaign_and_coupon(conn: &mut Conn) {
     let ids = queue_requests(conn, &["a", "b", "c"]).await;

@@ -55,6 +55,7 @@ macro_rules! conformance {
     };
 }
 
+mod campaign_days;
 mod catalog;
 mod codes;
 mod coupons;
