@@ -63,19 +63,22 @@ impl Conn {
         Ok(self.execute(take).await? == 1)
     }
 
-    /// Gives `cents` back to what `campaign` granted on `day` (a revocation).
+    /// Gives `cents` back to what `campaign` granted on `day` (a revocation); returns
+    /// false (and changes nothing) when the day counts less than that: a grant made
+    /// before the campaign had a daily budget was never counted there.
     pub async fn give_back_daily_budget(
         &mut self,
         (campaign, day): (&str, &str),
         cents: i64,
-    ) -> QueryResult<()> {
+    ) -> QueryResult<bool> {
         let give = diesel::update(
             table
                 .filter(d::campaign_id.eq(campaign))
-                .filter(d::day.eq(day)),
+                .filter(d::day.eq(day))
+                .filter(d::granted_cents.ge(cents)),
         )
         .set(d::granted_cents.eq(d::granted_cents - cents));
-        self.execute(give).await.map(drop)
+        Ok(self.execute(give).await? == 1)
     }
 
     /// Inside the caller's transaction: locks the row of each `(campaign, day)` of

@@ -75,6 +75,7 @@ impl GiveBack {
             conn.give_back_granted_value(campaign, *cents).await?;
         }
         for ((campaign, day), cents) in &self.days {
+            // False for a day that counted less (grants made before the daily budget).
             conn.give_back_daily_budget((campaign, day), *cents).await?;
         }
         Ok(())

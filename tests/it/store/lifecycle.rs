@@ -215,12 +215,15 @@ async fn give_back_daily_budget_returns_what_a_day_took(conn: &mut Conn) {
     let day = ("newcomer", "2026-12-01");
     assert!(conn.take_daily_budget(day, 1000, 1500).await.unwrap());
     assert!(!conn.take_daily_budget(day, 1000, 1500).await.unwrap());
-    conn.give_back_daily_budget(day, 1000).await.unwrap();
+    assert!(conn.give_back_daily_budget(day, 1000).await.unwrap());
     assert!(conn.take_daily_budget(day, 1000, 1500).await.unwrap());
+    // Never below zero: a grant made before the daily budget was never counted.
+    assert!(!conn.give_back_daily_budget(day, 1001).await.unwrap());
     // A day that granted nothing has nothing to give back, and no row appears.
-    conn.give_back_daily_budget(("newcomer", "2026-12-02"), 500)
+    assert!(!conn
+        .give_back_daily_budget(("newcomer", "2026-12-02"), 500)
         .await
-        .unwrap();
+        .unwrap());
     let wanted = [day, ("newcomer", "2026-12-02")].map(|(c, d)| (c.to_owned(), d.to_owned()));
     assert_eq!(
         conn.granted_on_days(&wanted).await.unwrap(),
