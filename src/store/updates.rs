@@ -186,6 +186,15 @@ impl Conn {
         self.insert_all::<_, NewUpdate>(table, rows).await
     }
 
+    /// Updates counted by status, in status order.
+    pub async fn count_updates(&mut self) -> QueryResult<Vec<(String, i64)>> {
+        let query = table
+            .group_by(u::status)
+            .select((u::status, diesel::dsl::count_star()))
+            .order(u::status);
+        self.load(query).await
+    }
+
     /// Queued updates.
     pub async fn update_queue_depth(&mut self) -> QueryResult<i64> {
         let query = table

@@ -650,3 +650,72 @@ on_both_backends!(
     the_binary_shows_and_revokes_grants,
     the_binary_shows_and_revokes_grants
 );
+
+/// The demo's partners redeem every fifth grant and revoke every fiftieth other one:
+/// each applied update is one signed event the receiver verified, the unknown code is
+/// the one rejection, and the report counts what the updates did.
+#[test]
+fn the_demo_applies_partner_updates_and_reports_them() {
+    let dir = TempDir::new("demo-lifecycle");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_couponsd"))
+        .args(["demo", "--users", "120"])
+        .current_dir(&dir.0)
+        .env_remove("COUPONSD_CONFIG")
+        .output()
+        .expect("couponsd runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if let Some(workspace) = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("workspace"))
+    {
+        let _ = std::fs::remove_dir_all(workspace.trim());
+    }
+    // The figure after `key` on the first line starting with it, after `section`.
+    let figure = |section: &str, key: &str| -> i64 {
+        let from = stdout
+            .find(section)
+            .unwrap_or_else(|| panic!("no {section} in\n{stdout}"));
+        stdout[from..]
+            .lines()
+            .find_map(|l| {
+                let mut words = l.split_whitespace();
+                (words.next() == Some(key)).then(|| words.next())?
+            })
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} under {section} in\n{stdout}"))
+    };
+    let done = figure("partner updates", "done");
+    assert_eq!(figure("partner updates", "rejected"), 1, "{stdout}");
+    let redeemed = figure("deliveries", "coupon.redeemed");
+    let revoked = figure("deliveries", "coupon.revoked");
+    assert!(redeemed > 0 && revoked > 0, "{stdout}");
+    assert_eq!(
+        redeemed + revoked,
+        done,
+        "one event per applied update\n{stdout}"
+    );
+    let (granted, report_redeemed, report_revoked) = stdout
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() > 6 && w[1] == "*").then(|| {
+                let n = |i: usize| w[i].parse::<i64>().unwrap();
+                (n(2), n(3), n(5))
+            })
+        })
+        .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2));
+    assert_eq!(
+        granted, 180,
+        "120 new users and 60 returning ones\n{stdout}"
+    );
+    assert_eq!(
+        (report_redeemed, report_revoked),
+        (redeemed, revoked),
+        "{stdout}"
+    );
+}

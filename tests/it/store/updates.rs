@@ -143,6 +143,10 @@ async fn finish_updates_writes_each_status_with_its_error_and_time(conn: &mut Co
     );
     assert!(rows.iter().all(|r| r.processed_at == Some(at(9))));
     assert_eq!(conn.update_queue_depth().await.unwrap(), 0);
+    assert_eq!(
+        conn.count_updates().await.unwrap(),
+        [("done".to_owned(), 2), ("rejected".to_owned(), 1)]
+    );
     assert!(conn.take_queued_updates(10).await.unwrap().is_empty());
 }
 conformance!(finish_updates_writes_each_status_with_its_error_and_time);

@@ -5,6 +5,8 @@
 //! imported codes that runs dry, a coupon whose validity has ended, and generated codes
 //! valid for a week. Prints what happened, with the codes the first returning users got.
 
+mod lifecycle;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,9 +29,9 @@ use crate::store::requests::NewRequest;
 use crate::store::StoreError;
 
 /// The shipped rules, built into the binary so that the demo runs from anywhere.
-pub const SHIPPED_USER_TYPE: &str = include_str!("../rules/user_type.rhai");
+pub const SHIPPED_USER_TYPE: &str = include_str!("../../rules/user_type.rhai");
 /// See [`SHIPPED_USER_TYPE`].
-pub const SHIPPED_SELECT_COUPON: &str = include_str!("../rules/select_coupon.rhai");
+pub const SHIPPED_SELECT_COUPON: &str = include_str!("../../rules/select_coupon.rhai");
 
 /// The demo's secret; a demo, so it may be printed.
 const SECRET: &str = "whsec_ZGVtby1zZWNyZXQtZm9yLWNvdXBvbnNkLWRlbW8=";
@@ -89,6 +91,8 @@ pub async fn run(users: usize) -> Result<(), AppError> {
     let second_check = inventory::check(&ctx.schedule()).await?;
     runtime::run_loops(ctx.clone(), Mode::Drain, CancellationToken::new()).await;
     let elapsed = started.elapsed();
+    lifecycle::partner_updates(&ctx).await?;
+    runtime::run_loops(ctx.clone(), Mode::Drain, CancellationToken::new()).await;
     println!("\nrotations by the inventory check");
     for r in first_check.rotations.iter().chain(&second_check.rotations) {
         // An expired coupon's stock can never be granted: it is no reserve.
@@ -105,7 +109,8 @@ pub async fn run(users: usize) -> Result<(), AppError> {
             r.remaining
         );
     }
-    report(&ctx, &received, total, elapsed).await
+    report(&ctx, &received, total, elapsed).await?;
+    lifecycle::report(&ctx).await
 }
 
 /// The partner's codes for the pool coupon, imported as `codes import` imports them: the
