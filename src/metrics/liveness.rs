@@ -55,9 +55,9 @@ pub struct Liveness {
     /// The dispatcher's heartbeat; the outbox worker beats it after every attempt, so
     /// that a long round of slow partners does not look like a stuck loop.
     pub dispatcher: Arc<Heartbeat>,
-    /// The partner-update loop's heartbeat (stale only while it runs).
-    pub updates: Arc<Heartbeat>,
     grant_workers: Mutex<Vec<Arc<Heartbeat>>>,
+    /// The partner-update loops' heartbeats (stale only while they run).
+    update_loops: Mutex<Vec<Arc<Heartbeat>>>,
     /// Grant batches failed in a row, across this daemon's workers (any success resets
     /// it): a queue that does not move is seen by `/readyz`, not only in the log.
     failed_batches: std::sync::atomic::AtomicU32,
@@ -69,8 +69,8 @@ impl Default for Liveness {
         Self {
             epoch,
             dispatcher: Arc::new(Heartbeat::new(epoch)),
-            updates: Arc::new(Heartbeat::new(epoch)),
             grant_workers: Mutex::new(Vec::new()),
+            update_loops: Mutex::new(Vec::new()),
             failed_batches: Default::default(),
         }
     }
@@ -97,10 +97,21 @@ impl Liveness {
 
     /// A new grant worker's heartbeat, beaten once.
     pub fn grant_worker(&self) -> Arc<Heartbeat> {
+        self.new_heartbeat(&self.grant_workers)
+    }
+
+    /// A new partner-update loop's heartbeat, beaten once.
+    pub fn update_loop(&self) -> Arc<Heartbeat> {
+        self.new_heartbeat(&self.update_loops)
+    }
+
+    fn new_heartbeat(&self, loops: &Mutex<Vec<Arc<Heartbeat>>>) -> Arc<Heartbeat> {
         let heartbeat = Arc::new(Heartbeat::new(self.epoch));
         heartbeat.beat();
-        let mut workers = self.grant_workers.lock().unwrap_or_else(|p| p.into_inner());
-        workers.push(heartbeat.clone());
+        loops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(heartbeat.clone());
         heartbeat
     }
 
@@ -121,8 +132,11 @@ impl Liveness {
                 stale.push(format!("grant worker {i}"));
             }
         }
-        if self.updates.age(now).is_some_and(|age| age > stale_after) {
-            stale.push("update loop".to_owned());
+        let update_loops = self.update_loops.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, update_loop) in update_loops.iter().enumerate() {
+            if update_loop.age(now).is_some_and(|age| age > stale_after) {
+                stale.push(format!("update loop {i}"));
+            }
         }
         match self.dispatcher.age(now) {
             Some(age) if age <= stale_after => {}

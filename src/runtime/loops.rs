@@ -33,7 +33,9 @@ pub async fn run_loops(ctx: Daemon, mode: Mode, shutdown: CancellationToken) {
     for worker in 0..ctx.grant_workers() {
         workers.spawn(grant_loop(ctx.clone(), mode, shutdown.clone(), worker));
     }
-    workers.spawn(update_loop(ctx.clone(), mode, shutdown.clone()));
+    for _ in 0..ctx.grant_workers() {
+        workers.spawn(update_loop(ctx.clone(), mode, shutdown.clone()));
+    }
     let dispatcher = tokio::spawn(dispatch_loop(ctx.clone(), mode, grants_done.clone()));
     while workers.join_next().await.is_some() {}
     grants_done.cancel();
@@ -91,11 +93,13 @@ async fn grant_loop(ctx: Daemon, mode: Mode, shutdown: CancellationToken, worker
     heartbeat.stop();
 }
 
-/// One per daemon: applies queued partner updates (`grant_updates`) batch after batch,
-/// with the grant workers' idle back-off. Updates are few beside trigger requests; a
-/// second daemon's loop shares the queue (`SKIP LOCKED`).
+/// As many per daemon as grant workers (`worker.concurrency`): applies queued partner
+/// updates (`grant_updates`) batch after batch, with the grant workers' idle back-off.
+/// The loops, and other daemons', share the queue (`SKIP LOCKED`); with one loop a
+/// batch's round trips ran one after another and updates went at 0.73 of the grant
+/// path's rate per row (BENCHMARKS.md, lifecycle).
 async fn update_loop(ctx: Daemon, mode: Mode, shutdown: CancellationToken) {
-    let heartbeat = ctx.liveness.updates.clone();
+    let heartbeat = ctx.liveness.update_loop();
     let mut failures = 0u32;
     let mut idle_looks = IdleLooks::new(ctx.config.worker.poll_interval);
     while !shutdown.is_cancelled() {
