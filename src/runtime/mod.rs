@@ -111,6 +111,7 @@ impl Daemon {
         lifecycle::Deps {
             db: self.db.clone(),
             catalog: self.catalog.clone(),
+            handoff: self.handoff.clone(),
             outbox_ready: self.outbox_ready.clone(),
             metrics: self.metrics.clone(),
         }

@@ -34,7 +34,8 @@ mod tx;
 
 pub use claim::ClaimsInHand;
 use claim::{claim_token, Batch, ClaimedBatch};
-use record::{Outlets, Written};
+pub(crate) use record::Outlets;
+use record::Written;
 
 /// How many times a batch transaction is tried again after a deadlock or lock-wait
 /// timeout before the batch is left to lease recovery.

@@ -29,11 +29,11 @@ use crate::store::{self, Conn, StoreError};
 
 /// Where a batch's `coupon.granted` rows go, fixed before its transaction starts.
 #[derive(Debug, Clone)]
-pub(super) struct Outlets {
+pub(crate) struct Outlets {
     /// The end of the hand-off hold, on the store's clock …
     held_until: NaiveDateTime,
     /// … and on this host's monotonic clock.
-    pub(super) held_until_here: Instant,
+    pub(crate) held_until_here: Instant,
     /// The batch's hold token, written with its handed-off rows.
     hold_token: i64,
     /// Channels whose hand-off has room: their rows are written held for this daemon's
@@ -45,7 +45,18 @@ pub(super) struct Outlets {
 }
 
 impl Outlets {
-    pub(super) fn of(config: &Config, handoff: &Handoff) -> Self {
+    /// Holds `delivery` for this daemon's dispatcher when its channel's hand-off has
+    /// room (due at the end of the hold, under the batch's token); true when held.
+    pub(crate) fn hold(&self, delivery: &mut NewDelivery) -> bool {
+        if !self.handoff.contains(delivery.channel.as_str()) {
+            return false;
+        }
+        delivery.next_attempt_at = self.held_until;
+        delivery.hold_token = Some(self.hold_token);
+        true
+    }
+
+    pub(crate) fn of(config: &Config, handoff: &Handoff) -> Self {
         let lease = config.delivery_lease();
         Outlets {
             held_until: store::now() + lease,
@@ -139,10 +150,7 @@ fn delivery(grant: &NewGrant, d: &Decision, outlets: &Outlets, now: DateTime<Utc
         unreachable!("only granted decisions have grants");
     };
     let mut delivery = events::coupon_granted(grant, &d.request, coupon, now);
-    if outlets.handoff.contains(delivery.channel.as_str()) {
-        delivery.next_attempt_at = outlets.held_until;
-        delivery.hold_token = Some(outlets.hold_token);
-    }
+    outlets.hold(&mut delivery);
     delivery
 }
 

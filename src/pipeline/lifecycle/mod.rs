@@ -25,6 +25,8 @@ use crate::config::Config;
 use crate::domain::UpdateStatus;
 use crate::in_force::InForce;
 use crate::metrics::Metrics;
+use crate::pipeline::dispatch::handoff::{Handoff, Outgoing};
+use crate::pipeline::grant::Outlets;
 use crate::store::updates::FinishedUpdate;
 use crate::store::{self, Db, StoreError};
 
@@ -48,6 +50,9 @@ pub struct Deps {
     pub db: Db,
     /// The config whose campaigns are in force (pool coupons, daily budgets).
     pub catalog: InForce<Config>,
+    /// This daemon's dispatcher in memory: a batch's events are handed to it after
+    /// the commit, as the grant step hands over `coupon.granted`.
+    pub handoff: Arc<Handoff>,
     /// Signalled when a batch committed outbox rows.
     pub outbox_ready: Arc<Notify>,
     /// What `/metrics` exports.
@@ -166,8 +171,9 @@ async fn process(deps: &Deps, batch: Batch) -> Result<Written, (LifecycleError, 
     let mut retries = 0;
     loop {
         let config = deps.catalog.current();
+        let outlets = Outlets::of(&config, &deps.handoff);
         let result = match deps.db.get().await {
-            Ok(mut conn) => tx::update_batch(&mut conn, &config, &batch).await,
+            Ok(mut conn) => tx::update_batch(&mut conn, (&config, &outlets), &batch).await,
             Err(e) => Err(e.into()),
         };
         match result {
@@ -175,9 +181,7 @@ async fn process(deps: &Deps, batch: Batch) -> Result<Written, (LifecycleError, 
                 written.summary.retries = retries;
                 deps.metrics
                     .record_updates(written.summary.done, written.summary.rejected);
-                if written.outbox {
-                    deps.outbox_ready.notify_one();
-                }
+                hand_over(deps, &mut written, &outlets);
                 return Ok(written);
             }
             Err(LifecycleError::Store(e)) if e.is_retryable() && retries < MAX_TX_RETRIES => {
@@ -194,6 +198,22 @@ async fn process(deps: &Deps, batch: Batch) -> Result<Written, (LifecycleError, 
                 return Err((e, ids));
             }
         }
+    }
+}
+
+/// After the commit: hands the batch's held events to this daemon's dispatcher and
+/// wakes it (the others wait in the outbox for its next claim).
+fn hand_over(deps: &Deps, written: &mut Written, outlets: &Outlets) {
+    for channel in &written.outbox_channels {
+        deps.handoff.outbox_rows(channel);
+    }
+    let held = std::mem::take(&mut written.handed_off);
+    deps.handoff.push(
+        held.into_iter()
+            .filter_map(|d| Outgoing::handed_off(d, outlets.held_until_here)),
+    );
+    if written.outbox {
+        deps.outbox_ready.notify_one();
     }
 }
 

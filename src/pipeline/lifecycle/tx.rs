@@ -3,7 +3,7 @@
 //! id order, write the grants' states, their transitions and outbox rows and the
 //! updates' statuses; last, what revocations give back. All of it commits or none.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::changes::{Changes, Step};
 use super::giveback::GiveBack;
@@ -12,6 +12,8 @@ use super::{LifecycleError, UpdatesSummary};
 use crate::config::Config;
 use crate::domain::lifecycle::Cause;
 use crate::domain::UpdateStatus;
+use crate::pipeline::grant::Outlets;
+use crate::store::deliveries::NewDelivery;
 use crate::store::updates::FinishedUpdate;
 use crate::store::{self, Conn};
 
@@ -32,12 +34,16 @@ pub(super) struct Written {
     pub(super) ids: Vec<i64>,
     /// True when it wrote outbox rows.
     pub(super) outbox: bool,
+    /// The events held for this daemon's dispatcher.
+    pub(super) handed_off: Vec<NewDelivery>,
+    /// The channels of the events written due at once, for the outbox.
+    pub(super) outbox_channels: HashSet<String>,
 }
 
 /// Runs one batch in a write transaction (on SQLite the one writer is taken first).
 pub(super) async fn update_batch(
     conn: &mut Conn,
-    config: &Config,
+    (config, outlets): (&Config, &Outlets),
     batch: &Batch,
 ) -> Result<Written, LifecycleError> {
     conn.write_transaction(async |conn| {
@@ -77,6 +83,7 @@ pub(super) async fn update_batch(
                 },
             );
         }
+        let (handed_off, outbox_channels) = hold(&mut changes.deliveries, outlets);
         changes.write(conn).await?;
         conn.finish_updates(&finished, now).await?;
         // Last: the hot coupon and campaign rows, held only until the commit.
@@ -85,9 +92,24 @@ pub(super) async fn update_batch(
             summary: UpdatesSummary::of(&finished),
             ids,
             outbox: !changes.deliveries.is_empty(),
+            handed_off,
+            outbox_channels,
         })
     })
     .await
+}
+
+/// Holds the events of the channels whose hand-off has room for this daemon's
+/// dispatcher; returns them, and the channels of the others (due at once).
+fn hold(deliveries: &mut [NewDelivery], outlets: &Outlets) -> (Vec<NewDelivery>, HashSet<String>) {
+    let (mut handed_off, mut outbox_channels) = (Vec::new(), HashSet::new());
+    for delivery in deliveries {
+        match outlets.hold(delivery) {
+            true => handed_off.push(delivery.clone()),
+            false => drop(outbox_channels.insert(delivery.channel.clone())),
+        }
+    }
+    (handed_off, outbox_channels)
 }
 
 fn refused(id: i64, reason: String) -> FinishedUpdate {
