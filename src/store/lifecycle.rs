@@ -96,6 +96,18 @@ impl Conn {
     /// they are locked in that order (`FOR UPDATE`; the coupons' channels are read
     /// without locks, so the hot coupon rows are never held here).
     pub async fn grants_by_id(&mut self, ids: &[i64], lock: bool) -> QueryResult<Vec<GrantRecord>> {
+        self.grants_by_id_with(ids, lock, &HashMap::new()).await
+    }
+
+    /// [`Conn::grants_by_id`], with the channels of the coupons the caller knows (the
+    /// catalog in force): only the others' are read, a round trip a batch saves when
+    /// it knows them all.
+    pub async fn grants_by_id_with(
+        &mut self,
+        ids: &[i64],
+        lock: bool,
+        known: &HashMap<String, String>,
+    ) -> QueryResult<Vec<GrantRecord>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -107,8 +119,20 @@ impl Conn {
             true => self.load_either(query.clone().for_update(), query).await?,
             false => self.load(query).await?,
         };
-        let coupons: Vec<String> = rows.iter().map(|r| r.coupon_id.clone()).collect();
-        let channels = self.coupon_channels(&coupons).await?;
+        let unknown: Vec<String> = rows
+            .iter()
+            .filter(|r| !known.contains_key(&r.coupon_id))
+            .map(|r| r.coupon_id.clone())
+            .collect();
+        let mut channels = match unknown.is_empty() {
+            true => HashMap::new(),
+            false => self.coupon_channels(&unknown).await?,
+        };
+        for row in &rows {
+            if let Some(channel) = known.get(&row.coupon_id) {
+                channels.insert(row.coupon_id.clone(), channel.clone());
+            }
+        }
         Ok(records(rows, &channels))
     }
 

@@ -69,7 +69,9 @@ pub(super) async fn update_batch(
             .collect();
         locked.sort_unstable();
         locked.dedup();
-        let grants = conn.grants_by_id(&locked, true).await?;
+        let grants = conn
+            .grants_by_id_with(&locked, true, &channels_of(config))
+            .await?;
         let mut changes = Changes::new(grants, now.and_utc());
         for (update, target) in valid.iter().zip(targets) {
             finished.push(
@@ -110,6 +112,16 @@ fn hold(deliveries: &mut [NewDelivery], outlets: &Outlets) -> (Vec<NewDelivery>,
         }
     }
     (handed_off, outbox_channels)
+}
+
+/// The channel of every coupon of the catalog in force, by coupon id.
+fn channels_of(config: &Config) -> HashMap<String, String> {
+    config
+        .campaigns
+        .iter()
+        .flat_map(|k| &k.coupons)
+        .map(|c| (c.id.to_string(), c.channel.to_string()))
+        .collect()
 }
 
 fn refused(id: i64, reason: String) -> FinishedUpdate {

@@ -2,7 +2,7 @@
 //! `campaign_days`.
 
 use chrono::NaiveDateTime;
-use couponsd::domain::lifecycle::{Cause, Transition};
+use couponsd::domain::lifecycle::{Cause, GrantRecord, Transition};
 use couponsd::domain::GrantState;
 use couponsd::store::Conn;
 use diesel::result::Error;
@@ -67,6 +67,18 @@ async fn grants_by_id_reads_grants_in_id_order_with_their_channel(conn: &mut Con
         (GrantState::Granted, None)
     );
     assert!(conn.grants_by_id(&[], true).await.unwrap().is_empty());
+    // A channel the caller knows is taken as given; the others are read.
+    let known = std::collections::HashMap::from([("NEW10".to_owned(), "push".to_owned())]);
+    let told = conn
+        .grants_by_id_with(&wanted, false, &known)
+        .await
+        .unwrap();
+    assert_eq!(told[0].channel, "push");
+    let unknown: Vec<&GrantRecord> = read.iter().filter(|g| g.coupon_id != "NEW10").collect();
+    for grant in unknown {
+        let same = told.iter().find(|t| t.id == grant.id).unwrap();
+        assert_eq!(same.channel, grant.channel);
+    }
 }
 conformance!(grants_by_id_reads_grants_in_id_order_with_their_channel);
 
