@@ -159,19 +159,29 @@ pub async fn run(deps: &Deps) -> Result<Vec<Drift>, StoreError> {
         );
         return Ok(drift);
     }
+    for d in &drift {
+        error!(
+            ?d,
+            "reconciliation: stock disagrees with the ledger or the codes"
+        );
+    }
+    alert_drift(deps, &drift, now).await?;
+    Ok(drift)
+}
+
+/// Sends `inventory.drift` for each difference found, to the alerts channel.
+async fn alert_drift<T: Serialize>(
+    deps: &Deps,
+    drift: &[T],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), StoreError> {
     let alerts: Vec<_> = drift
         .iter()
-        .inspect(|d| {
-            error!(
-                ?d,
-                "reconciliation: stock disagrees with the ledger or the codes"
-            )
-        })
         .filter_map(|d| events::alert(&deps.config, events::INVENTORY_DRIFT, d, now))
         .collect();
     deps.db.get().await?.record_deliveries(&alerts).await?;
     deps.outbox_ready.notify_one();
-    Ok(drift)
+    Ok(())
 }
 
 /// A coupon whose grants in one state are not what its transitions say.
@@ -235,18 +245,13 @@ pub async fn transitions(deps: &Deps) -> Result<Vec<StateDrift>, StoreError> {
         info!("reconciliation: grant states agree with their transitions");
         return Ok(drift);
     }
-    let alerts: Vec<_> = drift
-        .iter()
-        .inspect(|d| {
-            error!(
-                ?d,
-                "reconciliation: grant states disagree with their transitions"
-            )
-        })
-        .filter_map(|d| events::alert(&deps.config, events::INVENTORY_DRIFT, d, now))
-        .collect();
-    deps.db.get().await?.record_deliveries(&alerts).await?;
-    deps.outbox_ready.notify_one();
+    for d in &drift {
+        error!(
+            ?d,
+            "reconciliation: grant states disagree with their transitions"
+        );
+    }
+    alert_drift(deps, &drift, now).await?;
     Ok(drift)
 }
 
