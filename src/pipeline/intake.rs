@@ -81,8 +81,9 @@ fn text<'a>(bytes: Option<&'a [u8]>, field: &'static str) -> Result<&'a str, Inv
     utf8(bytes).map_err(|reason| InvalidValue { field, reason })
 }
 
-/// `bytes` as text, or why not, naming the first byte that is not UTF-8.
-fn utf8(bytes: &[u8]) -> Result<&str, String> {
+/// `bytes` as text, or why not, naming the first byte that is not UTF-8. (Partner
+/// updates read their columns with it too.)
+pub(crate) fn utf8(bytes: &[u8]) -> Result<&str, String> {
     std::str::from_utf8(bytes)
         .map_err(|e| format!("is not valid UTF-8 (byte {} is not)", e.valid_up_to()))
 }
@@ -110,7 +111,12 @@ fn attributes(row: &QueuedRequest) -> Result<serde_json::Map<String, serde_json:
 /// `created_at` as the database renders it: MariaDB `2026-12-02 16:15:54.123456`
 /// (`0000-00-00 00:00:00.000000` for a zero date), SQLite whatever text was stored.
 fn created_at(bytes: Option<&[u8]>) -> Result<DateTime<Utc>, String> {
-    let bytes = bytes.ok_or("is NULL")?;
+    time(bytes.ok_or("is NULL")?)
+}
+
+/// A time column's bytes as the database renders them (see [`parse_time`]), or why
+/// not. (Partner updates read `occurred_at` with it too.)
+pub(crate) fn time(bytes: &[u8]) -> Result<DateTime<Utc>, String> {
     parse_time(bytes).map(|at| at.and_utc()).ok_or_else(|| {
         format!(
             "{} is not a valid date and time (YYYY-MM-DD HH:MM:SS, UTC)",

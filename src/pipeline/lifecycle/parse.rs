@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::domain::UpdateAction;
-use crate::store::requests::parse_time;
+use crate::pipeline::intake::{time, utf8};
 use crate::store::updates::{QueuedUpdate, MAX_REASON_LEN, UPDATE_KEY_PREFIX};
 
 /// The longest `update_key` or `code`, in bytes.
@@ -68,11 +68,7 @@ pub fn parse(row: QueuedUpdate) -> Result<GrantUpdate, Rejected> {
     let reason = reason(&row).map_err(|why| reject(&label, "reason", why))?;
     let occurred_at = match row.occurred_at.as_deref() {
         None => None,
-        Some(bytes) => Some(parse_time(bytes).map(|t| t.and_utc()).ok_or_else(|| {
-            let value = String::from_utf8_lossy(bytes);
-            let why = format!("{value:?} is not a valid date and time (YYYY-MM-DD HH:MM:SS, UTC)");
-            reject(&label, "occurred_at", why)
-        })?),
+        Some(bytes) => Some(time(bytes).map_err(|why| reject(&label, "occurred_at", why))?),
     };
     Ok(GrantUpdate {
         id,
@@ -103,8 +99,7 @@ fn text(bytes: Option<&[u8]>) -> Result<&str, String> {
     if bytes.len() > MAX_TEXT_LEN {
         return Err(format!("is longer than {MAX_TEXT_LEN} bytes, the limit"));
     }
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| format!("is not valid UTF-8 (byte {} is not)", e.valid_up_to()))?;
+    let text = utf8(bytes)?;
     if text.trim().is_empty() {
         return Err("is empty".into());
     }
@@ -153,9 +148,7 @@ fn reason(row: &QueuedUpdate) -> Result<Option<String>, String> {
     let Some(bytes) = row.reason.as_deref() else {
         return Ok(None);
     };
-    std::str::from_utf8(bytes)
-        .map(|r| Some(r.to_owned()))
-        .map_err(|e| format!("is not valid UTF-8 (byte {} is not)", e.valid_up_to()))
+    utf8(bytes).map(|r| Some(r.to_owned()))
 }
 
 #[cfg(test)]
