@@ -207,12 +207,14 @@ fn hand_over(deps: &Deps, written: &mut Written, outlets: &Outlets) {
     for channel in &written.outbox_channels {
         deps.handoff.outbox_rows(channel);
     }
+    // Events were written: some held for this daemon, or some due in the outbox.
+    let wrote_events = !written.handed_off.is_empty() || !written.outbox_channels.is_empty();
     let held = std::mem::take(&mut written.handed_off);
     deps.handoff.push(
         held.into_iter()
             .filter_map(|d| Outgoing::handed_off(d, outlets.held_until_here)),
     );
-    if written.outbox {
+    if wrote_events {
         deps.outbox_ready.notify_one();
     }
 }

@@ -32,8 +32,6 @@ pub(super) struct Written {
     pub(super) summary: UpdatesSummary,
     /// The ids the batch claimed, for splitting it should it fail.
     pub(super) ids: Vec<i64>,
-    /// True when it wrote outbox rows.
-    pub(super) outbox: bool,
     /// The events held for this daemon's dispatcher.
     pub(super) handed_off: Vec<NewDelivery>,
     /// The channels of the events written due at once, for the outbox.
@@ -93,7 +91,6 @@ pub(super) async fn update_batch(
         Ok(Written {
             summary: UpdatesSummary::of(&finished),
             ids,
-            outbox: !changes.deliveries.is_empty(),
             handed_off,
             outbox_channels,
         })
