@@ -5,7 +5,6 @@
 //! and generated codes.
 
 use std::path::Path;
-use std::process::Command;
 
 use chrono::{DateTime, Duration, Utc};
 use couponsd::authoring::check::RulesDirArgs;
@@ -367,27 +366,8 @@ campaigns:
 
 #[test]
 fn the_demo_issues_pool_codes_until_the_pool_runs_dry_then_generated_ones() {
-    let dir = TempDir::new("demo");
-    let out = Command::new(env!("CARGO_BIN_EXE_couponsd"))
-        .args(["demo", "--users", "120"])
-        .current_dir(&dir.0)
-        .env_remove("COUPONSD_CONFIG")
-        .output()
-        .expect("couponsd runs");
+    let stdout = demo(120);
     let started = Utc::now();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The demo's throwaway folder.
-    if let Some(workspace) = stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("workspace"))
-    {
-        let _ = std::fs::remove_dir_all(workspace.trim());
-    }
     assert!(
         stdout.contains("imported   5 codes into the pool of BACK5"),
         "{stdout}"

@@ -656,25 +656,7 @@ on_both_backends!(
 /// the one rejection, and the report counts what the updates did.
 #[test]
 fn the_demo_applies_partner_updates_and_reports_them() {
-    let dir = TempDir::new("demo-lifecycle");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_couponsd"))
-        .args(["demo", "--users", "120"])
-        .current_dir(&dir.0)
-        .env_remove("COUPONSD_CONFIG")
-        .output()
-        .expect("couponsd runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if let Some(workspace) = stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("workspace"))
-    {
-        let _ = std::fs::remove_dir_all(workspace.trim());
-    }
+    let stdout = demo(120);
     // The figure after `key` on the first line starting with it, after `section`.
     let figure = |section: &str, key: &str| -> i64 {
         let from = stdout

@@ -463,6 +463,31 @@ pub async fn seed_pool(ctx: &Daemon, coupon: &str, prefix: &str, n: usize) {
     }
 }
 
+/// Runs `couponsd demo --users USERS` in a temporary folder and returns what it
+/// printed, once it succeeded; removes the demo's throwaway workspace.
+pub fn demo(users: usize) -> String {
+    let dir = TempDir::new("demo");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_couponsd"))
+        .args(["demo", "--users", &users.to_string()])
+        .current_dir(&dir.0)
+        .env_remove("COUPONSD_CONFIG")
+        .output()
+        .expect("couponsd runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if let Some(workspace) = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("workspace"))
+    {
+        let _ = std::fs::remove_dir_all(workspace.trim());
+    }
+    stdout
+}
+
 /// Runs the `couponsd` binary with `--config config` and `args`, without the
 /// environment's database URL, and returns what it printed and its exit status.
 pub fn couponsd(config: &Path, args: &[&str]) -> std::process::Output {
