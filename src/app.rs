@@ -97,6 +97,16 @@ pub async fn run(config: Arc<Config>, config_path: &Path, drain: bool) -> Result
         })?;
         crate::runtime::http::serve(ctx.clone(), listener, shutdown.clone());
     }
+    if let Some(address) = ctx.config.api.listen {
+        let listener = crate::api::bind(address)
+            .await
+            .map_err(|e| AppError::Other(format!("api.listen: cannot listen on {address}: {e}")))?;
+        let deps = crate::api::Deps {
+            db: ctx.db.clone(),
+            config: ctx.config.api.clone(),
+        };
+        crate::api::serve(deps, listener);
+    }
     let loops = tokio::spawn(runtime::run_loops(ctx.clone(), mode, shutdown.clone()));
     notify::ready();
     tokio::spawn(notify::report_status(ctx.clone(), shutdown.clone()));

@@ -29,6 +29,8 @@ const BELOW_THE_DAEMON: &[&str] = &[
     "installation",
     "authoring",
     "ops",
+    "init",
+    "console",
 ];
 
 /// What [`BELOW_THE_DAEMON`] must not name: the daemon's start-up and loops, the demo

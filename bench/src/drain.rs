@@ -205,10 +205,16 @@ pub(super) async fn prepare(
 ) -> Result<(std::path::PathBuf, couponsd::store::Db), BenchError> {
     let url = bench.daemon_url(&scratch.url);
     let path = workload::write_config(dir, &url, &bench.receiver, knobs, catalog)?;
-    let config = Arc::new(Config::load(&path).map_err(couponsd::app::AppError::from)?);
-    couponsd::app::migrate(&config).await?;
-    let db = couponsd::installation::open_db(&config).map_err(couponsd::app::AppError::from)?;
+    let db = migrated(&path).await?;
     Ok((path, db))
+}
+
+/// Loads the config file at `path`, migrates its database and applies its catalog;
+/// returns a pool for the bench's own statements.
+pub(super) async fn migrated(path: &std::path::Path) -> Result<couponsd::store::Db, BenchError> {
+    let config = Arc::new(Config::load(path).map_err(couponsd::app::AppError::from)?);
+    couponsd::app::migrate(&config).await?;
+    Ok(couponsd::installation::open_db(&config).map_err(couponsd::app::AppError::from)?)
 }
 
 /// What the database says was done.

@@ -8,15 +8,14 @@
 //! `processed_at` to arrival (the outbox worker and the HTTP request).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::database::{self, ScratchDb};
+use super::drain;
 use super::process;
-use super::report::{mib, ms, percentile, Goal};
+use super::report::{mib, ms, percentile, Figures, Goal};
 use super::workload::{self, Catalog, Codes};
 use super::{Bench, BenchError};
-use couponsd::config::Config;
 use couponsd::store::requests::NewRequest;
 use couponsd::store::StoreError;
 
@@ -30,13 +29,39 @@ const SETTLE: Duration = Duration::from_secs(30);
 const P99_TARGET_MS: f64 = 250.0;
 
 /// What the database server has spent so far: its CPU time and its COMMITs.
-struct ServerLoad {
-    cpu: Duration,
-    commits: i64,
+pub(crate) struct ServerLoad {
+    pub cpu: Duration,
+    pub commits: i64,
+}
+
+impl ServerLoad {
+    /// Notes what the server spent between `before` and `after` on `n` requests: its
+    /// CPU per 1,000 (named `cpu_name`) and its COMMITs per request. Nothing when either
+    /// reading is missing.
+    pub(crate) fn note_between(
+        figures: &mut Figures,
+        (s, cpu_name): (&str, &str),
+        (before, after): (Option<ServerLoad>, Option<ServerLoad>),
+        n: usize,
+    ) {
+        let (Some(before), Some(after)) = (before, after) else {
+            return;
+        };
+        let cpu = after.cpu.saturating_sub(before.cpu);
+        let per_k = cpu.as_secs_f64() * 1000.0 / n.max(1) as f64;
+        figures.note(s, cpu_name, per_k, "s");
+        let commits = after.commits - before.commits;
+        figures.note(
+            s,
+            "COMMITs per request (server-wide)",
+            commits as f64 / n.max(1) as f64,
+            "per request",
+        );
+    }
 }
 
 /// `None` when the server is not a local MariaDB whose process the bench can read.
-async fn server_load(bench: &Bench) -> Result<Option<ServerLoad>, BenchError> {
+pub(crate) async fn server_load(bench: &Bench) -> Result<Option<ServerLoad>, BenchError> {
     let (Some(server), Some(cpu)) = (&bench.server, bench.db_pid.and_then(process::cpu_of)) else {
         return Ok(None);
     };
@@ -67,16 +92,7 @@ async fn run_in(bench: &mut Bench, scratch: &ScratchDb, count: usize) -> Result<
         requests: count * 2,
         codes: Codes::None,
     };
-    let path = workload::write_config(
-        &dir,
-        &bench.daemon_url(&scratch.url),
-        &bench.receiver,
-        bench.knobs,
-        catalog,
-    )?;
-    let config = Arc::new(Config::load(&path).map_err(couponsd::app::AppError::from)?);
-    couponsd::app::migrate(&config).await?;
-    let db = couponsd::installation::open_db(&config).map_err(couponsd::app::AppError::from)?;
+    let (path, db) = drain::prepare(bench, scratch, &dir, catalog, bench.knobs).await?;
     let received = bench.receiver.received.clone();
     received.reset();
     let daemon = process::spawn(
@@ -225,22 +241,15 @@ async fn run_in(bench: &mut Bench, scratch: &ScratchDb, count: usize) -> Result<
         per_k(bench_cpu),
         "s",
     );
-    if let (Some(before), Some(after)) = (server_before, server_after) {
-        let cpu = after.cpu.saturating_sub(before.cpu);
-        figures.note(
+    ServerLoad::note_between(
+        figures,
+        (
             s,
             "CPU s per 1,000 requests (mariadbd, whole server, includes the client's INSERTs)",
-            per_k(cpu),
-            "s",
-        );
-        let commits = after.commits - before.commits;
-        figures.note(
-            s,
-            "COMMITs per request (server-wide)",
-            commits as f64 / sent.max(1) as f64,
-            "per request",
-        );
-    }
+        ),
+        (server_before, server_after),
+        sent,
+    );
     figures.note(s, "daemon peak RSS", mib(exit.peak_rss), "MiB");
     Ok(())
 }

@@ -15,6 +15,9 @@
 //! | `memory`   | peak RSS of the daemons of `steady` and `flash` |
 //! | `rules`    | one evaluation of each shipped rule, in process |
 //! | `lifecycle`| triggers drained, then a `redeem` per grant drained: updates/s against requests/s |
+//! | `console`  | the ops console's overview with 100 campaigns: render time, `GET /` over HTTP, `/healthz` meanwhile |
+//! | `api`      | 64 keep-alive clients POST /v1/triggers to a running daemon: acknowledged/s, p50/p99, decided/s |
+//! | `shards`   | a simulation of `docs/scaling.md`'s escrow slots and rebalancer, no database: stock never created or lost, stock stranded |
 //!
 //! `--codes none,pool,generate` runs `steady` and `flash` once per code source (every
 //! coupon a pool the bench seeds first, or generated codes), and `--rounds N` repeats
@@ -25,7 +28,9 @@
 //! The bench finds it with `--daemon`, `COUPONSD_BIN`, or beside its own executable:
 //! `cargo build --release --workspace` puts both in `target/release/`.
 
+mod api;
 mod codes;
+mod console;
 mod database;
 mod drain;
 mod flash;
@@ -37,6 +42,7 @@ mod receiver;
 mod report;
 mod rounds;
 mod rules;
+mod shards;
 mod sqltrace;
 mod throughput;
 mod workload;
@@ -121,6 +127,12 @@ pub enum Scenario {
     Rules,
     /// Triggers drained, then one partner `redeem` per grant drained: the per-row ratio.
     Lifecycle,
+    /// The ops console's overview with 100 campaigns, in process and over HTTP.
+    Console,
+    /// 64 keep-alive clients posting to the HTTP API of a running daemon.
+    Api,
+    /// The sharded design's escrow slots and rebalancer, simulated.
+    Shards,
 }
 
 /// Benchmarks of couponsd against MariaDB (or `--sqlite`) and a verifying loopback
@@ -314,6 +326,15 @@ async fn run_scenarios(bench: &mut Bench, args: &BenchArgs) -> Result<(), BenchE
     }
     if picked(Scenario::Lifecycle) {
         lifecycle::run(bench, n).await?;
+    }
+    if picked(Scenario::Console) {
+        console::run(bench).await?;
+    }
+    if picked(Scenario::Api) {
+        api::run(bench, n).await?;
+    }
+    if picked(Scenario::Shards) {
+        shards::run(bench).await?;
     }
     if wants(Scenario::Latency) {
         if args.sqlite {

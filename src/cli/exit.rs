@@ -5,7 +5,7 @@
 //! | code | when |
 //! |------|------|
 //! | 0 | the command did what it was asked |
-//! | 1 | any other failure: the database failed, is missing or not migrated; a command refused what it was asked (an unknown coupon, request key or channel, a bad argument; `codes import` into a coupon that is not a pool, or of a file it cannot read). `codes import` exits 0 when it ran, even if it skipped duplicates and invalid lines |
+//! | 1 | any other failure: the database failed, is missing or not migrated; a command refused what it was asked (an unknown coupon, request key or channel, a bad argument; `codes import` into a coupon that is not a pool, or of a file it cannot read; `init` over existing files without `--force`, or where it cannot write). `codes import` exits 0 when it ran, even if it skipped duplicates and invalid lines |
 //! | 2 | the config or the rules are at fault: a bad config or `database.url` (the message names the key path), a rule that does not compile or a rule test that fails (each problem as `file:line:column: message`); clap's usage errors also exit 2 |
 //!
 //! Two more are the running daemon's own, as it stops (`app::run`): 1 at a second stop
@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use crate::app::AppError;
 use crate::authoring::AuthoringError;
 use crate::config::ConfigError;
+use crate::init::InitError;
 use crate::installation::OpenError;
 use crate::ops::OpsError;
 use crate::rules::RuleError;
@@ -44,6 +45,9 @@ pub enum CliError {
     /// `migrate`, the daemon, the demo or a benchmark failed.
     #[error(transparent)]
     App(#[from] AppError),
+    /// `init` wrote nothing (its files exist) or could not write.
+    #[error(transparent)]
+    Init(#[from] InitError),
 }
 
 /// The exit code `error` deserves. No arm is a catch-all, so that a new error variant
@@ -58,7 +62,8 @@ fn code(error: &CliError) -> u8 {
         | CliError::App(AppError::Store(e)) => store(e),
         CliError::Ops(OpsError::Refused(_))
         | CliError::Authoring(AuthoringError::Refused(_) | AuthoringError::Stopped(_))
-        | CliError::App(AppError::Other(_)) => FAILED,
+        | CliError::App(AppError::Other(_))
+        | CliError::Init(InitError::Exists(_) | InitError::Write { .. }) => FAILED,
     }
 }
 
@@ -127,6 +132,10 @@ mod tests {
             (CliError::Ops(OpsError::Refused(refused())), 1),
             (CliError::Authoring(AuthoringError::Refused(refused())), 1),
             (CliError::App(AppError::Other(refused())), 1),
+            (
+                CliError::Init(InitError::Exists(vec!["couponsd.yaml".into()])),
+                1,
+            ),
         ];
         for (error, expected) in cases {
             assert_eq!(code(&error), expected, "{error:?}");

@@ -6,8 +6,8 @@
 //! (`codes import`, `codes show`), `grants.rs` (`grants show`, `grants revoke`), `report.rs` (`report`) and
 //! `authoring.rs` (`check`, `rules test`, `simulate`, `backtest`, `explain`) open the
 //! installation the way their commands need it; `exit.rs` holds every exit code. The
-//! daemon's commands (`migrate`, `run`) and `demo` open what they need themselves
-//! ([`crate::app`]), so their whole command line is one call in [`run`].
+//! daemon's commands (`migrate`, `run`), `demo` and `init` open what they need themselves
+//! ([`crate::app`], [`crate::init`]), so their whole command line is one call in [`run`].
 
 mod authoring;
 mod codes;
@@ -90,6 +90,9 @@ pub enum Command {
     Backtest(backtest::BacktestArgs),
     /// What happened to one request: decision, grant, delivery and every attempt.
     Explain(explain::ExplainArgs),
+    /// Write a starter couponsd.yaml and the shipped rules with their tests into DIR;
+    /// needs no config.
+    Init(crate::init::InitArgs),
     /// Show the whole pipeline on a throwaway SQLite database; needs no config.
     Demo {
         /// New users to simulate (half of them come back).
@@ -105,7 +108,7 @@ pub enum RulesAction {
     Test(check::RulesDirArgs),
 }
 
-/// Runs `command` with the config at `config_path` (`demo` reads none),
+/// Runs `command` with the config at `config_path` (`demo` and `init` read none),
 /// prints what it says, and returns the process's exit code; a failure is reported on
 /// stderr first.
 pub async fn run(command: Command, config_path: &Path) -> ExitCode {
@@ -126,6 +129,7 @@ async fn dispatch(command: Command, config_path: &Path) -> Result<String, CliErr
             crate::demo::run(users).await?;
             return Ok(String::new());
         }
+        Command::Init(args) => return Ok(crate::init::run(&args)?),
         _ => Arc::new(Config::load(config_path)?),
     };
     logging::init(config.logging.format, "info");
@@ -151,6 +155,6 @@ async fn dispatch(command: Command, config_path: &Path) -> Result<String, CliErr
         } => crate::authoring::fixtures::run(&config, &args)?,
         Command::Backtest(args) => authoring::backtest(&config, &args).await?,
         Command::Explain(args) => authoring::explain(&config, &args).await?,
-        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Demo { .. } | Command::Init(_) => unreachable!("handled above"),
     })
 }

@@ -12,9 +12,11 @@ use chrono::TimeDelta;
 
 use crate::domain::ChannelName;
 
+mod api;
 mod campaigns;
 mod channels;
 
+pub use api::{ApiClient, ApiConfig, Scope};
 pub use channels::signing_key;
 mod raw;
 mod rule_limits;
@@ -90,6 +92,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// `http:`
     pub http: HttpConfig,
+    /// `api:`
+    pub api: ApiConfig,
     /// `logging:`
     pub logging: LoggingConfig,
 }
@@ -264,6 +268,9 @@ pub struct ScheduleConfig {
     pub reconcile: String,
     /// `schedule.expire_grants` ["0 * * * * *"]: expiry, then reminders
     pub expire_grants: String,
+    /// `schedule.sample_stock` ["0 * * * * *"]: every coupon's remaining stock,
+    /// recorded for the console's burn-down plots (the last day is kept)
+    pub sample_stock: String,
 }
 
 /// `alerts:`
@@ -285,6 +292,9 @@ pub struct HttpConfig {
     /// `http.header_timeout` [5s]: a connection that has not sent a whole request head
     /// within this is closed, new or idle on keep-alive.
     pub header_timeout: Duration,
+    /// `http.console_token`: the token the ops console's actions (`stock add`, replay,
+    /// `channels enable`) ask for; without it the console is read-only.
+    pub console_token: Option<Secret>,
 }
 
 /// `logging:`

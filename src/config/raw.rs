@@ -29,6 +29,7 @@ pub(super) struct RawConfig {
     pub schedule: Option<RawSchedule>,
     pub alerts: Option<RawAlerts>,
     pub http: Option<RawHttp>,
+    pub api: Option<super::api::RawApi>,
     pub logging: Option<RawLogging>,
 }
 
@@ -191,6 +192,7 @@ pub(super) struct RawSchedule {
     pub reclaim_leases: Option<String>,
     pub reconcile: Option<String>,
     pub expire_grants: Option<String>,
+    pub sample_stock: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -206,6 +208,7 @@ pub(super) struct RawHttp {
     pub max_connections: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub header_timeout: Option<Duration>,
+    pub console_token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -277,6 +277,35 @@ fn a_bad_tls_parameter_in_the_database_url_stops_the_start_under_its_key() {
 }
 
 #[test]
+fn a_list_of_database_hosts_is_checked_host_by_host_under_its_key() {
+    let c = parse("database:\n  url: \"mysql://app:pw@db1:3306,db2:3306/couponsd\"\n");
+    assert_eq!(
+        c.database.url.expose(),
+        "mysql://app:pw@db1:3306,db2:3306/couponsd"
+    );
+    let e = refusal("database:\n  url: \"mysql://app:pw@db1:3306,,db3:3306/couponsd\"\n");
+    assert!(
+        e.contains("database.url: host 2 of the list is empty"),
+        "{e}"
+    );
+    let e = refusal("database:\n  url: \"mysql://app:pw@db1:3306,db1:3306/couponsd\"\n");
+    assert!(
+        e.contains("database.url: host db1:3306 is listed twice"),
+        "{e}"
+    );
+    let e = refusal("database:\n  url: \"mysql://app:pw@db1,db2/couponsd?ssl-mode=VERIFY\"\n");
+    assert!(
+        e.contains("database.url: host 1 of the list: ssl-mode must be DISABLED"),
+        "{e}"
+    );
+    let e = refusal("database:\n  url: \"mysql://app:pw@db1,db2:x/couponsd\"\n");
+    assert!(
+        e.contains("database.url: is not a valid mysql:// URL (host 2 of the list): "),
+        "{e}"
+    );
+}
+
+#[test]
 fn unknown_key_is_refused_with_its_path() {
     let e = refusal("worker:\n  poll_intervall: 1s\n");
     assert!(e.starts_with("/etc/couponsd/couponsd.yaml: worker"), "{e}");

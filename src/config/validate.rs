@@ -69,6 +69,25 @@ impl Ctx<'_> {
         Ok(value)
     }
 
+    /// A listening address (`http.listen`, `api.listen`); `None` when unset. `example`
+    /// is an address like the one expected, shown when the text is not one.
+    pub fn listen(
+        &self,
+        key: &str,
+        raw: Option<String>,
+        example: &str,
+    ) -> Result<Option<SocketAddr>, ConfigError> {
+        raw.map(|text| {
+            text.trim().parse::<SocketAddr>().map_err(|_| {
+                self.invalid(
+                    key,
+                    format!("{text:?} is not an IP address and port like {example}"),
+                )
+            })
+        })
+        .transpose()
+    }
+
     /// A duration that must not be zero.
     pub fn positive(
         &self,
@@ -90,6 +109,7 @@ impl Config {
         let channels = channels::channels(raw.channels, ctx)?;
         let campaigns = campaigns::campaigns(raw.campaigns.unwrap_or_default(), &channels, ctx)?;
         let alerts = alerts(raw.alerts.unwrap_or_default(), &channels, ctx)?;
+        let http = http(raw.http.unwrap_or_default(), ctx)?;
         Ok(Config {
             database: database(raw.database.unwrap_or_default(), ctx)?,
             rules: rule_limits::rules(raw.rules.unwrap_or_default(), ctx)?,
@@ -99,7 +119,8 @@ impl Config {
             campaigns,
             schedule: schedule(raw.schedule.unwrap_or_default(), ctx)?,
             alerts,
-            http: http(raw.http.unwrap_or_default(), ctx)?,
+            api: super::api::api(raw.api.unwrap_or_default(), http.listen, ctx)?,
+            http,
             logging: logging(raw.logging.unwrap_or_default()),
         })
     }
@@ -121,12 +142,32 @@ fn database(raw: RawDatabase, ctx: &Ctx<'_>) -> Result<DatabaseConfig, ConfigErr
             return Err(ctx.invalid(KEY, format!("sqlite:// needs a file name{source}")));
         }
     } else if url.starts_with("mysql://") {
-        let parsed = reqwest::Url::parse(&url)
-            .map_err(|e| ctx.invalid(KEY, format!("is not a valid mysql:// URL{source}: {e}")))?;
-        if parsed.host_str().is_none_or(str::is_empty) {
-            return Err(ctx.invalid(KEY, format!("mysql:// URL has no host{source}")));
+        // Several hosts (a Galera cluster, `store::cluster`) are checked one by one.
+        let hosts = crate::store::cluster::split_hosts(&url)
+            .map_err(|e| ctx.invalid(KEY, format!("{e}{source}")))?;
+        let many = hosts.len() > 1;
+        for (n, host) in hosts.iter().enumerate() {
+            let which = match many {
+                true => format!(" (host {} of the list)", n + 1),
+                false => String::new(),
+            };
+            let parsed = reqwest::Url::parse(host).map_err(|e| {
+                ctx.invalid(
+                    KEY,
+                    format!("is not a valid mysql:// URL{which}{source}: {e}"),
+                )
+            })?;
+            if parsed.host_str().is_none_or(str::is_empty) {
+                return Err(ctx.invalid(KEY, format!("mysql:// URL has no host{which}{source}")));
+            }
+            crate::store::connect::check(host).map_err(|e| {
+                let prefix = match many {
+                    true => format!("host {} of the list: ", n + 1),
+                    false => String::new(),
+                };
+                ctx.invalid(KEY, format!("{prefix}{e}{source}"))
+            })?;
         }
-        crate::store::connect::check(&url).map_err(|e| ctx.invalid(KEY, format!("{e}{source}")))?;
     } else {
         return Err(ctx.invalid(
             KEY,
@@ -226,6 +267,12 @@ fn schedule(raw: RawSchedule, ctx: &Ctx<'_>) -> Result<ScheduleConfig, ConfigErr
             raw.expire_grants,
             "0 * * * * *",
         )?,
+        sample_stock: cron(
+            ctx,
+            "schedule.sample_stock",
+            raw.sample_stock,
+            "0 * * * * *",
+        )?,
     })
 }
 
@@ -277,15 +324,7 @@ fn alerts(
 }
 
 fn http(raw: RawHttp, ctx: &Ctx<'_>) -> Result<HttpConfig, ConfigError> {
-    let listen = match raw.listen {
-        Some(text) => Some(text.trim().parse::<SocketAddr>().map_err(|_| {
-            ctx.invalid(
-                "http.listen",
-                format!("{text:?} is not an IP address and port like 127.0.0.1:9464"),
-            )
-        })?),
-        None => None,
-    };
+    let listen = ctx.listen("http.listen", raw.listen, "127.0.0.1:9464")?;
     Ok(HttpConfig {
         listen,
         max_connections: ctx.at_least("http.max_connections", raw.max_connections, 64, 1)?,
@@ -294,7 +333,46 @@ fn http(raw: RawHttp, ctx: &Ctx<'_>) -> Result<HttpConfig, ConfigError> {
             raw.header_timeout,
             Duration::from_secs(5),
         )?,
+        console_token: match raw.console_token {
+            Some(token) => Some(console_token(ctx, token)?),
+            None => None,
+        },
     })
+}
+
+/// The shortest `http.console_token` taken: a guessable token would open the
+/// console's actions to anyone who reaches the port.
+pub const CONSOLE_TOKEN_MIN_CHARS: usize = 24;
+
+/// `http.console_token`: printable ASCII without spaces (it is typed into a form and
+/// may sit in a password manager), at least [`CONSOLE_TOKEN_MIN_CHARS`] long. The
+/// message never repeats the token.
+fn console_token(ctx: &Ctx<'_>, token: String) -> Result<Secret, ConfigError> {
+    let key = "http.console_token";
+    if let Some(bad) = token.chars().find(|c| !c.is_ascii_graphic()) {
+        let what = if bad.is_whitespace() {
+            "a space or line break".to_owned()
+        } else {
+            format!("the character U+{:04X}", bad as u32)
+        };
+        return Err(ctx.invalid(
+            key,
+            format!(
+                "the token holds {what}; use printable ASCII only (e.g. `openssl rand -hex 24`)"
+            ),
+        ));
+    }
+    let n = token.chars().count();
+    if n < CONSOLE_TOKEN_MIN_CHARS {
+        return Err(ctx.invalid(
+            key,
+            format!(
+                "the token is {n} characters long; at least {CONSOLE_TOKEN_MIN_CHARS} are needed \
+                 (e.g. `openssl rand -hex 24`)"
+            ),
+        ));
+    }
+    Ok(Secret::new(token))
 }
 
 fn logging(raw: RawLogging) -> LoggingConfig {

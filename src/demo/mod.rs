@@ -29,9 +29,9 @@ use crate::store::requests::NewRequest;
 use crate::store::StoreError;
 
 /// The shipped rules, built into the binary so that the demo runs from anywhere.
-pub const SHIPPED_USER_TYPE: &str = include_str!("../../rules/user_type.rhai");
-/// See [`SHIPPED_USER_TYPE`].
-pub const SHIPPED_SELECT_COUPON: &str = include_str!("../../rules/select_coupon.rhai");
+pub use crate::init::shipped::{
+    SELECT_COUPON as SHIPPED_SELECT_COUPON, USER_TYPE as SHIPPED_USER_TYPE,
+};
 
 /// The demo's secret; a demo, so it may be printed.
 const SECRET: &str = "whsec_ZGVtby1zZWNyZXQtZm9yLWNvdXBvbnNkLWRlbW8=";

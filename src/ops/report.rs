@@ -69,6 +69,20 @@ pub fn budget_used(k: &CampaignFigures) -> Option<f64> {
         .map(|b| k.budget_granted_cents as f64 / b.max(1) as f64)
 }
 
+/// The budget used as the report and the console show it: `granted / budget (x.y%)`,
+/// or `-` without a budget.
+pub fn budget_text(k: &CampaignFigures) -> String {
+    match (k.budget_cents, budget_used(k)) {
+        (Some(b), Some(used)) => format!(
+            "{} / {} ({:.1}%)",
+            Money::from_cents(k.budget_granted_cents),
+            Money::from_cents(b),
+            used * 100.0
+        ),
+        _ => "-".to_owned(),
+    }
+}
+
 #[derive(Serialize)]
 struct JsonReport<'a> {
     since: Option<String>,
@@ -169,15 +183,7 @@ pub fn table(report: &Report) -> String {
         "REDEEMED VAL"
     );
     for k in &report.campaigns {
-        let budget = match (k.budget_cents, budget_used(k)) {
-            (Some(b), Some(used)) => format!(
-                "{} / {} ({:.1}%)",
-                Money::from_cents(k.budget_granted_cents),
-                Money::from_cents(b),
-                used * 100.0
-            ),
-            _ => "-".to_owned(),
-        };
+        let budget = budget_text(k);
         line(&mut out, (&k.campaign, "*"), &k.figures, &budget);
         for c in &k.coupons {
             line(&mut out, (&k.campaign, &c.coupon), &c.figures, "");

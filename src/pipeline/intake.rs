@@ -23,27 +23,53 @@ pub struct Rejected {
     pub reason: String,
 }
 
+/// A client-written value that is not valid: the column (or field) and why. Intake
+/// words it as a [`Rejected`] row; the HTTP API answers it as a 422 naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// The column at fault (`user_id`, `attributes`, …).
+    pub column: &'static str,
+    /// What is wrong with its value.
+    pub reason: String,
+}
+
+impl From<InvalidValue> for Invalid {
+    fn from(e: InvalidValue) -> Self {
+        Invalid {
+            column: e.field,
+            reason: e.reason,
+        }
+    }
+}
+
 /// Validates one claimed request.
 pub fn validate(row: QueuedRequest) -> Result<TriggerRequest, Rejected> {
-    let id = RequestId(row.id);
-    let mut prefix = format!("request {}", row.id);
-    let reject = |prefix: &str, column: &str, why: String| Rejected {
-        id,
-        reason: format!("{prefix}: {column}: {why}"),
-    };
-    let named = |prefix: &str, e: InvalidValue| reject(prefix, e.field, e.reason);
-    let key = text(row.request_key.as_deref(), "request_key").map_err(|e| named(&prefix, e))?;
-    let key = RequestKey::parse(key).map_err(|e| named(&prefix, e))?;
-    let _ = write!(prefix, " (request_key {})", printable(key.as_str()));
-    let user = text(row.user_id.as_deref(), "user_id").map_err(|e| named(&prefix, e))?;
-    let user_id = UserId::parse(user).map_err(|e| named(&prefix, e))?;
-    let event = text(row.event.as_deref(), "event").map_err(|e| named(&prefix, e))?;
-    let event = Event::parse(event).map_err(|e| named(&prefix, e))?;
-    let attributes = attributes(&row).map_err(|why| reject(&prefix, "attributes", why))?;
+    check(&row).map_err(|e| {
+        let mut prefix = format!("request {}", row.id);
+        if e.column != "request_key" {
+            // The key was read before any other column: it is valid text here.
+            let key = String::from_utf8_lossy(row.request_key.as_deref().unwrap_or_default());
+            let _ = write!(prefix, " (request_key {})", printable(&key));
+        }
+        Rejected {
+            id: RequestId(row.id),
+            reason: format!("{prefix}: {}: {}", e.column, e.reason),
+        }
+    })
+}
+
+/// Checks one request's columns in order (`request_key`, `user_id`, `event`,
+/// `attributes`, `created_at`) and says which is at fault first.
+pub fn check(row: &QueuedRequest) -> Result<TriggerRequest, Invalid> {
+    let key = RequestKey::parse(text(row.request_key.as_deref(), "request_key")?)?;
+    let user_id = UserId::parse(text(row.user_id.as_deref(), "user_id")?)?;
+    let event = Event::parse(text(row.event.as_deref(), "event")?)?;
+    let invalid = |column, reason| Invalid { column, reason };
+    let attributes = attributes(row).map_err(|why| invalid("attributes", why))?;
     let created_at =
-        created_at(row.created_at.as_deref()).map_err(|why| reject(&prefix, "created_at", why))?;
+        created_at(row.created_at.as_deref()).map_err(|why| invalid("created_at", why))?;
     Ok(TriggerRequest {
-        id,
+        id: RequestId(row.id),
         key,
         user_id,
         event,

@@ -1,4 +1,5 @@
-//! The health and metrics listener (`http.listen`; off when unset): `/healthz` (the
+//! The health and metrics listener (`http.listen`; off when unset), which also serves
+//! the ops console at `/` ([`crate::console`]): `/healthz` (the
 //! process answers), `/readyz` (the database answered its last probe, rules are
 //! loaded, grant batches are not failing in a row, not stopping) and `/metrics`
 //! (Prometheus text, see [`crate::metrics`]). Neither `/readyz` nor `/metrics` touches
@@ -52,6 +53,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// is cancelled.
 pub fn serve(ctx: Daemon, listener: TcpListener, stopping: CancellationToken) -> JoinHandle<()> {
     let bounds = listener::Bounds {
+        section: "http",
         max_connections: ctx.config.http.max_connections,
         header_timeout: ctx.config.http.header_timeout,
     };
@@ -63,11 +65,13 @@ pub fn serve(ctx: Daemon, listener: TcpListener, stopping: CancellationToken) ->
 }
 
 fn router(ctx: Daemon, stopping: CancellationToken) -> Router {
+    let console = crate::console::Console::new(ctx.console());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(Http { ctx, stopping })
+        .merge(crate::console::router(console))
 }
 
 async fn healthz() -> &'static str {

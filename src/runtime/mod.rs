@@ -1,6 +1,7 @@
 //! The runtime: builds each stage's own dependencies from one start-up ([`Daemon`]),
 //! runs the stages' loops ([`loops`]) and the scheduled jobs ([`scheduler`]), talks to
-//! systemd ([`notify`]) and serves `/healthz`, `/readyz` and `/metrics` ([`http`]).
+//! systemd ([`notify`]) and serves `/healthz`, `/readyz`, `/metrics` and the ops
+//! console ([`http`], [`crate::console`]).
 //! The stages never see [`Daemon`]: each takes its `Deps`.
 
 pub mod http;
@@ -17,19 +18,20 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::console;
 use crate::in_force::InForce;
 use crate::metrics::{Liveness, Metrics};
 use crate::pipeline::dispatch;
 use crate::pipeline::dispatch::handoff::Handoff;
 use crate::pipeline::dispatch::lanes::Lanes;
 use crate::pipeline::dispatch::send::Sender;
-use crate::pipeline::grant::{self, ClaimsInHand};
+use crate::pipeline::grant::{self, ClaimsInHand, DrawCursors};
 use crate::pipeline::lifecycle;
 use crate::rules::Rules;
 use crate::schedule;
 use crate::store::catalog::CatalogChanges;
 use crate::store::health::Health;
-use crate::store::{Db, StoreError};
+use crate::store::{Access, Db, StoreError};
 
 /// The hand-off holds at most this many dispatch rounds (`dispatch.batch_size` each);
 /// beyond it grants leave their deliveries to the outbox.
@@ -59,6 +61,8 @@ pub struct Daemon {
     pub liveness: Arc<Liveness>,
     /// Batches claimed and not finished.
     pub claims: Arc<ClaimsInHand>,
+    /// Where this daemon's next draw of each pool coupon starts.
+    pub draws: Arc<DrawCursors>,
     /// Deliveries handed from committed grants to this daemon's dispatcher.
     pub handoff: Arc<Handoff>,
     /// The dispatcher's sends in flight, per channel.
@@ -88,6 +92,7 @@ impl Daemon {
             metrics: Arc::new(metrics),
             liveness: Arc::new(Liveness::default()),
             claims: Arc::new(ClaimsInHand::default()),
+            draws: Arc::new(DrawCursors::default()),
             lanes: Arc::new(Lanes::default()),
             health: Arc::new(Health::default()),
         }
@@ -103,6 +108,7 @@ impl Daemon {
             outbox_ready: self.outbox_ready.clone(),
             metrics: self.metrics.clone(),
             claims: self.claims.clone(),
+            draws: self.draws.clone(),
         }
     }
 
@@ -139,6 +145,23 @@ impl Daemon {
             catalog: self.catalog.clone(),
             instance: self.instance.clone(),
             outbox_ready: self.outbox_ready.clone(),
+        }
+    }
+
+    /// What the ops console uses: the daemon's pool for its actions and a pool of its
+    /// own for its pages, one read-only connection (the daemon's pool when that cannot
+    /// be opened, which `Db::open` refuses only for a URL the daemon already opened).
+    pub fn console(&self) -> console::Deps {
+        let mut settings = self.config.database.settings(Access::ReadOnly);
+        settings.max_connections = 1;
+        let reads = Db::open(self.config.database.url.expose(), settings)
+            .unwrap_or_else(|_| self.db.clone());
+        console::Deps {
+            db: self.db.clone(),
+            reads,
+            config: self.config.clone(),
+            catalog: self.catalog.clone(),
+            rules: self.rules.clone(),
         }
     }
 

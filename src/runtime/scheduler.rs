@@ -8,12 +8,12 @@ use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use super::notify::wait_on_database;
 use super::Daemon;
 use crate::schedule::{
-    inventory, lifecycle, parse_cron, reclaim, reconcile, run_once_per_tick, Deps, EXPIRE_GRANTS,
-    INVENTORY_CHECK, RECLAIM_LEASES, RECONCILE,
+    inventory, lifecycle, parse_cron, reclaim, reconcile, run_once_per_tick, samples, Deps,
+    EXPIRE_GRANTS, INVENTORY_CHECK, RECLAIM_LEASES, RECONCILE, SAMPLE_STOCK,
 };
 use crate::store::{self, StoreError};
 
-/// Starts the scheduler with the four jobs; stop it with `shutdown`.
+/// Starts the scheduler with the five jobs; stop it with `shutdown`.
 pub async fn start(daemon: Daemon) -> Result<JobScheduler, JobSchedulerError> {
     let scheduler = JobScheduler::new().await?;
     let schedule = daemon.config.schedule.clone();
@@ -61,6 +61,15 @@ pub async fn start(daemon: Daemon) -> Result<JobScheduler, JobSchedulerError> {
         EXPIRE_GRANTS,
         &schedule.expire_grants,
         expire,
+    )
+    .await?;
+    let sample = |deps: Deps| async move { samples::run(&deps).await.map(|s| s.recorded) };
+    add(
+        &scheduler,
+        &daemon,
+        SAMPLE_STOCK,
+        &schedule.sample_stock,
+        sample,
     )
     .await?;
     scheduler.start().await?;

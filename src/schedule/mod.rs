@@ -1,6 +1,7 @@
 //! Schedule: the cron jobs (tokio-cron-scheduler) that keep inventory ahead of demand —
 //! rotate low or exhausted coupons, recover expired claims, reconcile stock and grant
-//! states with the ledger — and expire grants and remind of their expiry.
+//! states with the ledger — expire grants and remind of their expiry, and sample the
+//! stock for the console's burn-down plots.
 //!
 //! tokio-cron-scheduler fires on every daemon. Each job therefore takes a lease row in
 //! `job_leases` for the tick first: one daemon runs it per tick, a daemon that dies
@@ -17,6 +18,7 @@
 pub mod inventory;
 pub mod lifecycle;
 pub mod reconcile;
+pub mod samples;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,6 +43,9 @@ pub const RECONCILE: &str = "reconcile";
 /// See [`INVENTORY_CHECK`]: expiry and reminders ([`lifecycle`]); also the `job` of
 /// the transitions it writes.
 pub const EXPIRE_GRANTS: &str = "expire_grants";
+/// See [`INVENTORY_CHECK`]: every coupon's remaining stock for the console
+/// ([`samples`]).
+pub const SAMPLE_STOCK: &str = "sample_stock";
 
 /// What the scheduled jobs use, built by the runtime.
 #[derive(Clone)]

@@ -44,9 +44,38 @@ fn skew_for_tests() -> TimeDelta {
     })
 }
 
-/// The database's current time (UTC, no zone), as stored in the database.
+/// The latest time [`now`] returned, in microseconds since the epoch.
+static LATEST_MICROS: AtomicI64 = AtomicI64::new(i64::MIN);
+
+/// The largest step back of the offset that [`now`] holds still through: more than a
+/// reading's own error (at most half of [`MAX_ROUND_TRIP`]) is a real correction.
+const HOLD_LIMIT_MICROS: i64 = 1_000_000;
+
+/// What [`now`] returns after `latest` when the clock reads `micros`.
+fn after(latest: i64, micros: i64) -> i64 {
+    match micros < latest && latest - micros < HOLD_LIMIT_MICROS {
+        true => latest,
+        false => micros,
+    }
+}
+
+/// The database's current time (UTC, no zone), as stored in the database. A new
+/// reading of the offset a little smaller than the last (each carries up to half a
+/// round trip of error, and a loaded machine makes round trips long) does not take it
+/// backwards: it holds still until the host's clock catches up, so that a time written
+/// after another is not earlier than it (a coupon's rotation after the grants that
+/// emptied it). A step back of a second or more is a correction and is taken.
 pub fn now() -> NaiveDateTime {
-    (host_now() + offset()).naive_utc()
+    let read = host_now() + offset();
+    let micros = read.timestamp_micros();
+    let update = |latest| Some(after(latest, micros));
+    let before = LATEST_MICROS
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, update)
+        .unwrap_or_else(|same| same);
+    let latest = after(before, micros);
+    DateTime::from_timestamp_micros(latest)
+        .unwrap_or(read)
+        .naive_utc()
 }
 
 /// The database's clock minus the host's, as last measured.
@@ -85,6 +114,19 @@ pub fn offset_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn now_holds_through_a_small_step_back_and_takes_a_correction() {
+        let latest = 1_000_000_000;
+        assert_eq!(after(latest, latest + 5), latest + 5, "forwards");
+        assert_eq!(after(latest, latest - 300_000), latest, "300 ms back: held");
+        assert_eq!(
+            after(latest, latest - 60_000_000),
+            latest - 60_000_000,
+            "a correction"
+        );
+        assert_eq!(after(i64::MIN, latest), latest, "the first reading");
+    }
 
     #[test]
     fn the_offset_is_taken_half_way_through_the_round_trip() {

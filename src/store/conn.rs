@@ -11,6 +11,7 @@ use std::future::Future;
 use futures_util::future::Either;
 
 use diesel::connection::AnsiTransactionManager;
+use diesel::query_builder::{IncompleteInsertStatement, InsertOrIgnoreStatement, InsertStatement};
 use diesel::query_dsl::methods::LimitDsl;
 use diesel::result::Error as DieselError;
 use diesel::{Insertable, Selectable, Table};
@@ -199,10 +200,49 @@ impl Conn {
         T: Table + Copy + Send + 'static,
         R: Clone + Send + Sync + 'static,
         for<'r> &'r [R]: Insertable<T>,
-        for<'r> Cached<diesel::query_builder::InsertStatement<T, <&'r [R] as Insertable<T>>::Values>>:
+        for<'r> Cached<InsertStatement<T, <&'r [R] as Insertable<T>>::Values>>:
             ExecuteDsl<MysqlConn> + Send,
         Vec<R>: Insertable<T>,
-        diesel::query_builder::InsertStatement<T, <Vec<R> as Insertable<T>>::Values>:
+        InsertStatement<T, <Vec<R> as Insertable<T>>::Values>:
+            diesel::query_dsl::methods::ExecuteDsl<diesel::SqliteConnection>,
+    {
+        self.insert_rows::<T, R, _>(diesel::insert_into(table), rows)
+            .await
+    }
+
+    /// Inserts those of `rows` whose unique keys are new, as [`Conn::insert_all`] does,
+    /// and leaves out the rest: `INSERT IGNORE` on MySQL, `INSERT OR IGNORE` on SQLite.
+    /// Returns the number of rows inserted. Only for rows whose values the column types
+    /// hold (MySQL's `IGNORE` also turns a value that does not fit into a warning).
+    pub async fn insert_all_ignoring<T, R>(&mut self, table: T, rows: &[R]) -> QueryResult<usize>
+    where
+        T: Table + Copy + Send + 'static,
+        R: Clone + Send + Sync + 'static,
+        for<'r> &'r [R]: Insertable<T>,
+        for<'r> Cached<InsertOrIgnoreStatement<T, <&'r [R] as Insertable<T>>::Values>>:
+            ExecuteDsl<MysqlConn> + Send,
+        Vec<R>: Insertable<T>,
+        InsertOrIgnoreStatement<T, <Vec<R> as Insertable<T>>::Values>:
+            diesel::query_dsl::methods::ExecuteDsl<diesel::SqliteConnection>,
+    {
+        self.insert_rows::<T, R, _>(diesel::insert_or_ignore_into(table), rows)
+            .await
+    }
+
+    async fn insert_rows<T, R, Op>(
+        &mut self,
+        insert: IncompleteInsertStatement<T, Op>,
+        rows: &[R],
+    ) -> QueryResult<usize>
+    where
+        T: Table + Copy + Send + 'static,
+        Op: Copy + Send + 'static,
+        R: Clone + Send + Sync + 'static,
+        for<'r> &'r [R]: Insertable<T>,
+        for<'r> Cached<InsertStatement<T, <&'r [R] as Insertable<T>>::Values, Op>>:
+            ExecuteDsl<MysqlConn> + Send,
+        Vec<R>: Insertable<T>,
+        InsertStatement<T, <Vec<R> as Insertable<T>>::Values, Op>:
             diesel::query_dsl::methods::ExecuteDsl<diesel::SqliteConnection>,
     {
         if rows.is_empty() {
@@ -212,15 +252,14 @@ impl Conn {
             Conn::Mysql(c) => {
                 let mut inserted = 0;
                 for chunk in pow2_chunks(rows) {
-                    let insert = diesel::insert_into(table).values(chunk);
-                    inserted += Cached(insert).execute(&mut **c).await?;
+                    inserted += Cached(insert.values(chunk)).execute(&mut **c).await?;
                 }
                 Ok(inserted)
             }
             Conn::Sqlite(c) => {
                 let rows = rows.to_vec();
                 c.spawn_blocking(move |sync| {
-                    diesel::RunQueryDsl::execute(diesel::insert_into(table).values(rows), sync)
+                    diesel::RunQueryDsl::execute(insert.values(rows), sync)
                 })
                 .await
             }

@@ -23,6 +23,12 @@ use super::{MysqlConn, Settings};
 #[error("{0}")]
 pub struct UrlError(String);
 
+impl UrlError {
+    pub(super) fn new(message: String) -> Self {
+        UrlError(message)
+    }
+}
+
 /// `ssl-mode`: what a connection asks of TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SslMode {
@@ -89,8 +95,9 @@ pub fn options(url: &str, settings: &Settings) -> Result<OptsBuilder, UrlError> 
     })
 }
 
-/// Checks `url`'s parameters (and reads `ssl-ca`) as a connection would, without
-/// connecting: for the config's validation, so that a bad one stops the start.
+/// Checks the parameters of a one-host `url` (and reads `ssl-ca`) as a connection
+/// would, without connecting: for the config's validation, which checks each host of
+/// a list ([`super::cluster::split_hosts`]) so that a bad one stops the start.
 pub fn check(url: &str) -> Result<(), UrlError> {
     options(url, &Settings::new(1, super::Access::ReadOnly)).map(drop)
 }

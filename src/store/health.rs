@@ -193,6 +193,13 @@ async fn probe(
         Some(conn) => conn,
         None => ProbeConn::connect(&url, settings).await?,
     };
+    // With several hosts, the probe also keeps the writer the first ready one; when
+    // it moves, the probe's own connection follows it.
+    if let Ok(Some(writer)) = super::cluster::writer(&url) {
+        if writer.check(&settings).await {
+            conn = ProbeConn::connect(&url, settings).await?;
+        }
+    }
     conn.read_clock()
         .await
         .map_err(|_| DownCause::StatementFailed)?;

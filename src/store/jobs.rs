@@ -32,6 +32,17 @@ pub struct Rotation {
     pub rotated_at: NaiveDateTime,
 }
 
+/// A campaign's "alerted once" marks.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct CampaignMarks {
+    /// The campaign.
+    pub campaign_id: String,
+    /// When `campaign.exhausted` was sent, until a restock clears it.
+    pub exhausted_at: Option<NaiveDateTime>,
+    /// When `campaign.budget_reached` was sent.
+    pub budget_reached_at: Option<NaiveDateTime>,
+}
+
 /// Which "alerted once" mark of a campaign.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AlertMark {
@@ -93,6 +104,44 @@ impl Conn {
         let query = coupon_rotations::table
             .order(r::id)
             .select(columns::<Rotation>());
+        self.load(query).await
+    }
+
+    /// The rotations made at or after `since`, newest first, at most `limit`.
+    pub async fn rotations_since(
+        &mut self,
+        since: NaiveDateTime,
+        limit: i64,
+    ) -> QueryResult<Vec<Rotation>> {
+        let query = coupon_rotations::table
+            .filter(r::rotated_at.ge(since))
+            .order((r::rotated_at.desc(), r::id.desc()))
+            .limit(limit)
+            .select(columns::<Rotation>());
+        self.load(query).await
+    }
+
+    /// The campaigns' "alerted once" marks that are set: `(campaign, exhausted at,
+    /// budget reached at)`, by campaign.
+    pub async fn alert_marks(&mut self) -> QueryResult<Vec<CampaignMarks>> {
+        let query = campaigns::table
+            .filter(
+                k::exhausted_alerted_at
+                    .is_not_null()
+                    .or(k::budget_alerted_at.is_not_null()),
+            )
+            .order(k::id)
+            .select((k::id, k::exhausted_alerted_at, k::budget_alerted_at));
+        self.load(query).await
+    }
+
+    /// The coupons announced `coupon.running_low` and not restocked since (their mark
+    /// still holds: see [`Conn::mark_running_low`]), by id.
+    pub async fn running_low_coupons(&mut self) -> QueryResult<Vec<String>> {
+        let query = coupons::table
+            .filter(c::running_low_alerted_stock.ge(c::stock.nullable()))
+            .order(c::id)
+            .select(c::id);
         self.load(query).await
     }
 

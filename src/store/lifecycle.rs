@@ -6,8 +6,9 @@ use std::collections::HashMap;
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
+use diesel::sql_types::{Nullable, Timestamp};
 
-use super::prepared::in_list;
+use super::prepared::{case_of, in_list, padded_chunks, Cached};
 use super::schema::coupons::dsl as c;
 use super::schema::grant_transitions;
 use super::schema::grants::dsl as g;
@@ -189,6 +190,32 @@ impl Conn {
         let set =
             diesel::update(target).set((g::state.eq(to.as_str()), g::redeemed_at.eq(redeemed_at)));
         self.execute(set).await
+    }
+
+    /// Redeems the grants of `redeemed` that are still in `from`, each at its own
+    /// time, in one `UPDATE` per [`super::prepared::MAX_CHUNK`] grants
+    /// (`redeemed_at = CASE id WHEN ? THEN ? … END`), where a time per statement would
+    /// send one per grant: partners report when each redemption happened. Returns how
+    /// many moved.
+    pub async fn redeem_grants(
+        &mut self,
+        redeemed: &[(i64, NaiveDateTime)],
+        from: GrantState,
+    ) -> QueryResult<usize> {
+        let mut moved = 0;
+        for chunk in padded_chunks(redeemed) {
+            let ids: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
+            let target = grants::table
+                .filter(in_list(g::id, ids))
+                .filter(g::state.eq(from.as_str()));
+            let at = case_of::<Nullable<Timestamp>, _, _, _>(g::id, chunk);
+            let set = diesel::update(target).set((
+                g::state.eq(GrantState::Redeemed.as_str()),
+                g::redeemed_at.eq(at),
+            ));
+            moved += self.execute(Cached(set)).await?;
+        }
+        Ok(moved)
     }
 
     /// Records transitions in one statement.

@@ -14,7 +14,7 @@ use chrono::NaiveDateTime;
 use diesel::migration::MigrationSource;
 use diesel::result::Error as DieselError;
 use diesel::SqliteConnection;
-use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::deadpool::{Hook, HookError, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, AsyncMysqlConnection};
@@ -23,6 +23,7 @@ use futures_util::FutureExt;
 
 pub mod campaign_days;
 pub mod catalog;
+pub mod cluster;
 pub mod codes;
 pub mod clock;
 pub mod conn;
@@ -36,6 +37,7 @@ pub mod records;
 pub mod report;
 pub mod prepared;
 pub mod requests;
+pub mod samples;
 pub mod jobs;
 pub mod lifecycle;
 pub mod schema;
@@ -84,7 +86,10 @@ impl StoreError {
     }
 }
 
-/// True when `error` is a deadlock, a lock-wait timeout or a busy SQLite database.
+/// True when `error` is a deadlock, a lock-wait timeout or a busy SQLite database;
+/// on a Galera cluster also a transaction refused at COMMIT by certification (1213,
+/// which the client may report as a COMMIT whose ROLLBACK failed too) and a node that
+/// has left the primary component (1047), whose next try runs on the new writer.
 ///
 /// diesel-async maps MariaDB's 1213 and 1205 to `DatabaseErrorKind::Unknown`, so the
 /// server's message is what tells them apart ("… try restarting transaction").
@@ -95,7 +100,9 @@ pub fn is_retryable(error: &DieselError) -> bool {
             message.contains("try restarting transaction")
                 || message.contains("database is locked")
                 || message.contains("Lock wait timeout")
+                || message.contains("WSREP has not yet prepared node")
         }
+        DieselError::RollbackErrorOnCommit { commit_error, .. } => is_retryable(commit_error),
         DieselError::BrokenTransactionManager => true,
         _ => false,
     }
@@ -208,7 +215,20 @@ impl Db {
             config.custom_setup =
                 Box::new(move |url| session::setup_mysql(url.to_owned(), settings).boxed());
             let manager = AsyncDieselConnectionManager::new_with_config(url, config);
-            let pool = Pool::builder(manager)
+            let mut pool = Pool::builder(manager);
+            // With several hosts, a connection made before the writer moved goes to
+            // the old writer: it is dropped instead of handed out.
+            if let Some(writer) =
+                cluster::writer(url).map_err(|e| StoreError::Url(e.to_string()))?
+            {
+                pool = pool.pre_recycle(Hook::sync_fn(move |_, metrics| {
+                    match writer.made_before_switch(metrics.created) {
+                        true => Err(HookError::Message("the database writer moved".into())),
+                        false => Ok(()),
+                    }
+                }));
+            }
+            let pool = pool
                 .max_size(settings.max_connections.max(1))
                 .create_timeout(timeout)
                 .wait_timeout(timeout)

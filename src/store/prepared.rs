@@ -9,13 +9,16 @@
 //! [`in_list`] pads a list to the next power of two by repeating its last value, which
 //! changes no result, so a statement's text takes one of a dozen shapes; [`Cached`]
 //! lets such a statement (an `UPDATE` with an `in_list` filter) be cached by its text.
+//! [`case_of`] gives each row of such an `UPDATE` its own value in one statement.
+
+use std::marker::PhantomData;
 
 use diesel::backend::Backend;
-use diesel::expression::{AppearsOnTable, Expression, ValidGrouping};
+use diesel::expression::{AppearsOnTable, Expression, TypedExpressionType, ValidGrouping};
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::result::QueryResult;
 use diesel::serialize::ToSql;
-use diesel::sql_types::{Bool, HasSqlType};
+use diesel::sql_types::{Bool, HasSqlType, SqlType};
 
 /// A statement cached by its SQL text even where diesel would not cache it (an
 /// `UPDATE`). Only for statements whose text takes a bounded number of shapes: fixed
@@ -151,6 +154,75 @@ where
     }
 }
 
+/// `CASE column WHEN ? THEN ? … END`, of SQL type `ST`: each key's own value.
+#[derive(Debug, Clone)]
+pub struct CaseOf<C, K, V, ST> {
+    column: C,
+    pairs: Vec<(K, V)>,
+    value_type: PhantomData<ST>,
+}
+
+/// `CASE column WHEN key THEN value … END` over `pairs`, for an `UPDATE` that sets a
+/// different value on each row it filters by key (`in_list` of the same keys): one
+/// statement where one per distinct value would be sent. Callers pad `pairs` (as
+/// [`padded_chunks`] does: a repeated pair changes nothing, the first `WHEN` that
+/// matches wins) to keep the text to a few shapes. No pairs render `NULL`.
+pub fn case_of<ST, C, K, V>(column: C, pairs: Vec<(K, V)>) -> CaseOf<C, K, V, ST> {
+    CaseOf {
+        column,
+        pairs,
+        value_type: PhantomData,
+    }
+}
+
+impl<C, K, V, ST: SqlType + TypedExpressionType> Expression for CaseOf<C, K, V, ST> {
+    type SqlType = ST;
+}
+
+impl<C, K, V, ST, QS> AppearsOnTable<QS> for CaseOf<C, K, V, ST>
+where
+    C: AppearsOnTable<QS>,
+    Self: Expression,
+{
+}
+
+impl<C, K, V, ST, GB> ValidGrouping<GB> for CaseOf<C, K, V, ST>
+where
+    C: ValidGrouping<GB>,
+{
+    type IsAggregate = C::IsAggregate;
+}
+
+impl<C, K, V, ST> QueryId for CaseOf<C, K, V, ST> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<C, K, V, ST, DB> QueryFragment<DB> for CaseOf<C, K, V, ST>
+where
+    DB: Backend + HasSqlType<C::SqlType> + HasSqlType<ST>,
+    C: Expression + QueryFragment<DB>,
+    K: ToSql<C::SqlType, DB>,
+    V: ToSql<ST, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        if self.pairs.is_empty() {
+            out.push_sql("NULL");
+            return Ok(());
+        }
+        out.push_sql("CASE ");
+        self.column.walk_ast(out.reborrow())?;
+        for (key, value) in &self.pairs {
+            out.push_sql(" WHEN ");
+            out.push_bind_param::<C::SqlType, K>(key)?;
+            out.push_sql(" THEN ");
+            out.push_bind_param::<ST, V>(value)?;
+        }
+        out.push_sql(" END");
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use diesel::mysql::Mysql;
@@ -206,6 +278,28 @@ mod tests {
             "{}",
             sql(&cached)
         );
+    }
+
+    #[test]
+    fn case_of_gives_each_key_its_value() {
+        use diesel::sql_types::{Nullable, Text};
+        let values = case_of::<Nullable<Text>, _, _, _>(tr::id, vec![(1_i64, "a"), (2, "b")]);
+        let update = diesel::update(tr::trigger_requests.filter(in_list(tr::id, [1_i64, 2])))
+            .set(tr::detail.eq(values));
+        let text = sql(&update);
+        assert!(
+            text.starts_with(
+                "UPDATE `trigger_requests` SET `detail` = CASE `trigger_requests`.`id` WHEN ? THEN ? WHEN ? THEN ? END WHERE"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("binds: [1, \"a\", 2, \"b\", 1, 2]"),
+            "{text}"
+        );
+        let none = case_of::<Nullable<Text>, _, i64, &str>(tr::id, vec![]);
+        let text = sql(&diesel::update(tr::trigger_requests).set(tr::detail.eq(none)));
+        assert!(text.contains("SET `detail` = NULL"), "{text}");
     }
 
     #[test]

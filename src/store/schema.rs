@@ -200,6 +200,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    stock_samples (coupon_id, sampled_at) {
+        coupon_id -> Text,
+        sampled_at -> Timestamp,
+        remaining -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     coupon_rotations,
     job_leases,
@@ -215,4 +223,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     grant_updates,
     grant_transitions,
     campaign_days,
+    stock_samples,
 );

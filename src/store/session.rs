@@ -8,13 +8,18 @@ use diesel::result::Error as DieselError;
 use diesel::ConnectionError;
 use diesel_async::{AsyncConnection, SimpleAsyncConnection};
 
-use super::{connect, Access, MysqlConn, QueryResult, Settings, SqliteConn};
+use super::{cluster, connect, Access, MysqlConn, QueryResult, Settings, SqliteConn};
 
 pub(super) async fn setup_mysql(
     url: String,
     settings: Settings,
 ) -> Result<MysqlConn, ConnectionError> {
-    let mut conn = connect::establish(&url, &settings).await?;
+    let writer = cluster::writer(&url)
+        .map_err(|e| ConnectionError::InvalidConnectionUrl(format!("database.url: {e}")))?;
+    let mut conn = match writer {
+        Some(writer) => writer.connect(&settings).await?,
+        None => connect::establish(&url, &settings).await?,
+    };
     let access = settings.access;
     // READ COMMITTED: locking reads take record locks only, no gap locks, so claims and
     // stock updates of different daemons do not block each other's inserts.
@@ -36,7 +41,25 @@ pub(super) async fn setup_mysql(
     set_statement_limit(&mut conn, settings.statement_timeout)
         .await
         .map_err(ConnectionError::CouldntSetupConfiguration)?;
+    if access == Access::ReadOnly {
+        see_latest_commit(&mut conn)
+            .await
+            .map_err(ConnectionError::CouldntSetupConfiguration)?;
+    }
     Ok(conn)
+}
+
+/// On a Galera node, a read-only session's reads wait until the node has applied
+/// every write the cluster committed before them (`wsrep_sync_wait = 1`): the console,
+/// `report` and the other commands that only read may run on a node other than the
+/// writer, and show what the writer committed. The writer's own sessions need no
+/// wait: a transaction that read a row a later-applied write set changed, and writes
+/// it, fails certification at COMMIT (1213) and is tried again.
+async fn see_latest_commit(conn: &mut MysqlConn) -> QueryResult<()> {
+    if cluster::node_state(conn).await? == cluster::NodeState::Standalone {
+        return Ok(());
+    }
+    conn.batch_execute("SET SESSION wsrep_sync_wait = 1").await
 }
 
 /// MariaDB's `max_statement_time` (seconds, any statement) and, failing that,

@@ -13,7 +13,7 @@ use super::prepared::{in_list, Cached};
 use super::schema::grant_updates::dsl as u;
 use super::schema::grant_updates::table;
 use super::{Backend, Conn, QueryResult};
-use crate::domain::UpdateStatus;
+use crate::domain::{GrantState, UpdateStatus};
 
 /// How many bytes of `update_key`, `code` and `action` are read: one more than the
 /// longest value the daemon accepts, so that a longer one is seen to be too long.
@@ -118,6 +118,38 @@ pub struct NewUpdate {
     pub occurred_at: Option<NaiveDateTime>,
 }
 
+/// An update as the HTTP API answers about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostedUpdate {
+    /// Row id.
+    pub id: i64,
+    /// The partner's idempotency key.
+    pub update_key: String,
+    /// The code it names, when it names one.
+    pub code: Option<String>,
+    /// The grant id it names, when it names one.
+    pub grant_id: Option<i64>,
+    /// The action, as written.
+    pub action: String,
+    /// The reason, as written.
+    pub reason: Option<String>,
+    /// Where it is; `None` for a word the daemon does not know (a client wrote it).
+    pub status: Option<UpdateStatus>,
+    /// For `Rejected`: why.
+    pub error: Option<String>,
+}
+
+type PostedRow = (
+    i64,
+    String,
+    Option<String>,
+    Option<i64>,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+);
+
 /// Operations on `grant_updates`.
 impl Conn {
     /// Inside the caller's transaction (a write transaction, so that on SQLite the one
@@ -201,5 +233,51 @@ impl Conn {
             .filter(u::status.eq(UpdateStatus::Queued.as_str()))
             .select(diesel::dsl::count_star());
         self.first(query).await
+    }
+
+    /// Inserts `row` unless its `update_key` is taken (no error then). Returns
+    /// whether it was inserted.
+    pub async fn enqueue_update_new(&mut self, row: &NewUpdate) -> QueryResult<bool> {
+        let inserted = self
+            .insert_all_ignoring::<_, NewUpdate>(table, std::slice::from_ref(row))
+            .await?;
+        Ok(inserted > 0)
+    }
+
+    /// The update with this key, as recorded.
+    pub async fn update_by_key(&mut self, key: &str) -> QueryResult<Option<PostedUpdate>> {
+        let query = table.filter(u::update_key.eq(key)).select((
+            u::id,
+            u::update_key,
+            u::code,
+            u::grant_id,
+            u::action,
+            u::reason,
+            u::status,
+            u::error,
+        ));
+        let row: Option<PostedRow> = self.first(query).await.optional()?;
+        Ok(row.map(|r| PostedUpdate {
+            id: r.0,
+            update_key: r.1,
+            code: r.2,
+            grant_id: r.3,
+            action: r.4,
+            reason: r.5,
+            status: UpdateStatus::parse(&r.6),
+            error: r.7,
+        }))
+    }
+
+    /// The state of the grant that carries `code`, when one does; `None` inside for a
+    /// state the daemon does not know.
+    pub async fn grant_state_by_code(
+        &mut self,
+        code: &str,
+    ) -> QueryResult<Option<Option<GrantState>>> {
+        use super::schema::grants::dsl as g;
+        let query = g::grants.filter(g::code.eq(code)).select(g::state);
+        let state: Option<String> = self.first(query).await.optional()?;
+        Ok(state.map(|s| GrantState::parse(&s)))
     }
 }

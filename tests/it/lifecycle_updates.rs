@@ -402,6 +402,59 @@ on_both_backends!(
     an_update_key_seen_before_changes_nothing
 );
 
+#[derive(Debug, diesel::QueryableByName)]
+struct Redeemed {
+    #[diesel(sql_type = Text)]
+    user_id: String,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Timestamp>)]
+    redeemed_at: Option<chrono::NaiveDateTime>,
+}
+
+async fn each_redemption_keeps_the_time_its_partner_reported(db: TestDb) {
+    let receiver = Receiver::ok().await;
+    let ctx = daemon(&db, &receiver, &campaigns(100)).await;
+    let users = ["u1", "u2", "u3"];
+    let g = grant_to(&ctx, &users).await;
+    for (i, user) in users.iter().enumerate() {
+        execute(
+            &ctx,
+            &format!(
+                "INSERT INTO grant_updates (update_key, grant_id, action, occurred_at) \
+                 VALUES ('paid-{user}', {}, 'redeem', '2026-12-03 10:00:0{i}.25')",
+                g[*user].0
+            ),
+        )
+        .await;
+    }
+    assert_eq!(process(&ctx).await, 1, "one batch");
+    let rows: Vec<Redeemed> = query_rows(
+        &ctx,
+        "SELECT user_id, redeemed_at FROM grants ORDER BY user_id",
+    )
+    .await;
+    let at = |s: u32| {
+        chrono::NaiveDate::from_ymd_opt(2026, 12, 3)
+            .unwrap()
+            .and_hms_milli_opt(10, 0, s, 250)
+    };
+    let got: Vec<(String, Option<chrono::NaiveDateTime>)> = rows
+        .into_iter()
+        .map(|r| (r.user_id, r.redeemed_at))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("u1".to_owned(), at(0)),
+            ("u2".to_owned(), at(1)),
+            ("u3".to_owned(), at(2))
+        ]
+    );
+}
+on_both_backends!(
+    each_redemption_keeps_the_time_its_partner_reported,
+    each_redemption_keeps_the_time_its_partner_reported
+);
+
 #[derive(Debug, PartialEq, Eq, diesel::QueryableByName)]
 struct Ledger {
     #[diesel(sql_type = BigInt)]

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod api;
 mod authoring;
 mod claims;
 mod cli;
@@ -10,12 +11,17 @@ mod codes;
 mod codes_authoring;
 mod codes_import;
 mod codes_inventory;
+mod contrib;
+mod console;
+mod console_browser;
 mod delivery;
 mod hostile;
+mod init;
 mod inventory;
 mod lifecycle_updates;
 mod lifecycle_jobs;
 mod listener;
+mod openapi;
 mod operations;
 mod partners;
 mod periodic;

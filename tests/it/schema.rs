@@ -21,7 +21,7 @@ macro_rules! every_table {
     ($db:ty) => {
         selects!($db; trigger_requests, campaigns, coupons, participations, grants, deliveries,
             delivery_attempts, channel_states, coupon_rotations, job_leases, coupon_codes,
-            grant_updates, grant_transitions, campaign_days)
+            grant_updates, grant_transitions, campaign_days, stock_samples)
     };
 }
 

@@ -11,7 +11,8 @@
 //! already, under any coupon, fails the statement on the unique key, and its codes are
 //! drawn again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 
@@ -28,13 +29,36 @@ use crate::store::Conn;
 /// `check` allows (a million codes per unit of stock), one repeat is already rare.
 const GENERATE_ATTEMPTS: u32 = 8;
 
+/// Where this daemon's next draw of each pool coupon starts: past the last code id it
+/// drew. A hint, not a record: starting at 0 is always right, only slower.
+#[derive(Debug, Default)]
+pub struct DrawCursors(Mutex<HashMap<String, i64>>);
+
+impl DrawCursors {
+    fn start(&self, coupon: &str) -> i64 {
+        let cursors = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        cursors.get(coupon).copied().unwrap_or(0)
+    }
+
+    fn advance(&self, coupon: &str, to: i64) {
+        let mut cursors = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let at = cursors.entry(coupon.to_owned()).or_insert(0);
+        *at = (*at).max(to);
+    }
+
+    fn rewind(&self, coupon: &str) {
+        let mut cursors = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        cursors.remove(coupon);
+    }
+}
+
 /// Gives each grant of a coupon with codes its code (`grants[i]` was earned by
 /// `granted[i]`); `locked`: the batch was decided with its chains locked.
 pub(super) async fn issue(
     conn: &mut Conn,
     grants: &mut [NewGrant],
     (granted, locked): (&[&Decision], bool),
-    now: DateTime<Utc>,
+    (cursors, now): (&DrawCursors, DateTime<Utc>),
 ) -> Result<(), BatchError> {
     let mut pools: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     let mut generated: Vec<(usize, CodePattern)> = Vec::new();
@@ -50,7 +74,8 @@ pub(super) async fn issue(
     }
     let mut issued = Vec::new();
     for (coupon, members) in &pools {
-        issued.extend(draw(conn, coupon, (members, locked), grants, now).await?);
+        let draw = draw(conn, (coupon, cursors), (members, locked), grants, now).await?;
+        issued.extend(draw);
     }
     conn.issue_pool_codes(&issued).await?;
     if !generated.is_empty() {
@@ -60,21 +85,30 @@ pub(super) async fn issue(
 }
 
 /// Draws `members.len()` codes of a pool coupon for those grants, to be issued with
-/// the batch's other pool codes. Under the chains' locks too, the draw first skips the
-/// codes other batches hold: those batches wait for this one's coupon rows to take
-/// their stock, so waiting for their codes would deadlock. Only when that comes back
-/// short (the pool's end is near) does it wait for them.
+/// the batch's other pool codes, starting past this daemon's last draw and again from
+/// the pool's first code when that comes back short. Under the chains' locks too, the
+/// draw first skips the codes other batches hold: those batches wait for this one's
+/// coupon rows to take their stock, so waiting for their codes would deadlock. Only
+/// when that comes back short (the pool's end is near) does it wait for them.
 async fn draw(
     conn: &mut Conn,
-    coupon: &str,
+    (coupon, cursors): (&str, &DrawCursors),
     (members, locked): (&[usize], bool),
     grants: &mut [NewGrant],
     now: DateTime<Utc>,
 ) -> Result<Vec<IssuedCode>, BatchError> {
     let wanted = members.len() as i64;
-    let mut drawn = conn.draw_codes(coupon, wanted, true).await?;
+    let after = cursors.start(coupon);
+    let mut drawn = conn.draw_codes(coupon, (after, wanted), true).await?;
+    if after > 0 && (drawn.len() as i64) < wanted {
+        cursors.rewind(coupon);
+        drawn = conn.draw_codes(coupon, (0, wanted), true).await?;
+    }
     if locked && (drawn.len() as i64) < wanted {
-        drawn = conn.draw_codes(coupon, wanted, false).await?;
+        drawn = conn.draw_codes(coupon, (0, wanted), false).await?;
+    }
+    if let Some(&(last, _)) = drawn.last() {
+        cursors.advance(coupon, last);
     }
     if (drawn.len() as i64) < wanted {
         return Err(match locked {

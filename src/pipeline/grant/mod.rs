@@ -34,6 +34,7 @@ mod tx;
 
 pub use claim::ClaimsInHand;
 use claim::{claim_token, Batch, ClaimedBatch};
+pub use codes::DrawCursors;
 pub(crate) use record::Outlets;
 use record::Written;
 
@@ -58,6 +59,8 @@ pub struct Deps {
     pub metrics: Arc<Metrics>,
     /// Batches claimed and not finished.
     pub claims: Arc<ClaimsInHand>,
+    /// Where this daemon's next draw of each pool coupon starts.
+    pub draws: Arc<DrawCursors>,
 }
 
 /// What one call of [`process_batch`] did.
@@ -266,7 +269,8 @@ async fn process(deps: &Deps, claimed: Option<ClaimedBatch>) -> Result<BatchOutc
         let result = {
             let conn = &mut deps.db.get().await?;
             let inputs = (config, rules.clone());
-            tx::grant_batch(conn, inputs, batch, outlets.clone(), locked).await
+            let outlets = (outlets.clone(), deps.draws.clone());
+            tx::grant_batch(conn, inputs, batch, outlets, locked).await
         };
         match result {
             Ok(written) if written.summary.claimed == 0 => return Ok(BatchOutcome::Empty),

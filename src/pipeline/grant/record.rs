@@ -10,7 +10,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use tracing::warn;
 
 use super::claim::claim_token;
-use super::codes;
+use super::codes::{self, DrawCursors};
 use super::tx::Ledgers;
 use super::{BatchError, BatchSummary};
 use crate::config::Config;
@@ -102,7 +102,7 @@ pub(super) async fn write_batch(
     conn: &mut Conn,
     rules: &Rules,
     (decisions, rejected): (&[Decision], &[Rejected]),
-    ((claim, outlets), locked): ((Claim, &Outlets), bool),
+    ((claim, outlets, draws), locked): ((Claim, &Outlets, &DrawCursors), bool),
     now: DateTime<Utc>,
 ) -> Result<Written, BatchError> {
     let version = rules.version().to_string();
@@ -113,7 +113,7 @@ pub(super) async fn write_batch(
     rows.finished.extend(rejected.iter().map(rejection));
     let at = now.naive_utc();
     let granted: Vec<&Decision> = rows.granted.iter().map(|&i| &decisions[i]).collect();
-    codes::issue(conn, &mut rows.grants, (&granted, locked), now).await?;
+    codes::issue(conn, &mut rows.grants, (&granted, locked), (draws, now)).await?;
     rows.deliveries = rows
         .grants
         .iter()

@@ -12,6 +12,7 @@ use futures_util::FutureExt;
 use tracing::debug;
 
 use super::claim::{Batch, Owned};
+use super::codes::DrawCursors;
 use super::record::{self, Outlets, Written};
 use super::BatchError;
 use crate::config::{CampaignConfig, Config};
@@ -37,7 +38,7 @@ pub(super) fn grant_batch<'c>(
     conn: &'c mut Conn,
     (config, rules): (Arc<Config>, Arc<Rules>),
     batch: Batch,
-    outlets: Outlets,
+    (outlets, draws): (Outlets, Arc<DrawCursors>),
     locked: bool,
 ) -> BoxFuture<'c, Result<Written, BatchError>> {
     conn.transaction(async move |conn| {
@@ -64,7 +65,7 @@ pub(super) fn grant_batch<'c>(
         let histories = read_histories(conn, &inputs, &users).await?;
         let (decided, ledgers) = decide_batch(conn, &inputs, requests, &histories, locked).await?;
         let decisions = &decided.decisions;
-        let record = (claim, &outlets);
+        let record = (claim, &outlets, draws.as_ref());
         let locked = decided.locked;
         let mut written =
             record::write_batch(conn, &rules, (decisions, &rejected), (record, locked), now)

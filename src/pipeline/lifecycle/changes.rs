@@ -137,38 +137,52 @@ impl Changes {
         Ok(())
     }
 
-    /// Writes every grant's new state (one guarded UPDATE per distinct change), the
-    /// transitions and the outbox rows. A guard that fails means a grant moved under its
-    /// lock, which the transaction cannot explain: it is rolled back.
+    /// Writes every grant's new state (one guarded UPDATE per pair of states, each
+    /// redemption at its own time), the transitions and the outbox rows. A guard that
+    /// fails means a grant moved under its lock, which the transaction cannot explain:
+    /// it is rolled back.
     pub async fn write(&self, conn: &mut Conn) -> Result<(), LifecycleError> {
-        let mut moves: BTreeMap<(GrantState, GrantState, NaiveDateTime), Vec<i64>> =
-            BTreeMap::new();
+        let mut redeemed: BTreeMap<GrantState, Vec<(i64, NaiveDateTime)>> = BTreeMap::new();
+        let mut moves: BTreeMap<(GrantState, GrantState), Vec<i64>> = BTreeMap::new();
         let touched: std::collections::BTreeSet<i64> =
             self.transitions.iter().map(|t| t.grant_id).collect();
         for id in touched {
             let (from, grant) = (self.locked[&id], &self.grants[&id]);
-            if from == grant.state && from == GrantState::Granted {
-                continue;
+            match grant.state {
+                GrantState::Granted if from == GrantState::Granted => continue,
+                GrantState::Redeemed => {
+                    let at = grant.redeemed_at.unwrap_or(self.now.naive_utc());
+                    redeemed.entry(from).or_default().push((id, at));
+                }
+                to => moves.entry((from, to)).or_default().push(id),
             }
-            // Only a redemption writes its time: group the rest under one.
-            let at = match grant.state {
-                GrantState::Redeemed => grant.redeemed_at.unwrap_or(self.now.naive_utc()),
-                _ => self.now.naive_utc(),
-            };
-            moves.entry((from, grant.state, at)).or_default().push(id);
         }
-        for ((from, to, at), ids) in &moves {
-            let moved = conn.set_grant_states(ids, (*from, *to), *at).await?;
-            if moved != ids.len() {
-                return Err(LifecycleError::Moved(format!(
-                    "{} of {} grants in {from} moved to {to} under their locks",
-                    ids.len() - moved,
-                    ids.len()
-                )));
-            }
+        let now = self.now.naive_utc();
+        for (from, grants) in &redeemed {
+            let moved = conn.redeem_grants(grants, *from).await?;
+            check_moved(moved, grants.len(), (*from, GrantState::Redeemed))?;
+        }
+        for ((from, to), ids) in &moves {
+            let moved = conn.set_grant_states(ids, (*from, *to), now).await?;
+            check_moved(moved, ids.len(), (*from, *to))?;
         }
         conn.record_transitions(&self.transitions).await?;
         conn.record_deliveries(&self.deliveries).await?;
         Ok(())
+    }
+}
+
+/// Fails the transaction when fewer than `expected` grants moved from `from` to `to`.
+fn check_moved(
+    moved: usize,
+    expected: usize,
+    (from, to): (GrantState, GrantState),
+) -> Result<(), LifecycleError> {
+    match moved == expected {
+        true => Ok(()),
+        false => Err(LifecycleError::Moved(format!(
+            "{} of {expected} grants in {from} moved to {to} under their locks",
+            expected - moved
+        ))),
     }
 }

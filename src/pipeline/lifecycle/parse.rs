@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::domain::UpdateAction;
-use crate::pipeline::intake::{time, utf8};
+use crate::pipeline::intake::{time, utf8, Invalid};
 use crate::store::updates::{QueuedUpdate, MAX_REASON_LEN, UPDATE_KEY_PREFIX};
 
 /// The longest `update_key` or `code`, in bytes.
@@ -55,23 +55,34 @@ pub struct Rejected {
 
 /// Validates one claimed update.
 pub fn parse(row: QueuedUpdate) -> Result<GrantUpdate, Rejected> {
-    let id = row.id;
-    let mut label = format!("update {id}");
-    let reject = |label: &str, column: &str, why: String| Rejected {
-        id,
-        reason: format!("{label}: {column}: {why}"),
-    };
-    let key = text(row.update_key.as_deref()).map_err(|why| reject(&label, "update_key", why))?;
-    label = format!("{label} (update_key {key:?})");
-    let action = action(row.action.as_deref()).map_err(|why| reject(&label, "action", why))?;
-    let target = target(&row).map_err(|(column, why)| reject(&label, column, why))?;
-    let reason = reason(&row).map_err(|why| reject(&label, "reason", why))?;
+    check(&row).map_err(|e| {
+        let mut label = format!("update {}", row.id);
+        if e.column != "update_key" {
+            // The key was read before any other column: it is valid text here.
+            let key = String::from_utf8_lossy(row.update_key.as_deref().unwrap_or_default());
+            label = format!("{label} (update_key {key:?})");
+        }
+        Rejected {
+            id: row.id,
+            reason: format!("{label}: {}: {}", e.column, e.reason),
+        }
+    })
+}
+
+/// Checks one update's columns in order (`update_key`, `action`, `code` or `grant_id`,
+/// `reason`, `occurred_at`) and says which is at fault first.
+pub fn check(row: &QueuedUpdate) -> Result<GrantUpdate, Invalid> {
+    let invalid = |column, reason| Invalid { column, reason };
+    let key = text(row.update_key.as_deref()).map_err(|why| invalid("update_key", why))?;
+    let action = action(row.action.as_deref()).map_err(|why| invalid("action", why))?;
+    let target = target(row).map_err(|(column, why)| invalid(column, why))?;
+    let reason = reason(row).map_err(|why| invalid("reason", why))?;
     let occurred_at = match row.occurred_at.as_deref() {
         None => None,
-        Some(bytes) => Some(time(bytes).map_err(|why| reject(&label, "occurred_at", why))?),
+        Some(bytes) => Some(time(bytes).map_err(|why| invalid("occurred_at", why))?),
     };
     Ok(GrantUpdate {
-        id,
+        id: row.id,
         key: key.to_owned(),
         target,
         action,

@@ -40,9 +40,11 @@ const SHED_AGAIN: Duration = Duration::from_millis(50);
 /// rest are counted in the next warning.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// `http.max_connections` and `http.header_timeout`.
+/// `http.max_connections` and `http.header_timeout` (or the `api.` ones).
 #[derive(Debug, Clone, Copy)]
 pub struct Bounds {
+    /// The listener's config section, `http` or `api`, for its messages.
+    pub section: &'static str,
     /// Connections open at once.
     pub max_connections: usize,
     /// The longest wait for a whole request head.
@@ -71,13 +73,14 @@ pub async fn accept_loop(listener: TcpListener, app: Router, bounds: Bounds) {
             Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
                 if let Some(more) = errors.due() {
-                    warn!(error = %e, more, "the health and metrics listener cannot accept; pausing");
+                    let section = bounds.section;
+                    warn!(error = %e, more, "the {section}.listen listener cannot accept; pausing");
                 }
                 tokio::time::sleep(ACCEPT_PAUSE).await;
                 continue;
             }
         };
-        let (permit, connection) = places.admit().await;
+        let (permit, connection) = places.admit(bounds.section).await;
         spawn_connection(&http, stream, app.clone(), permit, connection);
     }
 }
@@ -106,10 +109,10 @@ fn spawn_connection(
         tokio::select! {
             served = serving => {
                 if let Err(e) = served {
-                    debug!(error = %e, "health and metrics connection closed");
+                    debug!(error = %e, "listener connection closed");
                 }
             }
-            () = connection.shed.cancelled() => debug!("health and metrics connection shed at the cap"),
+            () = connection.shed.cancelled() => debug!("listener connection shed at the cap"),
         }
         drop(permit);
     });
@@ -135,7 +138,7 @@ impl Places {
     /// connection not in a handler (shed), else the first place given up. While every
     /// connection is in a handler, it looks again every [`SHED_AGAIN`] for one that
     /// has left its handler, rather than wait for that one's keep-alive to end.
-    async fn admit(&mut self) -> (OwnedSemaphorePermit, Arc<Connection>) {
+    async fn admit(&mut self, section: &str) -> (OwnedSemaphorePermit, Arc<Connection>) {
         // A connection's task holds the only strong reference; a dead one has closed.
         self.open.retain(|c| c.strong_count() > 0);
         let permit = loop {
@@ -144,7 +147,7 @@ impl Places {
             }
             if self.shed_oldest_idle() {
                 if let Some(more) = self.shedding.due() {
-                    warn!(more, "the health and metrics listener is at http.max_connections; shedding idle connections");
+                    warn!(more, "the {section}.listen listener is at {section}.max_connections; shedding idle connections");
                 }
             }
             let given_up = self.permits.clone().acquire_owned();

@@ -55,28 +55,33 @@ pub fn is_duplicate(error: &DieselError) -> bool {
 /// Operations on `coupon_codes`.
 impl Conn {
     /// Inside the caller's transaction: the first `count` unissued codes of a pool
-    /// coupon, locked until the commit. With `skip_locked`, rows other transactions
-    /// hold are passed over (fewer come back when they hold the rest); without, the
-    /// draw waits for them. (SQLite, with its one writer, has no row locks.)
+    /// coupon whose id is over `after`, locked until the commit. With `skip_locked`,
+    /// rows other transactions hold are passed over (fewer come back when they hold the
+    /// rest); without, the draw waits for them. (SQLite, with its one writer, has no row
+    /// locks.) The draw walks the coupon's codes in id order from `after`, issued ones
+    /// included (issuing a code does not move its index entry): the caller starts it
+    /// where it last drew.
     pub async fn draw_codes(
         &mut self,
         coupon_id: &str,
-        count: i64,
+        (after, count): (i64, i64),
         skip_locked: bool,
     ) -> QueryResult<Vec<(i64, String)>> {
         let query = table
             .filter(k::coupon_id.eq(coupon_id))
+            .filter(k::id.gt(after))
             .filter(k::grant_id.is_null())
             .order(k::id)
             .limit(count)
             .select((k::id, k::code));
         match self {
-            // MariaDB's planner, left alone, walks the primary key for `ORDER BY id`
-            // (or intersects the grant_id index), locking its way past every issued
+            // MariaDB's planner, left alone, may walk the primary key for `ORDER BY id`
+            // (or intersect the grant_id index), locking its way past every issued
             // code: the draw names its index.
             Conn::Mysql(conn) => {
                 let draw = mysql::Draw {
                     coupon_id,
+                    after,
                     count,
                     skip_locked,
                 };

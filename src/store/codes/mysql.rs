@@ -11,6 +11,7 @@ use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
 /// The draw: `draw_codes`'s query with its index named.
 pub(super) struct Draw<'a> {
     pub(super) coupon_id: &'a str,
+    pub(super) after: i64,
     pub(super) count: i64,
     pub(super) skip_locked: bool,
 }
@@ -18,10 +19,12 @@ pub(super) struct Draw<'a> {
 impl QueryFragment<Mysql> for Draw<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
         out.push_sql(
-            "SELECT id, code FROM coupon_codes FORCE INDEX (ix_coupon_codes_draw) \
+            "SELECT id, code FROM coupon_codes FORCE INDEX (ix_coupon_codes_pool) \
              WHERE coupon_id = ",
         );
         out.push_bind_param::<Text, _>(self.coupon_id)?;
+        out.push_sql(" AND id > ");
+        out.push_bind_param::<BigInt, _>(&self.after)?;
         out.push_sql(" AND grant_id IS NULL ORDER BY id LIMIT ");
         out.push_bind_param::<BigInt, _>(&self.count)?;
         out.push_sql(match self.skip_locked {

@@ -217,6 +217,26 @@ impl Conn {
         self.load(query).await
     }
 
+    /// Dead deliveries counted by channel.
+    pub async fn dead_by_channel(&mut self) -> QueryResult<Vec<(String, i64)>> {
+        let query = deliveries::table
+            .filter(d::status.eq(DEAD))
+            .group_by(d::channel)
+            .select((d::channel, diesel::dsl::count_star()));
+        self.load(query).await
+    }
+
+    /// The dead deliveries that died last, at most `limit`: read through the index
+    /// on `(status, …)`, so that a large outbox of delivered rows is never walked.
+    pub async fn newest_dead(&mut self, limit: i64) -> QueryResult<Vec<DeliveryRecord>> {
+        let query = deliveries::table
+            .filter(d::status.eq(DEAD))
+            .order((d::next_attempt_at.desc(), d::id.desc()))
+            .limit(limit)
+            .select(columns::<DeliveryRecord>());
+        self.load(query).await
+    }
+
     /// The channels that are disabled.
     pub async fn disabled_channels(&mut self) -> QueryResult<Vec<String>> {
         let query = channel_states::table

@@ -15,6 +15,7 @@ use super::schema::trigger_requests::table;
 use super::{Backend, Conn, QueryResult};
 use crate::domain::{Outcome, RequestStatus};
 
+mod posted;
 mod queued;
 
 pub use queued::{parse_time, QueuedRequest, KEY_PREFIX};

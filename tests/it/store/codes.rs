@@ -60,7 +60,7 @@ async fn draw(conn: &mut Conn, coupon: &str, count: i64) -> Vec<(i64, String)> {
     for skip_locked in [true, false] {
         both.push(
             conn.transaction::<_, Error, _>(async |conn| {
-                conn.draw_codes(coupon, count, skip_locked).await
+                conn.draw_codes(coupon, (0, count), skip_locked).await
             })
             .await
             .unwrap(),
@@ -91,7 +91,7 @@ async fn draw_and_issue(
     seconds: i64,
 ) -> Vec<IssuedCode> {
     conn.write_transaction::<_, Error, _>(async |conn| {
-        let drawn = conn.draw_codes(coupon, count, true).await?;
+        let drawn = conn.draw_codes(coupon, (0, count), true).await?;
         let issued: Vec<IssuedCode> = (first_grant..)
             .zip(drawn)
             .map(|(grant_id, (id, code))| IssuedCode {
@@ -218,6 +218,36 @@ async fn draw_codes_skips_the_codes_already_issued(conn: &mut Conn) {
     assert_eq!(draw(conn, "GEN", 5).await, [], "a generated code is issued");
 }
 conformance!(draw_codes_skips_the_codes_already_issued);
+
+/// `POOL`'s codes drawn past `after`, inside a transaction.
+async fn draw_from(conn: &mut Conn, after: i64, count: i64) -> Vec<String> {
+    let rows = conn
+        .transaction::<_, Error, _>(async |conn| {
+            conn.draw_codes("POOL", (after, count), true).await
+        })
+        .await
+        .unwrap();
+    rows.into_iter().map(|(_, code)| code).collect()
+}
+
+/// The grant step starts a draw past the last code it drew: the codes at or below
+/// `after` are passed over, issued or not, and a start past every code draws none.
+async fn draw_codes_starts_past_the_given_id(conn: &mut Conn) {
+    catalog(conn).await;
+    import(conn, "POOL", &["P-1", "P-2", "P-3", "P-4"], 1).await;
+    let ids: Vec<i64> = draw(conn, "POOL", 4).await.iter().map(|r| r.0).collect();
+    assert_eq!(draw_from(conn, ids[1], 5).await, ["P-3", "P-4"]);
+    assert_eq!(draw_from(conn, ids[0], 1).await, ["P-2"]);
+    assert_eq!(draw_from(conn, ids[3], 5).await, Vec::<String>::new());
+    draw_and_issue(conn, "POOL", 3, 101, 5).await;
+    assert_eq!(
+        draw_from(conn, 0, 5).await,
+        ["P-4"],
+        "from the start: the one left"
+    );
+    assert_eq!(draw_from(conn, ids[3], 5).await, Vec::<String>::new());
+}
+conformance!(draw_codes_starts_past_the_given_id);
 
 async fn issue_pool_codes_marks_the_drawn_rows_issued_to_their_grants(conn: &mut Conn) {
     catalog(conn).await;

@@ -136,6 +136,34 @@ async fn set_grant_states_moves_only_the_grants_still_in_the_state_named(conn: &
 }
 conformance!(set_grant_states_moves_only_the_grants_still_in_the_state_named);
 
+async fn redeem_grants_gives_each_grant_its_own_time_in_one_statement(conn: &mut Conn) {
+    use GrantState::*;
+    let ids = three_grants(conn).await;
+    conn.set_grant_states(&[ids[2]], (Granted, Revoked), at(5))
+        .await
+        .unwrap();
+    // Three times, one grant no longer granted (guarded, not counted), one repeated.
+    let redeemed = [(ids[0], at(21)), (ids[1], at(22)), (ids[2], at(23))];
+    assert_eq!(conn.redeem_grants(&redeemed, Granted).await.unwrap(), 2);
+    let s = |state: &str, at| (state.to_owned(), at);
+    assert_eq!(
+        states(conn).await,
+        [
+            s("redeemed", Some(at(21))),
+            s("redeemed", Some(at(22))),
+            s("revoked", None)
+        ]
+    );
+    // Two chunks (129 pairs): the first WHEN of a grant wins within its chunk.
+    let mut many: Vec<(i64, NaiveDateTime)> = (0..128).map(|i| (ids[0], at(30 + i))).collect();
+    many.push((ids[1], at(199)));
+    assert_eq!(conn.redeem_grants(&many, Redeemed).await.unwrap(), 2);
+    assert_eq!(states(conn).await[0], s("redeemed", Some(at(30))));
+    assert_eq!(states(conn).await[1], s("redeemed", Some(at(199))));
+    assert_eq!(conn.redeem_grants(&[], Granted).await.unwrap(), 0);
+}
+conformance!(redeem_grants_gives_each_grant_its_own_time_in_one_statement);
+
 #[derive(Debug, PartialEq, Eq, diesel::QueryableByName)]
 struct TransitionRow {
     #[diesel(sql_type = BigInt)]

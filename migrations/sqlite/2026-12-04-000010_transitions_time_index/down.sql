@@ -1,0 +1,1 @@
+CREATE INDEX ix_grant_transitions_at ON grant_transitions (at);
