@@ -120,6 +120,40 @@ impl Conn {
             true => self.load_either(query.clone().for_update(), query).await?,
             false => self.load(query).await?,
         };
+        self.with_channels(rows, known).await
+    }
+
+    /// The grants holding `codes`, locked (`FOR UPDATE`) inside the caller's
+    /// transaction, and the grant id of each code found: resolving a batch's codes and
+    /// locking their grants is one statement. The locks are taken in the order of the
+    /// unique key on `code`, the same for every batch, as [`Conn::grants_by_id_with`]
+    /// takes them in id order.
+    pub async fn grants_by_code_locked(
+        &mut self,
+        codes: &[String],
+        known: &HashMap<String, String>,
+    ) -> QueryResult<(Vec<(String, i64)>, Vec<GrantRecord>)> {
+        if codes.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let query = grants::table
+            .filter(in_list(g::code, codes.iter().map(|c| Some(c.as_str()))))
+            .select(columns::<GrantRow>());
+        let rows: Vec<GrantRow> = self.load_either(query.clone().for_update(), query).await?;
+        let held = rows
+            .iter()
+            .filter_map(|r| Some((r.code.clone()?, r.id)))
+            .collect();
+        Ok((held, self.with_channels(rows, known).await?))
+    }
+
+    /// `rows` as records, each with its coupon's channel: from `known` (the catalog
+    /// in force), else read (a round trip a batch saves when it knows them all).
+    async fn with_channels(
+        &mut self,
+        rows: Vec<GrantRow>,
+        known: &HashMap<String, String>,
+    ) -> QueryResult<Vec<GrantRecord>> {
         let unknown: Vec<String> = rows
             .iter()
             .filter(|r| !known.contains_key(&r.coupon_id))

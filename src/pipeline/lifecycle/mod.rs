@@ -1,9 +1,9 @@
 //! Lifecycle: a grant's life after delivery, as partners report it. The unit of work,
 //! [`process_updates`], takes a batch of queued `grant_updates` (redeem, unredeem,
 //! revoke) and applies it in one transaction: claimed with `FOR UPDATE SKIP LOCKED`,
-//! each row checked ([`parse`]), codes resolved to grants, the grants locked in id
-//! order, each update applied in id order to the grant as the batch has left it
-//! ([`changes`]), transitions, `coupon.redeemed` / `coupon.revoked` outbox rows and
+//! each row checked ([`parse`]), the grants of its codes resolved and locked in one
+//! statement, those named by id locked in id order, each update applied in id order
+//! to the grant as the batch has left it ([`changes`]), transitions, `coupon.redeemed` / `coupon.revoked` outbox rows and
 //! the updates' statuses written, and what revocations took given back last
 //! ([`giveback`]). A crash or a rollback leaves the updates queued; a committed update
 //! is never applied again, and a second insert of its `update_key` is refused by the

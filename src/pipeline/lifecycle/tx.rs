@@ -1,7 +1,8 @@
 //! The transaction of one batch of partner updates: claim (`FOR UPDATE SKIP LOCKED`),
-//! parse, resolve codes to grants, lock the grants in id order, apply each update in
-//! id order, write the grants' states, their transitions and outbox rows and the
-//! updates' statuses; last, what revocations give back. All of it commits or none.
+//! parse, resolve codes to grants and lock them in one statement, lock the grants named
+//! by id in id order, apply each update in id order, write the grants' states, their
+//! transitions and outbox rows and the updates' statuses; last, what revocations give
+//! back. All of it commits or none.
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,7 +11,7 @@ use super::giveback::GiveBack;
 use super::parse::{parse_batch, GrantUpdate, Target};
 use super::{LifecycleError, UpdatesSummary};
 use crate::config::Config;
-use crate::domain::lifecycle::Cause;
+use crate::domain::lifecycle::{Cause, GrantRecord};
 use crate::domain::UpdateStatus;
 use crate::pipeline::grant::Outlets;
 use crate::store::deliveries::NewDelivery;
@@ -59,17 +60,7 @@ pub(super) async fn update_batch(
             .into_iter()
             .map(|r| refused(r.id, r.reason))
             .collect();
-        let targets = resolve(conn, &valid).await?;
-        let mut locked: Vec<i64> = targets
-            .iter()
-            .filter_map(|t| t.as_ref().ok())
-            .copied()
-            .collect();
-        locked.sort_unstable();
-        locked.dedup();
-        let grants = conn
-            .grants_by_id_with(&locked, true, &channels_of(config))
-            .await?;
+        let (targets, grants) = lock_targets(conn, &valid, &channels_of(config)).await?;
         let mut changes = Changes::new(grants, now.and_utc());
         for (update, target) in valid.iter().zip(targets) {
             finished.push(
@@ -143,11 +134,15 @@ fn apply(changes: &mut Changes, update: &GrantUpdate, grant_id: i64) -> Result<(
     })
 }
 
-/// Each update's grant id: its own, or the grant that holds its code (or why none).
-async fn resolve(
+/// Each update's grant id (its own, or the grant that holds its code, or why none),
+/// and the grants they name, locked: the grants of the codes in one statement that
+/// resolves and locks them (in the order of the unique key on `code`), then those named
+/// by id and not locked yet, in id order.
+async fn lock_targets(
     conn: &mut Conn,
     updates: &[GrantUpdate],
-) -> Result<Vec<Result<i64, String>>, LifecycleError> {
+    channels: &HashMap<String, String>,
+) -> Result<(Vec<Result<i64, String>>, Vec<GrantRecord>), LifecycleError> {
     let codes: Vec<String> = updates
         .iter()
         .filter_map(|u| match &u.target {
@@ -155,8 +150,9 @@ async fn resolve(
             Target::Grant(_) => None,
         })
         .collect();
-    let held: HashMap<String, i64> = conn.grant_ids_by_code(&codes).await?.into_iter().collect();
-    Ok(updates
+    let (held, mut grants) = conn.grants_by_code_locked(&codes, channels).await?;
+    let held: HashMap<String, i64> = held.into_iter().collect();
+    let targets: Vec<Result<i64, String>> = updates
         .iter()
         .map(|u| match &u.target {
             Target::Grant(id) => Ok(*id),
@@ -165,5 +161,17 @@ async fn resolve(
                 .copied()
                 .ok_or_else(|| format!("code: no grant holds {code:?}")),
         })
-        .collect())
+        .collect();
+    let by_code: HashSet<i64> = held.values().copied().collect();
+    let mut by_id: Vec<i64> = updates
+        .iter()
+        .filter_map(|u| match u.target {
+            Target::Grant(id) if !by_code.contains(&id) => Some(id),
+            _ => None,
+        })
+        .collect();
+    by_id.sort_unstable();
+    by_id.dedup();
+    grants.extend(conn.grants_by_id_with(&by_id, true, channels).await?);
+    Ok((targets, grants))
 }

@@ -95,6 +95,24 @@ async fn grant_ids_by_code_finds_the_grant_holding_each_code(conn: &mut Conn) {
 }
 conformance!(grant_ids_by_code_finds_the_grant_holding_each_code);
 
+async fn grants_by_code_locked_resolves_and_reads_the_grants_of_the_codes(conn: &mut Conn) {
+    let ids = three_grants(conn).await;
+    let codes = ["C3", "nope", "C1"].map(String::from);
+    let none = std::collections::HashMap::new();
+    let (mut held, mut locked) = conn
+        .transaction::<_, Error, _>(async |conn| conn.grants_by_code_locked(&codes, &none).await)
+        .await
+        .unwrap();
+    held.sort();
+    assert_eq!(held, [("C1".to_owned(), ids[0]), ("C3".to_owned(), ids[2])]);
+    locked.sort_by_key(|g| g.id);
+    let by_id = conn.grants_by_id(&[ids[0], ids[2]], false).await.unwrap();
+    assert_eq!(locked, by_id, "the same records, channels included");
+    let (held, locked) = conn.grants_by_code_locked(&[], &none).await.unwrap();
+    assert!(held.is_empty() && locked.is_empty());
+}
+conformance!(grants_by_code_locked_resolves_and_reads_the_grants_of_the_codes);
+
 async fn set_grant_states_moves_only_the_grants_still_in_the_state_named(conn: &mut Conn) {
     use GrantState::*;
     let ids = three_grants(conn).await;
