@@ -13,6 +13,7 @@ use crate::metrics::Heartbeat;
 use crate::pipeline::dispatch::worker::{dispatch_due, live_channels, DispatchOutcome};
 use crate::pipeline::grant::{process_batch, process_claimed_batch, BatchOutcome};
 use crate::pipeline::lifecycle::{process_updates, UpdatesOutcome};
+use crate::store::health::PROBE_INTERVAL;
 use crate::store::StoreError;
 
 /// How the loops end.
@@ -50,6 +51,9 @@ async fn grant_loop(ctx: Daemon, mode: Mode, shutdown: CancellationToken, worker
     let mut idle_looks = IdleLooks::new(ctx.config.worker.poll_interval);
     while !shutdown.is_cancelled() {
         heartbeat.beat();
+        if standing_by(&ctx, &heartbeat, &shutdown).await {
+            continue;
+        }
         // After a failure the next batch is claimed first, so that a request that fails
         // every batch it is in is counted by lease recovery instead of going back to
         // the head of the queue each time.
@@ -104,6 +108,9 @@ async fn update_loop(ctx: Daemon, mode: Mode, shutdown: CancellationToken) {
     let mut idle_looks = IdleLooks::new(ctx.config.worker.poll_interval);
     while !shutdown.is_cancelled() {
         heartbeat.beat();
+        if standing_by(&ctx, &heartbeat, &shutdown).await {
+            continue;
+        }
         let unit = ctx.lifecycle();
         let batch = tokio::spawn(async move { process_updates(&unit).await });
         match wait_on_database(&ctx, Some(&heartbeat), "update loop", batch).await {
@@ -134,6 +141,12 @@ async fn dispatch_loop(ctx: Daemon, mode: Mode, grants_done: CancellationToken) 
         // Once the grant workers stopped: serving, send what is due now and stop;
         // draining, go on until nothing is pending.
         let finishing = grants_done.is_cancelled();
+        if finishing && mode == Mode::Serve && ctx.health.writes().standby().is_some() {
+            break;
+        }
+        if standing_by(&ctx, &ctx.liveness.dispatcher, &CancellationToken::new()).await {
+            continue;
+        }
         let unit = ctx.dispatch();
         let round = tokio::spawn(async move { dispatch_due(&unit).await });
         match wait_on_database(&ctx, Some(&ctx.liveness.dispatcher), "dispatcher", round).await {
@@ -228,6 +241,23 @@ impl IdleLooks {
         self.empty_looks = self.empty_looks.saturating_add(1);
         self.interval / (1 << shift)
     }
+}
+
+/// While this daemon stands by (its Galera node is not the cluster's writer node,
+/// [`crate::store::cluster::Writes`]), waits a probe interval or until it may write,
+/// beating `heartbeat`, and says true: the loop claims nothing meanwhile.
+async fn standing_by(ctx: &Daemon, heartbeat: &Heartbeat, shutdown: &CancellationToken) -> bool {
+    let writes = ctx.health.writes();
+    let opened = writes.opened();
+    if writes.standby().is_none() {
+        return false;
+    }
+    heartbeat.beat();
+    tokio::select! {
+        _ = opened => {}
+        _ = idle(shutdown, PROBE_INTERVAL) => {}
+    }
+    true
 }
 
 async fn idle(shutdown: &CancellationToken, wait: Duration) {

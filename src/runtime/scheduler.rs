@@ -93,6 +93,11 @@ where
         .add(Job::new_async(cron, move |_, _| {
             let (daemon, job, schedule) = (daemon.clone(), job.clone(), schedule.clone());
             Box::pin(async move {
+                // A daemon standing by (its Galera node is not the writer node) runs
+                // no job: the daemons on the writer node do.
+                if daemon.health.writes().standby().is_some() {
+                    return;
+                }
                 // In a task of its own, waited for to the end (see `wait_on_database`).
                 let deps = daemon.schedule();
                 let run = tokio::spawn(async move {

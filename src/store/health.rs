@@ -15,6 +15,9 @@
 //! afresh, bounded by `database.connect_timeout`. A paused database is therefore seen
 //! down within one probe interval plus the statement timeout, and up again at the
 //! first probe after it answers.
+//!
+//! On a Galera node the probe also takes or renews the cluster's writer-node lease
+//! ([`super::cluster::hold`]): [`Health::writes`] says whether this daemon may write.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -75,12 +78,15 @@ pub enum Status {
 #[derive(Debug)]
 pub struct Health {
     status: Mutex<Status>,
+    /// Whether this daemon may write through its Galera node.
+    writes: super::cluster::Writes,
 }
 
 impl Default for Health {
     fn default() -> Self {
         Self {
             status: Mutex::new(Status::Up),
+            writes: super::cluster::Writes::default(),
         }
     }
 }
@@ -89,6 +95,12 @@ impl Health {
     /// What the last probe found.
     pub fn status(&self) -> Status {
         *self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this daemon may write through its node: on a Galera cluster only the
+    /// daemons on the writer node do ([`super::cluster::hold`]).
+    pub fn writes(&self) -> &super::cluster::Writes {
+        &self.writes
     }
 
     /// True unless the last probe failed.
@@ -180,13 +192,24 @@ impl ProbeConn {
             ProbeConn::Sqlite(conn) => read_sqlite_clock(conn).await,
         }
     }
+
+    /// On a Galera node, takes or renews the writer node's lease; a failure is left to
+    /// the next probe (the lease's holder stops writing by itself when it is not
+    /// renewed).
+    async fn hold_writer_node(&mut self, health: &Health) {
+        if let ProbeConn::Mysql(conn) = self {
+            if let Err(e) = super::cluster::hold(conn, health.writes()).await {
+                warn!(error = %e, "cannot take or renew the writer node's lease");
+            }
+        }
+    }
 }
 
 /// One probe: connects if `conn` is `None`, reads the database's clock, and gives the
 /// connection back for the next probe.
 async fn probe(
     conn: Option<ProbeConn>,
-    url: Arc<str>,
+    (url, health): (Arc<str>, Arc<Health>),
     settings: Settings,
 ) -> Result<ProbeConn, DownCause> {
     let mut conn = match conn {
@@ -203,6 +226,7 @@ async fn probe(
     conn.read_clock()
         .await
         .map_err(|_| DownCause::StatementFailed)?;
+    conn.hold_writer_node(&health).await;
     Ok(conn)
 }
 
@@ -222,7 +246,7 @@ pub async fn watch(
             Some(_) => settings.statement_timeout,
             None => settings.statement_timeout + settings.connect_timeout,
         };
-        let task = tokio::spawn(probe(conn.take(), url.clone(), settings));
+        let task = tokio::spawn(probe(conn.take(), (url.clone(), health.clone()), settings));
         let found = tokio::select! {
             _ = shutdown.cancelled() => return,
             found = wait_for_probe(task, limit, &health, &report) => found,

@@ -33,8 +33,10 @@ use tracing::warn;
 use super::connect::UrlError;
 use super::{MysqlConn, Settings};
 
+mod lease;
 mod node;
 
+pub use lease::{hold, Writes, LEASE};
 use node::{connect_ready, is_ready, look, record};
 pub use node::{node_state, NodeState};
 

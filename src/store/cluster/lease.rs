@@ -1,0 +1,235 @@
+//! One writer *node* for the whole cluster, whatever each daemon was given.
+//!
+//! A host list makes the daemons given that list converge on one writer (the parent
+//! module). Daemons given different URLs, one node each, would still write through
+//! several nodes at once, and Galera does not make that safe for couponsd: its
+//! certification sees two transactions writing one row, not a row one of them only
+//! read under a lock, and such runs broke invariants (`docs/operations.md`). So it is
+//! refused: on a Galera node the health probe also holds the cluster's writer node,
+//! the `job_leases` row `database.writer_node` whose holder is the node's
+//! `wsrep_gcomm_uuid` and whose `held_until` is [`LEASE`] ahead, renewed at every
+//! probe by each daemon writing through that node. A daemon takes it when it is free:
+//! nobody holds it, its time has passed, or its node has left the cluster (it is not
+//! in `mysql.wsrep_cluster_members`, as after a failover). Two daemons on two nodes
+//! taking it at once write the same row, so the cluster lets one COMMIT through.
+//!
+//! A daemon whose node does not hold it stands by ([`Writes::standby`]): its loops and
+//! jobs claim nothing and it says why in the log, until the lease is free. A daemon
+//! that holds it stops writing when it has not renewed it for half its time, before
+//! any other may take it over.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::QueryableByName;
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use tracing::{info, warn};
+
+use super::super::MysqlConn;
+use super::NodeState;
+
+/// The `job_leases` row that records the writer node.
+const WRITER_NODE_JOB: &str = "database.writer_node";
+
+/// How long the writer node's lease lasts unless renewed. Its holder stops writing
+/// after half of it without a renewal.
+pub const LEASE: Duration = Duration::from_secs(10);
+
+/// Whether this daemon may write, as the probe last found.
+#[derive(Debug, Default)]
+pub struct Writes {
+    state: Mutex<Gate>,
+    /// Woken when this daemon may write again.
+    opened: tokio::sync::Notify,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum Gate {
+    /// Not a Galera node, or no probe runs: nothing to hold.
+    #[default]
+    Open,
+    /// A probe is to look first.
+    Pending,
+    /// This daemon's node holds the lease, renewed then.
+    Holding(Instant),
+    /// Another node holds it.
+    Standby(String),
+}
+
+impl Writes {
+    /// Until the first probe has looked, this daemon stands by.
+    pub fn await_first_look(&self) {
+        *self.lock() = Gate::Pending;
+    }
+
+    /// Why this daemon must not write now, or `None` when it may.
+    pub fn standby(&self) -> Option<String> {
+        match &*self.lock() {
+            Gate::Open => None,
+            Gate::Pending => Some("the writer node has not been looked up yet".into()),
+            Gate::Holding(renewed) if renewed.elapsed() < LEASE / 2 => None,
+            Gate::Holding(renewed) => Some(format!(
+                "the writer node's lease was last renewed {:.1} s ago",
+                renewed.elapsed().as_secs_f64()
+            )),
+            Gate::Standby(why) => Some(why.clone()),
+        }
+    }
+
+    /// Resolves when the gate next opens (from the moment it is called, polled or
+    /// not), so that a loop standing by starts at once.
+    pub fn opened(&self) -> tokio::sync::futures::Notified<'_> {
+        self.opened.notified()
+    }
+
+    fn set(&self, next: Gate) {
+        let mut gate = self.lock();
+        let was_closed = !matches!(&*gate, Gate::Open | Gate::Holding(_));
+        let opens = matches!(next, Gate::Open | Gate::Holding(_));
+        match (&*gate, &next) {
+            (Gate::Holding(_), Gate::Holding(_)) | (Gate::Open, Gate::Open) => {}
+            (_, Gate::Holding(_)) => info!("this daemon's node is the cluster's writer node"),
+            (Gate::Standby(was), Gate::Standby(why)) if was == why => {}
+            (_, Gate::Standby(why)) => warn!(
+                "standing by, writing nothing: {why}; couponsd writes through one Galera \
+                 node at a time (docs/operations.md)"
+            ),
+            _ => {}
+        }
+        *gate = next;
+        if was_closed && opens {
+            self.opened.notify_waiters();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Gate> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(QueryableByName)]
+struct Node {
+    #[diesel(sql_type = Text)]
+    uuid: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    name: Option<String>,
+}
+
+#[derive(QueryableByName)]
+struct Holder {
+    #[diesel(sql_type = Nullable<Text>)]
+    holder: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    name: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    left_ms: Option<i64>,
+}
+
+/// Takes or renews the writer node's lease for the node `conn` is connected to, and
+/// keeps `writes` as it found: open on a server that is not a Galera node. The
+/// session may be read-only (the probe's): the lease is written in a transaction
+/// started read-write. An error leaves `writes` as it was; a holder stops writing by
+/// itself once its lease is not renewed.
+pub async fn hold(conn: &mut MysqlConn, writes: &Writes) -> diesel::QueryResult<()> {
+    if super::node_state(conn).await? == NodeState::Standalone {
+        writes.set(Gate::Open);
+        return Ok(());
+    }
+    let me: Node = diesel::sql_query(
+        "SELECT VARIABLE_VALUE AS uuid, @@wsrep_node_name AS name \
+         FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'WSREP_GCOMM_UUID'",
+    )
+    .get_result(conn)
+    .await?;
+    let asked = Instant::now();
+    conn.batch_execute("START TRANSACTION READ WRITE").await?;
+    let taken = take(conn, &me.uuid).await;
+    let committed = match taken {
+        Ok(taken) => conn.batch_execute("COMMIT").await.map(|()| taken),
+        Err(e) => Err(e),
+    };
+    let taken = match committed {
+        Ok(taken) => taken,
+        Err(e) => {
+            let _ = conn.batch_execute("ROLLBACK").await;
+            // Another node took it in the same moment: the cluster let its COMMIT
+            // through and refused this one.
+            if super::super::is_retryable(&e) {
+                false
+            } else {
+                return Err(e);
+            }
+        }
+    };
+    if taken {
+        writes.set(Gate::Holding(asked));
+        return Ok(());
+    }
+    let held: Holder = diesel::sql_query(
+        "SELECT l.holder, m.node_name AS name, \
+         TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), l.held_until) DIV 1000 AS left_ms \
+         FROM job_leases l LEFT JOIN mysql.wsrep_cluster_members m ON m.node_uuid = l.holder \
+         WHERE l.job = ?",
+    )
+    .bind::<Text, _>(WRITER_NODE_JOB)
+    .get_result(conn)
+    .await?;
+    let mine = me.name.as_deref().unwrap_or(&me.uuid);
+    let theirs = held.holder.as_deref().unwrap_or("nobody");
+    let left = held.left_ms.unwrap_or(0).max(0) as f64 / 1000.0;
+    writes.set(Gate::Standby(format!(
+        "the cluster's writer node is {} ({theirs}), held for {left:.1} s more; this \
+         daemon's node is {mine} ({})",
+        held.name.as_deref().unwrap_or("?"),
+        me.uuid
+    )));
+    Ok(())
+}
+
+/// The compare-and-set, inside the caller's transaction: true when `me` holds the
+/// lease now.
+async fn take(conn: &mut MysqlConn, me: &str) -> diesel::QueryResult<bool> {
+    diesel::sql_query("INSERT IGNORE INTO job_leases (job) VALUES (?)")
+        .bind::<Text, _>(WRITER_NODE_JOB)
+        .execute(conn)
+        .await?;
+    let taken = diesel::sql_query(format!(
+        "UPDATE job_leases SET holder = ?, \
+         held_until = UTC_TIMESTAMP(6) + INTERVAL {} SECOND \
+         WHERE job = ? AND (holder IS NULL OR holder = ? OR held_until < UTC_TIMESTAMP(6) \
+         OR holder NOT IN (SELECT node_uuid FROM mysql.wsrep_cluster_members))",
+        LEASE.as_secs()
+    ))
+    .bind::<Text, _>(me)
+    .bind::<Text, _>(WRITER_NODE_JOB)
+    .bind::<Text, _>(me)
+    .execute(conn)
+    .await?;
+    Ok(taken == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_daemon_writes_while_its_node_holds_a_lease_renewed_within_half_its_time() {
+        let writes = Writes::default();
+        assert_eq!(writes.standby(), None, "no probe runs: nothing to hold");
+        writes.await_first_look();
+        assert!(writes.standby().unwrap().contains("not been looked up"));
+        writes.set(Gate::Holding(Instant::now()));
+        assert_eq!(writes.standby(), None);
+        let stale = Instant::now().checked_sub(LEASE / 2 + Duration::from_millis(100));
+        writes.set(Gate::Holding(stale.unwrap()));
+        assert!(writes.standby().unwrap().contains("last renewed"));
+        writes.set(Gate::Standby("the cluster's writer node is n2".into()));
+        assert_eq!(
+            writes.standby().as_deref(),
+            Some("the cluster's writer node is n2")
+        );
+        writes.set(Gate::Open);
+        assert_eq!(writes.standby(), None, "a plain server");
+    }
+}
