@@ -1,8 +1,9 @@
 //! couponsd on a real Galera cluster: three MariaDB nodes from Debian's packages
 //! (`mariadb-server`, `galera-4`) on loopback ports, each in a folder of its own and
-//! running as user `mysql`, and three daemons given all three hosts in
-//! `database.url`. The writer node is killed with `kill -9` in the middle of a burst
-//! and started again; every invariant of one server must hold across it.
+//! running as user `mysql`. Three daemons given all three hosts in `database.url`
+//! ride out `kill -9` of the writer node in the middle of a burst; three daemons each
+//! pointed at another node write through one of them. Every invariant of one server
+//! must hold across both.
 //!
 //! A test binary of its own, so that its six servers do not share the machine with the
 //! other suites' timings. Outside CI it skips, with the reason printed, where it cannot
@@ -445,6 +446,11 @@ async fn three_nodes_one_writer(cluster: &Cluster) -> (f64, Duration) {
     let writer = writers[0];
     for (i, d) in daemons.iter().enumerate().filter(|(i, _)| *i != writer) {
         assert!(standing(d), "daemon {i} stands by: {}", tail(&d.log_text()));
+        let ready = reqwest::get(format!("http://{}/readyz", d.http_address().await))
+            .await
+            .unwrap();
+        let said = ready.text().await.unwrap();
+        assert!(said.contains("standing by"), "daemon {i}'s /readyz: {said}");
     }
 
     daemons[writer].kill9();

@@ -1,7 +1,8 @@
 //! The health and metrics listener (`http.listen`; off when unset), which also serves
 //! the ops console at `/` ([`crate::console`]): `/healthz` (the
 //! process answers), `/readyz` (the database answered its last probe, rules are
-//! loaded, grant batches are not failing in a row, not stopping) and `/metrics`
+//! loaded, grant batches are not failing in a row, not stopping; a daemon standing by
+//! on a Galera node that is not the writer says so) and `/metrics`
 //! (Prometheus text, see [`crate::metrics`]). Neither `/readyz` nor `/metrics` touches
 //! the database: they read what the probe ([`crate::store::health`], once a second)
 //! and the gauges' refresh last found.
@@ -92,7 +93,12 @@ async fn readyz(State(http): State<Http>) -> (StatusCode, String) {
     match http.ctx.health.status() {
         Status::Up => {
             let version = http.ctx.rules.current().version().to_string();
-            (StatusCode::OK, format!("ready: rules {version}\n"))
+            // A standby is ready to take over: it answers 200 and says what it does.
+            let role = match http.ctx.health.writes().standby() {
+                Some(_) => ", standing by: another Galera node is the writer (see the log)",
+                None => "",
+            };
+            (StatusCode::OK, format!("ready: rules {version}{role}\n"))
         }
         Status::Down { since, cause } => (
             StatusCode::SERVICE_UNAVAILABLE,
