@@ -446,6 +446,8 @@ async fn three_nodes_one_writer(cluster: &Cluster) -> (f64, Duration) {
     let writer = writers[0];
     for (i, d) in daemons.iter().enumerate().filter(|(i, _)| *i != writer) {
         assert!(standing(d), "daemon {i} stands by: {}", tail(&d.log_text()));
+        let said = d.log_text().matches("standing by, writing nothing").count();
+        assert!(said <= 2, "said once per writer node, not at every probe: {said}");
         let ready = reqwest::get(format!("http://{}/readyz", d.http_address().await))
             .await
             .unwrap();

@@ -53,8 +53,8 @@ enum Gate {
     Pending,
     /// This daemon's node holds the lease, renewed then.
     Holding(Instant),
-    /// Another node holds it.
-    Standby(String),
+    /// Another node holds it: which, and why this daemon stands by, in words.
+    Standby { holder: String, why: String },
 }
 
 impl Writes {
@@ -73,7 +73,7 @@ impl Writes {
                 "the writer node's lease was last renewed {:.1} s ago",
                 renewed.elapsed().as_secs_f64()
             )),
-            Gate::Standby(why) => Some(why.clone()),
+            Gate::Standby { why, .. } => Some(why.clone()),
         }
     }
 
@@ -90,8 +90,9 @@ impl Writes {
         match (&*gate, &next) {
             (Gate::Holding(_), Gate::Holding(_)) | (Gate::Open, Gate::Open) => {}
             (_, Gate::Holding(_)) => info!("this daemon's node is the cluster's writer node"),
-            (Gate::Standby(was), Gate::Standby(why)) if was == why => {}
-            (_, Gate::Standby(why)) => warn!(
+            // Said once per holder: the time left changes at every probe.
+            (Gate::Standby { holder: was, .. }, Gate::Standby { holder, .. }) if was == holder => {}
+            (_, Gate::Standby { why, .. }) => warn!(
                 "standing by, writing nothing: {why}; couponsd writes through one Galera \
                  node at a time (docs/operations.md)"
             ),
@@ -132,9 +133,15 @@ struct Holder {
 /// started read-write. An error leaves `writes` as it was; a holder stops writing by
 /// itself once its lease is not renewed.
 pub async fn hold(conn: &mut MysqlConn, writes: &Writes) -> diesel::QueryResult<()> {
-    if super::node_state(conn).await? == NodeState::Standalone {
-        writes.set(Gate::Open);
-        return Ok(());
+    match super::node_state(conn).await? {
+        NodeState::Standalone => {
+            writes.set(Gate::Open);
+            return Ok(());
+        }
+        // Cut off or joining: it can take no lease; a lease this daemon holds runs out
+        // by itself.
+        NodeState::NotReady(_) => return Ok(()),
+        NodeState::Synced => {}
     }
     let me: Node = diesel::sql_query(
         "SELECT VARIABLE_VALUE AS uuid, @@wsrep_node_name AS name \
@@ -178,12 +185,16 @@ pub async fn hold(conn: &mut MysqlConn, writes: &Writes) -> diesel::QueryResult<
     let mine = me.name.as_deref().unwrap_or(&me.uuid);
     let theirs = held.holder.as_deref().unwrap_or("nobody");
     let left = held.left_ms.unwrap_or(0).max(0) as f64 / 1000.0;
-    writes.set(Gate::Standby(format!(
+    let why = format!(
         "the cluster's writer node is {} ({theirs}), held for {left:.1} s more; this \
          daemon's node is {mine} ({})",
         held.name.as_deref().unwrap_or("?"),
         me.uuid
-    )));
+    );
+    writes.set(Gate::Standby {
+        holder: theirs.to_owned(),
+        why,
+    });
     Ok(())
 }
 
@@ -224,7 +235,10 @@ mod tests {
         let stale = Instant::now().checked_sub(LEASE / 2 + Duration::from_millis(100));
         writes.set(Gate::Holding(stale.unwrap()));
         assert!(writes.standby().unwrap().contains("last renewed"));
-        writes.set(Gate::Standby("the cluster's writer node is n2".into()));
+        writes.set(Gate::Standby {
+            holder: "u2".into(),
+            why: "the cluster's writer node is n2".into(),
+        });
         assert_eq!(
             writes.standby().as_deref(),
             Some("the cluster's writer node is n2")
