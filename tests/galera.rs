@@ -412,7 +412,18 @@ async fn three_nodes_one_writer(cluster: &Cluster) -> (f64, Duration) {
     let dirs: Vec<TempDir> = (0..3)
         .map(|i| TempDir::new(&format!("galera-w{i}")))
         .collect();
-    let single = |i: usize| format!("mysql://root@{}/multi", cluster.host(i));
+    // A user with rights on its database only, as in production: it cannot read
+    // mysql.wsrep_cluster_members, and the lease is still held and taken over.
+    let root = format!("mysql://root@{}/mysql", cluster.host(0));
+    let mut admin = AsyncMysqlConnection::establish(&root).await.unwrap();
+    admin
+        .batch_execute(
+            "CREATE USER 'couponsd'@'127.0.0.1' IDENTIFIED BY 'pw'; \
+             GRANT ALL PRIVILEGES ON multi.* TO 'couponsd'@'127.0.0.1'",
+        )
+        .await
+        .unwrap();
+    let single = |i: usize| format!("mysql://couponsd:pw@{}/multi", cluster.host(i));
     let stock = Stock {
         hot: 150,
         codes: 200,
@@ -447,7 +458,10 @@ async fn three_nodes_one_writer(cluster: &Cluster) -> (f64, Duration) {
     for (i, d) in daemons.iter().enumerate().filter(|(i, _)| *i != writer) {
         assert!(standing(d), "daemon {i} stands by: {}", tail(&d.log_text()));
         let said = d.log_text().matches("standing by, writing nothing").count();
-        assert!(said <= 2, "said once per writer node, not at every probe: {said}");
+        assert!(
+            said <= 2,
+            "said once per writer node, not at every probe: {said}"
+        );
         let ready = reqwest::get(format!("http://{}/readyz", d.http_address().await))
             .await
             .unwrap();
@@ -478,6 +492,13 @@ async fn three_nodes_one_writer(cluster: &Cluster) -> (f64, Duration) {
         .collect();
     wait_until_all_done(&ctx, total, Duration::from_secs(120), &refs).await;
     assert_every_invariant(&ctx, (total, stock), &receiver).await;
+    assert!(
+        daemons[writer]
+            .log_text()
+            .contains("cannot read mysql.wsrep_cluster_members"),
+        "the user's missing right is said: {}",
+        tail(&daemons[writer].log_text())
+    );
     let took: Vec<usize> = (0..3)
         .filter(|&i| i != writer && writing(&daemons[i]))
         .collect();

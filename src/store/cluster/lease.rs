@@ -18,6 +18,7 @@
 //! that holds it stops writing when it has not renewed it for half its time, before
 //! any other may take it over.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,8 @@ pub const LEASE: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub struct Writes {
     state: Mutex<Gate>,
+    /// Set once `mysql.wsrep_cluster_members` could not be read (said once).
+    members_unreadable: AtomicBool,
     /// Woken when this daemon may write again.
     opened: tokio::sync::Notify,
 }
@@ -121,8 +124,6 @@ struct Node {
 struct Holder {
     #[diesel(sql_type = Nullable<Text>)]
     holder: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    name: Option<String>,
     #[diesel(sql_type = Nullable<BigInt>)]
     left_ms: Option<i64>,
 }
@@ -149,9 +150,10 @@ pub async fn hold(conn: &mut MysqlConn, writes: &Writes) -> diesel::QueryResult<
     )
     .get_result(conn)
     .await?;
+    let members = members(conn, writes).await;
     let asked = Instant::now();
     conn.batch_execute("START TRANSACTION READ WRITE").await?;
-    let taken = take(conn, &me.uuid).await;
+    let taken = take(conn, &me.uuid, members.as_deref()).await;
     let committed = match taken {
         Ok(taken) => conn.batch_execute("COMMIT").await.map(|()| taken),
         Err(e) => Err(e),
@@ -174,33 +176,61 @@ pub async fn hold(conn: &mut MysqlConn, writes: &Writes) -> diesel::QueryResult<
         return Ok(());
     }
     let held: Holder = diesel::sql_query(
-        "SELECT l.holder, m.node_name AS name, \
-         TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), l.held_until) DIV 1000 AS left_ms \
-         FROM job_leases l LEFT JOIN mysql.wsrep_cluster_members m ON m.node_uuid = l.holder \
-         WHERE l.job = ?",
+        "SELECT holder, \
+         TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), held_until) DIV 1000 AS left_ms \
+         FROM job_leases WHERE job = ?",
     )
     .bind::<Text, _>(WRITER_NODE_JOB)
     .get_result(conn)
     .await?;
-    let mine = me.name.as_deref().unwrap_or(&me.uuid);
-    let theirs = held.holder.as_deref().unwrap_or("nobody");
+    let theirs = held.holder.unwrap_or_else(|| "nobody".into());
+    let name = members
+        .iter()
+        .flatten()
+        .find(|m| m.uuid == theirs)
+        .and_then(|m| m.name.as_deref())
+        .unwrap_or("?");
     let left = held.left_ms.unwrap_or(0).max(0) as f64 / 1000.0;
     let why = format!(
-        "the cluster's writer node is {} ({theirs}), held for {left:.1} s more; this \
-         daemon's node is {mine} ({})",
-        held.name.as_deref().unwrap_or("?"),
+        "the cluster's writer node is {name} ({theirs}), held for {left:.1} s more; this \
+         daemon's node is {} ({})",
+        me.name.as_deref().unwrap_or("?"),
         me.uuid
     );
     writes.set(Gate::Standby {
-        holder: theirs.to_owned(),
+        holder: theirs,
         why,
     });
     Ok(())
 }
 
+/// The nodes of the cluster's current view (`mysql.wsrep_cluster_members`), or `None`
+/// when they cannot be read: the database user may lack `SELECT` on that table, which
+/// is said once; the lease of a lost node is then taken only once it has run out.
+async fn members(conn: &mut MysqlConn, writes: &Writes) -> Option<Vec<Node>> {
+    let read = diesel::sql_query(
+        "SELECT node_uuid AS uuid, node_name AS name FROM mysql.wsrep_cluster_members",
+    )
+    .load::<Node>(conn)
+    .await;
+    match read {
+        Ok(nodes) => Some(nodes),
+        Err(e) => {
+            if !writes.members_unreadable.swap(true, Ordering::Relaxed) {
+                warn!(error = %e, "cannot read mysql.wsrep_cluster_members: the writer node's lease is taken from a lost node only once it has run out (grant the database user SELECT on it for a quicker failover)");
+            }
+            None
+        }
+    }
+}
+
 /// The compare-and-set, inside the caller's transaction: true when `me` holds the
-/// lease now.
-async fn take(conn: &mut MysqlConn, me: &str) -> diesel::QueryResult<bool> {
+/// lease now. A holder not among `members` (when they are known) has left the cluster.
+async fn take(
+    conn: &mut MysqlConn,
+    me: &str,
+    members: Option<&[Node]>,
+) -> diesel::QueryResult<bool> {
     diesel::sql_query("INSERT IGNORE INTO job_leases (job) VALUES (?)")
         .bind::<Text, _>(WRITER_NODE_JOB)
         .execute(conn)
@@ -208,9 +238,9 @@ async fn take(conn: &mut MysqlConn, me: &str) -> diesel::QueryResult<bool> {
     let taken = diesel::sql_query(format!(
         "UPDATE job_leases SET holder = ?, \
          held_until = UTC_TIMESTAMP(6) + INTERVAL {} SECOND \
-         WHERE job = ? AND (holder IS NULL OR holder = ? OR held_until < UTC_TIMESTAMP(6) \
-         OR holder NOT IN (SELECT node_uuid FROM mysql.wsrep_cluster_members))",
-        LEASE.as_secs()
+         WHERE job = ? AND (holder IS NULL OR holder = ? OR held_until < UTC_TIMESTAMP(6){})",
+        LEASE.as_secs(),
+        left_the_cluster(members)
     ))
     .bind::<Text, _>(me)
     .bind::<Text, _>(WRITER_NODE_JOB)
@@ -220,9 +250,44 @@ async fn take(conn: &mut MysqlConn, me: &str) -> diesel::QueryResult<bool> {
     Ok(taken == 1)
 }
 
+/// ` OR holder NOT IN ('<uuid>', …)` for the nodes of the view, each a UUID as the
+/// server reported it (anything else is left out, so nothing is quoted); empty when
+/// the view is not known.
+fn left_the_cluster(members: Option<&[Node]>) -> String {
+    let uuids: Vec<String> = members
+        .unwrap_or_default()
+        .iter()
+        .filter(|m| !m.uuid.is_empty() && m.uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+        .map(|m| format!("'{}'", m.uuid))
+        .collect();
+    match uuids.is_empty() {
+        true => String::new(),
+        false => format!(" OR holder NOT IN ({})", uuids.join(", ")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_holder_has_left_the_cluster_when_the_view_does_not_name_it() {
+        let node = |uuid: &str| Node {
+            uuid: uuid.into(),
+            name: None,
+        };
+        let view = [node("8ff7e739-ef9b-11f1"), node("x'; DROP"), node("")];
+        assert_eq!(
+            left_the_cluster(Some(&view)),
+            " OR holder NOT IN ('8ff7e739-ef9b-11f1')",
+            "only what reads as a UUID is written into the statement"
+        );
+        assert_eq!(
+            left_the_cluster(None),
+            "",
+            "a view not read: the lease runs out"
+        );
+    }
 
     #[test]
     fn a_daemon_writes_while_its_node_holds_a_lease_renewed_within_half_its_time() {
