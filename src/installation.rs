@@ -29,6 +29,10 @@ pub enum OpenError {
     /// comes first. The message says which.
     #[error("{0}")]
     NotMigrated(String),
+    /// A command that writes was pointed at a Galera node that is not the cluster's
+    /// writer node.
+    #[error("{0}: run it against the writer node, or give database.url the cluster's hosts")]
+    NotTheWriter(String),
 }
 
 /// Compiles the rules the config names.
@@ -96,10 +100,18 @@ pub struct Installation {
 impl Installation {
     /// Opens the installation `config` names for an operator command: the rules
     /// compiled (a broken rule is refused here, as at the daemon's start), the database
-    /// migrated and opened for `access`.
+    /// migrated and opened for `access`. A command that writes is refused on a Galera
+    /// node other than the cluster's writer node.
     pub async fn open(config: Arc<Config>, access: Access) -> Result<Self, OpenError> {
         let rules = load_rules(&config)?;
         let db = open_migrated(&config, access).await?;
+        if access == Access::ReadWrite {
+            // Every write goes through one Galera node (docs/operations.md).
+            let elsewhere = db.get().await?.writer_node_elsewhere().await;
+            if let Some(why) = elsewhere.map_err(StoreError::from)? {
+                return Err(OpenError::NotTheWriter(why));
+            }
+        }
         Ok(Self {
             db,
             config,

@@ -429,17 +429,14 @@ async fn three_nodes_one_writer(cluster: &Cluster) -> (f64, Duration) {
         codes: 200,
     };
     let (_, ctx) = database(cluster, ("multi", stock), &dirs[0].0, &single(0), &receiver).await;
-    let mut daemons: Vec<Daemon> = (0..3)
+    let configs: Vec<PathBuf> = (0..3)
         .map(|i| {
-            let path = write_config(
-                &dirs[i].0,
-                &single(i),
-                &wallet_channel(&receiver.base_url()),
-                &campaigns(stock.hot),
-                "",
-            );
-            Daemon::start(&path, &dirs[i].0.join("d.log"))
+            let channel = wallet_channel(&receiver.base_url());
+            write_config(&dirs[i].0, &single(i), &channel, &campaigns(stock.hot), "")
         })
+        .collect();
+    let mut daemons: Vec<Daemon> = (0..3)
+        .map(|i| Daemon::start(&configs[i], &dirs[i].0.join("d.log")))
         .collect();
     for d in &daemons {
         d.http_address().await;
@@ -468,6 +465,22 @@ async fn three_nodes_one_writer(cluster: &Cluster) -> (f64, Duration) {
         let said = ready.text().await.unwrap();
         assert!(said.contains("standing by"), "daemon {i}'s /readyz: {said}");
     }
+
+    // An operator command that writes, pointed at a standing node, is refused and
+    // writes nothing.
+    let standby = (writer + 1) % 3;
+    let first = lines(&ctx, "SELECT CAST(MIN(id) AS CHAR) AS line FROM grants").await;
+    let args = ["grants", "revoke", first[0].as_str(), "--reason", "test"];
+    let refused = ops_output(&configs[standby], &args);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("run it against the writer node"),
+        "a revoke through a standing node is refused: {said}"
+    );
+    assert_eq!(
+        synced_count(&ctx, "grants WHERE state = 'revoked'").await,
+        Some(0)
+    );
 
     daemons[writer].kill9();
     let killed = Instant::now();

@@ -71,7 +71,7 @@ fn open(error: &OpenError) -> u8 {
     match error {
         OpenError::Rules(_) => CONFIG_OR_RULES,
         OpenError::Store(e) => store(e),
-        OpenError::NotMigrated(_) => FAILED,
+        OpenError::NotMigrated(_) | OpenError::NotTheWriter(_) => FAILED,
     }
 }
 

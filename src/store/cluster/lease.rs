@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use diesel::sql_types::{BigInt, Nullable, Text};
-use diesel::QueryableByName;
+use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use tracing::{info, warn};
 
@@ -144,13 +144,8 @@ pub async fn hold(conn: &mut MysqlConn, writes: &Writes) -> diesel::QueryResult<
         NodeState::NotReady(_) => return Ok(()),
         NodeState::Synced => {}
     }
-    let me: Node = diesel::sql_query(
-        "SELECT VARIABLE_VALUE AS uuid, @@wsrep_node_name AS name \
-         FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'WSREP_GCOMM_UUID'",
-    )
-    .get_result(conn)
-    .await?;
-    let members = members(conn, writes).await;
+    let me = this_node(conn).await?;
+    let members = members(conn, &writes.members_unreadable).await;
     let asked = Instant::now();
     conn.batch_execute("START TRANSACTION READ WRITE").await?;
     let taken = take(conn, &me.uuid, members.as_deref()).await;
@@ -175,39 +170,98 @@ pub async fn hold(conn: &mut MysqlConn, writes: &Writes) -> diesel::QueryResult<
         writes.set(Gate::Holding(asked));
         return Ok(());
     }
-    let held: Holder = diesel::sql_query(
+    let held = held(conn, members.as_deref()).await?;
+    writes.set(Gate::Standby {
+        why: held.describe(&me, "daemon's"),
+        holder: held.uuid.unwrap_or_default(),
+    });
+    Ok(())
+}
+
+/// For an operator command that writes (`grants revoke`, `codes import`, …): why it
+/// must not, when `conn`'s node is a Galera node and another node holds a live
+/// writer-node lease; `None` when it may (a server without Galera, this node the
+/// holder, or no live lease).
+pub async fn elsewhere(conn: &mut MysqlConn) -> diesel::QueryResult<Option<String>> {
+    if super::node_state(conn).await? != NodeState::Synced {
+        // A plain server; or a node not ready, which refuses the write by itself.
+        return Ok(None);
+    }
+    let me = this_node(conn).await?;
+    let members = members(conn, &AtomicBool::new(false)).await;
+    let held = held(conn, members.as_deref()).await?;
+    let live = match (&held.uuid, &members) {
+        (None, _) => false,
+        (Some(uuid), _) if *uuid == me.uuid => false,
+        (Some(uuid), Some(view)) => held.left > 0.0 && view.iter().any(|m| m.uuid == *uuid),
+        (Some(_), None) => held.left > 0.0,
+    };
+    Ok(live.then(|| held.describe(&me, "command's")))
+}
+
+/// This node, as the cluster knows it.
+async fn this_node(conn: &mut MysqlConn) -> diesel::QueryResult<Node> {
+    diesel::sql_query(
+        "SELECT VARIABLE_VALUE AS uuid, @@wsrep_node_name AS name \
+         FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'WSREP_GCOMM_UUID'",
+    )
+    .get_result(conn)
+    .await
+}
+
+/// The lease as recorded.
+struct Held {
+    /// The holder's `wsrep_gcomm_uuid`.
+    uuid: Option<String>,
+    /// The holder's name in the cluster's view, when it is there.
+    name: Option<String>,
+    /// Seconds left, never below zero.
+    left: f64,
+}
+
+impl Held {
+    /// Who holds it, for the log or an error, beside `me`.
+    fn describe(&self, me: &Node, whose: &str) -> String {
+        format!(
+            "the cluster's writer node is {} ({}), held for {:.1} s more; this {whose} \
+             node is {} ({})",
+            self.name.as_deref().unwrap_or("?"),
+            self.uuid.as_deref().unwrap_or("nobody"),
+            self.left,
+            me.name.as_deref().unwrap_or("?"),
+            me.uuid
+        )
+    }
+}
+
+/// Reads the lease, the holder's name taken from `members`.
+async fn held(conn: &mut MysqlConn, members: Option<&[Node]>) -> diesel::QueryResult<Held> {
+    let row: Option<Holder> = diesel::sql_query(
         "SELECT holder, \
          TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), held_until) DIV 1000 AS left_ms \
          FROM job_leases WHERE job = ?",
     )
     .bind::<Text, _>(WRITER_NODE_JOB)
     .get_result(conn)
-    .await?;
-    let theirs = held.holder.unwrap_or_else(|| "nobody".into());
+    .await
+    .optional()?;
+    let (uuid, left_ms) = row.map_or((None, None), |r| (r.holder, r.left_ms));
     let name = members
+        .unwrap_or_default()
         .iter()
-        .flatten()
-        .find(|m| m.uuid == theirs)
-        .and_then(|m| m.name.as_deref())
-        .unwrap_or("?");
-    let left = held.left_ms.unwrap_or(0).max(0) as f64 / 1000.0;
-    let why = format!(
-        "the cluster's writer node is {name} ({theirs}), held for {left:.1} s more; this \
-         daemon's node is {} ({})",
-        me.name.as_deref().unwrap_or("?"),
-        me.uuid
-    );
-    writes.set(Gate::Standby {
-        holder: theirs,
-        why,
-    });
-    Ok(())
+        .find(|m| Some(&m.uuid) == uuid.as_ref())
+        .and_then(|m| m.name.clone());
+    Ok(Held {
+        uuid,
+        name,
+        left: left_ms.unwrap_or(0).max(0) as f64 / 1000.0,
+    })
 }
 
 /// The nodes of the cluster's current view (`mysql.wsrep_cluster_members`), or `None`
 /// when they cannot be read: the database user may lack `SELECT` on that table, which
 /// is said once; the lease of a lost node is then taken only once it has run out.
-async fn members(conn: &mut MysqlConn, writes: &Writes) -> Option<Vec<Node>> {
+async fn members(conn: &mut MysqlConn, said: &AtomicBool) -> Option<Vec<Node>> {
     let read = diesel::sql_query(
         "SELECT node_uuid AS uuid, node_name AS name FROM mysql.wsrep_cluster_members",
     )
@@ -216,7 +270,7 @@ async fn members(conn: &mut MysqlConn, writes: &Writes) -> Option<Vec<Node>> {
     match read {
         Ok(nodes) => Some(nodes),
         Err(e) => {
-            if !writes.members_unreadable.swap(true, Ordering::Relaxed) {
+            if !said.swap(true, Ordering::Relaxed) {
                 warn!(error = %e, "cannot read mysql.wsrep_cluster_members: the writer node's lease is taken from a lost node only once it has run out (grant the database user SELECT on it for a quicker failover)");
             }
             None
@@ -263,6 +317,18 @@ fn left_the_cluster(members: Option<&[Node]>) -> String {
     match uuids.is_empty() {
         true => String::new(),
         false => format!(" OR holder NOT IN ({})", uuids.join(", ")),
+    }
+}
+
+/// The writer-node check of an operator command that writes.
+impl super::super::Conn {
+    /// Why a command that writes must not run through this connection's node: another
+    /// Galera node is the cluster's writer node ([`elsewhere`]). `None` on SQLite.
+    pub async fn writer_node_elsewhere(&mut self) -> diesel::QueryResult<Option<String>> {
+        match self {
+            super::super::Conn::Mysql(c) => elsewhere(c).await,
+            super::super::Conn::Sqlite(_) => Ok(None),
+        }
     }
 }
 
