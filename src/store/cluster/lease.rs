@@ -35,7 +35,7 @@ const WRITER_NODE_JOB: &str = "database.writer_node";
 
 /// How long the writer node's lease lasts unless renewed. Its holder stops writing
 /// after half of it without a renewal.
-pub const LEASE: Duration = Duration::from_secs(10);
+pub const LEASE: Duration = Duration::from_secs(6);
 
 /// Whether this daemon may write, as the probe last found.
 #[derive(Debug, Default)]
