@@ -68,7 +68,11 @@ impl Writes {
 
     /// Why this daemon must not write now, or `None` when it may.
     pub fn standby(&self) -> Option<String> {
-        match &*self.lock() {
+        Self::closed(&self.lock())
+    }
+
+    fn closed(gate: &Gate) -> Option<String> {
+        match gate {
             Gate::Open => None,
             Gate::Pending => Some("the writer node has not been looked up yet".into()),
             Gate::Holding(renewed) if renewed.elapsed() < LEASE / 2 => None,
@@ -88,8 +92,7 @@ impl Writes {
 
     fn set(&self, next: Gate) {
         let mut gate = self.lock();
-        let was_closed = !matches!(&*gate, Gate::Open | Gate::Holding(_));
-        let opens = matches!(next, Gate::Open | Gate::Holding(_));
+        let opens = Self::closed(&gate).is_some() && Self::closed(&next).is_none();
         match (&*gate, &next) {
             (Gate::Holding(_), Gate::Holding(_)) | (Gate::Open, Gate::Open) => {}
             (_, Gate::Holding(_)) => info!("this daemon's node is the cluster's writer node"),
@@ -102,7 +105,7 @@ impl Writes {
             _ => {}
         }
         *gate = next;
-        if was_closed && opens {
+        if opens {
             self.opened.notify_waiters();
         }
     }
@@ -366,6 +369,13 @@ mod tests {
         let stale = Instant::now().checked_sub(LEASE / 2 + Duration::from_millis(100));
         writes.set(Gate::Holding(stale.unwrap()));
         assert!(writes.standby().unwrap().contains("last renewed"));
+        let opened = writes.opened();
+        writes.set(Gate::Holding(Instant::now()));
+        use futures_util::FutureExt;
+        assert!(
+            opened.now_or_never().is_some(),
+            "a lease renewed after it went stale wakes the loops standing by"
+        );
         writes.set(Gate::Standby {
             holder: "u2".into(),
             why: "the cluster's writer node is n2".into(),
