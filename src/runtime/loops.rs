@@ -21,7 +21,8 @@ use crate::store::StoreError;
 pub enum Mode {
     /// Until the shutdown token is cancelled.
     Serve,
-    /// Until the queue is empty and every delivery is delivered or dead.
+    /// Until the queue is empty (the claims of this daemon's failed batches given back
+    /// and granted) and every delivery is delivered or dead.
     Drain,
 }
 
@@ -74,7 +75,14 @@ async fn grant_loop(ctx: Daemon, mode: Mode, shutdown: CancellationToken, worker
                 idle_looks.found_work();
                 tracing::debug!(worker, ?summary, "batch done");
             }
-            Ok(BatchOutcome::Empty) if mode == Mode::Drain => break,
+            Ok(BatchOutcome::Empty) if mode == Mode::Drain => {
+                // The claims of this daemon's failed batches wait for worker.lease, which
+                // no job recovers during a drain: give them back and look again.
+                match ctx.claims.tokens().is_empty() {
+                    true => break,
+                    false => drop(release_claims(&ctx).await),
+                }
+            }
             Ok(BatchOutcome::Empty) => {
                 failures = 0;
                 ctx.liveness.batch_done();
