@@ -135,7 +135,7 @@ pub async fn run(config: Arc<Config>, config_path: &Path, drain: bool) -> Result
 /// it keeps the database's clock.
 fn watch_database(ctx: &Daemon, shutdown: CancellationToken) {
     let metrics = ctx.metrics.clone();
-    if ctx.config.database.url.expose().starts_with("mysql://") {
+    if ctx.db.is_mysql() {
         // A Galera node's daemon writes only once the probe found its node holds the
         // writer-node lease; a plain server opens the gate at the first probe.
         ctx.health.writes().await_first_look();

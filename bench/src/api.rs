@@ -52,10 +52,8 @@ async fn run_in(bench: &mut Bench, scratch: &ScratchDb, n: usize) -> Result<(), 
         requests: n + 1,
         codes: Codes::None,
     };
-    let url = bench.daemon_url(&scratch.url);
-    let path = workload::write_config(&dir, &url, &bench.receiver, bench.knobs, catalog)?;
+    let (path, db) = drain::prepare(bench, scratch, &dir, catalog, bench.knobs).await?;
     let address = add_api_section(&path)?;
-    let db = drain::migrated(&path).await?;
     let received = bench.receiver.received.clone();
     received.reset();
     let daemon = process::spawn(

@@ -113,15 +113,13 @@ pub(super) fn api(
             "api.listen is set but no client is: every request would be refused",
         ));
     }
+    let (max_connections, header_timeout) =
+        ctx.listener_bounds("api", raw.max_connections, raw.header_timeout)?;
     Ok(ApiConfig {
         listen,
         clients,
-        max_connections: ctx.at_least("api.max_connections", raw.max_connections, 64, 1)?,
-        header_timeout: ctx.positive(
-            "api.header_timeout",
-            raw.header_timeout,
-            Duration::from_secs(5),
-        )?,
+        max_connections,
+        header_timeout,
     })
 }
 

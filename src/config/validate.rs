@@ -88,6 +88,23 @@ impl Ctx<'_> {
         .transpose()
     }
 
+    /// A listener's bounds (`http`, `api`): `max_connections` [64, ≥ 1], `header_timeout` [5s].
+    pub fn listener_bounds(
+        &self,
+        section: &str,
+        max_connections: Option<usize>,
+        header_timeout: Option<Duration>,
+    ) -> Result<(usize, Duration), ConfigError> {
+        let (max, timeout) = (
+            format!("{section}.max_connections"),
+            format!("{section}.header_timeout"),
+        );
+        Ok((
+            self.at_least(&max, max_connections, 64, 1)?,
+            self.positive(&timeout, header_timeout, Duration::from_secs(5))?,
+        ))
+    }
+
     /// A duration that must not be zero.
     pub fn positive(
         &self,
@@ -325,14 +342,12 @@ fn alerts(
 
 fn http(raw: RawHttp, ctx: &Ctx<'_>) -> Result<HttpConfig, ConfigError> {
     let listen = ctx.listen("http.listen", raw.listen, "127.0.0.1:9464")?;
+    let (max_connections, header_timeout) =
+        ctx.listener_bounds("http", raw.max_connections, raw.header_timeout)?;
     Ok(HttpConfig {
         listen,
-        max_connections: ctx.at_least("http.max_connections", raw.max_connections, 64, 1)?,
-        header_timeout: ctx.positive(
-            "http.header_timeout",
-            raw.header_timeout,
-            Duration::from_secs(5),
-        )?,
+        max_connections,
+        header_timeout,
         console_token: match raw.console_token {
             Some(token) => Some(console_token(ctx, token)?),
             None => None,
