@@ -33,6 +33,7 @@ pub const COUNTERS: &[&str] = &[
     "Innodb_row_lock_time",
     "Innodb_deadlocks",
     "Innodb_log_writes",
+    "Innodb_os_log_written",
     "Innodb_data_fsyncs",
 ];
 

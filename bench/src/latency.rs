@@ -32,6 +32,8 @@ const P99_TARGET_MS: f64 = 250.0;
 pub(crate) struct ServerLoad {
     pub cpu: Duration,
     pub commits: i64,
+    /// Bytes written to the redo log (`Innodb_os_log_written`).
+    pub redo: i64,
 }
 
 impl ServerLoad {
@@ -69,6 +71,10 @@ pub(crate) async fn server_load(bench: &Bench) -> Result<Option<ServerLoad>, Ben
     Ok(Some(ServerLoad {
         cpu,
         commits: status.get("Com_commit").copied().unwrap_or_default(),
+        redo: status
+            .get("Innodb_os_log_written")
+            .copied()
+            .unwrap_or_default(),
     }))
 }
 

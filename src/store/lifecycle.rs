@@ -17,6 +17,19 @@ use super::{columns, Conn, QueryResult};
 use crate::domain::lifecycle::{Cause, GrantRecord, Transition};
 use crate::domain::GrantState;
 
+/// What `grants.redemption_room` holds while a grant is not redeemed (its default).
+/// A redemption sets it NULL as it fills `redeemed_at` (8 bytes) and lengthens `state`
+/// by one, so that on MariaDB the record keeps its size and is rewritten in its place:
+/// a record that grows on a full page makes InnoDB reorganize or split the page (see
+/// the migration `redemption_room`).
+pub const REDEMPTION_ROOM: [u8; 9] = [0; 9];
+
+// The room is what a redemption adds: `redeemed_at` and one more letter of state.
+const _: () = assert!(
+    REDEMPTION_ROOM.len()
+        == 8 + GrantState::Redeemed.as_str().len() - GrantState::Granted.as_str().len()
+);
+
 /// The columns of a grant the lifecycle reads.
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = grants)]
@@ -198,7 +211,8 @@ impl Conn {
     }
 
     /// Moves the grants of `ids` that are still in `from` to `to` (setting
-    /// `redeemed_at` on a redemption, clearing it on the way back to `granted`);
+    /// `redeemed_at` on a redemption, clearing it on the way back to `granted`, and
+    /// taking or giving back [`REDEMPTION_ROOM`] with it);
     /// returns how many moved. The caller holds their locks or accepts that a grant
     /// another daemon moved first is left as it is.
     pub async fn set_grant_states(
@@ -213,16 +227,19 @@ impl Conn {
         let target = grants::table
             .filter(in_list(g::id, ids.iter().copied()))
             .filter(g::state.eq(from.as_str()));
-        let redeemed_at = match to {
-            GrantState::Redeemed => Some(at),
-            GrantState::Granted => None,
+        let (redeemed_at, room) = match to {
+            GrantState::Redeemed => (Some(at), None),
+            GrantState::Granted => (None, Some(REDEMPTION_ROOM.as_slice())),
             GrantState::Expired | GrantState::Revoked => {
                 let set = diesel::update(target).set(g::state.eq(to.as_str()));
                 return self.execute(set).await;
             }
         };
-        let set =
-            diesel::update(target).set((g::state.eq(to.as_str()), g::redeemed_at.eq(redeemed_at)));
+        let set = diesel::update(target).set((
+            g::state.eq(to.as_str()),
+            g::redeemed_at.eq(redeemed_at),
+            g::redemption_room.eq(room),
+        ));
         self.execute(set).await
     }
 
@@ -246,6 +263,7 @@ impl Conn {
             let set = diesel::update(target).set((
                 g::state.eq(GrantState::Redeemed.as_str()),
                 g::redeemed_at.eq(at),
+                g::redemption_room.eq(None::<&[u8]>),
             ));
             moved += self.execute(Cached(set)).await?;
         }

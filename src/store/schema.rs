@@ -86,6 +86,7 @@ diesel::table! {
         state -> Text,
         redeemed_at -> Nullable<Timestamp>,
         reminded_at -> Nullable<Timestamp>,
+        redemption_room -> Nullable<Binary>,
     }
 }
 
@@ -103,6 +104,7 @@ diesel::table! {
         attempts -> Integer,
         created_at -> Timestamp,
         processed_at -> Nullable<Timestamp>,
+        finish_room -> Nullable<Binary>,
     }
 }
 

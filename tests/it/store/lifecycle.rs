@@ -183,6 +183,67 @@ async fn redeem_grants_gives_each_grant_its_own_time_in_one_statement(conn: &mut
 conformance!(redeem_grants_gives_each_grant_its_own_time_in_one_statement);
 
 #[derive(Debug, PartialEq, Eq, diesel::QueryableByName)]
+struct SizeRow {
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = BigInt)]
+    bytes: i64,
+}
+
+/// Each grant's state and the bytes its record gives `state`, `redeemed_at` (8 when
+/// set) and `redemption_room` together.
+async fn sizes(conn: &mut Conn) -> Vec<(String, i64)> {
+    let rows: Vec<SizeRow> = conn
+        .rows(
+            "SELECT state, LENGTH(state) + CASE WHEN redeemed_at IS NULL THEN 0 ELSE 8 END \
+             + COALESCE(LENGTH(redemption_room), 0) AS bytes FROM grants ORDER BY id",
+        )
+        .await;
+    rows.into_iter().map(|r| (r.state, r.bytes)).collect()
+}
+
+async fn a_redemption_and_its_return_keep_a_grants_record_its_size(conn: &mut Conn) {
+    use GrantState::*;
+    let ids = three_grants(conn).await;
+    let s = |state: &str, bytes| (state.to_owned(), bytes);
+    assert_eq!(
+        sizes(conn).await,
+        [s("granted", 16), s("granted", 16), s("granted", 16)],
+        "a grant is written with the room its redemption fills"
+    );
+    conn.redeem_grants(&[(ids[0], at(20))], Granted)
+        .await
+        .unwrap();
+    conn.set_grant_states(&[ids[1]], (Granted, Redeemed), at(21))
+        .await
+        .unwrap();
+    assert_eq!(
+        sizes(conn).await,
+        [s("redeemed", 16), s("redeemed", 16), s("granted", 16)]
+    );
+    conn.set_grant_states(&ids[..2], (Redeemed, Granted), at(22))
+        .await
+        .unwrap();
+    assert_eq!(
+        sizes(conn).await,
+        [s("granted", 16), s("granted", 16), s("granted", 16)],
+        "the way back to granted gives the room back"
+    );
+    // Revoked and expired are as long as granted: nothing grows.
+    conn.set_grant_states(&[ids[0]], (Granted, Revoked), at(23))
+        .await
+        .unwrap();
+    conn.set_grant_states(&[ids[1]], (Granted, Expired), at(24))
+        .await
+        .unwrap();
+    assert_eq!(
+        sizes(conn).await,
+        [s("revoked", 16), s("expired", 16), s("granted", 16)]
+    );
+}
+conformance!(a_redemption_and_its_return_keep_a_grants_record_its_size);
+
+#[derive(Debug, PartialEq, Eq, diesel::QueryableByName)]
 struct TransitionRow {
     #[diesel(sql_type = BigInt)]
     grant_id: i64,

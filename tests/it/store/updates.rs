@@ -1,7 +1,7 @@
 //! `store::updates`: the partner-update queue.
 
 use couponsd::domain::UpdateStatus;
-use couponsd::store::updates::{FinishedUpdate, NewUpdate};
+use couponsd::store::updates::{FinishedUpdate, NewUpdate, FINISH_ROOM_BYTES};
 use couponsd::store::{Backend, Conn};
 use diesel::result::Error;
 use diesel::sql_types::{Nullable, Text, Timestamp};
@@ -32,6 +32,12 @@ async fn partner_inserts(conn: &mut Conn) {
          ('u3', NULL, 43, 'unredeem', NULL, NULL)",
     )
     .await;
+}
+
+/// The ids of the updates `take_queued_updates` takes now, oldest first.
+async fn queued_ids(conn: &mut Conn) -> Vec<i64> {
+    let taken = conn.take_queued_updates(10).await.unwrap();
+    taken.iter().map(|r| r.id).collect()
 }
 
 async fn take_queued_updates_locks_the_oldest_queued_updates_read_as_bytes(conn: &mut Conn) {
@@ -87,13 +93,7 @@ async fn take_queued_updates_of_takes_those_of_the_ids_still_queued(conn: &mut C
     partner_inserts(conn).await;
     conn.exec("UPDATE grant_updates SET status = 'done' WHERE update_key = 'u2'")
         .await;
-    let ids: Vec<i64> = conn
-        .take_queued_updates(10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.id)
-        .collect();
+    let ids = queued_ids(conn).await;
     assert_eq!(ids.len(), 2, "done updates are not queued");
     let part = conn
         .take_queued_updates_of(&[ids[1], ids[1] - 1, 999])
@@ -106,13 +106,7 @@ conformance!(take_queued_updates_of_takes_those_of_the_ids_still_queued);
 
 async fn finish_updates_writes_each_status_with_its_error_and_time(conn: &mut Conn) {
     partner_inserts(conn).await;
-    let ids: Vec<i64> = conn
-        .take_queued_updates(10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.id)
-        .collect();
+    let ids = queued_ids(conn).await;
     let done = |id| FinishedUpdate {
         id,
         status: UpdateStatus::Done,
@@ -150,6 +144,52 @@ async fn finish_updates_writes_each_status_with_its_error_and_time(conn: &mut Co
     assert!(conn.take_queued_updates(10).await.unwrap().is_empty());
 }
 conformance!(finish_updates_writes_each_status_with_its_error_and_time);
+
+#[derive(Debug, diesel::QueryableByName)]
+struct UpdateSize {
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    bytes: i64,
+}
+
+async fn a_done_update_keeps_its_records_size(conn: &mut Conn) {
+    // What `status`, `processed_at` (8 when set) and `finish_room` take together.
+    async fn sizes(conn: &mut Conn) -> Vec<(String, i64)> {
+        let rows: Vec<UpdateSize> = conn
+            .rows(
+                "SELECT status, LENGTH(status) + CASE WHEN processed_at IS NULL THEN 0 \
+                 ELSE 8 END + COALESCE(LENGTH(finish_room), 0) AS bytes \
+                 FROM grant_updates ORDER BY id",
+            )
+            .await;
+        rows.into_iter().map(|r| (r.status, r.bytes)).collect()
+    }
+    partner_inserts(conn).await;
+    let s = |status: &str, bytes| (status.to_owned(), bytes);
+    let queued = 6 + FINISH_ROOM_BYTES as i64;
+    assert_eq!(
+        sizes(conn).await,
+        [
+            s("queued", queued),
+            s("queued", queued),
+            s("queued", queued)
+        ],
+        "a partner's insert gets the room its finish fills"
+    );
+    let ids = queued_ids(conn).await;
+    let done = FinishedUpdate {
+        id: ids[0],
+        status: UpdateStatus::Done,
+        error: None,
+    };
+    conn.finish_updates(&[done], at(9)).await.unwrap();
+    assert_eq!(
+        sizes(conn).await,
+        [s("done", queued), s("queued", queued), s("queued", queued)]
+    );
+}
+conformance!(a_done_update_keeps_its_records_size);
 
 async fn enqueue_updates_refuses_an_update_key_seen_before(conn: &mut Conn) {
     let update = NewUpdate {

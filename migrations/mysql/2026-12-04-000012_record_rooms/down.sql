@@ -1,0 +1,2 @@
+ALTER TABLE grant_updates DROP COLUMN finish_room;
+ALTER TABLE grants DROP COLUMN redemption_room;
