@@ -157,6 +157,7 @@ diesel::table! {
         created_at -> Timestamp,
         delivered_at -> Nullable<Timestamp>,
         hold_token -> Nullable<BigInt>,
+        delivery_room -> Nullable<Binary>,
     }
 }
 

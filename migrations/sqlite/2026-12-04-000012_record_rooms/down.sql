@@ -1,2 +1,1 @@
-ALTER TABLE grant_updates DROP COLUMN finish_room;
-ALTER TABLE grants DROP COLUMN redemption_room;
+ALTER TABLE deliveries DROP COLUMN delivery_room;

@@ -55,6 +55,19 @@ struct AttemptRow {
     duration_ms: i64,
 }
 
+/// What `deliveries.delivery_room` holds until its row is marked delivered (the
+/// column's default): what marking a row held under a token delivered adds.
+pub const DELIVERY_ROOM_BYTES: usize = 6;
+
+// 'delivered' is longer than 'pending'; `last_status` (INT) and `delivered_at` are
+// filled; `hold_token` (BIGINT) is cleared.
+const _: () = assert!(
+    DELIVERY_ROOM_BYTES + 8
+        == DeliveryStatus::Delivered.as_str().len() - DeliveryStatus::Pending.as_str().len()
+            + 4
+            + 8
+);
+
 /// Marks the delivered records' rows delivered in one statement, each with its own
 /// HTTP status and time, each only while it is held under the record's token (only a
 /// `pending` row carries one: every change of status clears it). The filter names
@@ -62,7 +75,9 @@ struct AttemptRow {
 /// with `status = 'pending'` beside it, MariaDB may scan the due index instead, across
 /// every pending row. Rows are found by `webhook_id`, which a hand-off also knows. The
 /// list is padded to a power of two (repeating the last record changes nothing) so that
-/// the statement, kept prepared, takes one of a few shapes.
+/// the statement, kept prepared, takes one of a few shapes. Each row gives up its
+/// `delivery_room` ([`DELIVERY_ROOM_BYTES`]), so that on MariaDB a delivery handed off
+/// with its hold token keeps its record's size (see the migration `record_rooms`).
 struct MarkDelivered<'r>(Vec<&'r AttemptRecord>);
 
 impl<DB> QueryFragment<DB> for MarkDelivered<'_>
@@ -78,7 +93,8 @@ where
         let records = &self.0[..];
         out.push_sql(
             "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, \
-             last_error = NULL, hold_token = NULL, last_status = CASE webhook_id",
+             last_error = NULL, hold_token = NULL, delivery_room = NULL, \
+             last_status = CASE webhook_id",
         );
         when_then::<_, Nullable<Integer>, _>(&mut out, records, |r| &r.status_code)?;
         out.push_sql(" END, delivered_at = CASE webhook_id");

@@ -12,7 +12,7 @@ use crate::domain::DeliveryStatus;
 
 mod attempts;
 
-pub use attempts::AttemptRecord;
+pub use attempts::{AttemptRecord, DELIVERY_ROOM_BYTES};
 
 const PENDING: &str = DeliveryStatus::Pending.as_str();
 const DELIVERED: &str = DeliveryStatus::Delivered.as_str();

@@ -3,7 +3,7 @@
 use chrono::NaiveDateTime;
 use couponsd::domain::DeliveryStatus;
 use couponsd::store::deliveries::{
-    AttemptRecord, DeliveryRecord, DisabledChannel, NewDelivery, Replay,
+    AttemptRecord, DeliveryRecord, DisabledChannel, NewDelivery, Replay, DELIVERY_ROOM_BYTES,
 };
 use couponsd::store::Conn;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamp};
@@ -231,6 +231,43 @@ async fn record_attempts_marks_first_time_deliveries_delivered(conn: &mut Conn) 
     );
 }
 conformance!(record_attempts_marks_first_time_deliveries_delivered);
+
+/// A delivery handed off in memory (written with its hold token) keeps its record's
+/// size when it is marked delivered: what it fills, it had as room.
+async fn a_handed_off_delivery_keeps_its_records_size_when_delivered(conn: &mut Conn) {
+    #[derive(diesel::QueryableByName)]
+    struct Size {
+        #[diesel(sql_type = BigInt)]
+        bytes: i64,
+    }
+    // `status`, `hold_token` (8), `last_status` (4), `delivered_at` (8) and the room.
+    async fn sizes(conn: &mut Conn) -> Vec<i64> {
+        let rows: Vec<Size> = conn
+            .rows(
+                "SELECT LENGTH(status) + CASE WHEN hold_token IS NULL THEN 0 ELSE 8 END \
+                 + CASE WHEN last_status IS NULL THEN 0 ELSE 4 END \
+                 + CASE WHEN delivered_at IS NULL THEN 0 ELSE 8 END \
+                 + COALESCE(LENGTH(delivery_room), 0) AS bytes FROM deliveries ORDER BY id",
+            )
+            .await;
+        rows.into_iter().map(|r| r.bytes).collect()
+    }
+    let mut rows = vec![
+        delivery("w1", "wallet", at(0)),
+        delivery("w2", "wallet", at(0)),
+    ];
+    for row in &mut rows {
+        row.hold_token = Some(7);
+    }
+    conn.record_deliveries(&rows).await.unwrap();
+    let held = (PENDING.len() + 8 + DELIVERY_ROOM_BYTES) as i64;
+    assert_eq!(sizes(conn).await, [held, held]);
+    let records = [attempt("w1", 7, 1, DELIVERED)];
+    assert_eq!(conn.record_attempts(&records).await.unwrap(), 0);
+    assert_eq!(outbox(conn).await[0].status, DELIVERED);
+    assert_eq!(sizes(conn).await, [held, held]);
+}
+conformance!(a_handed_off_delivery_keeps_its_records_size_when_delivered);
 
 async fn record_attempts_writes_retries_dead_ends_and_later_deliveries(conn: &mut Conn) {
     held(conn, &["retry", "dead", "second"]).await;
