@@ -112,7 +112,7 @@ pub async fn run(bench: &mut Bench, n: usize) -> Result<(), BenchError> {
             "",
         );
         // A record that grows on a full page costs the server a page rewrite, which
-        // shows here first (see the `redemption_room` migration).
+        // shows here first (see the migration `record_rooms`).
         let redo = (after.redo - before.redo) as f64 / rows.max(1) as f64;
         figures.note("lifecycle", &name("redo bytes per row"), redo, "B");
     }

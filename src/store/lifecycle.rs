@@ -21,7 +21,7 @@ use crate::domain::GrantState;
 /// A redemption sets it NULL as it fills `redeemed_at` (8 bytes) and lengthens `state`
 /// by one, so that on MariaDB the record keeps its size and is rewritten in its place:
 /// a record that grows on a full page makes InnoDB reorganize or split the page (see
-/// the migration `redemption_room`).
+/// the migration `record_rooms`).
 pub const REDEMPTION_ROOM: [u8; 9] = [0; 9];
 
 // The room is what a redemption adds: `redeemed_at` and one more letter of state.

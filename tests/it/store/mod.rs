@@ -69,6 +69,7 @@ mod report;
 mod requests;
 mod updates;
 mod jobs;
+mod migrations;
 
 /// Runs `test` on a fresh SQLite database and on a fresh MariaDB database (skipped
 /// outside CI when MariaDB is unreachable, as `fresh_db` says), given its URL; with
